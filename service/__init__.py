@@ -1,0 +1,1 @@
+"""igbutton server: a gRPC gateway for Instagram button templates and their postbacks."""

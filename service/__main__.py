@@ -1,0 +1,7 @@
+"""``python -m service`` runs the server."""
+
+import sys
+
+from service.main import main
+
+sys.exit(main())

@@ -1,0 +1,166 @@
+"""Composes igbutton from its parts and runs them: start in order, stop in reverse.
+
+This is the only module that knows every component. Each part gets what it needs
+through its constructor, so tests can build the same App on loopback with port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from igbutton.v1 import postback_service_pb2, send_service_pb2
+from pydantic import SecretStr
+
+from service.config import Account, Settings
+from service.ops_http import build_ops_app
+
+log = logging.getLogger(__name__)
+
+SANDBOX_ACCOUNT_ID = "17841400000000000"
+SANDBOX_ACCESS_TOKEN = "sandbox-access-token"  # noqa: S105 - the sandbox's fixed fake token
+
+_SERVICE_NAMES = (
+    send_service_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
+    postback_service_pb2.DESCRIPTOR.services_by_name["PostbackService"].full_name,
+)
+
+
+@dataclass
+class Ports:
+    """The ports actually bound (differ from the settings when those say 0)."""
+
+    grpc: int = 0
+    http: int = 0
+    webhook: int = 0
+    sandbox: int = 0
+
+
+@dataclass
+class _Sites:
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+
+def with_sandbox_defaults(settings: Settings, sandbox_url: str) -> Settings:
+    """Point Graph at the sandbox and fill in an account and app secret if none are set."""
+    update: dict[str, object] = {
+        "graph": settings.graph.model_copy(update={"base_url": sandbox_url}),
+    }
+    if not settings.accounts:
+        update["accounts"] = [
+            Account(id=SANDBOX_ACCOUNT_ID, access_token=SecretStr(SANDBOX_ACCESS_TOKEN))
+        ]
+    if not settings.webhook.app_secrets:
+        update["webhook"] = settings.webhook.model_copy(
+            update={"app_secrets": [SecretStr(secrets.token_hex(16))]}
+        )
+    return settings.model_copy(update=update)
+
+
+class App:
+    """One igbutton process: gRPC API, webhook, ops HTTP and (optionally) the sandbox."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ports = Ports()
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._sites = _Sites()
+        self._sandbox: object | None = None
+        self._ready = False
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start every part; on return all ports are bound and the service is ready."""
+        if self.settings.sandbox.enabled:
+            await self._start_sandbox()
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_concurrent_streams", self.settings.grpc.max_concurrent_streams),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        self.ports.grpc = self._bind_grpc(self._grpc)
+        await self._grpc.start()
+        self.ports.http = await self._serve_http(
+            build_ops_app(self._readiness), self.settings.http.host, self.settings.http.port
+        )
+        for name in ("", *_SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ready = True
+        log.info(
+            "igbutton started",
+            extra={
+                "grpc_port": self.ports.grpc,
+                "http_port": self.ports.http,
+                "webhook_port": self.ports.webhook,
+                "sandbox_port": self.ports.sandbox,
+                "storage": self.settings.storage.backend,
+                "tls": self.settings.grpc.tls.enabled,
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight calls finish within the grace period, then close."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._ready = False
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.grpc.shutdown_grace_seconds)
+        for runner in reversed(self._sites.runners):
+            await runner.cleanup()
+        log.info("igbutton stopped")
+
+    async def wait_stopped(self) -> None:
+        """Return once stop() has been called."""
+        await self._stopped.wait()
+
+    async def _readiness(self) -> str | None:
+        if not self._ready:
+            return "starting or stopping"
+        return None
+
+    def _bind_grpc(self, server: grpc.aio.Server) -> int:
+        listen = self.settings.grpc.listen
+        tls = self.settings.grpc.tls
+        if not tls.enabled:
+            port = server.add_insecure_port(listen)
+        else:
+            assert tls.cert_file is not None
+            assert tls.key_file is not None
+            ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+            creds = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            port = server.add_secure_port(listen, creds)
+        if port == 0:
+            raise OSError(f"cannot bind gRPC to {listen}")
+        return port
+
+    async def _serve_http(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._sites.runners.append(runner)
+        server = site._server  # aiohttp exposes the bound port only here
+        assert isinstance(server, asyncio.base_events.Server)
+        bound: int = server.sockets[0].getsockname()[1]
+        return bound
+
+    async def _start_sandbox(self) -> None:
+        """Filled in by the sandbox: start it, then rewrite settings to point at it."""

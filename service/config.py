@@ -1,0 +1,413 @@
+"""The one configuration object, read from environment variables and/or a TOML file.
+
+Environment variables use the prefix ``IGBUTTON_`` and ``__`` between nested names, for
+example ``IGBUTTON_GRAPH__API_VERSION=v25.0``. Lists and objects are JSON, for example
+``IGBUTTON_ACCOUNTS='[{"id": "17841400000000000", "access_token_file": "/run/secrets/ig"}]'``.
+A TOML file named by ``IGBUTTON_CONFIG_FILE`` (or ``--config``) holds the same keys;
+environment variables win over the file. Every secret can come from a file instead
+(container secret mounts). Settings are validated at start and a bad one stops the
+process with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# Meta retired v20.0 on 2026-09-24; v21.0 to v26.0 are current (instagram-platform.md).
+DEFAULT_GRAPH_API_VERSION = "v25.0"
+_VERSION_RE = re.compile(r"^v\d+\.\d+$")
+_ACCOUNT_ID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every bad setting."""
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{what} file {path} is empty")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Account(_Section):
+    """An Instagram professional account igbutton may send from."""
+
+    id: str
+    """The account's IG ID, as used in ``/{IG_ID}/messages``."""
+    access_token: SecretStr | None = None
+    """The Instagram User access token for this account."""
+    access_token_file: Path | None = None
+    """A file holding the access token (wins over ``access_token``)."""
+    rate_per_second: float | None = Field(default=None, gt=0)
+    """This account's send rate limit; default ``rate_limit.per_account_per_second``."""
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str) -> str:
+        if not _ACCOUNT_ID_RE.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _load_token(self) -> Self:
+        if self.access_token_file is not None:
+            token = _read_secret_file(self.access_token_file, "access token")
+            object.__setattr__(self, "access_token", SecretStr(token))
+        if self.access_token is None or not self.access_token.get_secret_value():
+            raise ValueError(f"account {self.id}: access_token or access_token_file is required")
+        return self
+
+    def token(self) -> str:
+        """The access token in clear, for the Graph client only."""
+        assert self.access_token is not None  # guaranteed by _load_token
+        return self.access_token.get_secret_value()
+
+
+class GraphSettings(_Section):
+    """How igbutton reaches Meta's Graph API."""
+
+    base_url: str = "https://graph.instagram.com"
+    """Base URL of the Graph API (the sandbox's URL in sandbox mode)."""
+    api_version: str = DEFAULT_GRAPH_API_VERSION
+    """Graph API version, such as ``v25.0``."""
+    token_in: Literal["header", "query"] = "header"  # noqa: S105 - a mode, not a secret
+    """Send the token as ``Authorization: Bearer`` (default) or as ``?access_token=``."""
+    default_timeout_seconds: float = Field(default=20.0, gt=0, le=300)
+    """Deadline for a send when the caller gave none."""
+    max_attempts: int = Field(default=4, ge=1, le=10)
+    """Attempts per send, counting the first, for failures Meta surely did not act on."""
+    backoff_initial_seconds: float = Field(default=0.2, gt=0)
+    """First retry delay; doubled per attempt, with full jitter."""
+    backoff_max_seconds: float = Field(default=5.0, gt=0)
+    """Longest retry delay."""
+    max_connections: int = Field(default=200, ge=1)
+    """Size of the keep-alive connection pool to the Graph API."""
+
+    @field_validator("api_version")
+    @classmethod
+    def _check_version(cls, value: str) -> str:
+        if not _VERSION_RE.match(value):
+            raise ValueError("must look like v25.0")
+        if value == "v20.0" or int(value[1:].split(".")[0]) < 21:
+            raise ValueError(f"{value} is retired by Meta; use v21.0 or newer")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+
+class TlsSettings(_Section):
+    """TLS for the gRPC port; with ``client_ca_file`` callers must present a certificate."""
+
+    cert_file: Path | None = None
+    """PEM certificate chain of the server."""
+    key_file: Path | None = None
+    """PEM private key of the server."""
+    client_ca_file: Path | None = None
+    """PEM CA bundle; when set, mutual TLS is required."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        for path in (self.cert_file, self.key_file, self.client_ca_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path} does not exist")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the gRPC port serves TLS."""
+        return self.cert_file is not None
+
+
+class Caller(_Section):
+    """A calling service: a bearer token and the accounts it may use."""
+
+    name: str
+    """A label for logs and metrics (never the token)."""
+    token: SecretStr | None = None
+    """The bearer token the caller sends as ``authorization: Bearer <token>``."""
+    token_file: Path | None = None
+    """A file holding the token (wins over ``token``)."""
+    accounts: list[str] = Field(default_factory=lambda: ["*"])
+    """IG IDs this caller may use; ``*`` means all."""
+
+    @model_validator(mode="after")
+    def _load_token(self) -> Self:
+        if self.token_file is not None:
+            object.__setattr__(
+                self, "token", SecretStr(_read_secret_file(self.token_file, "caller token"))
+            )
+        if self.token is None or len(self.token.get_secret_value()) < 16:
+            raise ValueError(f"caller {self.name}: token (at least 16 characters) is required")
+        return self
+
+    def allows(self, account_id: str) -> bool:
+        """Whether this caller may use the account."""
+        return "*" in self.accounts or account_id in self.accounts
+
+
+class GrpcSettings(_Section):
+    """The gRPC listener."""
+
+    listen: str = "127.0.0.1:50051"
+    """host:port for gRPC; port 0 picks a free port."""
+    tls: TlsSettings = TlsSettings()
+    """Optional TLS and mutual TLS."""
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    """How long in-flight calls may finish after SIGTERM."""
+    max_concurrent_streams: int = Field(default=1000, ge=1)
+    """Most concurrent streams per HTTP/2 connection."""
+
+
+class HttpSettings(_Section):
+    """The operations HTTP listener: /healthz, /readyz, /metrics."""
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(default=9090, ge=0, le=65535)
+    """Port; 0 picks a free port."""
+
+
+class WebhookSettings(_Section):
+    """Meta's webhook endpoint."""
+
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Port; 0 picks a free port."""
+    path: str = "/webhook"
+    """URL path Meta POSTs to."""
+    verify_token: SecretStr | None = None
+    """The token Meta echoes in the GET handshake."""
+    verify_token_file: Path | None = None
+    """A file holding the verify token."""
+    app_secrets: list[SecretStr] = Field(default_factory=list)
+    """App secrets accepted for X-Hub-Signature-256; several allow rotation."""
+    app_secret_files: list[Path] = Field(default_factory=list)
+    """Files holding app secrets, added to ``app_secrets``."""
+    allow_unsigned: bool = False
+    """Accept unsigned POSTs. Only for local experiments; logged loudly."""
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest accepted body; Meta batches up to 1000 updates."""
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @model_validator(mode="after")
+    def _load_secrets(self) -> Self:
+        if self.verify_token_file is not None:
+            token = _read_secret_file(self.verify_token_file, "verify token")
+            object.__setattr__(self, "verify_token", SecretStr(token))
+        extra = [SecretStr(_read_secret_file(p, "app secret")) for p in self.app_secret_files]
+        if extra:
+            object.__setattr__(self, "app_secrets", [*self.app_secrets, *extra])
+        return self
+
+    def secrets(self) -> list[bytes]:
+        """The app secrets in clear, for signature checks only."""
+        return [s.get_secret_value().encode() for s in self.app_secrets]
+
+
+class NatsSettings(_Section):
+    """NATS JetStream, the scale-out backend."""
+
+    servers: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    """NATS server URLs."""
+    creds_file: Path | None = None
+    """NATS credentials file (JWT + nkey)."""
+    tls_ca_file: Path | None = None
+    """CA bundle for TLS to NATS."""
+    stream: str = "IGBUTTON_POSTBACKS"
+    """JetStream stream holding the postback log."""
+    subject_prefix: str = "igbutton.postbacks"
+    """Subject prefix; events go to ``<prefix>.<account>``."""
+    idempotency_bucket: str = "igbutton_idempotency"
+    """KV bucket for idempotency records."""
+    replicas: int = Field(default=1, ge=1, le=5)
+    """Stream and bucket replicas (3 in a cluster)."""
+
+
+class StorageSettings(_Section):
+    """Where the postback log, group state and idempotency records live."""
+
+    backend: Literal["sqlite", "nats"] = "sqlite"
+    """``sqlite`` (embedded, one process) or ``nats`` (JetStream, many replicas)."""
+    sqlite_path: Path = Path("data/igbutton.db")
+    """SQLite database file; its folder is created."""
+    nats: NatsSettings = NatsSettings()
+    """NATS settings, used with backend ``nats``."""
+
+
+class RateLimitSettings(_Section):
+    """Per-account send rate limit (token bucket)."""
+
+    per_account_per_second: float = Field(default=100.0, gt=0)
+    """Sends per second per account (Meta documents 100/s for Instagram)."""
+    burst: int = Field(default=100, ge=1)
+    """Bucket size: how many sends may go at once after a quiet spell."""
+
+
+class IdempotencySettings(_Section):
+    """How long a request_id is honoured."""
+
+    ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    """A repeat within this time returns the first result."""
+
+
+class PostbackSettings(_Section):
+    """The postback log and consumer groups."""
+
+    retention_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    """How long postbacks are kept."""
+    prune_interval_seconds: float = Field(default=60.0, gt=0)
+    """How often expired postbacks are removed."""
+    default_ack_deadline_seconds: float = Field(default=30.0, ge=1, le=600)
+    """Ack deadline when a subscription sets none."""
+    max_delivery_attempts: int = Field(default=5, ge=1, le=100)
+    """Deliveries before an unacknowledged postback is dead-lettered."""
+    default_max_unacked: int = Field(default=100, ge=1, le=10000)
+    """Per-member cap on unacknowledged postbacks when a subscription sets none."""
+
+
+class SandboxSettings(_Section):
+    """The local Instagram stand-in, for a first run without a Meta app."""
+
+    enabled: bool = False
+    """Start the sandbox in-process and point the Graph client and accounts at it."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+    port: int = Field(default=8765, ge=0, le=65535)
+    """Port; 0 picks a free port."""
+
+
+class LogSettings(_Section):
+    """Logging."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Log level."""
+    format: Literal["json", "text"] = "json"
+    """JSON lines (default) or plain text."""
+
+
+class Settings(BaseSettings):
+    """Everything igbutton can be told. Build with :meth:`Settings.load`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IGBUTTON_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    accounts: list[Account] = Field(default_factory=list)
+    """Instagram accounts to send from."""
+    callers: list[Caller] = Field(default_factory=list)
+    """Calling services; when empty, gRPC calls need no token."""
+    graph: GraphSettings = GraphSettings()
+    grpc: GrpcSettings = GrpcSettings()
+    http: HttpSettings = HttpSettings()
+    webhook: WebhookSettings = WebhookSettings()
+    storage: StorageSettings = StorageSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    postbacks: PostbackSettings = PostbackSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_accounts(cls, value: list[Account]) -> list[Account]:
+        ids = [a.id for a in value]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"account ids configured twice: {', '.join(dupes)}")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> Self:
+        needs_secret = not self.sandbox.enabled and not self.webhook.allow_unsigned
+        if needs_secret and not self.webhook.app_secrets:
+            raise ValueError(
+                "webhook.app_secrets (or app_secret_files) is required "
+                "unless webhook.allow_unsigned or sandbox.enabled is set"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("IGBUTTON_CONFIG_FILE")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Read and validate the configuration, or raise ConfigError naming each problem."""
+        if config_file is not None:
+            if not config_file.is_file():
+                raise ConfigError(f"config file {config_file} does not exist")
+            os.environ["IGBUTTON_CONFIG_FILE"] = str(config_file)
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    def account(self, account_id: str) -> Account | None:
+        """The configured account with this IG ID, if any."""
+        return next((a for a in self.accounts if a.id == account_id), None)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        env = "IGBUTTON_" + "__".join(str(p) for p in err["loc"] if isinstance(p, str)).upper()
+        lines.append(f"  {where} ({env}): {err['msg']}")
+    return "\n".join(lines)

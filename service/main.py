@@ -1,0 +1,77 @@
+"""The ``igbutton-server`` command: load the configuration, run the service until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from service import logs
+from service.app import App
+from service.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="igbutton-server",
+        description="Run igbutton: the gRPC gateway for Instagram button templates and "
+        "postbacks. Settings come from IGBUTTON_* environment variables and/or a TOML file.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="start the local Instagram sandbox and send to it (no Meta app needed)",
+    )
+    parser.add_argument(
+        "--ports-file",
+        type=Path,
+        help="once ready, write the bound ports here as JSON (for scripts and tests)",
+    )
+    return parser
+
+
+async def serve(settings: Settings, ports_file: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = App(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(app.stop()))
+    try:
+        await app.start()
+        if ports_file is not None:
+            tmp = ports_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(vars(app.ports)))
+            tmp.replace(ports_file)  # atomic, so a reader never sees half a file
+        await app.wait_stopped()
+    finally:
+        await app.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``igbutton-server``."""
+    args = _parser().parse_args(argv)
+    # Keyword overrides are merged over the environment and file, key by key.
+    overrides: dict[str, object] = {"sandbox": {"enabled": True}} if args.sandbox else {}
+    try:
+        settings = Settings.load(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"igbutton-server: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log)
+    try:
+        asyncio.run(serve(settings, args.ports_file))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
