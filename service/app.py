@@ -80,7 +80,9 @@ class App:
         """Start every part; on return all ports are bound and the service is ready."""
         if self.settings.sandbox.enabled:
             await self._start_sandbox()
+        await self._start_storage()
         self._grpc = grpc.aio.server(
+            interceptors=self._interceptors(),
             options=[
                 ("grpc.max_concurrent_streams", self.settings.grpc.max_concurrent_streams),
                 ("grpc.so_reuseport", 0),
@@ -90,11 +92,14 @@ class App:
         reflection.enable_server_reflection(
             (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
+        self._add_send_service(self._grpc)
+        self._add_postback_service(self._grpc)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
         self.ports.http = await self._serve_http(
             build_ops_app(self._readiness), self.settings.http.host, self.settings.http.port
         )
+        await self._start_webhook()
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
@@ -117,10 +122,14 @@ class App:
         self._stopped.set()
         self._ready = False
         await self._health.enter_graceful_shutdown()
+        await self._stop_webhook()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grpc.shutdown_grace_seconds)
+        await self._stop_send()
+        await self._stop_storage()
         for runner in reversed(self._sites.runners):
             await runner.cleanup()
+        await self._stop_sandbox()
         log.info("igbutton stopped")
 
     async def wait_stopped(self) -> None:
@@ -162,5 +171,39 @@ class App:
         bound: int = server.sockets[0].getsockname()[1]
         return bound
 
+    # --- Extension points. Each belongs to one part of the service. ---
+
+    # Sandbox (service/sandbox/).
     async def _start_sandbox(self) -> None:
-        """Filled in by the sandbox: start it, then rewrite settings to point at it."""
+        """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
+
+    async def _stop_sandbox(self) -> None:
+        """Stop the sandbox, if started."""
+
+    # Storage (service/storage/): postback log, groups, idempotency records.
+    async def _start_storage(self) -> None:
+        """Open the configured storage backend."""
+
+    async def _stop_storage(self) -> None:
+        """Close the storage backend after every user of it stopped."""
+
+    # Send path (service/send/).
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Server interceptors: caller authentication, then metrics."""
+        return []
+
+    def _add_send_service(self, server: grpc.aio.Server) -> None:
+        """Register SendService."""
+
+    async def _stop_send(self) -> None:
+        """Close the Graph client after in-flight sends finished."""
+
+    # Postback path (service/postbacks/).
+    def _add_postback_service(self, server: grpc.aio.Server) -> None:
+        """Register PostbackService."""
+
+    async def _start_webhook(self) -> None:
+        """Serve Meta's webhook and tell the sandbox (if any) where it is."""
+
+    async def _stop_webhook(self) -> None:
+        """Stop taking webhooks; finish stores in flight; end streams with UNAVAILABLE."""
