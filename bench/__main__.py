@@ -1,0 +1,154 @@
+"""``python -m bench``: run the benchmarks and write results, chart and docs table.
+
+Environment knobs (all optional):
+  BENCH_QUICK=1               the ~1-minute smoke plan (does not touch docs/performance.md)
+  BENCH_BACKENDS=sqlite,nats  storage backends for the postback benchmark
+  BENCH_LABEL=name            results file name (default: from the plan and server knobs)
+  IGBUTTON_BENCH_UVLOOP=1     run igbutton on uvloop
+  IGBUTTON_BENCH_WORKERS=N    run igbutton as N SO_REUSEPORT worker processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import postback_bench, procs, report, send_bench
+from bench.plan import PLANS, Plan
+from bench.servers import ServerKnobs
+from bench.targets import check
+
+RESULTS = procs.REPO / "bench" / "results"
+DOC = procs.REPO / "docs" / "performance.md"
+SECTIONS = ("send", "postbacks")
+
+
+def _label(plan: Plan, knobs: ServerKnobs) -> str:
+    parts = [] if plan.name == "full" else [plan.name]
+    if knobs.uvloop:
+        parts.append("uvloop")
+    if knobs.workers > 1:
+        parts.append(f"workers{knobs.workers}")
+    return "-".join(parts) or "default"
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=procs.REPO, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("grpcio", "aiohttp", "protobuf", "uvloop"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _meta(plan: Plan, knobs: ServerKnobs, label: str, backends: list[str]) -> dict[str, Any]:
+    return {
+        "label": label,
+        "plan": plan.name,
+        "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git("describe", "--always", "--dirty"),
+        "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "loadavg_start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "knobs": dataclasses.asdict(knobs),
+        "backends": backends,
+        "versions": _versions(),
+        "plan_detail": dataclasses.asdict(plan),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    default_plan = "quick" if os.environ.get("BENCH_QUICK") in ("1", "true", "yes") else "full"
+    parser.add_argument("--plan", choices=sorted(PLANS), default=default_plan)
+    parser.add_argument(
+        "--only", default=",".join(SECTIONS), help="comma-separated sections: send, postbacks"
+    )
+    parser.add_argument("--backends", default=os.environ.get("BENCH_BACKENDS", "sqlite,nats"))
+    parser.add_argument("--label", default=os.environ.get("BENCH_LABEL"))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--docs", type=Path, default=DOC, help="docs page to regenerate (full plan only)"
+    )
+    parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--work-dir", type=Path, help="keep logs and databases here")
+    return parser
+
+
+def main() -> int:
+    """Run the chosen sections and write everything."""
+    args = _parser().parse_args()
+    plan = PLANS[args.plan]
+    knobs = ServerKnobs.from_env()
+    label = args.label or _label(plan, knobs)
+    backends = [b for b in args.backends.split(",") if b]
+    sections = {s for s in args.only.split(",") if s}
+    results: dict[str, Any] = {"meta": _meta(plan, knobs, label, backends)}
+    started = time.monotonic()
+    print(f"bench '{label}': plan {plan.name}, knobs {results['meta']['knobs']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="igbutton-bench-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"process logs in {work}" + ("" if args.work_dir else " (removed at the end)"))
+        if "send" in sections:
+            results["send"] = send_bench.run(plan, work, knobs)
+        if "postbacks" in sections:
+            results["postbacks"] = {
+                backend: postback_bench.run(plan, work, dataclasses.replace(knobs, backend=backend))
+                for backend in backends
+            }
+    results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["targets"] = check(results)
+    report.print_targets(results["targets"])
+    out = args.results_dir / f"{label}.json"
+    report.write_json(results, out)
+    report.chart(results, args.results_dir / f"{label}.png")
+    print(f"\nwrote {out} and {out.with_suffix('.png')} in {results['meta']['elapsed_s']} s")
+    if plan.name == "full" and not args.no_docs:
+        everything = [json.loads(p.read_text()) for p in sorted(args.results_dir.glob("*.json"))]
+        full = [r for r in everything if r.get("meta", {}).get("plan") == "full"]
+        main_result = next((r for r in full if r["meta"]["label"] == "default"), results)
+        report.update_docs(args.docs, main_result, full)
+        print(f"updated {args.docs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Closed-loop send load: N concurrent callers for a fixed time, in its own process.
+
+``python -m bench.loadgen_send grpc --target HOST:PORT ...`` calls SendButtonTemplate (on
+igbutton or on the trivial servicer); ``python -m bench.loadgen_send http --url URL ...``
+POSTs the same message's Graph JSON straight to the sandbox. After the warm-up it prints
+``{"event": "start"}``, at the end ``{"event": "end"}`` (the orchestrator measures the
+server between the two), then one ``{"event": "result", ...}`` line. Only calls that
+complete inside the measured window count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import grpc
+from igbutton.v1 import send_service_pb2_grpc
+
+from bench import payloads
+from bench.stats import latency_summary
+
+Call = Callable[[], Awaitable[None]]
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Print one protocol line for the orchestrator."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class Window:
+    """The warm-up and measured phases shared by every caller."""
+
+    def __init__(self, warmup: float, duration: float) -> None:
+        now = time.perf_counter()
+        self.start = now + warmup
+        self.end = self.start + duration
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+        self.first_error: str | None = None
+
+    def record(self, started: float, finished: float, error: str | None) -> None:
+        if not self.start <= finished <= self.end:
+            return
+        if error is None:
+            self.latencies.append(finished - started)
+        else:
+            self.errors[error] += 1
+
+
+async def _caller(call: Call, window: Window) -> None:
+    while True:
+        started = time.perf_counter()
+        if started >= window.end:
+            return
+        error: str | None = None
+        try:
+            await call()
+        except grpc.aio.AioRpcError as exc:
+            error = exc.code().name
+            window.first_error = window.first_error or f"{error}: {exc.details()}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = type(exc).__name__
+            window.first_error = window.first_error or f"{error}: {exc}"
+        window.record(started, time.perf_counter(), error)
+
+
+async def _announce(window: Window) -> None:
+    await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+    emit("start")
+    await asyncio.sleep(max(0.0, window.end - time.perf_counter()))
+    emit("end")
+
+
+async def _run(calls: list[Call], warmup: float, duration: float) -> Window:
+    window = Window(warmup, duration)
+    await asyncio.gather(_announce(window), *(_caller(call, window) for call in calls))
+    return window
+
+
+def _grpc_calls(
+    target: str, concurrency: int, channels: int, timeout: float
+) -> tuple[list[Call], list[grpc.aio.Channel]]:
+    # A local subchannel pool per channel gives each its own TCP connection (SO_REUSEPORT
+    # workers are balanced per connection).
+    options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+    chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
+    stubs = [send_service_pb2_grpc.SendServiceStub(ch) for ch in chans]
+    request = payloads.send_request()
+    calls: list[Call] = []
+    for n in range(concurrency):
+        stub = stubs[n % channels]
+
+        async def call(stub: send_service_pb2_grpc.SendServiceStub = stub) -> None:
+            await stub.SendButtonTemplate(request, timeout=timeout)
+
+        calls.append(call)
+    return calls, chans
+
+
+def _http_calls(
+    session: aiohttp.ClientSession, url: str, token: str, concurrency: int
+) -> list[Call]:
+    body = payloads.graph_body()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    async def call() -> None:
+        async with session.post(url, data=body, headers=headers) as response:
+            await response.read()
+            if response.status != 200:
+                raise aiohttp.ClientResponseError(response.request_info, (), status=response.status)
+
+    return [call] * concurrency
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the load and return the result record."""
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    if args.mode == "grpc":
+        calls, chans = _grpc_calls(args.target, args.concurrency, args.channels, args.timeout)
+        for ch in chans:
+            await asyncio.wait_for(ch.channel_ready(), 30)
+        try:
+            window = await _run(calls, args.warmup, args.duration)
+        finally:
+            for ch in chans:
+                await ch.close()
+    else:
+        connector = aiohttp.TCPConnector(limit=args.concurrency)
+        timeout = aiohttp.ClientTimeout(total=args.timeout)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            window = await _run(
+                _http_calls(session, args.url, args.token, args.concurrency),
+                args.warmup,
+                args.duration,
+            )
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    ok = len(window.latencies)
+    return {
+        "mode": args.mode,
+        "concurrency": args.concurrency,
+        "channels": args.channels if args.mode == "grpc" else None,
+        "duration_s": args.duration,
+        "calls": ok,
+        "calls_per_s": round(ok / args.duration, 1),
+        "errors": dict(window.errors),
+        "first_error": window.first_error,
+        "latency": latency_summary(window.latencies),
+        "loadgen_cpu_seconds": round(
+            usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime, 3
+        ),
+    }
+
+
+def main() -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["grpc", "http"])
+    parser.add_argument("--target", help="host:port of a SendService (grpc mode)")
+    parser.add_argument("--url", help="the Graph send URL (http mode)")
+    parser.add_argument("--token", default=payloads.ACCESS_TOKEN)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--channels", type=int, default=1, help="gRPC connections")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--timeout", type=float, default=10.0, help="per call, seconds")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    emit("result", **result)
+
+
+if __name__ == "__main__":
+    main()
