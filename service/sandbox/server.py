@@ -11,6 +11,7 @@ languages and the CLI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -109,7 +110,12 @@ class Sandbox:
         tokens: Mapping[str, str] | None = None,
         webhook_url: str | None = None,
         app_secret: bytes | None = None,
+        max_records: int = 100_000,
     ) -> None:
+        """``max_records`` bounds memory: the oldest sends (and their messages) are forgotten."""
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        self._max_records = max_records
         self._host = host
         self._requested_port = port
         self._port = 0
@@ -120,6 +126,7 @@ class Sandbox:
         self._messages: dict[str, _StoredMessage] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._stopping = asyncio.Event()
         self.received: list[RecordedSend] = []
         """Every send that reached the sandbox, in arrival order."""
 
@@ -129,6 +136,7 @@ class Sandbox:
         """Bind the port and start serving; afterwards ``url`` and ``port`` are known."""
         from service.sandbox.control import add_control_routes  # control imports this module
 
+        self._stopping.clear()
         app = web.Application()
         app.router.add_post("/{version}/{account}/messages", self._handle_send)
         add_control_routes(app, self)
@@ -151,6 +159,7 @@ class Sandbox:
 
     async def stop(self) -> None:
         """Stop serving and close the webhook client. Safe to call twice."""
+        self._stopping.set()  # slow faults answer now instead of holding up shutdown
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -257,14 +266,15 @@ class Sandbox:
             received_at=time.time(),
             status=0,
         )
-        self.received.append(record)
+        self._remember(record)
 
         fault = self._faults.take(record.account_id)
         if fault is not None:
             if fault.kind == "drop":
                 return self._drop(request)
             if fault.kind == "slow":
-                await asyncio.sleep(fault.delay_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), fault.delay_seconds)
             elif fault.kind == "graph_error":
                 error = fault.graph_error()
                 record.status = error.http_status
@@ -281,6 +291,15 @@ class Sandbox:
         response = self._process(request.match_info["version"], account, token, body, record)
         record.status = response.status
         return response
+
+    def _remember(self, record: RecordedSend) -> None:
+        self.received.append(record)
+        excess = len(self.received) - self._max_records
+        if excess > 0:
+            for old in self.received[:excess]:
+                if old.message_id is not None:
+                    self._messages.pop(old.message_id, None)
+            del self.received[:excess]
 
     def _process(
         self,
