@@ -8,9 +8,11 @@ import hashlib
 import hmac
 import json
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -862,3 +864,53 @@ async def test_app_in_sandbox_mode_exposes_the_sandbox(
     ok = await send(http, app.sandbox, account=account.id, token=SANDBOX_ACCESS_TOKEN)
     assert ok.status == 200, ok.text
     assert_graph_error(await send(http, app.sandbox, account=account.id, token="other"), 190)
+
+
+async def test_standalone_sandbox_runs_and_taps(
+    tmp_path: Path, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    secret_file = tmp_path / "app-secret"
+    secret_file.write_bytes(APP_SECRET + b"\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service.sandbox",
+        "--port",
+        "0",
+        "--webhook-url",
+        receiver.url,
+        "--app-secret-file",
+        str(secret_file),
+        "--token",
+        f"{ACCOUNT}={TOKEN}",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        base = line.strip().rsplit(" ", 1)[-1]
+        assert base.startswith("http://127.0.0.1:"), line
+        async with http.get(f"{base}/_sandbox/healthz") as resp:
+            assert resp.status == 200
+        url = f"{base}/v25.0/{ACCOUNT}/messages"
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.post(url, json=SEED_BODY, headers=auth) as resp:
+            assert resp.status == 200
+            message_id = (await resp.json())["message_id"]
+        tap = {"message_id": message_id, "button_index": 1}
+        async with http.post(f"{base}/_sandbox/tap", json=tap) as resp:
+            assert (await resp.json())["webhook_status"] == 200
+        [raw] = receiver.bodies
+        assert receiver.headers[0]["X-Hub-Signature-256"] == sign(raw, APP_SECRET)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+def test_standalone_sandbox_refuses_bad_arguments(tmp_path: Path) -> None:
+    from service.sandbox.__main__ import main
+
+    assert main(["--token", "no-equals-sign"]) == 2
+    assert main(["--webhook-url", "http://127.0.0.1:1/webhook"]) == 2
+    assert main(["--app-secret-file", str(tmp_path / "missing")]) == 2
