@@ -32,6 +32,11 @@ $(TOOLS_STAMP): tools/package.json tools/package-lock.json
 	cd tools && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(PY_STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
+	touch $@
+
 venv: $(PY_STAMP)
 tools: $(TOOLS_STAMP)
 
@@ -72,3 +77,8 @@ docker:
 
 clean:
 	rm -rf $(VENV) tools/node_modules .mypy_cache .ruff_cache .pytest_cache
+
+# Not part of `make test`: ~10 minutes on 2 cores (BENCH_QUICK=1: about one minute).
+# Knobs: IGBUTTON_BENCH_UVLOOP=1, IGBUTTON_BENCH_WORKERS=N, BENCH_BACKENDS=sqlite,nats.
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench
