@@ -1,0 +1,77 @@
+"""`make bench` in its tiny plan: every process starts, talks and stops; the JSON has its keys.
+
+Speed is never asserted here; only that the harness runs and writes what the docs read.
+Needs the bench extra (psutil, matplotlib): skipped in an environment without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("psutil")
+pytest.importorskip("matplotlib")
+
+REPO = Path(__file__).resolve().parent.parent
+TARGETS = {
+    "send_throughput_ratio",
+    "added_p50_latency",
+    "stored_postbacks_batch1",
+    "stored_postbacks_batch50",
+    "e2e_p99_500_per_s_10_subscribers",
+    "idle_subscriber_memory_growth",
+}
+
+
+@pytest.mark.slow
+def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IGBUTTON_", "BENCH_"))}
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--plan=tiny",
+            "--backends=sqlite",
+            f"--results-dir={results}",
+            f"--work-dir={tmp_path / 'work'}",
+            "--no-docs",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((results / "tiny.json").read_text())
+    assert {"meta", "send", "postbacks", "targets"} <= set(data)
+    assert data["meta"]["plan"] == "tiny"
+    assert {t["name"] for t in data["targets"]} == TARGETS
+    assert all(t["pass"] in (True, False, None) for t in data["targets"])
+    assert "PASS" in proc.stdout or "FAIL" in proc.stdout or "N/A" in proc.stdout
+
+    ceiling = [r for r in data["send"]["runs"] if r["target"] == "grpc_ceiling"]
+    assert len(ceiling) == 1
+    run = ceiling[0]
+    assert run["calls"] > 0
+    assert run["errors"] == {}
+    assert {"p50_ms", "p90_ms", "p99_ms"} <= set(run["latency"])
+    assert {"cpu_seconds", "peak_rss_mb"} <= set(run["usage"]["server"])
+    assert run["usage"]["server"]["peak_rss_mb"] > 0
+    for target in ("http_ceiling", "igbutton"):
+        ran = [r for r in data["send"]["runs"] if r["target"] == target]
+        assert ran or target in data["send"]["skipped"]
+    assert {"best_calls_per_s", "added_latency_c1", "per_concurrency"} <= set(
+        data["send"]["summary"]
+    )
+    sqlite = data["postbacks"]["sqlite"]
+    assert "skipped" in sqlite or {"throughput", "cases", "memory"} <= set(sqlite)
+    assert (results / "tiny.png").stat().st_size > 0
