@@ -34,6 +34,16 @@ class TrivialSendService(send_service_pb2_grpc.SendServiceServicer):
     ) -> send_service_pb2.SendButtonTemplateResponse:
         return self._response
 
+    async def ValidateButtonTemplate(
+        self,
+        request: send_service_pb2.ValidateButtonTemplateRequest,
+        context: grpc.aio.ServicerContext[
+            send_service_pb2.ValidateButtonTemplateRequest,
+            send_service_pb2.ValidateButtonTemplateResponse,
+        ],
+    ) -> send_service_pb2.ValidateButtonTemplateResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not part of the ceiling")
+
 
 async def _serve(ports_file: Path) -> None:
     server = grpc.aio.server()

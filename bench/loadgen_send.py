@@ -17,7 +17,7 @@ import resource
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import grpc
@@ -25,6 +25,9 @@ from igbutton.v1 import send_service_pb2_grpc
 
 from bench import payloads
 from bench.stats import latency_summary
+
+if TYPE_CHECKING:
+    from igbutton.v1.send_service_pb2_grpc import SendServiceAsyncStub
 
 Call = Callable[[], Awaitable[None]]
 
@@ -91,13 +94,13 @@ def _grpc_calls(
     # workers are balanced per connection).
     options = [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
     chans = [grpc.aio.insecure_channel(target, options=options) for _ in range(channels)]
-    stubs = [send_service_pb2_grpc.SendServiceStub(ch) for ch in chans]
+    stubs: list[SendServiceAsyncStub] = [send_service_pb2_grpc.SendServiceStub(ch) for ch in chans]
     request = payloads.send_request()
     calls: list[Call] = []
     for n in range(concurrency):
         stub = stubs[n % channels]
 
-        async def call(stub: send_service_pb2_grpc.SendServiceStub = stub) -> None:
+        async def call(stub: SendServiceAsyncStub = stub) -> None:
             await stub.SendButtonTemplate(request, timeout=timeout)
 
         calls.append(call)

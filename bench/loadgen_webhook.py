@@ -75,7 +75,9 @@ class Poster:
             self.events_in_window += self.batch
 
 
-async def _open_loop(poster: Poster, rate: float, warmup: float, duration: float, inflight: int):
+async def _open_loop(
+    poster: Poster, rate: float, warmup: float, duration: float, inflight: int
+) -> dict[str, Any]:
     """Start one POST every batch/rate seconds; never wait for answers except at the cap."""
     interval = poster.batch / rate
     limit = asyncio.Semaphore(inflight)
@@ -115,7 +117,9 @@ async def _open_loop(poster: Poster, rate: float, warmup: float, duration: float
     return {"schedule_lag_max_ms": round(1000 * lag_max, 2)}
 
 
-async def _closed_loop(poster: Poster, concurrency: int, warmup: float, duration: float):
+async def _closed_loop(
+    poster: Poster, concurrency: int, warmup: float, duration: float
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     poster.window_start = t0 + warmup
     poster.window_end = poster.window_start + duration
@@ -134,7 +138,7 @@ async def _closed_loop(poster: Poster, concurrency: int, warmup: float, duration
     return {}
 
 
-async def _count(poster: Poster, concurrency: int, count: int):
+async def _count(poster: Poster, concurrency: int, count: int) -> dict[str, Any]:
     posts = -(-count // poster.batch)
     queue = iter(range(posts))
     poster.window_start = time.perf_counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def probe_postbacks(igb: Running) -> None:
             for _ in stream:
                 break
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
+            code = exc.code()
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 raise Skip("PostbackService is not implemented in this build") from None
             if code != grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -262,16 +263,34 @@ def _print(run: dict[str, Any]) -> None:
 
 
 def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
-    """The whole postback benchmark for knobs.backend."""
-    out: dict[str, Any] = {"backend": knobs.backend, "throughput": [], "cases": []}
+    """The whole postback benchmark for knobs.backend.
+
+    A run whose processes fail is recorded under ``failed`` and the others go on; a build
+    without the postback path (Skip) ends the section.
+    """
+    out: dict[str, Any] = {"backend": knobs.backend, "throughput": [], "cases": [], "failed": {}}
     print(f"postbacks ({knobs.backend})", flush=True)
-    try:
-        for batch in plan.throughput_batches:
-            out["throughput"].append(_throughput(plan, batch, work, knobs))
-        for case in plan.postback_cases:
-            out["cases"].append(_case(plan, case, work, knobs))
-        out["memory"] = _memory(plan, work, knobs)
-    except (Skip, ChildFailed) as exc:
-        out["skipped"] = str(exc)
-        print(f"  skipped postbacks ({knobs.backend}): {exc}", flush=True)
+    steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+        *(
+            ("throughput", f"max-b{b}", lambda b=b: _throughput(plan, b, work, knobs))
+            for b in plan.throughput_batches
+        ),
+        *(("cases", c.name, lambda c=c: _case(plan, c, work, knobs)) for c in plan.postback_cases),
+        ("memory", "memory", lambda: _memory(plan, work, knobs)),
+    ]
+    for key, name, step in steps:
+        try:
+            result = step()
+        except Skip as exc:
+            out["skipped"] = str(exc)
+            print(f"  skipped postbacks ({knobs.backend}): {exc}", flush=True)
+            break
+        except ChildFailed as exc:
+            out["failed"][name] = str(exc)
+            print(f"  FAILED {name} ({knobs.backend}): {exc}", flush=True)
+            continue
+        if key == "memory":
+            out["memory"] = result
+        else:
+            out[key].append(result)
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import psutil
+import psutil  # type: ignore[import-untyped, unused-ignore]
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

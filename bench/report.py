@@ -80,11 +80,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
             (f"{backend} b{t['batch']}", t["events_per_s"]) for t in data.get("throughput", [])
         ]
     if labels:
-        xs = range(len(labels))
+        xs = list(range(len(labels)))
         ax_e2e.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
         ax_e2e.bar([x + 0.2 for x in xs], p99, width=0.4, label="p99")
         ax_e2e.axhline(50, color="red", linestyle=":", label="target p99 (500/s, 10 subs)")
-        ax_e2e.set_xticks(list(xs), labels, fontsize=6, rotation=45, ha="right")
+        ax_e2e.set_xticks(xs, labels, fontsize=6, rotation=45, ha="right")
         ax_e2e.set_yscale("log")
         ax_e2e.legend(fontsize=7)
     ax_e2e.set(title="Postbacks: end-to-end latency (POST to subscriber)", ylabel="ms")

@@ -52,10 +52,10 @@ def probe_send(target: str) -> None:
         try:
             stub.SendButtonTemplate(payloads.send_request(), timeout=20)
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
+            code = exc.code()
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 raise Skip("SendService is not implemented in this build") from None
-            raise Skip(f"probe send failed: {code.name}: {exc.details()}") from None  # type: ignore[attr-defined]
+            raise Skip(f"probe send failed: {code.name}: {exc.details()}") from None
 
 
 def _start(target: str, work: Path, knobs: ServerKnobs) -> tuple[list[Running], dict[str, Any]]:

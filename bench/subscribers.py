@@ -23,7 +23,7 @@ import resource
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -33,6 +33,9 @@ from bench.loadgen_send import emit
 from bench.loadgen_webhook import BENCH_PREFIX
 from bench.payloads import sent_time
 from bench.stats import latency_summary
+
+if TYPE_CHECKING:
+    from igbutton.v1.postback_service_pb2_grpc import PostbackServiceAsyncStub
 
 
 class Score:
@@ -68,7 +71,7 @@ def _request(
 class Acker:
     """Acknowledges a group member's deliveries every few milliseconds, in one call."""
 
-    def __init__(self, stub: postback_service_pb2_grpc.PostbackServiceStub, group: str) -> None:
+    def __init__(self, stub: PostbackServiceAsyncStub, group: str) -> None:
         self.stub = stub
         self.group = group
         self.pending: list[str] = []
@@ -139,7 +142,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     tasks: list[asyncio.Task[None]] = []
     for n, channel in enumerate(channels):
         await asyncio.wait_for(channel.channel_ready(), 30)
-        stub = postback_service_pb2_grpc.PostbackServiceStub(channel)
+        stub: PostbackServiceAsyncStub = postback_service_pb2_grpc.PostbackServiceStub(channel)
         call = stub.SubscribePostbacks(_request(args, since))
         calls.append(call)
         if args.idle:
