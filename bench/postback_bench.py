@@ -115,7 +115,13 @@ def _drain(subs: Child, expect: int, limit: float = 300) -> dict[str, Any]:
 
 
 def _fresh_server(name: str, work: Path, knobs: ServerKnobs) -> Running:
-    igb = servers.start_igbutton(name, work, knobs)
+    try:
+        igb = servers.start_igbutton(name, work, knobs)
+    except ChildFailed as exc:
+        last = str(exc).strip().splitlines()[-1]
+        raise Skip(
+            f"igbutton does not start with storage backend {knobs.backend!r}: {last}"
+        ) from None
     try:
         probe_postbacks(igb)
     except BaseException:
