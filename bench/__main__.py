@@ -135,6 +135,7 @@ def main() -> int:
                 for backend in backends
             }
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["meta"]["loadavg_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     results["targets"] = check(results)
     report.print_targets(results["targets"])
     out = args.results_dir / f"{label}.json"

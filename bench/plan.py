@@ -62,7 +62,7 @@ QUICK = Plan(
     send_duration=2.0,
     send_warmup=0.5,
     send_targets=("grpc_ceiling", "http_ceiling", "igbutton"),
-    throughput_batches=(50,),
+    throughput_batches=(1, 50),
     postback_duration=2.0,
     postback_warmup=0.5,
     postback_cases=(PostbackCase(10, 1, 500), PostbackCase(3, 1, 500, group=True)),

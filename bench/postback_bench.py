@@ -94,16 +94,19 @@ def _post(
         work,
         pipes=True,
     )
+    machine = procs.MachineMeter()
     try:
         procs.expect_event(child, "start", timeout=120)
+        machine.begin()
         meter.begin()
         procs.expect_event(child, "end", timeout=limit)
         usage = meter.end()
+        machine_usage = machine.end()
         result = procs.expect_event(child, "result", timeout=300)
     finally:
         child.stop()
     result.pop("event", None)
-    result["usage"] = {"server": usage}
+    result["usage"] = {"server": usage, "machine": machine_usage}
     return result
 
 
@@ -263,7 +266,8 @@ def _print(run: dict[str, Any]) -> None:
         f"  postbacks {run['case']:<18} stored {run['events_per_s']:>8.1f} ev/s"
         f"  e2e p50={lat['p50_ms']} p99={lat['p99_ms']} ms  received {subs['received']}"
         f"/{subs['expected']}  server cpu={run['usage']['server']['cpu_seconds']}s"
-        f" peak_rss={run['usage']['server']['peak_rss_mb']}MB{errors}{sub_err}",
+        f" peak_rss={run['usage']['server']['peak_rss_mb']}MB"
+        f" machine busy={run['usage']['machine']['busy_percent_of_all_cores']}%{errors}{sub_err}",
         flush=True,
     )
 

@@ -223,6 +223,33 @@ class Meter:
             self._sampled_peak = max(self._sampled_peak, _rss(process_tree(self.pid)))
 
 
+class MachineMeter:
+    """How busy all cores were over a window (ours and everyone else's work)."""
+
+    def __init__(self) -> None:
+        self._busy = 0.0
+        self._t = 0.0
+
+    def begin(self) -> None:
+        """Start the window."""
+        self._busy, self._t = _machine_busy(), time.monotonic()
+
+    def end(self) -> dict[str, Any]:
+        """Busy CPU seconds and the share of all cores used, in percent."""
+        busy = _machine_busy() - self._busy
+        wall = time.monotonic() - self._t
+        cores = psutil.cpu_count() or 1
+        return {
+            "cpu_seconds": round(busy, 3),
+            "busy_percent_of_all_cores": round(100 * busy / (wall * cores), 1) if wall else None,
+        }
+
+
+def _machine_busy() -> float:
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
 def rss_mb(pid: int) -> float:
     """Current RSS of a process tree in MiB."""
     return round(_rss(process_tree(pid)) / 2**20, 2)

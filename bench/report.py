@@ -56,8 +56,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
         )
     ax_tput.set(title="Send: calls/s", xlabel="concurrent callers", ylabel="calls/s")
     ax_lat.set(title="Send: latency", xlabel="concurrent callers", ylabel="ms", yscale="log")
+    levels = sorted({r["concurrency"] for r in runs})
     for ax in (ax_tput, ax_lat):
         ax.set_xscale("log", base=2)
+        if levels:
+            ax.set_xticks(levels, [str(level) for level in levels])
         ax.grid(True, alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -123,8 +126,8 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
         "### Send",
         "",
         "| path | callers | calls/s | p50 ms | p90 ms | p99 ms | server CPU % "
-        "| server peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server peak RSS MB | all cores busy % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for target in SEND_TARGETS:
         for run in sorted(
@@ -139,10 +142,11 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {SEND_LABELS[target]} | {run['concurrency']} | {_fmt(run['calls_per_s'], 0)} "
                 f"| {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | {_fmt(lat['p99_ms'])} "
-                f"| {_fmt(cpu, 0)} | {_fmt(server['peak_rss_mb'], 1)} |"
+                f"| {_fmt(cpu, 0)} | {_fmt(server['peak_rss_mb'], 1)} "
+                f"| {_fmt(run['usage'].get('machine', {}).get('busy_percent_of_all_cores'), 0)} |"
             )
     for target, reason in send.get("skipped", {}).items():
-        lines.append(f"| {SEND_LABELS.get(target, target)} | – | not run: {reason} | | | | | |")
+        lines.append(f"| {SEND_LABELS.get(target, target)} | – | not run: {reason} | | | | | | |")
     summary = send.get("summary", {})
     ratios = summary.get("best_ratio_vs_grpc_ceiling", {})
     lines += [
@@ -229,16 +233,18 @@ def _knob_table(all_results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### Runs by server knobs",
         "",
-        "| label | uvloop | workers | igbutton best calls/s | gRPC ceiling calls/s | ratio "
-        "| added p50 ms | stored ev/s (b1 / b50) | e2e p99 ms (10 subs) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| label | run at, commit | uvloop | workers | igbutton best calls/s "
+        "| gRPC ceiling calls/s | ratio | added p50 ms | stored ev/s (b1 / b50) "
+        "| e2e p99 ms (10 subs) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in all_results:
         meta = res["meta"]
         values = {t["name"]: t["value"] for t in res.get("targets", [])}
         best = res.get("send", {}).get("summary", {}).get("best_calls_per_s", {})
         lines.append(
-            f"| {meta['label']} | {meta['knobs']['uvloop']} | {meta['knobs']['workers']} "
+            f"| {meta['label']} | {meta['started_at']}, `{meta['commit']}` "
+            f"| {meta['knobs']['uvloop']} | {meta['knobs']['workers']} "
             f"| {_fmt(best.get('igbutton'), 0)} | {_fmt(best.get('grpc_ceiling'), 0)} "
             f"| {_fmt(values.get('send_throughput_ratio'))} "
             f"| {_fmt(values.get('added_p50_latency'), 3)} "
@@ -247,6 +253,18 @@ def _knob_table(all_results: list[dict[str, Any]]) -> list[str]:
             f"| {_fmt(values.get('e2e_p99_500_per_s_10_subscribers'))} |"
         )
     return lines
+
+
+def _busy_warning(meta: dict[str, Any]) -> list[str]:
+    # Other work on the machine takes cores from the servers and the load generator alike.
+    load = float(str(meta.get("loadavg_start", "0")).split(",")[0])
+    if load <= 0.5 * (meta.get("cpu_count") or 1):
+        return []
+    return [
+        f"**The machine was busy when this run started (1-minute load average {load:.2f} on "
+        f"{meta.get('cpu_count')} cores): treat these numbers as preliminary and noisy.**",
+        "",
+    ]
 
 
 def summary_markdown(main: dict[str, Any], all_results: list[dict[str, Any]]) -> str:
@@ -260,6 +278,7 @@ def summary_markdown(main: dict[str, Any], all_results: list[dict[str, Any]]) ->
         f"{meta['loadavg_start']} at the start. Results: `bench/results/{meta['label']}.json`, "
         f"chart: `bench/results/{meta['label']}.png`.",
         "",
+        *_busy_warning(meta),
         f"![benchmark chart](../bench/results/{meta['label']}.png)",
         "",
         *_target_table(main),

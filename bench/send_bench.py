@@ -29,14 +29,21 @@ class Skip(Exception):
 def run_load(
     name: str, args: list[str], meters: dict[str, Meter], work: Path, duration: float
 ) -> dict[str, Any]:
-    """Run one load generator; measure the servers between its start and end events."""
+    """Run one load generator; measure the servers between its start and end events.
+
+    ``usage["machine"]`` is every core's use over the window, the load generator's and
+    anything else running on the machine included: a check on how quiet the machine was.
+    """
     child = procs.start(name, [procs.PYTHON, "-m", *args], work, pipes=True)
+    machine = procs.MachineMeter()
     try:
         procs.expect_event(child, "start", timeout=120)
+        machine.begin()
         for meter in meters.values():
             meter.begin()
         procs.expect_event(child, "end", timeout=duration + 120)
         usage = {role: meter.end() for role, meter in meters.items()}
+        usage["machine"] = machine.end()
         result = procs.expect_event(child, "result", timeout=300)
     finally:
         child.stop()
@@ -147,7 +154,8 @@ def _print_run(run: dict[str, Any]) -> None:
     print(
         f"  send {run['target']:<16} c={run['concurrency']:<3} {run['calls_per_s']:>9.1f} calls/s"
         f"  p50={lat['p50_ms']} p90={lat['p90_ms']} p99={lat['p99_ms']} ms"
-        f"  server cpu={server['cpu_seconds']}s peak_rss={server['peak_rss_mb']}MB{errors}",
+        f"  server cpu={server['cpu_seconds']}s peak_rss={server['peak_rss_mb']}MB"
+        f"  machine busy={run['usage']['machine']['busy_percent_of_all_cores']}%{errors}",
         flush=True,
     )
 

@@ -87,6 +87,8 @@ class Acker:
             self.wake.clear()
             await asyncio.sleep(0.005)  # gathers the acks of a burst into one call
             ids, self.pending = self.pending, []
+            if not ids:
+                continue
             try:
                 await self.stub.AckPostbacks(
                     postback_service_pb2.AckPostbacksRequest(group=self.group, ack_ids=ids),
