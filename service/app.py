@@ -18,8 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from igbutton.v1 import postback_service_pb2, send_service_pb2
 from pydantic import SecretStr
 
+from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
+from service.send import SendPath
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class App:
         self._health = health.aio.HealthServicer()
         self._sites = _Sites()
         self._sandbox: object | None = None
+        self.send: SendPath | None = None
         self._ready = False
         self._stopped = asyncio.Event()
 
@@ -190,13 +193,17 @@ class App:
     # Send path (service/send/).
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
         """Server interceptors: caller authentication, then metrics."""
-        return []
+        return [CallerAuthInterceptor(self.settings.callers)]
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
+        self.send = SendPath(self.settings)
+        self.send.register(server)
 
     async def _stop_send(self) -> None:
         """Close the Graph client after in-flight sends finished."""
+        if self.send is not None:
+            await self.send.close()
 
     # Postback path (service/postbacks/).
     def _add_postback_service(self, server: grpc.aio.Server) -> None:
