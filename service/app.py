@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
+from service.sandbox import Sandbox
 from service.send import SendPath
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,10 @@ class App:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._sites = _Sites()
-        self._sandbox: object | None = None
+        self.sandbox: Sandbox | None = None
+        """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
         self.send: SendPath | None = None
+        """The send path's parts, once SendService is registered."""
         self._ready = False
         self._stopped = asyncio.Event()
 
@@ -179,9 +182,22 @@ class App:
     # Sandbox (service/sandbox/).
     async def _start_sandbox(self) -> None:
         """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
+        sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
+        await sandbox.start()
+        self.sandbox = sandbox
+        self.settings = with_sandbox_defaults(self.settings, sandbox.url)
+        # The sandbox accepts exactly the configured accounts' tokens, as Meta would.
+        sandbox.set_tokens({account.id: account.token() for account in self.settings.accounts})
+        self.ports.sandbox = sandbox.port
+        log.warning(
+            "sandbox mode: sends go to the local sandbox, not to Instagram",
+            extra={"sandbox_url": sandbox.url},
+        )
 
     async def _stop_sandbox(self) -> None:
         """Stop the sandbox, if started."""
+        if self.sandbox is not None:
+            await self.sandbox.stop()
 
     # Storage (service/storage/): postback log, groups, idempotency records.
     async def _start_storage(self) -> None:
