@@ -18,9 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.app import SANDBOX_ACCESS_TOKEN, App
-from service.sandbox import Fault, Sandbox, UnknownMessageError, sign
+from service.sandbox import Fault, Sandbox, UnknownMessageError, graph_rules, sign
 
 ACCOUNT = "17841400000000001"
 OTHER_ACCOUNT = "17841400000000002"
@@ -400,6 +402,19 @@ async def test_template_shape_rules(
     body = json.loads(json.dumps(SEED_BODY))
     mutate(body["message"]["attachment"])
     assert_graph_error(await send(http, sandbox, body), 100, fragment)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v25.0/1784/photos"), ("GET", "/v25.0/1784/messages"), ("GET", "/")],
+)
+async def test_unknown_paths_get_metas_error_and_are_not_recorded(
+    sandbox: Sandbox, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
+    async with http.request(method, f"{sandbox.url}{path}") as resp:
+        reply = Reply(resp.status, await resp.json(), "")
+    assert_graph_error(reply, 100, "Unsupported")
+    assert sandbox.received == []
 
 
 async def test_non_json_body_is_recorded_and_rejected(
@@ -784,7 +799,14 @@ async def test_control_faults_add_and_clear(sandbox: Sandbox, http: aiohttp.Clie
     fault = {"kind": "graph_error", "code": 4, "count": 2, "is_transient": True}
     async with http.post(f"{sandbox.url}/_sandbox/faults", json=fault) as resp:
         assert resp.status == 204
+    async with http.get(f"{sandbox.url}/_sandbox/faults") as resp:
+        [listed] = (await resp.json())["faults"]
+    assert listed["kind"] == "graph_error"
+    assert listed["code"] == 4
+    assert listed["remaining"] == 2
     assert (await send(http, sandbox)).json["error"]["code"] == 4
+    async with http.get(f"{sandbox.url}/_sandbox/faults") as resp:
+        assert (await resp.json())["faults"][0]["remaining"] == 1
     async with http.delete(f"{sandbox.url}/_sandbox/faults") as resp:
         assert resp.status == 204
     assert (await send(http, sandbox)).status == 200
@@ -914,3 +936,21 @@ def test_standalone_sandbox_refuses_bad_arguments(tmp_path: Path) -> None:
     assert main(["--token", "no-equals-sign"]) == 2
     assert main(["--webhook-url", "http://127.0.0.1:1/webhook"]) == 2
     assert main(["--app-secret-file", str(tmp_path / "missing")]) == 2
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=_json | st.builds(template, st.text(max_size=700), st.lists(_json, max_size=4)))
+def test_any_json_body_gets_an_answer_never_an_exception(body: Any) -> None:
+    outcome = graph_rules.validate_send(body)
+    if isinstance(outcome, graph_rules.GraphError):
+        assert outcome.code == 100
+        assert outcome.body()["error"]["message"]
+    else:
+        assert outcome.recipient_id == RECIPIENT

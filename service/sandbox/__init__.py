@@ -5,7 +5,8 @@ Start a :class:`Sandbox`, point the Graph client at ``sandbox.url``, and inspect
 """
 
 from service.sandbox.faults import Fault, FaultKind
-from service.sandbox.server import AUTO_SIGN, RecordedSend, Sandbox, UnknownMessageError
+from service.sandbox.records import RecordedSend, UnknownMessageError
+from service.sandbox.server import AUTO_SIGN, Sandbox
 from service.sandbox.tap import TapResult, postback_body, sign
 
 __all__ = [

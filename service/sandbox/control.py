@@ -3,7 +3,8 @@
 - ``GET /_sandbox/healthz`` -> 200
 - ``GET /_sandbox/messages`` -> ``{"messages": [{message_id, account_id, recipient_id,
   accepted, status, body, path, received_at}]}``
-- ``POST /_sandbox/faults`` (Fault fields as JSON) -> 204; ``DELETE /_sandbox/faults`` -> 204
+- ``POST /_sandbox/faults`` (Fault fields as JSON) -> 204; ``DELETE /_sandbox/faults`` -> 204;
+  ``GET /_sandbox/faults`` -> ``{"faults": [{...Fault fields, "remaining"}]}``
 - ``POST /_sandbox/reset`` -> 204
 - ``POST /_sandbox/tap`` ``{"message_id", "button_index"?}`` -> 200 ``{mid, payload, title,
   webhook_status}``; 404 unknown message; 400 bad index or not a postback button; 409 no
@@ -13,7 +14,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -81,6 +82,10 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
         sandbox.add_fault(fault)
         return web.Response(status=204)
 
+    async def list_faults(_: web.Request) -> web.Response:
+        listing = [{**asdict(fault), "remaining": left} for fault, left in sandbox.faults()]
+        return web.json_response({"faults": listing})
+
     async def clear_faults(_: web.Request) -> web.Response:
         sandbox.clear_faults()
         return web.Response(status=204)
@@ -120,6 +125,7 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_get("/_sandbox/healthz", healthz)
     app.router.add_get("/_sandbox/messages", messages)
     app.router.add_post("/_sandbox/faults", add_fault)
+    app.router.add_get("/_sandbox/faults", list_faults)
     app.router.add_delete("/_sandbox/faults", clear_faults)
     app.router.add_post("/_sandbox/reset", reset)
     app.router.add_post("/_sandbox/tap", tap)

@@ -81,6 +81,10 @@ class FaultQueue:
     def __len__(self) -> int:
         return len(self._faults)
 
+    def pending(self) -> list[tuple[Fault, int]]:
+        """Queued faults in order, each with how many more sends it will affect."""
+        return [(fault, self._remaining[id(fault)]) for fault in self._faults]
+
     def take(self, account_id: str) -> Fault | None:
         """The fault for a send from ``account_id``, using up one of its ``count``."""
         for fault in self._faults:

@@ -17,15 +17,16 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
 from service.sandbox import graph_rules
+from service.sandbox.control import add_control_routes
 from service.sandbox.faults import Fault, FaultQueue
 from service.sandbox.graph_rules import GraphError
+from service.sandbox.records import RecordedSend, SendLog, StoredMessage
 from service.sandbox.tap import TapResult, new_postback_mid, post_webhook, postback_body, sign
 
 log = logging.getLogger(__name__)
@@ -43,40 +44,6 @@ class _AutoSign:
 
 
 AUTO_SIGN: Final = _AutoSign()
-
-
-class UnknownMessageError(LookupError):
-    """No accepted send with this message id was recorded."""
-
-
-@dataclass
-class RecordedSend:
-    """One send that reached the sandbox, accepted or not, with the token redacted."""
-
-    account_id: str
-    """The account from the path (``me`` resolved when possible)."""
-    path: str
-    """The request path, such as ``/v25.0/17841400000000000/messages``."""
-    query: dict[str, str]
-    """Query parameters; an ``access_token`` value is replaced by ``<redacted>``."""
-    auth_header_present: bool
-    token_ok: bool
-    body: Any
-    """The parsed JSON body, or None when it was not JSON."""
-    raw_body: bytes
-    accepted: bool
-    message_id: str | None
-    recipient_id: str | None
-    received_at: float
-    status: int
-    """The HTTP status answered; 0 while in flight or when the connection was dropped."""
-
-
-@dataclass(frozen=True)
-class _StoredMessage:
-    account_id: str
-    recipient_id: str
-    buttons: tuple[dict[str, str], ...]
 
 
 def _bearer(header: str | None) -> str | None:
@@ -113,9 +80,7 @@ class Sandbox:
         max_records: int = 100_000,
     ) -> None:
         """``max_records`` bounds memory: the oldest sends (and their messages) are forgotten."""
-        if max_records < 1:
-            raise ValueError("max_records must be at least 1")
-        self._max_records = max_records
+        self._log = SendLog(max_records)
         self._host = host
         self._requested_port = port
         self._port = 0
@@ -123,23 +88,20 @@ class Sandbox:
         self._webhook_url = webhook_url
         self._app_secret = app_secret
         self._faults = FaultQueue()
-        self._messages: dict[str, _StoredMessage] = {}
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stopping = asyncio.Event()
-        self.received: list[RecordedSend] = []
-        """Every send that reached the sandbox, in arrival order."""
 
     # --- Lifecycle ---
 
     async def start(self) -> None:
         """Bind the port and start serving; afterwards ``url`` and ``port`` are known."""
-        from service.sandbox.control import add_control_routes  # control imports this module
-
         self._stopping.clear()
         app = web.Application()
         app.router.add_post("/{version}/{account}/messages", self._handle_send)
         add_control_routes(app, self)
+        # Anything else gets Meta's answer to an unknown path, so a client bug is obvious.
+        app.router.add_route("*", "/{tail:.*}", self._handle_unknown_path)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_SECONDS
         )
@@ -166,6 +128,11 @@ class Sandbox:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @property
+    def received(self) -> list[RecordedSend]:
+        """Every send that reached the sandbox (accepted or not), in arrival order."""
+        return self._log.received
 
     @property
     def port(self) -> int:
@@ -211,10 +178,13 @@ class Sandbox:
         """How many faults are still queued."""
         return len(self._faults)
 
+    def faults(self) -> list[tuple[Fault, int]]:
+        """Queued faults in order, each with how many more sends it will affect."""
+        return self._faults.pending()
+
     def reset(self) -> None:
         """Forget recorded sends, stored messages and faults (tokens and webhook stay)."""
-        self.received.clear()
-        self._messages.clear()
+        self._log.clear()
         self._faults.clear()
 
     def accepted(self) -> list[RecordedSend]:
@@ -266,7 +236,7 @@ class Sandbox:
             received_at=time.time(),
             status=0,
         )
-        self._remember(record)
+        self._log.record(record)
 
         fault = self._faults.take(record.account_id)
         if fault is not None:
@@ -292,14 +262,14 @@ class Sandbox:
         record.status = response.status
         return response
 
-    def _remember(self, record: RecordedSend) -> None:
-        self.received.append(record)
-        excess = len(self.received) - self._max_records
-        if excess > 0:
-            for old in self.received[:excess]:
-                if old.message_id is not None:
-                    self._messages.pop(old.message_id, None)
-            del self.received[:excess]
+    async def _handle_unknown_path(self, request: web.Request) -> web.Response:
+        await request.read()
+        return _error_response(
+            graph_rules.invalid(
+                f"Unsupported {request.method} request to {request.path}: the sandbox serves "
+                "POST /{version}/{account_id}/messages and /_sandbox/"
+            )
+        )
 
     def _process(
         self,
@@ -328,11 +298,8 @@ class Sandbox:
         if isinstance(outcome, GraphError):
             return _error_response(outcome)
         message_id = graph_rules.new_message_id(account)
-        self._messages[message_id] = _StoredMessage(
-            account_id=account, recipient_id=outcome.recipient_id, buttons=outcome.buttons
-        )
-        record.accepted = True
-        record.message_id = message_id
+        stored = StoredMessage(account, outcome.recipient_id, outcome.buttons)
+        self._log.accept(record, message_id, stored)
         return web.json_response({"recipient_id": outcome.recipient_id, "message_id": message_id})
 
     @staticmethod
@@ -346,12 +313,9 @@ class Sandbox:
 
     # --- Taps ---
 
-    def message(self, message_id: str) -> tuple[str, str, tuple[dict[str, str], ...]]:
-        """(account id, recipient id, buttons) of an accepted message."""
-        stored = self._messages.get(message_id)
-        if stored is None:
-            raise UnknownMessageError(f"no accepted message with id {message_id!r}")
-        return stored.account_id, stored.recipient_id, stored.buttons
+    def message(self, message_id: str) -> StoredMessage:
+        """The accepted message with this id (account, recipient, buttons)."""
+        return self._log.message(message_id)
 
     async def tap(
         self, message_id: str, button_index: int = 0, *, mid: str | None = None
@@ -362,7 +326,8 @@ class Sandbox:
         for a bad index or a button that is not a postback, RuntimeError when no webhook
         is configured. A webhook answering 5xx or unreachable is reported in the result.
         """
-        account_id, recipient_id, buttons = self.message(message_id)
+        stored = self._log.message(message_id)
+        buttons = stored.buttons
         if not 0 <= button_index < len(buttons):
             raise ValueError(
                 f"button_index {button_index} is out of range: the message has "
@@ -380,8 +345,8 @@ class Sandbox:
             )
         the_mid = mid if mid is not None else new_postback_mid()
         body = postback_body(
-            account_id=account_id,
-            sender_id=recipient_id,
+            account_id=stored.account_id,
+            sender_id=stored.recipient_id,
             mid=the_mid,
             title=button["title"],
             payload=button["payload"],
