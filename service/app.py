@@ -80,7 +80,8 @@ class App:
         self.send: SendPath | None = None
         """The send path's parts, once SendService is registered."""
         self._ready = False
-        self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start every part; on return all ports are bound and the service is ready."""
@@ -121,11 +122,26 @@ class App:
             },
         )
 
+    def request_stop(self) -> None:
+        """Ask the process to stop (from a signal handler); serve() then calls stop()."""
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once request_stop() or stop() has been called."""
+        await self._stop_requested.wait()
+
     async def stop(self) -> None:
-        """Stop taking work, let in-flight calls finish within the grace period, then close."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Stop taking work, let in-flight calls finish within the grace period, then close.
+
+        Safe to call more than once and from several tasks: every caller waits for the one
+        shutdown, which is shielded so a cancelled caller cannot cut it short.
+        """
+        self._stop_requested.set()
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self) -> None:
         self._ready = False
         await self._health.enter_graceful_shutdown()
         await self._stop_webhook()
@@ -137,10 +153,6 @@ class App:
             await runner.cleanup()
         await self._stop_sandbox()
         log.info("igbutton stopped")
-
-    async def wait_stopped(self) -> None:
-        """Return once stop() has been called."""
-        await self._stopped.wait()
 
     async def _readiness(self) -> str | None:
         if not self._ready:
