@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
+from service.rpc_metrics import RpcMetricsInterceptor
 from service.sandbox import Sandbox
 from service.send import SendPath
 
@@ -220,8 +221,12 @@ class App:
 
     # Send path (service/send/).
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Server interceptors: caller authentication, then metrics."""
-        return [CallerAuthInterceptor(self.settings.callers)]
+        """Server interceptors: metrics, then caller authentication.
+
+        Metrics is outermost so calls refused by authentication are counted (and logged
+        with a call id) too.
+        """
+        return [RpcMetricsInterceptor(), CallerAuthInterceptor(self.settings.callers)]
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""

@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import grpc
-from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
+from igbutton.v1 import errors_pb2, send_service_pb2, send_service_pb2_grpc
 
-from service import auth
+from service import auth, metrics
 from service.config import Settings
 from service.errors import ApiError, abort
 from service.send.graph_client import GraphClient
@@ -49,20 +49,27 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         try:
             time_left = self._timeout(context)
             valid, graph_request = self._prepare(request)
-            result = await self._send(valid, graph_request, time_left)
+            result, replayed = await self._send(valid, graph_request, time_left)
         except ApiError as error:
+            metrics.SENDS.labels("failed").inc()
             log.info(
                 "send failed",
-                extra={"reason": error.reason, "grpc_code": error.code.name, "error": str(error)},
+                extra={
+                    "reason": errors_pb2.ErrorReason.Name(error.reason),
+                    "grpc_code": error.code.name,
+                    "error": str(error),
+                },
             )
             await abort(context, error)
             raise AssertionError("abort returned") from None
         except Exception:
+            metrics.SENDS.labels("failed").inc()
             log.exception("send failed unexpectedly")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise AssertionError("abort returned") from None
+        metrics.SENDS.labels("replayed" if replayed else "sent").inc()
         log.info(
-            "sent",
+            "replayed" if replayed else "sent",
             extra={"account_id": valid.account.id, "message_id": result.message_id},
         )
         return send_service_pb2.SendButtonTemplateResponse(
@@ -104,14 +111,21 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         margin = min(_ANSWER_MARGIN_SECONDS, remaining * _ANSWER_MARGIN_FRACTION)
         return max(remaining - margin, 0.0)
 
-    async def _send(self, valid: ValidSend, request: GraphRequest, time_left: float) -> SendResult:
+    async def _send(
+        self, valid: ValidSend, request: GraphRequest, time_left: float
+    ) -> tuple[SendResult, bool]:
+        """The result, and whether it is a replay of an earlier call's."""
         deadline = time.monotonic() + time_left
         token = valid.account.token()
+        sent = False
 
         async def send(tracker: SendTracker) -> SendResult:
+            nonlocal sent
+            sent = True
             return await self._graph.send(request, token, deadline, tracker)
 
         if not valid.request_id:
-            return await send(SendTracker())
+            return await send(SendTracker()), False
         fp = fingerprint(valid.account.id, request.body_json)
-        return await self._sends.run(valid.request_id, fp, time_left, send)
+        result = await self._sends.run(valid.request_id, fp, time_left, send)
+        return result, not sent

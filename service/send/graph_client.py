@@ -31,8 +31,9 @@ import aiohttp
 import grpc
 from igbutton.v1 import errors_pb2
 
+from service import metrics, tracing
 from service.config import GraphSettings
-from service.errors import ApiError
+from service.errors import ApiError, RateLimited
 from service.send.graph_errors import (
     Retry,
     map_graph_error,
@@ -51,10 +52,13 @@ _REDACTED = "[redacted]"
 
 
 class _AttemptFailed(Exception):
-    def __init__(self, error: ApiError, retry: Retry) -> None:
+    def __init__(self, error: ApiError, retry: Retry, outcome: str, graph_code: str = "") -> None:
         super().__init__(error.message)
         self.error = error
         self.retry = retry
+        self.outcome = outcome
+        """The metrics label: graph_error, http_error, timeout, connect_error, disconnected."""
+        self.graph_code = graph_code
 
 
 async def _mark_written(
@@ -119,11 +123,14 @@ class GraphClient:
         attempt = 0
         while True:
             attempt += 1
-            await self._limiter.acquire(request.account_id, deadline)
+            await self._acquire(request.account_id, deadline)
             tracker.attempts = attempt
+            started = time.perf_counter()
             try:
-                return await self._attempt(request, token, deadline, tracker, attempt)
+                with tracing.graph_span(request.account_id, attempt):
+                    result = await self._attempt(request, token, deadline, tracker, attempt)
             except _AttemptFailed as failed:
+                _observe(failed.outcome, failed.graph_code, started)
                 error, retry = failed.error, failed.retry
                 log.debug(
                     "graph attempt failed",
@@ -143,9 +150,22 @@ class GraphClient:
                     delay = self._rand() * self._backoff_cap(attempt)  # full jitter
                 if time.monotonic() + delay >= deadline:
                     raise error from None
+                metrics.GRAPH_RETRIES.labels(retry.value).inc()
                 if retry is Retry.TRANSIENT:
                     await asyncio.sleep(delay)
                 # THROTTLE: the next acquire() waits out the hold.
+            else:
+                _observe("ok", "", started)
+                return result
+
+    async def _acquire(self, account_id: str, deadline: float) -> None:
+        started = time.monotonic()
+        try:
+            await self._limiter.acquire(account_id, deadline)
+        except RateLimited:
+            metrics.RATE_LIMIT_REJECTIONS.labels(account_id).inc()
+            raise
+        metrics.RATE_LIMIT_WAITS.labels(account_id).observe(time.monotonic() - started)
 
     def _backoff_cap(self, attempt: int) -> float:
         grown = self._settings.backoff_initial_seconds * 2.0 ** (attempt - 1)
@@ -179,6 +199,9 @@ class GraphClient:
                     status = response.status
                     usage = response.headers.get("X-Business-Use-Case-Usage")
                     retry_after_header = response.headers.get("Retry-After")
+                    metrics.record_usage_headers(
+                        request.account_id, response.headers.get("X-App-Usage"), usage
+                    )
         except TimeoutError:
             if tracker.written:
                 raise _AttemptFailed(
@@ -187,6 +210,7 @@ class GraphClient:
                         grpc.StatusCode.DEADLINE_EXCEEDED,
                     ),
                     Retry.NO,
+                    "timeout",
                 ) from None
             raise _AttemptFailed(
                 ApiError(
@@ -195,6 +219,7 @@ class GraphClient:
                     "the deadline passed before the request reached the Graph API; not sent",
                 ),
                 Retry.NO,
+                "timeout",
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise self._not_sent(exc) from None
@@ -206,6 +231,7 @@ class GraphClient:
                     f"the connection to the Graph API broke before an answer ({type(exc).__name__})"
                 ),
                 Retry.NO,
+                "disconnected",
             ) from None
         log.debug(
             "graph answer",
@@ -221,6 +247,7 @@ class GraphClient:
                 f"cannot reach the Graph API ({type(exc).__name__}); nothing was sent",
             ),
             Retry.TRANSIENT,
+            "connect_error",
         )
 
     def _read_answer(
@@ -249,6 +276,7 @@ class GraphClient:
             raise _AttemptFailed(
                 outcome_unknown(f"the Graph API answered HTTP {status} without a message_id"),
                 Retry.NO,
+                "http_error",
             )
         graph_error = parse_graph_error(payload)
         if graph_error is not None:
@@ -259,7 +287,7 @@ class GraphClient:
                 retry_after=wait,
                 safe_message=self.redact(graph_error.message)[:500],
             )
-            return self._raise(mapped.error, mapped.retry)
+            raise _AttemptFailed(mapped.error, mapped.retry, "graph_error", str(graph_error.code))
         metadata = {"httpStatus": str(status)}
         if status == 429:
             wait = _seconds(retry_after_header) or self._backoff_cap(attempt)
@@ -301,7 +329,12 @@ class GraphClient:
 
     @staticmethod
     def _raise(error: ApiError, retry: Retry) -> SendResult:
-        raise _AttemptFailed(error, retry)
+        raise _AttemptFailed(error, retry, "http_error")
+
+
+def _observe(outcome: str, graph_code: str, started: float) -> None:
+    metrics.GRAPH_CALLS.labels(outcome, graph_code).inc()
+    metrics.GRAPH_LATENCY.labels(outcome).observe(time.perf_counter() - started)
 
 
 def _seconds(header: str | None) -> float | None:
