@@ -178,7 +178,7 @@ class IdempotentSends:
             if is_final(error):
                 await self._keep(key, fp, error)
             else:
-                await self._store.release(key)
+                await self._forget(key)
             return error
         except BaseException:
             # Cancelled (the caller went away) or a bug: only a request that may have
@@ -188,7 +188,7 @@ class IdempotentSends:
                 entry.future.set_result(unknown)
                 await asyncio.shield(self._keep(key, fp, unknown))
             else:
-                await asyncio.shield(self._store.release(key))
+                await asyncio.shield(self._forget(key))
             raise
         await self._keep(key, fp, result)
         return result
@@ -199,6 +199,14 @@ class IdempotentSends:
         except Exception:
             # The send is over either way; the caller still gets its outcome.
             log.exception("could not store the outcome of request_id %r", key)
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self._store.release(key)
+        except Exception:
+            # The claim stays until its lease ends; a repeat then answers SEND_OUTCOME_UNKNOWN,
+            # the safe side.
+            log.exception("could not release request_id %r", key)
 
     async def _existing(self, key: str, fp: str, record: Record, deadline: float) -> Outcome:
         while True:
