@@ -176,7 +176,7 @@ class IdempotentSends:
             result = await send(tracker)
         except ApiError as error:
             if is_final(error):
-                await self._keep(key, fp, error)
+                await asyncio.shield(self._keep(key, fp, error))
             else:
                 await self._forget(key)
             return error
@@ -190,7 +190,8 @@ class IdempotentSends:
             else:
                 await asyncio.shield(self._forget(key))
             raise
-        await self._keep(key, fp, result)
+        # Shielded: a cancellation now must not lose the record of a send that happened.
+        await asyncio.shield(self._keep(key, fp, result))
         return result
 
     async def _keep(self, key: str, fp: str, outcome: Outcome) -> None:
