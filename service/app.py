@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from igbutton.v1 import postback_service_pb2, send_service_pb2
 from pydantic import SecretStr
 
+from service import tracing
 from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
@@ -153,6 +154,8 @@ class App:
         for runner in reversed(self._sites.runners):
             await runner.cleanup()
         await self._stop_sandbox()
+        # The exporter flushes with blocking I/O; keep it off the event loop.
+        await asyncio.to_thread(tracing.shutdown)
         log.info("igbutton stopped")
 
     async def _readiness(self) -> str | None:
@@ -226,7 +229,11 @@ class App:
         Metrics is outermost so calls refused by authentication are counted (and logged
         with a call id) too.
         """
-        return [RpcMetricsInterceptor(), CallerAuthInterceptor(self.settings.callers)]
+        return [
+            *tracing.configure(self.settings.tracing),
+            RpcMetricsInterceptor(),
+            CallerAuthInterceptor(self.settings.callers),
+        ]
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
