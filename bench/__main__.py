@@ -4,6 +4,8 @@ Environment knobs (all optional):
   BENCH_QUICK=1               the ~1-minute smoke plan (does not touch docs/performance.md)
   BENCH_BACKENDS=sqlite,nats  storage backends for the postback benchmark
   BENCH_LABEL=name            results file name (default: from the plan and server knobs)
+  BENCH_SEND_TARGETS=a,b      send targets, e.g. grpc_ceiling,http_ceiling,igbutton,
+                              igbutton_uvloop,igbutton_workers2 (knobs side by side)
   IGBUTTON_BENCH_UVLOOP=1     run igbutton on uvloop
   IGBUTTON_BENCH_WORKERS=N    run igbutton as N SO_REUSEPORT worker processes
 """
@@ -16,9 +18,9 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,12 +105,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backends", default=os.environ.get("BENCH_BACKENDS", "sqlite,nats"))
     parser.add_argument("--label", default=os.environ.get("BENCH_LABEL"))
+    parser.add_argument(
+        "--send-targets",
+        default=os.environ.get("BENCH_SEND_TARGETS"),
+        help="comma-separated send targets (default: the plan's)",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--docs", type=Path, default=DOC, help="docs page to regenerate (full plan only)"
     )
     parser.add_argument("--no-docs", action="store_true")
-    parser.add_argument("--work-dir", type=Path, help="keep logs and databases here")
+    parser.add_argument(
+        "--work-dir", type=Path, help="logs and databases (default: <results-dir>/tmp/<label>)"
+    )
     return parser
 
 
@@ -116,24 +125,30 @@ def main() -> int:
     """Run the chosen sections and write everything."""
     args = _parser().parse_args()
     plan = PLANS[args.plan]
+    if args.send_targets:
+        plan = dataclasses.replace(plan, send_targets=tuple(args.send_targets.split(",")))
     knobs = ServerKnobs.from_env()
     label = args.label or _label(plan, knobs)
+    if args.send_targets and not args.label:
+        label = f"{label}-compare"  # a side-by-side run does not replace the main results
     backends = [b for b in args.backends.split(",") if b]
     sections = {s for s in args.only.split(",") if s}
     results: dict[str, Any] = {"meta": _meta(plan, knobs, label, backends)}
     started = time.monotonic()
     print(f"bench '{label}': plan {plan.name}, knobs {results['meta']['knobs']}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="igbutton-bench-") as tmp:
-        work = args.work_dir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        print(f"process logs in {work}" + ("" if args.work_dir else " (removed at the end)"))
-        if "send" in sections:
-            results["send"] = send_bench.run(plan, work, knobs)
-        if "postbacks" in sections:
-            results["postbacks"] = {
-                backend: postback_bench.run(plan, work, dataclasses.replace(knobs, backend=backend))
-                for backend in backends
-            }
+    # Logs and databases stay on the repository's disk (not a tmpfs that makes fsync free),
+    # and are kept after the run for a look at what each process said.
+    work = args.work_dir or args.results_dir / "tmp" / label
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    print(f"process logs in {work}", flush=True)
+    if "send" in sections:
+        results["send"] = send_bench.run(plan, work, knobs)
+    if "postbacks" in sections:
+        results["postbacks"] = {
+            backend: postback_bench.run(plan, work, dataclasses.replace(knobs, backend=backend))
+            for backend in backends
+        }
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     results["meta"]["loadavg_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     results["targets"] = check(results)

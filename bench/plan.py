@@ -30,6 +30,8 @@ class Plan:
     send_duration: float
     send_warmup: float
     send_targets: tuple[str, ...] = ("grpc_ceiling", "http_ceiling", "igbutton", "igbutton_inproc")
+    """Send targets; ``igbutton_uvloop``, ``igbutton_workers2`` (any N), ``igbutton_inproc_uvloop``
+    ... run igbutton with those knobs side by side with the plain one (BENCH_SEND_TARGETS)."""
     throughput_batches: tuple[int, ...] = (1, 50)
     throughput_concurrency: int = 16
     postback_duration: float = 8.0

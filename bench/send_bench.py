@@ -9,6 +9,8 @@ Targets (each server in its own process, the load generator in another):
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,86 +67,110 @@ def probe_send(target: str) -> None:
             raise Skip(f"probe send failed: {code.name}: {exc.details()}") from None
 
 
-def _start(target: str, work: Path, knobs: ServerKnobs) -> tuple[list[Running], dict[str, Any]]:
-    """Start the servers of a target; return them and how to load and measure them."""
+@dataclass
+class Target:
+    """A started send target: its processes and how to load and measure it."""
+
+    name: str
+    processes: list[Running]
+    server: Running
+    grpc: str | None = None
+    http: str | None = None
+    sandbox_url: str | None = None
+    sandbox: Running | None = None
+    channels: int = 1
+
+    def stop(self) -> None:
+        """Stop its processes, last started first."""
+        for running in reversed(self.processes):
+            running.stop()
+
+
+def target_knobs(target: str, knobs: ServerKnobs) -> ServerKnobs:
+    """The server knobs of an igbutton target: ``_uvloop`` and ``_workersN`` suffixes."""
+    for part in target.split("_")[1:]:
+        if part == "uvloop":
+            knobs = dataclasses.replace(knobs, uvloop=True)
+        elif part.startswith("workers") and part[7:].isdigit():
+            knobs = dataclasses.replace(knobs, workers=int(part[7:]))
+    return knobs
+
+
+def _start(target: str, work: Path, knobs: ServerKnobs) -> Target:
     if target == "grpc_ceiling":
         ceiling = servers.start_grpc_ceiling(work)
-        return [ceiling], {"grpc": f"127.0.0.1:{ceiling.ports['grpc']}", "server": ceiling}
+        return Target(target, [ceiling], ceiling, grpc=f"127.0.0.1:{ceiling.ports['grpc']}")
     if not servers.have_sandbox():
         raise Skip("no service/sandbox in this build")
     if target == "http_ceiling":
         sandbox = servers.start_sandbox("sandbox-http", work)
         url = sandbox.ports["url"]
-        return [sandbox], {
-            "http": url + payloads.graph_path(),
-            "sandbox_url": url,
-            "server": sandbox,
-        }
-    if target == "igbutton":
-        sandbox = servers.start_sandbox("sandbox-send", work)
+        return Target(target, [sandbox], sandbox, http=url + payloads.graph_path(), sandbox_url=url)
+    if not target.startswith("igbutton"):
+        raise ValueError(f"unknown send target {target!r}")
+    mine = target_knobs(target, knobs)
+    # More connections only where the kernel has several workers to spread them over.
+    channels = 1 if mine.workers == 1 else 4 * mine.workers
+    if "inproc" in target.split("_"):
+        igb = servers.start_igbutton(target, work, mine, in_process_sandbox=True)
+        started = Target(
+            target,
+            [igb],
+            igb,
+            grpc=f"127.0.0.1:{igb.ports['grpc']}",
+            sandbox_url=f"http://127.0.0.1:{igb.ports['sandbox']}",
+            channels=channels,
+        )
+    else:
+        sandbox = servers.start_sandbox(f"sandbox-{target}", work)
         try:
-            igb = servers.start_igbutton(
-                "igbutton-send", work, knobs, graph_url=sandbox.ports["url"]
-            )
+            igb = servers.start_igbutton(target, work, mine, graph_url=sandbox.ports["url"])
         except BaseException:
             sandbox.stop()
             raise
-        return [sandbox, igb], {
-            "grpc": f"127.0.0.1:{igb.ports['grpc']}",
-            "sandbox_url": sandbox.ports["url"],
-            "server": igb,
-            "sandbox": sandbox,
-        }
-    if target == "igbutton_inproc":
-        igb = servers.start_igbutton("igbutton-inproc", work, knobs, in_process_sandbox=True)
-        return [igb], {
-            "grpc": f"127.0.0.1:{igb.ports['grpc']}",
-            "sandbox_url": f"http://127.0.0.1:{igb.ports['sandbox']}",
-            "server": igb,
-        }
-    raise ValueError(target)
-
-
-def _run_target(
-    target: str, plan: Plan, work: Path, knobs: ServerKnobs, channels: int
-) -> list[dict[str, Any]]:
-    started, how = _start(target, work, knobs)
-    runs: list[dict[str, Any]] = []
+        started = Target(
+            target,
+            [sandbox, igb],
+            igb,
+            grpc=f"127.0.0.1:{igb.ports['grpc']}",
+            sandbox_url=sandbox.ports["url"],
+            sandbox=sandbox,
+            channels=channels,
+        )
     try:
-        if target.startswith("igbutton"):
-            probe_send(how["grpc"])
-        for concurrency in plan.send_concurrency:
-            if "sandbox_url" in how:
-                servers.reset_sandbox(how["sandbox_url"])
-            meters = {"server": Meter(how["server"].child.pid)}
-            if "sandbox" in how:
-                meters["sandbox"] = Meter(how["sandbox"].child.pid)
-            common = [
-                f"--concurrency={concurrency}",
-                f"--duration={plan.send_duration}",
-                f"--warmup={plan.send_warmup}",
-            ]
-            if "http" in how:
-                args = ["bench.loadgen_send", "http", f"--url={how['http']}", *common]
-            else:
-                conns = min(channels, concurrency)
-                args = [
-                    "bench.loadgen_send",
-                    "grpc",
-                    f"--target={how['grpc']}",
-                    f"--channels={conns}",
-                    *common,
-                ]
-            result = run_load(
-                f"load-{target}-c{concurrency}", args, meters, work, plan.send_duration
-            )
-            result["target"] = target
-            runs.append(result)
-            _print_run(result)
-    finally:
-        for running in reversed(started):
-            running.stop()
-    return runs
+        assert started.grpc is not None
+        probe_send(started.grpc)
+    except BaseException:
+        started.stop()
+        raise
+    return started
+
+
+def _load(target: Target, concurrency: int, plan: Plan, work: Path) -> dict[str, Any]:
+    if target.sandbox_url is not None:
+        servers.reset_sandbox(target.sandbox_url)
+    meters = {"server": Meter(target.server.child.pid)}
+    if target.sandbox is not None:
+        meters["sandbox"] = Meter(target.sandbox.child.pid)
+    common = [
+        f"--concurrency={concurrency}",
+        f"--duration={plan.send_duration}",
+        f"--warmup={plan.send_warmup}",
+    ]
+    if target.http is not None:
+        args = ["bench.loadgen_send", "http", f"--url={target.http}", *common]
+    else:
+        args = [
+            "bench.loadgen_send",
+            "grpc",
+            f"--target={target.grpc}",
+            f"--channels={min(target.channels, concurrency)}",
+            *common,
+        ]
+    result = run_load(f"load-{target.name}-c{concurrency}", args, meters, work, plan.send_duration)
+    result["target"] = target.name
+    _print_run(result)
+    return result
 
 
 def _print_run(run: dict[str, Any]) -> None:
@@ -152,7 +178,7 @@ def _print_run(run: dict[str, Any]) -> None:
     server = run["usage"]["server"]
     errors = f" errors={run['errors']} ({run['first_error']})" if run["errors"] else ""
     print(
-        f"  send {run['target']:<16} c={run['concurrency']:<3} {run['calls_per_s']:>9.1f} calls/s"
+        f"  send {run['target']:<22} c={run['concurrency']:<3} {run['calls_per_s']:>9.1f} calls/s"
         f"  p50={lat['p50_ms']} p90={lat['p90_ms']} p99={lat['p99_ms']} ms"
         f"  server cpu={server['cpu_seconds']}s peak_rss={server['peak_rss_mb']}MB"
         f"  machine busy={run['usage']['machine']['busy_percent_of_all_cores']}%{errors}",
@@ -171,14 +197,17 @@ def _at(runs: list[dict[str, Any]], target: str, concurrency: int) -> dict[str, 
     )
 
 
-def summarise(runs: list[dict[str, Any]], concurrency: tuple[int, ...]) -> dict[str, Any]:
+def summarise(
+    runs: list[dict[str, Any]], concurrency: tuple[int, ...], targets: list[str]
+) -> dict[str, Any]:
     """Ratios against the ceilings (per concurrency and best of each) and added latency."""
+    igbuttons = [t for t in targets if t.startswith("igbutton")]
     per_concurrency = []
     for c in concurrency:
         row: dict[str, Any] = {"concurrency": c}
         ceiling = _at(runs, "grpc_ceiling", c)
         http = _at(runs, "http_ceiling", c)
-        for target in ("igbutton", "igbutton_inproc"):
+        for target in igbuttons:
             run = _at(runs, target, c)
             if run is None:
                 continue
@@ -189,12 +218,10 @@ def summarise(runs: list[dict[str, Any]], concurrency: tuple[int, ...]) -> dict[
                 run["calls_per_s"], http["calls_per_s"] if http else None
             )
         per_concurrency.append(row)
-    best = {
-        t: _best(runs, t) for t in ("grpc_ceiling", "http_ceiling", "igbutton", "igbutton_inproc")
-    }
+    best = {t: _best(runs, t) for t in ("grpc_ceiling", "http_ceiling", *igbuttons)}
     added: dict[str, Any] = {}
     direct = _at(runs, "http_ceiling", 1)
-    for target in ("igbutton", "igbutton_inproc"):
+    for target in igbuttons:
         run = _at(runs, target, 1)
         if run is None or direct is None or not run["calls"] or not direct["calls"]:
             continue
@@ -204,29 +231,43 @@ def summarise(runs: list[dict[str, Any]], concurrency: tuple[int, ...]) -> dict[
         }
     return {
         "best_calls_per_s": best,
-        "best_ratio_vs_grpc_ceiling": {
-            t: ratio(best[t], best["grpc_ceiling"]) for t in ("igbutton", "igbutton_inproc")
-        },
+        "best_ratio_vs_grpc_ceiling": {t: ratio(best[t], best["grpc_ceiling"]) for t in igbuttons},
         "per_concurrency": per_concurrency,
         "added_latency_c1": added,
     }
 
 
 def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
-    """The whole send benchmark."""
-    runs: list[dict[str, Any]] = []
+    """The whole send benchmark.
+
+    Every target's servers are started first and stay up (idle ones cost next to nothing);
+    then each concurrency level runs every target in turn, so the targets compared at one
+    level are measured minutes apart at most, under the same background load.
+    """
+    targets: list[Target] = []
     skipped: dict[str, str] = {}
-    channels = 1 if knobs.workers == 1 else 4 * knobs.workers
-    for target in plan.send_targets:
-        print(f"send: {target}", flush=True)
-        try:
-            runs += _run_target(target, plan, work, knobs, channels)
-        except (Skip, ChildFailed) as exc:
-            skipped[target] = str(exc)
-            print(f"  skipped {target}: {exc}", flush=True)
+    runs: list[dict[str, Any]] = []
+    try:
+        for name in plan.send_targets:
+            try:
+                targets.append(_start(name, work, knobs))
+            except (Skip, ChildFailed) as exc:
+                skipped[name] = str(exc)
+                print(f"  send: skipped {name}: {exc}", flush=True)
+        for concurrency in plan.send_concurrency:
+            print(f"send: {concurrency} concurrent callers", flush=True)
+            for target in targets:
+                try:
+                    runs.append(_load(target, concurrency, plan, work))
+                except ChildFailed as exc:
+                    skipped[f"{target.name}@{concurrency}"] = str(exc)
+                    print(f"  FAILED {target.name} c={concurrency}: {exc}", flush=True)
+    finally:
+        for target in reversed(targets):
+            target.stop()
     return {
         "runs": runs,
         "skipped": skipped,
-        "grpc_channels": channels,
-        "summary": summarise(runs, plan.send_concurrency),
+        "targets": [t.name for t in targets],
+        "summary": summarise(runs, plan.send_concurrency, [t.name for t in targets]),
     }
