@@ -29,6 +29,8 @@ class Plan:
     send_concurrency: tuple[int, ...]
     send_duration: float
     send_warmup: float
+    send_repeats: int = 1
+    """Rounds per concurrency level; each round runs every target once (medians reported)."""
     send_targets: tuple[str, ...] = ("grpc_ceiling", "http_ceiling", "igbutton", "igbutton_inproc")
     """Send targets; ``igbutton_uvloop``, ``igbutton_workers2`` (any N), ``igbutton_inproc_uvloop``
     ... run igbutton with those knobs side by side with the plain one (BENCH_SEND_TARGETS)."""
@@ -44,8 +46,9 @@ class Plan:
 FULL = Plan(
     name="full",
     send_concurrency=(1, 16, 64),
-    send_duration=8.0,
-    send_warmup=2.0,
+    send_duration=4.0,
+    send_warmup=1.0,
+    send_repeats=3,
     postback_cases=(
         PostbackCase(1, 1, 500),
         PostbackCase(10, 1, 500),

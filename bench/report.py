@@ -58,7 +58,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
         if not mine:
             continue
         xs = [r["concurrency"] for r in mine]
-        ax_tput.plot(xs, [r["calls_per_s"] for r in mine], marker="o", label=_label(target))
+        ys = [r["calls_per_s"] for r in mine]
+        spread = [
+            [y - r.get("calls_per_s_min", y) for y, r in zip(ys, mine, strict=True)],
+            [r.get("calls_per_s_max", y) - y for y, r in zip(ys, mine, strict=True)],
+        ]
+        ax_tput.errorbar(xs, ys, yerr=spread, marker="o", capsize=3, label=_label(target))
         line = ax_lat.plot(
             xs, [r["latency"]["p50_ms"] for r in mine], marker="o", label=f"{target} p50"
         )
@@ -70,7 +75,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
             color=line[0].get_color(),
             label=f"{target} p99",
         )
-    ax_tput.set(title="Send: calls/s", xlabel="concurrent callers", ylabel="calls/s")
+    ax_tput.set(
+        title="Send: calls/s (median, bars: min-max of rounds)",
+        xlabel="concurrent callers",
+        ylabel="calls/s",
+    )
     ax_lat.set(title="Send: latency", xlabel="concurrent callers", ylabel="ms", yscale="log")
     levels = sorted({r["concurrency"] for r in runs})
     for ax in (ax_tput, ax_lat):
@@ -136,12 +145,21 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _rate(run: dict[str, Any]) -> str:
+    if run.get("repetitions", 1) < 2:
+        return _fmt(run["calls_per_s"], 0)
+    return (
+        f"{_fmt(run['calls_per_s'], 0)} ({_fmt(run['calls_per_s_min'], 0)}–"
+        f"{_fmt(run['calls_per_s_max'], 0)})"
+    )
+
+
 def _send_tables(results: dict[str, Any]) -> list[str]:
     send = results.get("send", {})
     lines = [
         "### Send",
         "",
-        "| path | callers | calls/s | p50 ms | p90 ms | p99 ms | server CPU % "
+        "| path | callers | calls/s (spread) | p50 ms | p90 ms | p99 ms | server CPU % "
         "| server peak RSS MB | all cores busy % |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -156,7 +174,7 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
             if "sandbox" in run["usage"]:
                 cpu = f"{_fmt(cpu, 0)} (+{_fmt(run['usage']['sandbox']['cpu_percent'], 0)} sandbox)"
             lines.append(
-                f"| {_label(target)} | {run['concurrency']} | {_fmt(run['calls_per_s'], 0)} "
+                f"| {_label(target)} | {run['concurrency']} | {_rate(run)} "
                 f"| {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | {_fmt(lat['p99_ms'])} "
                 f"| {_fmt(cpu, 0)} | {_fmt(server['peak_rss_mb'], 1)} "
                 f"| {_fmt(run['usage'].get('machine', {}).get('busy_percent_of_all_cores'), 0)} |"

@@ -10,6 +10,8 @@ Targets (each server in its own process, the load generator in another):
 from __future__ import annotations
 
 import dataclasses
+import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,16 +239,61 @@ def summarise(
     }
 
 
+def combine(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record from the repetitions of a target at one concurrency.
+
+    Throughput, each latency percentile and CPU are the median over repetitions (robust to
+    one repetition hit by background work); calls and errors add up; peak RSS is the max.
+    """
+    out = dict(reps[0])
+    out.pop("rep", None)
+    out["repetitions"] = len(reps)
+    rates = [r["calls_per_s"] for r in reps]
+    out["calls_per_s"] = round(statistics.median(rates), 1)
+    out["calls_per_s_min"], out["calls_per_s_max"] = min(rates), max(rates)
+    out["calls"] = sum(r["calls"] for r in reps)
+    errors: Counter[str] = Counter()
+    for r in reps:
+        errors.update(r["errors"])
+    out["errors"] = dict(errors)
+    out["first_error"] = next((r["first_error"] for r in reps if r["first_error"]), None)
+    out["latency"] = {key: _median([r["latency"][key] for r in reps]) for key in reps[0]["latency"]}
+    out["latency"]["count"] = sum(r["latency"]["count"] for r in reps)
+    out["latency"]["max_ms"] = _max([r["latency"]["max_ms"] for r in reps])
+    out["loadgen_cpu_seconds"] = round(sum(r["loadgen_cpu_seconds"] for r in reps), 3)
+    out["usage"] = {}
+    for role in reps[0]["usage"]:
+        usages = [r["usage"][role] for r in reps]
+        combined = {key: _median([u.get(key) for u in usages]) for key in usages[0]}
+        if "peak_rss_mb" in usages[0]:
+            combined["peak_rss_mb"] = _max([u["peak_rss_mb"] for u in usages])
+        if "cpu_seconds" in usages[0]:
+            combined["cpu_seconds"] = round(sum(u["cpu_seconds"] for u in usages), 3)
+        out["usage"][role] = combined
+    return out
+
+
+def _median(values: list[Any]) -> Any:
+    numbers = [v for v in values if isinstance(v, int | float)]
+    return round(statistics.median(numbers), 4) if numbers else None
+
+
+def _max(values: list[Any]) -> Any:
+    numbers = [v for v in values if isinstance(v, int | float)]
+    return max(numbers) if numbers else None
+
+
 def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
     """The whole send benchmark.
 
-    Every target's servers are started first and stay up (idle ones cost next to nothing);
-    then each concurrency level runs every target in turn, so the targets compared at one
-    level are measured minutes apart at most, under the same background load.
+    Every target's servers are started first and stay up (idle ones cost next to nothing).
+    Then, for each concurrency level, ``plan.send_repeats`` rounds each run every target in
+    turn, so targets are compared under the same background load and a burst of other work
+    on the machine hits one repetition, not one target.
     """
     targets: list[Target] = []
     skipped: dict[str, str] = {}
-    runs: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []
     try:
         for name in plan.send_targets:
             try:
@@ -256,17 +303,28 @@ def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
                 print(f"  send: skipped {name}: {exc}", flush=True)
         for concurrency in plan.send_concurrency:
             print(f"send: {concurrency} concurrent callers", flush=True)
-            for target in targets:
-                try:
-                    runs.append(_load(target, concurrency, plan, work))
-                except ChildFailed as exc:
-                    skipped[f"{target.name}@{concurrency}"] = str(exc)
-                    print(f"  FAILED {target.name} c={concurrency}: {exc}", flush=True)
+            for rep in range(plan.send_repeats):
+                for target in targets:
+                    try:
+                        result = _load(target, concurrency, plan, work)
+                    except ChildFailed as exc:
+                        skipped[f"{target.name}@{concurrency}"] = str(exc)
+                        print(f"  FAILED {target.name} c={concurrency}: {exc}", flush=True)
+                        continue
+                    result["rep"] = rep
+                    raw.append(result)
     finally:
         for target in reversed(targets):
             target.stop()
+    runs = [
+        combine(reps)
+        for t in targets
+        for c in plan.send_concurrency
+        if (reps := [r for r in raw if r["target"] == t.name and r["concurrency"] == c])
+    ]
     return {
         "runs": runs,
+        "repetitions": raw,
         "skipped": skipped,
         "targets": [t.name for t in targets],
         "summary": summarise(runs, plan.send_concurrency, [t.name for t in targets]),
