@@ -116,14 +116,45 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: redraw the charts and the docs table from the results folder",
+    )
+    parser.add_argument(
         "--work-dir", type=Path, help="logs and databases (default: <results-dir>/tmp/<label>)"
     )
     return parser
 
 
+def _write_docs(args: argparse.Namespace, latest: dict[str, Any]) -> None:
+    everything = [json.loads(p.read_text()) for p in sorted(args.results_dir.glob("*.json"))]
+    full = [r for r in everything if r.get("meta", {}).get("plan") == "full"]
+    main_result = next((r for r in full if r["meta"]["label"] == "default"), latest)
+    report.update_docs(args.docs, main_result, full)
+    print(f"updated {args.docs}")
+
+
+def _report_only(args: argparse.Namespace) -> int:
+    """Redraw every chart and the docs table from the JSON already in the results folder."""
+    found = sorted(args.results_dir.glob("*.json"))
+    if not found:
+        print(f"no results in {args.results_dir}: run the benchmark first", file=sys.stderr)
+        return 1
+    latest: dict[str, Any] = {}
+    for path in found:
+        latest = json.loads(path.read_text())
+        report.chart(latest, path.with_suffix(".png"))
+        print(f"redrew {path.with_suffix('.png')}")
+    if not args.no_docs:
+        _write_docs(args, latest)
+    return 0
+
+
 def main() -> int:
     """Run the chosen sections and write everything."""
     args = _parser().parse_args()
+    if args.report_only:
+        return _report_only(args)
     plan = PLANS[args.plan]
     if args.send_targets:
         plan = dataclasses.replace(plan, send_targets=tuple(args.send_targets.split(",")))
@@ -158,11 +189,7 @@ def main() -> int:
     report.chart(results, args.results_dir / f"{label}.png")
     print(f"\nwrote {out} and {out.with_suffix('.png')} in {results['meta']['elapsed_s']} s")
     if plan.name == "full" and not args.no_docs:
-        everything = [json.loads(p.read_text()) for p in sorted(args.results_dir.glob("*.json"))]
-        full = [r for r in everything if r.get("meta", {}).get("plan") == "full"]
-        main_result = next((r for r in full if r["meta"]["label"] == "default"), results)
-        report.update_docs(args.docs, main_result, full)
-        print(f"updated {args.docs}")
+        _write_docs(args, results)
     return 0
 
 

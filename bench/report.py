@@ -227,23 +227,23 @@ def _postback_tables(results: dict[str, Any]) -> list[str]:
             for run in postbacks.get(backend, {}).get(key, []):
                 if run.get("case") not in cases:
                     cases.append(run["case"])
-    lines = [
-        "### Postbacks",
-        "",
-        "`max-bN`: closed loop, deliveries of N, one subscriber. `subsK-bN-rR`: K broadcast "
-        "subscribers (`groupK`: one K-member group), deliveries of N, R events/s offered.",
-        "",
-        "| case | SQLite stored ev/s | SQLite e2e p50 / p99 ms | SQLite peak RSS MB "
-        "| NATS stored ev/s | NATS e2e p50 / p99 ms | NATS peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = ["### Postbacks", ""]
+    if cases:
+        lines += [
+            "`max-bN`: closed loop, deliveries of N, one subscriber. `subsK-bN-rR`: K broadcast "
+            "subscribers (`groupK`: one K-member group), deliveries of N, R events/s offered.",
+            "",
+            "| case | SQLite stored ev/s | SQLite e2e p50 / p99 ms | SQLite peak RSS MB "
+            "| NATS stored ev/s | NATS e2e p50 / p99 ms | NATS peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for case in cases:
         cells = [cell(b, case, k) for b in backends for k in ("stored", "e2e", "rss")]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     for backend in backends:
         data = postbacks.get(backend, {})
         if "skipped" in data:
-            lines.append(f"\n{backend}: not run ({data['skipped']}).")
+            lines.append(f"{backend}: not run ({data['skipped']}).\n")
         memory = data.get("memory")
         if memory:
             lines.append(
