@@ -85,28 +85,31 @@ def _subscribers(
     return child
 
 
-def _post(
-    name: str, igb: Running, work: Path, meter: Meter, args: list[str], limit: float
-) -> dict[str, Any]:
+def _post(name: str, igb: Running, work: Path, args: list[str], limit: float) -> dict[str, Any]:
+    """Run one poster; measure igbutton (and nats-server, as "storage") over its window."""
     child = procs.start(
         name,
         [procs.PYTHON, "-m", "bench.loadgen_webhook", f"--url={_webhook_url(igb)}", *args],
         work,
         pipes=True,
     )
+    meters = {"server": Meter(igb.child.pid)}
+    for helper in igb.helpers:
+        meters["storage"] = Meter(helper.pid)
     machine = procs.MachineMeter()
     try:
         procs.expect_event(child, "start", timeout=120)
         machine.begin()
-        meter.begin()
+        for meter in meters.values():
+            meter.begin()
         procs.expect_event(child, "end", timeout=limit)
-        usage = meter.end()
-        machine_usage = machine.end()
+        usage = {role: meter.end() for role, meter in meters.items()}
+        usage["machine"] = machine.end()
         result = procs.expect_event(child, "result", timeout=300)
     finally:
         child.stop()
     result.pop("event", None)
-    result["usage"] = {"server": usage, "machine": machine_usage}
+    result["usage"] = usage
     return result
 
 
@@ -143,7 +146,6 @@ def _throughput(plan: Plan, batch: int, work: Path, knobs: ServerKnobs) -> dict[
             f"{name}-post",
             igb,
             work,
-            Meter(igb.child.pid),
             [
                 f"--batch={batch}",
                 "--rate=0",
@@ -175,7 +177,6 @@ def _case(plan: Plan, case: PostbackCase, work: Path, knobs: ServerKnobs) -> dic
             f"{name}-post",
             igb,
             work,
-            Meter(igb.child.pid),
             [
                 f"--batch={case.batch}",
                 f"--rate={case.rate}",
@@ -208,7 +209,6 @@ def _memory(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
             f"{name}-warm",
             igb,
             work,
-            Meter(igb.child.pid),
             [
                 "--batch=50",
                 "--concurrency=4",
@@ -223,7 +223,6 @@ def _memory(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
             f"{name}-post",
             igb,
             work,
-            Meter(igb.child.pid),
             [
                 "--batch=50",
                 "--concurrency=4",
@@ -262,6 +261,9 @@ def _print(run: dict[str, Any]) -> None:
     lat = subs["latency"]
     errors = f" errors={run['errors']} ({run['first_error']})" if run["errors"] else ""
     sub_err = f" sub_errors={subs['errors']} ({subs['first_error']})" if subs["errors"] else ""
+    storage = run["usage"].get("storage")
+    if storage:
+        sub_err += f" nats-server cpu={storage['cpu_seconds']}s peak_rss={storage['peak_rss_mb']}MB"
     print(
         f"  postbacks {run['case']:<18} stored {run['events_per_s']:>8.1f} ev/s"
         f"  e2e p50={lat['p50_ms']} p99={lat['p99_ms']} ms  received {subs['received']}"

@@ -219,7 +219,9 @@ def _postback_tables(results: dict[str, Any]) -> list[str]:
             got = run["subscribers"]
             lost = f", {got['missing']} missing" if got["missing"] else ""
             return f"{_fmt(lat['p50_ms'])} / {_fmt(lat['p99_ms'])}{lost}"
-        return _fmt(run["usage"]["server"]["peak_rss_mb"], 1)
+        rss = _fmt(run["usage"]["server"]["peak_rss_mb"], 1)
+        storage = run["usage"].get("storage")
+        return f"{rss} (+{_fmt(storage['peak_rss_mb'], 1)} nats-server)" if storage else rss
 
     cases: list[str] = []
     for backend in backends:
