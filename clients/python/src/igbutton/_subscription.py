@@ -239,7 +239,7 @@ class Subscription:
         with self._lock:
             self._closed.set()
             call, self._call = self._call, None
-        if isinstance(call, grpc.Future):
+        if isinstance(call, grpc.Call | grpc.Future):
             call.cancel()
 
     def __enter__(self) -> Self:
