@@ -18,8 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from igbutton.v1 import postback_service_pb2, send_service_pb2
 from pydantic import SecretStr
 
+from service import tracing
+from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
+from service.rpc_metrics import RpcMetricsInterceptor
+from service.sandbox import Sandbox
+from service.send import SendPath
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +77,13 @@ class App:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._sites = _Sites()
-        self._sandbox: object | None = None
+        self.sandbox: Sandbox | None = None
+        """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
+        self.send: SendPath | None = None
+        """The send path's parts, once SendService is registered."""
         self._ready = False
-        self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start every part; on return all ports are bound and the service is ready."""
@@ -115,11 +124,26 @@ class App:
             },
         )
 
+    def request_stop(self) -> None:
+        """Ask the process to stop (from a signal handler); serve() then calls stop()."""
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once request_stop() or stop() has been called."""
+        await self._stop_requested.wait()
+
     async def stop(self) -> None:
-        """Stop taking work, let in-flight calls finish within the grace period, then close."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Stop taking work, let in-flight calls finish within the grace period, then close.
+
+        Safe to call more than once and from several tasks: every caller waits for the one
+        shutdown, which is shielded so a cancelled caller cannot cut it short.
+        """
+        self._stop_requested.set()
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self) -> None:
         self._ready = False
         await self._health.enter_graceful_shutdown()
         await self._stop_webhook()
@@ -130,11 +154,9 @@ class App:
         for runner in reversed(self._sites.runners):
             await runner.cleanup()
         await self._stop_sandbox()
+        # The exporter flushes with blocking I/O; keep it off the event loop.
+        await asyncio.to_thread(tracing.shutdown)
         log.info("igbutton stopped")
-
-    async def wait_stopped(self) -> None:
-        """Return once stop() has been called."""
-        await self._stopped.wait()
 
     async def _readiness(self) -> str | None:
         if not self._ready:
@@ -176,9 +198,22 @@ class App:
     # Sandbox (service/sandbox/).
     async def _start_sandbox(self) -> None:
         """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
+        sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
+        await sandbox.start()
+        self.sandbox = sandbox
+        self.settings = with_sandbox_defaults(self.settings, sandbox.url)
+        # The sandbox accepts exactly the configured accounts' tokens, as Meta would.
+        sandbox.set_tokens({account.id: account.token() for account in self.settings.accounts})
+        self.ports.sandbox = sandbox.port
+        log.warning(
+            "sandbox mode: sends go to the local sandbox, not to Instagram",
+            extra={"sandbox_url": sandbox.url},
+        )
 
     async def _stop_sandbox(self) -> None:
         """Stop the sandbox, if started."""
+        if self.sandbox is not None:
+            await self.sandbox.stop()
 
     # Storage (service/storage/): postback log, groups, idempotency records.
     async def _start_storage(self) -> None:
@@ -189,14 +224,26 @@ class App:
 
     # Send path (service/send/).
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Server interceptors: caller authentication, then metrics."""
-        return []
+        """Server interceptors: metrics, then caller authentication.
+
+        Metrics is outermost so calls refused by authentication are counted (and logged
+        with a call id) too.
+        """
+        return [
+            *tracing.configure(self.settings.tracing),
+            RpcMetricsInterceptor(),
+            CallerAuthInterceptor(self.settings.callers),
+        ]
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
+        self.send = SendPath(self.settings)
+        self.send.register(server)
 
     async def _stop_send(self) -> None:
         """Close the Graph client after in-flight sends finished."""
+        if self.send is not None:
+            await self.send.close()
 
     # Postback path (service/postbacks/).
     def _add_postback_service(self, server: grpc.aio.Server) -> None:
