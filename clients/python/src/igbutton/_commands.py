@@ -181,7 +181,8 @@ def tap(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - checked
             answer: dict[str, Any] = json.load(response)
     except urllib.error.HTTPError as err:
-        _say("tap", f"the sandbox refused ({err.code}): {_error_text(err)}")
+        note = " (--button N is the sandbox's button_index N-1)" if err.code == 400 else ""
+        _say("tap", f"the sandbox refused ({err.code}): {_error_text(err)}{note}")
         return 1
     except urllib.error.URLError as err:
         _say(
@@ -193,15 +194,19 @@ def tap(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         _say("tap", f"no usable answer from the sandbox at {base}: {err}")
         return 1
+    status = answer.get("webhook_status")
+    delivered = isinstance(status, int) and 200 <= status < 300
     if args.json:
         print(json.dumps(answer, ensure_ascii=False))
-    elif answer.get("payload") is None:
-        print(f"tapped {answer.get('title')!r} on {args.message_id} (no postback for this button)")
-    else:
+    elif delivered:
         print(
             f"tapped {answer.get('title')!r} on {args.message_id}: postback "
-            f"{answer['payload']!r} delivered (webhook answered {answer.get('webhook_status')})"
+            f"{answer.get('payload')!r} delivered (webhook answered {status})"
         )
+    if not delivered:
+        why = answer.get("webhook_error") or f"it answered {status}"
+        _say("tap", f"tapped, but igbutton's webhook did not take the postback: {why}")
+        return 1
     return 0
 
 

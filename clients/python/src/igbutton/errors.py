@@ -236,6 +236,11 @@ class ShuttingDownError(UnavailableError):
     """The server is shutting down; reconnect (to another replica)."""
 
 
+class RequestInProgressError(UnavailableError):
+    """Another call with the same request_id is still in flight, or ended without sending;
+    repeat with the same request_id (the client already retried)."""
+
+
 _BY_REASON: dict[str, type[IgButtonError]] = {
     "INVALID_REQUEST": InvalidRequestError,
     "UNKNOWN_ACCOUNT": UnknownAccountError,
@@ -255,6 +260,7 @@ _BY_REASON: dict[str, type[IgButtonError]] = {
     "ACCOUNT_NOT_ALLOWED": AccountNotAllowedError,
     "UNKNOWN_ACK_ID": UnknownAckIdError,
     "SHUTTING_DOWN": ShuttingDownError,
+    "REQUEST_IN_PROGRESS": RequestInProgressError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[IgButtonError]] = {
