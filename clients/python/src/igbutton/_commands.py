@@ -132,13 +132,11 @@ def tail(args: argparse.Namespace) -> int:
             ack_deadline=args.ack_deadline,
             on_disconnect=report,
         )
-        _say(
-            "tail",
-            f"subscribed to {args.addr} ({_describe_filters(args)}), waiting for postbacks; "
-            "Ctrl-C stops",
-        )
+        _say("tail", f"subscribing to {args.addr} ({_describe_filters(args)})")
         try:
             with subscription:
+                subscription.wait_subscribed()
+                _say("tail", "subscribed, waiting for postbacks; Ctrl-C stops")
                 for postback in subscription:
                     sys.stdout.write(json.dumps(postback.to_dict(), ensure_ascii=False) + "\n")
                     sys.stdout.flush()

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 import grpc
 
@@ -152,6 +152,32 @@ class AsyncSubscription:
             if event is not None:
                 return event
 
+    async def wait_subscribed(self) -> None:
+        """Open the stream now and return once the server has fixed its start position:
+        every matching postback stored from then on will be yielded. Reconnects (and raises)
+        as iteration does; returns at once if the subscription is closed."""
+        while not self._closed.is_set():
+            if self._call is None:
+                self._call = self._open(self._cursor.next_request())
+            call = self._call
+            await call.initial_metadata()  # igbutton sends it once the cursor exists
+            if not call.done():
+                self._reconnects.succeeded()
+                return
+            code = await call.code()
+            if code is grpc.StatusCode.OK:
+                return
+            self._call = None
+            if self._closed.is_set():
+                return
+            error = grpc.aio.AioRpcError(
+                code,
+                grpc.aio.Metadata(),
+                await call.trailing_metadata(),
+                await call.details(),
+            )
+            await self._pause(self._reconnects.after(error))
+
     async def _pause(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), delay)
@@ -175,8 +201,19 @@ class AsyncSubscription:
         await self.aclose()
 
 
-# The blocking API returns a call that is both the response iterator and, on failure, the error.
-SyncStream = Iterator[SubscribeResponse]
+class SyncStream(Protocol):
+    """What the blocking API returns for a server stream: an iterator that is also the call
+    (and, once failed, the error)."""
+
+    def __next__(self) -> SubscribeResponse: ...
+
+    def initial_metadata(self) -> object: ...
+
+    def is_active(self) -> bool: ...
+
+    def code(self) -> grpc.StatusCode | None: ...
+
+    def cancel(self) -> object: ...
 
 
 class Subscription:
@@ -234,12 +271,37 @@ class Subscription:
             if event is not None:
                 return event
 
+    def wait_subscribed(self) -> None:
+        """Open the stream now and return once the server has fixed its start position:
+        every matching postback stored from then on will be yielded. Reconnects (and raises)
+        as iteration does; returns at once if the subscription is closed."""
+        while not self._closed.is_set():
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                if self._call is None:
+                    self._call = self._open(self._cursor.next_request())
+                call = self._call
+            call.initial_metadata()  # igbutton sends it once the cursor exists
+            if call.is_active():
+                self._reconnects.succeeded()
+                return
+            if call.code() is grpc.StatusCode.OK:
+                return
+            with self._lock:
+                if self._call is call:
+                    self._call = None
+            if self._closed.is_set():
+                return
+            assert isinstance(call, grpc.RpcError)
+            self._closed.wait(self._reconnects.after(call))
+
     def close(self) -> None:
         """End the subscription; iteration stops (also when blocked in another thread)."""
         with self._lock:
             self._closed.set()
             call, self._call = self._call, None
-        if isinstance(call, grpc.Call | grpc.Future):
+        if call is not None:
             call.cancel()
 
     def __enter__(self) -> Self:
