@@ -8,6 +8,7 @@ import queue
 import subprocess
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO
 
 import pytest
@@ -133,11 +134,13 @@ class LineReader:
     """Reads a pipe's lines on a thread, so a test can wait for one with a deadline."""
 
     def __init__(self, pipe: IO[str]) -> None:
+        self._pipe = pipe
         self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, args=(pipe,), daemon=True).start()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
 
-    def _pump(self, pipe: IO[str]) -> None:
-        for line in pipe:
+    def _pump(self) -> None:
+        for line in self._pipe:
             self._lines.put(line)
 
     def wait_for(self, needle: str, timeout: float = 30) -> str:
@@ -146,28 +149,44 @@ class LineReader:
             if needle in line:
                 return line
 
+    def close(self) -> None:
+        """After the process ended: drain to end of file, then close the pipe."""
+        self._thread.join(timeout=15)
+        self._pipe.close()
+
+
+@dataclass
+class TailProcess:
+    process: subprocess.Popen[str]
+    out: LineReader
+    err: LineReader
+
 
 @pytest.fixture
-def tail_process(server_process: ServerProcess) -> Iterator[subprocess.Popen[str]]:
+def tail_process(server_process: ServerProcess) -> Iterator[TailProcess]:
+    """A running ``igbutton tail`` (from latest) with its stdout and stderr read by lines."""
     process = subprocess.Popen(
         [*igbutton_command(), "tail", "--addr", server_process.addr],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    tail = TailProcess(process, LineReader(process.stdout), LineReader(process.stderr))
     try:
-        yield process
+        yield tail
     finally:
         stop_process(process)
+        tail.out.close()
+        tail.err.close()
 
 
 @needs_postbacks
 def test_send_then_tap_shows_the_postback_in_a_running_tail(
-    server_process: ServerProcess, tail_process: subprocess.Popen[str]
+    server_process: ServerProcess, tail_process: TailProcess
 ) -> None:
-    assert tail_process.stdout is not None
-    assert tail_process.stderr is not None
-    out, err = LineReader(tail_process.stdout), LineReader(tail_process.stderr)
+    out, err = tail_process.out, tail_process.err
     # Printed once the server fixed the start ("latest"): every later postback reaches it.
     err.wait_for("subscribed, waiting for postbacks")
 
