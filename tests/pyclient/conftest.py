@@ -66,6 +66,7 @@ class ServerProcess:
 
     process: subprocess.Popen[str]
     ports: dict[str, int]
+    log_path: Path
 
     @property
     def addr(self) -> str:
@@ -91,7 +92,8 @@ def stop_process(process: subprocess.Popen[str]) -> None:
 def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
     """``igbutton serve --sandbox`` on loopback port 0, through the igbutton command."""
     ports_file = tmp_path / "ports.json"
-    log_file = (tmp_path / "server.log").open("w")
+    log_path = tmp_path / "server.log"
+    log_file = log_path.open("w")
     env = {
         **os.environ,
         "IGBUTTON_GRPC__LISTEN": "127.0.0.1:0",
@@ -113,13 +115,12 @@ def server_process(tmp_path: Path) -> Iterator[ServerProcess]:
         while not ports_file.exists():
             if process.poll() is not None:
                 raise AssertionError(
-                    f"igbutton serve exited with {process.returncode}:\n"
-                    + (tmp_path / "server.log").read_text()
+                    f"igbutton serve exited with {process.returncode}:\n" + log_path.read_text()
                 )
             if time.monotonic() > deadline:
                 raise AssertionError("igbutton serve did not write its ports file in 60 s")
             time.sleep(0.05)  # polling a file with a bound, not synchronisation by delay
-        yield ServerProcess(process, json.loads(ports_file.read_text()))
+        yield ServerProcess(process, json.loads(ports_file.read_text()), log_path)
     finally:
         stop_process(process)
         log_file.close()

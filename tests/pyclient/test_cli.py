@@ -99,6 +99,12 @@ def test_unreachable_sandbox_is_one_line_and_exit_1() -> None:
     assert "cannot reach the sandbox" in line
 
 
+def test_serve_says_where_it_listens(server_process: ServerProcess) -> None:
+    log = server_process.log_path.read_text()
+    assert "igbutton serve: starting" in log
+    assert f"igbutton serve: listening on gRPC port {server_process.ports['grpc']}" in log
+
+
 def test_invalid_send_reports_status_reason_and_violations(server_process: ServerProcess) -> None:
     result = run_cli(
         "send", "--addr", server_process.addr, "--to", RECIPIENT, "--text", "",

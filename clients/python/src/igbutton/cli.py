@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import runpy
 import sys
@@ -223,6 +224,26 @@ def _installed(module: str) -> bool:
         return False
 
 
+class _AnnounceStart(logging.Handler):
+    """Turns the server's structured "igbutton started" log record into one plain line.
+
+    It sits on the server's ``service.app`` logger, which keeps its handlers when the
+    server configures the root logger; if the record ever changes, the line is just absent.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() != "igbutton started":
+            return
+        parts = [f"gRPC port {getattr(record, 'grpc_port', '?')}"]
+        for key, label in (("webhook_port", "webhook"), ("http_port", "ops HTTP")):
+            if getattr(record, key, 0):
+                parts.append(f"{label} port {getattr(record, key)}")
+        sandbox = getattr(record, "sandbox_port", 0)
+        if sandbox:
+            parts.append(f"sandbox port {sandbox}")
+        print(f"igbutton serve: listening on {', '.join(parts)}", file=sys.stderr, flush=True)
+
+
 def _run_server_command(name: str, argv: list[str]) -> int:
     """Hand every argument to the server's own entry point, imported only now."""
     module, _summary = _SERVER_COMMANDS[name]
@@ -237,6 +258,7 @@ def _run_server_command(name: str, argv: list[str]) -> int:
         print(f"igbutton {name}: starting ({module}); Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         if name == "serve":
+            logging.getLogger("service.app").addHandler(_AnnounceStart())
             server_main = importlib.import_module(module)
             code: int = server_main.main(argv)
             return code
