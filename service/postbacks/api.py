@@ -16,9 +16,9 @@ from typing import Any
 import grpc
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
 
+from service import metrics
 from service.config import PostbackSettings
 from service.errors import ApiError, FieldViolation, InvalidRequest, ShuttingDown, abort
-from service.postbacks import metrics
 from service.postbacks.requests import SubscribeSpec, check_ack_request, subscribe_spec
 from service.storage.postbacks import (
     Delivery,
@@ -145,10 +145,8 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
             if self._closing:  # shutdown began while we were opening
                 await source.close()
             await context.send_initial_metadata(())
-            delivered = metrics.DELIVERED.labels(kind=kind)
             async for item in source:
                 yield _response(item)
-                delivered.inc()
         finally:
             self._open.discard(source)
             metrics.SUBSCRIBERS.labels(kind=kind).dec()

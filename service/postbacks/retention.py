@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 
-from service.postbacks import metrics
 from service.storage.postbacks import PostbackStore, StoreClosed
 
 log = logging.getLogger(__name__)
@@ -31,7 +30,6 @@ class RetentionPruner:
         cutoff_ms = int((time.time() - self._retention) * 1000)
         removed = await self._store.prune(cutoff_ms)
         if removed:
-            metrics.POSTBACKS_PRUNED.inc(removed)
             log.info("pruned postbacks past the retention", extra={"removed": removed})
         return removed
 

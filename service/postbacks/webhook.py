@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from service import metrics
 from service.config import WebhookSettings
-from service.postbacks import metrics
 from service.postbacks.parse import MalformedDelivery, parse_delivery
 from service.storage.postbacks import PostbackStore
 
@@ -85,8 +85,10 @@ class Webhook:
             and challenge is not None
             and hmac.compare_digest(token, self._verify_token)
         ):
+            metrics.WEBHOOKS.labels(result="handshake_ok").inc()
             log.info("webhook verification handshake accepted")
             return web.Response(text=challenge)
+        metrics.WEBHOOKS.labels(result="handshake_denied").inc()
         log.warning("webhook verification handshake refused")
         return _error(403, "verification failed")
 
@@ -95,38 +97,39 @@ class Webhook:
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            metrics.WEBHOOK_DELIVERIES.labels(outcome="too_large").inc()
+            metrics.WEBHOOKS.labels(result="too_large").inc()
             log.warning("webhook body over webhook.max_body_bytes refused")
             return _error(413, "body too large")
 
         if not self._settings.allow_unsigned:
             header = request.headers.get(SIGNATURE_HEADER)
             if header is None:
-                metrics.WEBHOOK_DELIVERIES.labels(outcome="unsigned").inc()
+                metrics.WEBHOOKS.labels(result="unsigned").inc()
                 log.warning("unsigned webhook POST refused")
                 return _error(401, "signature required")
             if not signature_matches(body, header, self._secrets):
-                metrics.WEBHOOK_DELIVERIES.labels(outcome="bad_signature").inc()
+                metrics.WEBHOOKS.labels(result="bad_signature").inc()
                 log.warning("webhook POST with a wrong signature refused")
                 return _error(403, "invalid signature")
 
         try:
             delivery = parse_delivery(body)
         except MalformedDelivery as exc:
-            metrics.WEBHOOK_DELIVERIES.labels(outcome="malformed").inc()
+            metrics.WEBHOOKS.labels(result="malformed").inc()
             log.warning("malformed webhook delivery refused: %s", exc)
             return _error(400, str(exc))
 
         for kind, count in delivery.skipped.items():
             metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind=kind).inc(count)
         try:
-            result = await self._store.append(delivery.postbacks)
+            with metrics.LOG_APPEND_LATENCY.time():
+                result = await self._store.append(delivery.postbacks)
         except Exception:
             # Meta retries a 5xx, so nothing answered here is lost.
-            metrics.WEBHOOK_DELIVERIES.labels(outcome="store_failed").inc()
+            metrics.WEBHOOKS.labels(result="store_failed").inc()
             log.exception("storing a webhook delivery failed; answering 503 so Meta retries")
             return _error(503, "not stored; retry later")
-        metrics.WEBHOOK_DELIVERIES.labels(outcome="stored").inc()
+        metrics.WEBHOOKS.labels(result="accepted").inc()
         metrics.POSTBACKS_STORED.inc(result.stored)
         metrics.POSTBACKS_DUPLICATE.inc(result.duplicates)
         log.debug(

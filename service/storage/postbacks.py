@@ -19,7 +19,8 @@ dead letter            ``MaxDeliver`` reached (the MAX_DELIVERIES advisory is co
 =====================  ================================================================
 
 Times crossing the interface are wall-clock milliseconds since the epoch (they survive a
-restart and mean the same on every replica); durations are seconds.
+restart and mean the same on every replica); durations are seconds. Engines report dead
+letters, redeliveries and unacknowledged counts through ``service.metrics``.
 """
 
 from __future__ import annotations
@@ -30,17 +31,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol, Self, runtime_checkable
 
-from prometheus_client import Counter
-
 GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 """What a consumer group name may look like (the proto documents the same)."""
-
-DEAD_LETTERED = Counter(
-    "igbutton_postbacks_dead_lettered",
-    "Postbacks set aside after the maximum delivery attempts, by group.",
-    ["group"],
-)
-"""Every engine counts its dead letters here."""
 
 
 @dataclass(frozen=True)

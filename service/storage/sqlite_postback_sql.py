@@ -237,6 +237,8 @@ class Claim:
     """Expired deliveries found on their last attempt and set aside."""
     next_deadline_ms: int | None
     """The earliest deadline still pending in the group: when to claim again."""
+    unacked: int
+    """Deliveries pending in the group after this claim."""
     more: bool
     """The scan stopped early; claim again at once."""
 
@@ -280,7 +282,7 @@ def claim(
         "SELECT filter_json, position, max_attempts FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
-        return Claim([], 0, None, more=False)
+        return Claim([], 0, None, 0, more=False)
     flt, position, max_attempts = filter_from_json(row[0]), int(row[1]), int(row[2])
     deliveries: list[Delivery] = []
     dead = 0
@@ -337,10 +339,11 @@ def claim(
                 break
     conn.execute("UPDATE postback_groups SET position = ? WHERE name = ?", (position, group))
 
-    (next_deadline,) = conn.execute(
-        "SELECT MIN(deadline_ms) FROM postback_group_pending WHERE group_name = ?", (group,)
+    next_deadline, unacked = conn.execute(
+        "SELECT MIN(deadline_ms), COUNT(*) FROM postback_group_pending WHERE group_name = ?",
+        (group,),
     ).fetchone()
-    return Claim(deliveries, dead, next_deadline, more)
+    return Claim(deliveries, dead, next_deadline, int(unacked), more)
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,8 @@ class AckOutcome:
     settled: frozenset[str]
     """Ack and nack ids no longer held by whoever they were delivered to."""
     dead_lettered: int
+    unacked: int
+    """Deliveries pending in the group after this call."""
 
 
 def ack(
@@ -366,7 +371,7 @@ def ack(
         "SELECT max_attempts FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
-        return AckOutcome(AckResult(0, (*ack_ids, *nack_ids)), frozenset(), 0)
+        return AckOutcome(AckResult(0, (*ack_ids, *nack_ids)), frozenset(), 0, 0)
     max_attempts = int(row[0])
     settled: set[str] = set()
     unknown: list[str] = []
@@ -400,7 +405,12 @@ def ack(
                 " WHERE group_name = ? AND seq = ?",
                 (group, seq),
             )
-    return AckOutcome(AckResult(len(settled), tuple(unknown)), frozenset(settled), dead)
+    (unacked,) = conn.execute(
+        "SELECT COUNT(*) FROM postback_group_pending WHERE group_name = ?", (group,)
+    ).fetchone()
+    return AckOutcome(
+        AckResult(len(settled), tuple(unknown)), frozenset(settled), dead, int(unacked)
+    )
 
 
 def group_info(conn: sqlite3.Connection, group: str) -> GroupInfo | None:

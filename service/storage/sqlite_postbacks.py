@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
+from service import metrics
 from service.storage import sqlite_postback_sql as sql
 from service.storage.postbacks import (
-    DEAD_LETTERED,
     AckResult,
     AppendResult,
     Delivery,
@@ -127,14 +127,19 @@ class SqlitePostbackStore:
         )
         member = _SqliteGroupMember(self, group, options)
         self._members.setdefault(group, set()).add(member)
+        metrics.GROUPS.set(len(self._members))
         return member
 
     async def _claim(self, member: _SqliteGroupMember, limit: int, deadline_ms: int) -> sql.Claim:
         claim = await self._writer.run(
             lambda conn: sql.claim(conn, member.group, member.id, limit, deadline_ms, _now_ms())
         )
+        metrics.UNACKED.labels(group=member.group).set(claim.unacked)
+        redelivered = sum(1 for d in claim.deliveries if d.attempt > 1)
+        if redelivered:
+            metrics.REDELIVERIES.labels(group=member.group).inc(redelivered)
         if claim.dead_lettered:
-            DEAD_LETTERED.labels(group=member.group).inc(claim.dead_lettered)
+            metrics.DEAD_LETTERED.labels(group=member.group).inc(claim.dead_lettered)
             log.warning(
                 "postbacks dead-lettered after their last delivery attempt",
                 extra={"group": member.group, "count": claim.dead_lettered},
@@ -146,8 +151,9 @@ class SqlitePostbackStore:
         self._check_open()
         acks, nacks = list(ack_ids), list(nack_ids)
         outcome = await self._writer.run(lambda conn: sql.ack(conn, group, acks, nacks, _now_ms()))
+        metrics.UNACKED.labels(group=group).set(outcome.unacked)
         if outcome.dead_lettered:
-            DEAD_LETTERED.labels(group=group).inc(outcome.dead_lettered)
+            metrics.DEAD_LETTERED.labels(group=group).inc(outcome.dead_lettered)
         for member in self._members.get(group, ()):
             member.settle(outcome.settled)
             member.wake()  # a nacked delivery is due at once, for any member
@@ -167,6 +173,7 @@ class SqlitePostbackStore:
                 members.discard(cursor)
                 if not members:
                     del self._members[cursor.group]
+                    metrics.GROUPS.set(len(self._members))
 
     async def close(self) -> None:
         """See PostbackStore.close."""
