@@ -3,12 +3,10 @@ postback button, the signed webhook, the log, and a subscriber's stream."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import grpc
-import pytest
 from igbutton.v1 import (
     button_template_pb2,
     postback_service_pb2_grpc,
@@ -63,10 +61,6 @@ async def test_a_sandbox_tap_reaches_a_subscriber(
         assert (got.account_id, got.sender_id) == (SANDBOX_ACCOUNT_ID, RECIPIENT)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("service.send") is None,
-    reason="needs the send path (branch 'send': SendButtonTemplate), not merged here yet",
-)
 async def test_send_then_tap_then_stream(
     app: App, channel: grpc.aio.Channel, streams: Streams
 ) -> None:
