@@ -195,7 +195,7 @@ async def test_a_killed_members_unacked_events_go_to_another_member(
     doomed = await streams(stub, group="g", ack_deadline=seconds(1), max_unacked=2)
     await webhook.deliver(*postbacks("kill", 3))
     taken = mids(await doomed.take(2))
-    survivor = await streams(stub, group="g", max_unacked=1)
+    survivor = await streams(stub, group="g", ack_deadline=seconds(1), max_unacked=1)
     await doomed.cancel()  # gone with two events unacknowledged
     attempts: dict[str, int] = {}
     while len(attempts) < 3:
@@ -284,7 +284,9 @@ async def test_group_state_survives_an_app_restart(
     await webhook_for(app).deliver(postback_item("d-4"))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
         stub = postback_service_pb2_grpc.PostbackServiceStub(channel)
-        member = await streams(stub, group="durable", position=pb.START_POSITION_LATEST)
+        member = await streams(
+            stub, group="durable", position=pb.START_POSITION_LATEST, ack_deadline=seconds(1)
+        )
         after = await member.take(3)
         assert {m.postback.mid: m.delivery_attempt for m in after} == {
             "d-4": 1,
