@@ -280,9 +280,10 @@ class App:
         sandbox = self.sandbox
         if sandbox is not None:
             host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            host = f"[{host}]" if ":" in host else host
             url = f"http://{host}:{self.ports.webhook}{settings.path}"
-            secrets = settings.secrets()
-            sandbox.set_webhook(url, secrets[0] if secrets else b"")
+            app_secrets = settings.secrets()
+            sandbox.set_webhook(url, app_secrets[0] if app_secrets else b"")
 
     async def _stop_webhook(self) -> None:
         """Stop taking webhooks; finish stores in flight; end streams with UNAVAILABLE."""
