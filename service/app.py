@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from pydantic import SecretStr
 
+from service import tracing
 from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
@@ -158,6 +159,8 @@ class App:
         for runner in reversed(self._sites.runners):
             await runner.cleanup()
         await self._stop_sandbox()
+        # The exporter flushes with blocking I/O; keep it off the event loop.
+        await asyncio.to_thread(tracing.shutdown)
         log.info("igbutton stopped")
 
     async def _readiness(self) -> str | None:
@@ -245,7 +248,11 @@ class App:
         Metrics is outermost so calls refused by authentication are counted (and logged
         with a call id) too.
         """
-        return [RpcMetricsInterceptor(), CallerAuthInterceptor(self.settings.callers)]
+        return [
+            *tracing.configure(self.settings.tracing),
+            RpcMetricsInterceptor(),
+            CallerAuthInterceptor(self.settings.callers),
+        ]
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
