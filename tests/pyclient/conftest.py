@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,13 +19,6 @@ from service.app import App
 from tests.conftest import SettingsFactory
 
 AppFactory = Callable[..., Awaitable[App]]
-
-POSTBACKS_MERGED = importlib.util.find_spec("service.postbacks") is not None
-needs_postbacks = pytest.mark.skipif(
-    not POSTBACKS_MERGED,
-    reason="needs the postback path (service/postbacks: webhook, log, PostbackService) "
-    "merged into main",
-)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from igbutton import Client
 from tests.pyclient.conftest import (
     ServerProcess,
     igbutton_command,
-    needs_postbacks,
     run_cli,
     stop_process,
 )
@@ -188,7 +187,6 @@ def tail_process(server_process: ServerProcess) -> Iterator[TailProcess]:
         tail.err.close()
 
 
-@needs_postbacks
 def test_send_then_tap_shows_the_postback_in_a_running_tail(
     server_process: ServerProcess, tail_process: TailProcess
 ) -> None:
@@ -220,7 +218,6 @@ def test_send_then_tap_shows_the_postback_in_a_running_tail(
     assert "button_index" in url_tap.stderr
 
 
-@needs_postbacks
 def test_tail_in_a_group_acknowledges_after_printing(server_process: ServerProcess) -> None:
     sent = run_cli(
         "send", "--addr", server_process.addr, "--to", RECIPIENT, "--text", "Pick",

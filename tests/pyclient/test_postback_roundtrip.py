@@ -19,9 +19,7 @@ from igbutton import (
 )
 
 from service.app import SANDBOX_ACCOUNT_ID, App
-from tests.pyclient.conftest import AppFactory, needs_postbacks
-
-pytestmark = needs_postbacks
+from tests.pyclient.conftest import AppFactory
 
 RECIPIENT = "1234567890123456"
 FAST_RECONNECT = ReconnectPolicy(initial_backoff=0.05, max_backoff=0.5)
