@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -216,6 +217,34 @@ def test_send_then_tap_shows_the_postback_in_a_running_tail(
     assert url_tap.returncode == 1
     assert len(url_tap.stderr.splitlines()) == 1
     assert "button_index" in url_tap.stderr
+
+    # Ctrl-C ends tail with a last word and the conventional code.
+    tail_process.process.send_signal(signal.SIGINT)
+    assert tail_process.process.wait(timeout=30) == 130
+    err.wait_for("stopped after 1 postbacks")
+
+
+def test_sandbox_command_runs_the_sandbox_alone() -> None:
+    process = subprocess.Popen(
+        [*igbutton_command(), "sandbox", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    out, err = LineReader(process.stdout), LineReader(process.stderr)
+    try:
+        err.wait_for("igbutton sandbox: starting")
+        url = out.wait_for("sandbox listening on").split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        answer = run_cli("tap", "no-such-message", "--sandbox-url", url)
+        assert answer.returncode == 1
+        assert "(404)" in answer.stderr
+    finally:
+        stop_process(process)
+        out.close()
+        err.close()
 
 
 def test_tail_in_a_group_acknowledges_after_printing(server_process: ServerProcess) -> None:
