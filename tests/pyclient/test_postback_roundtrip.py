@@ -156,6 +156,9 @@ async def test_a_non_retryable_stream_error_is_raised_typed(app: App) -> None:
         subscription = client.subscribe(group="bad group name!")
         with pytest.raises(InvalidRequestError) as caught:
             await asyncio.wait_for(anext(subscription), 10)
+        # The subscription is over: no silent reconnect with the same bad request.
+        with pytest.raises(StopAsyncIteration):
+            await anext(subscription)
         await subscription.aclose()
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert any(v.field == "group" for v in caught.value.violations)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -150,6 +151,11 @@ def tail(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             _say("tail", f"stopped after {printed} postbacks")
             return 130
+        except BrokenPipeError:
+            # The reader had enough (``igbutton tail | head -1``); in a group, the postback
+            # that could not be printed was not acknowledged and comes again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     return 0
 
 

@@ -67,9 +67,15 @@ class _Cursor:
 class _Reconnects:
     """Counts consecutive failed streams and decides whether, and when, to reconnect."""
 
-    def __init__(self, policy: ReconnectPolicy, on_disconnect: OnDisconnect | None) -> None:
+    def __init__(
+        self,
+        policy: ReconnectPolicy,
+        on_disconnect: OnDisconnect | None,
+        on_fatal: Callable[[], None],
+    ) -> None:
         self._policy = policy
         self._on_disconnect = on_disconnect
+        self._on_fatal = on_fatal
         self._failures = 0
 
     def succeeded(self) -> None:
@@ -78,10 +84,9 @@ class _Reconnects:
     def after(self, error: grpc.RpcError) -> float:
         """The delay before reconnecting, or raise the typed error when we must not."""
         typed = from_rpc_error(error)
-        if typed.code is not grpc.StatusCode.UNAVAILABLE:
-            raise typed from error
         self._failures += 1
-        if self._policy.gives_up(self._failures):
+        if typed.code is not grpc.StatusCode.UNAVAILABLE or self._policy.gives_up(self._failures):
+            self._on_fatal()  # the subscription is over: later reads end the iteration
             raise typed from error
         delay = self._policy.delay(self._failures)
         log.info("subscription lost (%s); reconnecting in %.2fs", typed.describe(), delay)
@@ -108,9 +113,9 @@ class AsyncSubscription:
     ) -> None:
         self._open = open_stream
         self._cursor = _Cursor(options)
-        self._reconnects = _Reconnects(reconnect, on_disconnect)
-        self._call: grpc.aio.UnaryStreamCall[SubscribeRequest, SubscribeResponse] | None = None
         self._closed = asyncio.Event()
+        self._reconnects = _Reconnects(reconnect, on_disconnect, self._closed.set)
+        self._call: grpc.aio.UnaryStreamCall[SubscribeRequest, SubscribeResponse] | None = None
 
     @property
     def last_sequence(self) -> int | None:
@@ -233,9 +238,9 @@ class Subscription:
     ) -> None:
         self._open = open_stream
         self._cursor = _Cursor(options)
-        self._reconnects = _Reconnects(reconnect, on_disconnect)
-        self._call: SyncStream | None = None
         self._closed = threading.Event()
+        self._reconnects = _Reconnects(reconnect, on_disconnect, self._closed.set)
+        self._call: SyncStream | None = None
         self._lock = threading.Lock()
 
     @property
