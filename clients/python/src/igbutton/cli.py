@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import os
 import runpy
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from igbutton import __version__
 from igbutton._channel import DEFAULT_TARGET
@@ -224,24 +223,15 @@ def _installed(module: str) -> bool:
         return False
 
 
-class _AnnounceStart(logging.Handler):
-    """Turns the server's structured "igbutton started" log record into one plain line.
-
-    It sits on the server's ``service.app`` logger, which keeps its handlers when the
-    server configures the root logger; if the record ever changes, the line is just absent.
-    """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() != "igbutton started":
-            return
-        parts = [f"gRPC port {getattr(record, 'grpc_port', '?')}"]
-        for key, label in (("webhook_port", "webhook"), ("http_port", "ops HTTP")):
-            if getattr(record, key, 0):
-                parts.append(f"{label} port {getattr(record, key)}")
-        sandbox = getattr(record, "sandbox_port", 0)
-        if sandbox:
-            parts.append(f"sandbox port {sandbox}")
-        print(f"igbutton serve: listening on {', '.join(parts)}", file=sys.stderr, flush=True)
+def _announce_start(ports: Any) -> None:
+    """Print one plain line once the server has bound its ports."""
+    parts = [f"gRPC port {ports.grpc}"]
+    for label, port in (("webhook", ports.webhook), ("ops HTTP", ports.http)):
+        if port:
+            parts.append(f"{label} port {port}")
+    if ports.sandbox:
+        parts.append(f"sandbox port {ports.sandbox}")
+    print(f"igbutton serve: listening on {', '.join(parts)}", file=sys.stderr, flush=True)
 
 
 def _run_server_command(name: str, argv: list[str]) -> int:
@@ -258,9 +248,8 @@ def _run_server_command(name: str, argv: list[str]) -> int:
         print(f"igbutton {name}: starting ({module}); Ctrl-C stops", file=sys.stderr, flush=True)
     try:
         if name == "serve":
-            logging.getLogger("service.app").addHandler(_AnnounceStart())
             server_main = importlib.import_module(module)
-            code: int = server_main.main(argv)
+            code: int = server_main.main(argv, on_ready=_announce_start)
             return code
         sys.argv = [f"igbutton {name}", *argv]
         runpy.run_module(module, run_name="__main__", alter_sys=True)
