@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
+from service.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,11 @@ class App:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._sites = _Sites()
-        self._sandbox: object | None = None
+        self.sandbox: Sandbox | None = None
+        """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
         self._ready = False
-        self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start every part; on return all ports are bound and the service is ready."""
@@ -115,11 +118,26 @@ class App:
             },
         )
 
+    def request_stop(self) -> None:
+        """Ask the process to stop (from a signal handler); serve() then calls stop()."""
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once request_stop() or stop() has been called."""
+        await self._stop_requested.wait()
+
     async def stop(self) -> None:
-        """Stop taking work, let in-flight calls finish within the grace period, then close."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Stop taking work, let in-flight calls finish within the grace period, then close.
+
+        Safe to call more than once and from several tasks: every caller waits for the one
+        shutdown, which is shielded so a cancelled caller cannot cut it short.
+        """
+        self._stop_requested.set()
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self) -> None:
         self._ready = False
         await self._health.enter_graceful_shutdown()
         await self._stop_webhook()
@@ -131,10 +149,6 @@ class App:
             await runner.cleanup()
         await self._stop_sandbox()
         log.info("igbutton stopped")
-
-    async def wait_stopped(self) -> None:
-        """Return once stop() has been called."""
-        await self._stopped.wait()
 
     async def _readiness(self) -> str | None:
         if not self._ready:
@@ -176,9 +190,22 @@ class App:
     # Sandbox (service/sandbox/).
     async def _start_sandbox(self) -> None:
         """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
+        sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
+        await sandbox.start()
+        self.sandbox = sandbox
+        self.settings = with_sandbox_defaults(self.settings, sandbox.url)
+        # The sandbox accepts exactly the configured accounts' tokens, as Meta would.
+        sandbox.set_tokens({account.id: account.token() for account in self.settings.accounts})
+        self.ports.sandbox = sandbox.port
+        log.warning(
+            "sandbox mode: sends go to the local sandbox, not to Instagram",
+            extra={"sandbox_url": sandbox.url},
+        )
 
     async def _stop_sandbox(self) -> None:
         """Stop the sandbox, if started."""
+        if self.sandbox is not None:
+            await self.sandbox.stop()
 
     # Storage (service/storage/): postback log, groups, idempotency records.
     async def _start_storage(self) -> None:

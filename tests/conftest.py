@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 
 from service.app import App
 from service.config import Settings
+from tests.nats_servers import NatsCluster, NatsServer
 
 SettingsFactory = Callable[..., Settings]
 
@@ -54,3 +55,26 @@ async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
     """An insecure channel to the App's gRPC port."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as ch:
         yield ch
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One JetStream nats-server for the whole session; tests isolate by stream/bucket names."""
+    server = NatsServer(name="single", store_dir=tmp_path_factory.mktemp("nats") / "js")
+    server.start()
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A fresh 3-node JetStream cluster on loopback, stopped after the test."""
+    cluster = NatsCluster.create(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,139 @@
+"""Every Prometheus metric igbutton exports, defined once so names and labels stay consistent.
+
+Label values are bounded sets (method names, status codes, Graph error codes, configured
+account ids); nothing a caller controls freely becomes a label, and no token ever does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# --- gRPC API ---
+RPCS = Counter(
+    "igbutton_rpcs_total", "gRPC calls handled, by method and final status.", ["method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "igbutton_rpc_duration_seconds",
+    "Time from a unary call's start to its answer (streams: until the stream ends).",
+    ["method"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+# --- Graph API ---
+GRAPH_CALLS = Counter(
+    "igbutton_graph_calls_total",
+    "HTTP attempts to the Graph API, by outcome (ok, graph_error, http_error, timeout, "
+    "connect_error, disconnected) and Graph error code ('' when none).",
+    ["outcome", "graph_code"],
+)
+GRAPH_LATENCY = Histogram(
+    "igbutton_graph_call_duration_seconds",
+    "Duration of one HTTP attempt to the Graph API.",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+GRAPH_RETRIES = Counter(
+    "igbutton_graph_retries_total", "Graph API attempts repeated after a safe failure.", ["reason"]
+)
+RATE_LIMIT_WAITS = Histogram(
+    "igbutton_rate_limit_wait_seconds",
+    "Time a send waited for its account's rate limiter.",
+    ["account"],
+    buckets=(0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+)
+RATE_LIMIT_REJECTIONS = Counter(
+    "igbutton_rate_limit_rejections_total",
+    "Sends refused because the wait would not fit the caller's deadline.",
+    ["account"],
+)
+APP_USAGE = Gauge(
+    "igbutton_graph_app_usage_percent",
+    "Meta's X-App-Usage header, per account and field (call_count, total_cputime, total_time).",
+    ["account", "field"],
+)
+BUSINESS_USAGE = Gauge(
+    "igbutton_graph_business_usage_percent",
+    "Meta's X-Business-Use-Case-Usage header, per account, business object, type and field.",
+    ["account", "business_id", "type", "field"],
+)
+BUSINESS_REGAIN = Gauge(
+    "igbutton_graph_business_regain_access_minutes",
+    "estimated_time_to_regain_access from X-Business-Use-Case-Usage.",
+    ["account", "business_id", "type"],
+)
+SENDS = Counter(
+    "igbutton_sends_total",
+    "SendButtonTemplate outcomes: sent, replayed (idempotent repeat), failed.",
+    ["outcome"],
+)
+
+# --- Webhooks and postbacks ---
+WEBHOOKS = Counter(
+    "igbutton_webhooks_total",
+    "Webhook requests by result (accepted, bad_signature, unsigned, malformed, too_large, "
+    "store_failed, handshake_ok, handshake_denied).",
+    ["result"],
+)
+WEBHOOK_ITEMS_SKIPPED = Counter(
+    "igbutton_webhook_items_skipped_total",
+    "messaging items that were not postbacks (messages, reads, reactions), by kind.",
+    ["kind"],
+)
+POSTBACKS_STORED = Counter(
+    "igbutton_postbacks_stored_total", "Postbacks appended to the log (new, not duplicates)."
+)
+POSTBACKS_DUPLICATE = Counter(
+    "igbutton_postbacks_duplicate_total", "Postbacks Meta delivered again, recognised by mid."
+)
+LOG_APPEND_LATENCY = Histogram(
+    "igbutton_log_append_duration_seconds",
+    "Time to durably append one batch to the postback log (including group commit wait).",
+    buckets=_LATENCY_BUCKETS,
+)
+SUBSCRIBERS = Gauge(
+    "igbutton_subscribers", "Open SubscribePostbacks streams, by kind (broadcast, group).", ["kind"]
+)
+GROUPS = Gauge("igbutton_groups", "Consumer groups with at least one live member.")
+UNACKED = Gauge(
+    "igbutton_postbacks_unacked", "Group deliveries awaiting an ack, per group.", ["group"]
+)
+DEAD_LETTERED = Counter(
+    "igbutton_postbacks_dead_lettered_total",
+    "Group deliveries set aside after the maximum attempts, per group.",
+    ["group"],
+)
+REDELIVERIES = Counter(
+    "igbutton_postbacks_redelivered_total",
+    "Group deliveries sent again (ack deadline passed or nack), per group.",
+    ["group"],
+)
+
+
+def record_usage_headers(account: str, app_usage: str | None, business_usage: str | None) -> None:
+    """Export Meta's usage headers as gauges; a malformed header is logged, never raised."""
+    try:
+        if app_usage:
+            for field, value in json.loads(app_usage).items():
+                if isinstance(value, int | float):
+                    APP_USAGE.labels(account, field).set(value)
+        if business_usage:
+            for business_id, entries in json.loads(business_usage).items():
+                for entry in entries if isinstance(entries, list) else []:
+                    kind = str(entry.get("type", ""))
+                    for field in ("call_count", "total_cputime", "total_time"):
+                        if isinstance(entry.get(field), int | float):
+                            BUSINESS_USAGE.labels(account, business_id, kind, field).set(
+                                entry[field]
+                            )
+                    regain = entry.get("estimated_time_to_regain_access")
+                    if isinstance(regain, int | float):
+                        BUSINESS_REGAIN.labels(account, business_id, kind).set(regain)
+    except (ValueError, AttributeError, TypeError):
+        log.warning("ignored a malformed Graph usage header", extra={"account": account})
