@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import com.google.protobuf.Struct;
+import com.google.protobuf.Value;
 import com.google.protobuf.util.JsonFormat;
 import com.igbutton.v1.SendButtonTemplateRequest;
 import com.igbutton.v1.SendButtonTemplateResponse;
@@ -88,17 +89,9 @@ class RoundTripTest {
 
   /** Asks the sandbox to tap a button of a message it recorded; returns its JSON answer. */
   private static Struct tap(String sandboxUrl, String messageId, int index) throws Exception {
-    String body =
-        JsonFormat.printer()
-            .print(
-                Struct.newBuilder()
-                    .putFields(
-                        "message_id",
-                        com.google.protobuf.Value.newBuilder().setStringValue(messageId).build())
-                    .putFields(
-                        "button_index",
-                        com.google.protobuf.Value.newBuilder().setNumberValue(index).build())
-                    .build());
+    // Struct would print the index as 0.0; the sandbox wants an integer.
+    String quotedId = JsonFormat.printer().print(Value.newBuilder().setStringValue(messageId));
+    String body = "{\"message_id\": " + quotedId + ", \"button_index\": " + index + "}";
     HttpRequest request =
         HttpRequest.newBuilder(URI.create(sandboxUrl.replaceAll("/+$", "") + "/_sandbox/tap"))
             .timeout(Duration.ofSeconds(30))
