@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +107,7 @@ def _wait_for_ports(proc: subprocess.Popen[bytes], ports_file: Path, log: Path) 
     pytest.fail(f"igbutton-server not ready after {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
 
 
-def _require(tools: Mapping[str, str], install: str) -> None:
+def _require(tools: Sequence[str], install: str) -> None:
     """Skip (or, with IGBUTTON_REQUIRE_TOOLCHAINS=1, fail) when a toolchain is missing."""
     missing = [name for name in tools if shutil.which(name) is None]
     if not missing:
@@ -144,16 +144,18 @@ def _run(command: list[str], cwd: Path, server: Server) -> str:
 
 
 @pytest.mark.timeout(900)
-def test_go_client_round_trip(server: Server) -> None:
-    _require({"go": ""}, "Go 1.24 or newer")
+def test_go_client_round_trip(request: pytest.FixtureRequest) -> None:
+    _require(["go"], "Go 1.26 or newer")
+    server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     output = _run(["go", "test", "-count=1", "-v", "./..."], CLIENTS / "go", server)
     # The suite skips itself without the environment: make sure it really ran here.
     assert "--- PASS: TestRoundTrip" in output, output
 
 
 @pytest.mark.timeout(900)
-def test_typescript_client_round_trip(server: Server) -> None:
-    _require({"node": "", "npm": ""}, "Node.js 20 or newer with npm")
+def test_typescript_client_round_trip(request: pytest.FixtureRequest) -> None:
+    _require(["node", "npm"], "Node.js 20 or newer with npm")
+    server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     ts = CLIENTS / "typescript"
     if not (ts / "node_modules" / ".installed").exists():
         _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], ts, server)
@@ -163,8 +165,9 @@ def test_typescript_client_round_trip(server: Server) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_java_client_round_trip(server: Server) -> None:
-    _require({"java": "", "mvn": ""}, "a JDK 17 or newer and Maven 3.8 or newer")
+def test_java_client_round_trip(request: pytest.FixtureRequest) -> None:
+    _require(["java", "mvn"], "a JDK 17 or newer and Maven 3.8 or newer")
+    server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     java = CLIENTS / "java"
     _run(["mvn", "-B", "-q", "test"], java, server)
     report = java / "target" / "surefire-reports" / "TEST-com.igbutton.client.RoundTripTest.xml"

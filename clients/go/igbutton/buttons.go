@@ -36,7 +36,7 @@ func Template(text string, buttons ...*igbuttonv1.Button) *igbuttonv1.ButtonTemp
 // the same id returns the first result instead of sending twice.
 func NewRequestID() string {
 	var b [16]byte
-	// crypto/rand.Read never fails on supported platforms (Go 1.24+).
+	// crypto/rand.Read never returns an error since Go 1.24.
 	_, _ = rand.Read(b[:])
 	b[6] = b[6]&0x0f | 0x40 // version 4
 	b[8] = b[8]&0x3f | 0x80 // RFC 9562 variant
