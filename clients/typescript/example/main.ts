@@ -16,8 +16,16 @@ const ig = createIgbuttonClient(addr);
 const abort = new AbortController();
 process.once("SIGINT", () => abort.abort());
 
+// Subscribe first, so no tap on the message below can be missed.
+const printing = (async () => {
+  const stream = ig.postbacks.subscribePostbacks({ payloadPrefix: "ANSWER_" }, { signal: abort.signal });
+  for await (const { postback } of stream) {
+    console.log(`#${postback?.sequence} ${postback?.senderId} tapped "${postback?.title}" -> ${postback?.payload}`);
+  }
+})();
+printing.catch(() => undefined); // its error is reported where it is awaited below
+
 try {
-  const postbacks = ig.postbacks.subscribePostbacks({ payloadPrefix: "ANSWER_" }, { signal: abort.signal });
   const { messageId } = await ig.send.sendButtonTemplate({
     recipientId,
     requestId: newRequestId(),
@@ -29,9 +37,7 @@ try {
     ),
   });
   console.log(`sent ${messageId}; tap a button (igbutton tap ${messageId} 0) or press Ctrl-C`);
-  for await (const { postback } of postbacks) {
-    console.log(`#${postback?.sequence} ${postback?.senderId} tapped "${postback?.title}" -> ${postback?.payload}`);
-  }
+  await printing;
 } catch (err) {
   if (!abort.signal.aborted) {
     const d = errorDetails(err);
@@ -39,4 +45,6 @@ try {
     console.error(`igbutton: ${d.reason || Code[d.code]}: ${d.message}${violations}`);
     process.exitCode = 1;
   }
+} finally {
+  abort.abort();
 }
