@@ -53,7 +53,7 @@ func main() {
 		}
 		log.Fatal(err)
 	}
-	fmt.Printf("sent %s; tap a button (igbutton tap %s 0) or press Ctrl-C\n", resp.GetMessageId(), resp.GetMessageId())
+	fmt.Printf("sent %s; tap a button (igbutton tap %s) or press Ctrl-C\n", resp.GetMessageId(), resp.GetMessageId())
 
 	for {
 		event, err := stream.Recv()

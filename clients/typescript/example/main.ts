@@ -36,7 +36,7 @@ try {
       urlButton("Track it", "https://example.com/track"),
     ),
   });
-  console.log(`sent ${messageId}; tap a button (igbutton tap ${messageId} 0) or press Ctrl-C`);
+  console.log(`sent ${messageId}; tap a button (igbutton tap ${messageId}) or press Ctrl-C`);
   await printing;
 } catch (err) {
   if (!abort.signal.aborted) {
