@@ -222,7 +222,7 @@ class IdempotentSends:
             if time.monotonic() + _POLL_SECONDS >= deadline:
                 return ApiError(
                     grpc.StatusCode.UNAVAILABLE,
-                    R.ERROR_REASON_GRAPH_UNAVAILABLE,
+                    R.ERROR_REASON_REQUEST_IN_PROGRESS,
                     "a send with this request_id is still in progress; retry with the same "
                     "request_id",
                     metadata={"requestId": key},
@@ -232,7 +232,7 @@ class IdempotentSends:
             if found is None:  # released by its owner: nothing was sent, the caller may retry
                 return ApiError(
                     grpc.StatusCode.UNAVAILABLE,
-                    R.ERROR_REASON_GRAPH_UNAVAILABLE,
+                    R.ERROR_REASON_REQUEST_IN_PROGRESS,
                     "an earlier call with this request_id failed without sending; retry",
                     metadata={"requestId": key},
                 )
