@@ -41,6 +41,7 @@ class Server:
     addr: str
     sandbox_url: str
     log_path: Path
+    process: subprocess.Popen[bytes]
 
     def env(self) -> dict[str, str]:
         """The environment for a client test suite."""
@@ -49,6 +50,11 @@ class Server:
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the server's log, for failure messages."""
         return self.log_path.read_text(errors="replace")[-chars:]
+
+    def state(self) -> str:
+        """Whether the server still runs, for failure messages."""
+        code = self.process.poll()
+        return "still running" if code is None else f"exited with {code}"
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +80,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             addr=f"127.0.0.1:{ports['grpc']}",
             sandbox_url=f"http://127.0.0.1:{ports['sandbox']}",
             log_path=log_path,
+            process=proc,
         )
     finally:
         proc.terminate()
@@ -138,7 +145,7 @@ def _run(command: list[str], cwd: Path, server: Server) -> str:
         pytest.fail(
             f"{' '.join(command)} (in {cwd.relative_to(ROOT)}) exited {result.returncode} "
             f"after {time.monotonic() - started:.1f} s\n{output}\n"
-            f"--- igbutton-server log (tail) ---\n{server.log_tail()}"
+            f"--- igbutton-server ({server.state()}) log, tail ---\n{server.log_tail()}"
         )
     return output
 
