@@ -42,9 +42,10 @@ const (
 	// UNAVAILABLE: Meta reported a temporary problem and did not act; safe to
 	// retry with the same request_id.
 	ErrorReason_ERROR_REASON_GRAPH_UNAVAILABLE ErrorReason = 5
-	// UNKNOWN: the request reached Meta but no answer came back in time; Meta
-	// may or may not have sent the message. Not retried by igbutton, and a
-	// repeat with the same request_id returns this same error.
+	// UNKNOWN (or DEADLINE_EXCEEDED when the caller's deadline ran out first):
+	// the request reached Meta but no answer came back; Meta may or may not
+	// have sent the message. Not retried by igbutton, and a repeat with the
+	// same request_id returns this same error.
 	ErrorReason_ERROR_REASON_SEND_OUTCOME_UNKNOWN ErrorReason = 6
 	// FAILED_PRECONDITION: Graph code 10 with subcode 2534022 or 2018278; the
 	// 24-hour messaging window is closed.
@@ -74,6 +75,9 @@ const (
 	ErrorReason_ERROR_REASON_UNKNOWN_ACK_ID ErrorReason = 17
 	// UNAVAILABLE: the server is shutting down; reconnect (to another replica).
 	ErrorReason_ERROR_REASON_SHUTTING_DOWN ErrorReason = 18
+	// UNAVAILABLE: another call with the same request_id is still in flight,
+	// or ended without sending; retry with the same request_id.
+	ErrorReason_ERROR_REASON_REQUEST_IN_PROGRESS ErrorReason = 19
 )
 
 // Enum value maps for ErrorReason.
@@ -98,6 +102,7 @@ var (
 		16: "ERROR_REASON_ACCOUNT_NOT_ALLOWED",
 		17: "ERROR_REASON_UNKNOWN_ACK_ID",
 		18: "ERROR_REASON_SHUTTING_DOWN",
+		19: "ERROR_REASON_REQUEST_IN_PROGRESS",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":              0,
@@ -119,6 +124,7 @@ var (
 		"ERROR_REASON_ACCOUNT_NOT_ALLOWED":      16,
 		"ERROR_REASON_UNKNOWN_ACK_ID":           17,
 		"ERROR_REASON_SHUTTING_DOWN":            18,
+		"ERROR_REASON_REQUEST_IN_PROGRESS":      19,
 	}
 )
 
@@ -153,7 +159,7 @@ var File_igbutton_v1_errors_proto protoreflect.FileDescriptor
 
 const file_igbutton_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\xc0\x05\n" +
+	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\xe6\x05\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x12 \n" +
@@ -174,7 +180,8 @@ const file_igbutton_v1_errors_proto_rawDesc = "" +
 	"#ERROR_REASON_CALLER_UNAUTHENTICATED\x10\x0f\x12$\n" +
 	" ERROR_REASON_ACCOUNT_NOT_ALLOWED\x10\x10\x12\x1f\n" +
 	"\x1bERROR_REASON_UNKNOWN_ACK_ID\x10\x11\x12\x1e\n" +
-	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12B_\n" +
+	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x12$\n" +
+	" ERROR_REASON_REQUEST_IN_PROGRESS\x10\x13B_\n" +
 	"\x0fcom.igbutton.v1B\vErrorsProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3"
 
 var (
