@@ -1,0 +1,281 @@
+"""One connection to NATS JetStream, and the streams and bucket igbutton keeps there.
+
+Every replica runs the same create-or-update at start, so the layout follows the
+configuration (retention, TTL, replicas) without a separate migration step:
+
+- the postback log, a stream on ``<prefix>.<account>.<mid>``; one subject per postback
+  lets a single conditional publish (``Nats-Expected-Last-Subject-Sequence: 0``) store
+  each postback once for as long as it is retained (see ``nats_postbacks``);
+- the dead letters, a stream that captures JetStream's MAX_DELIVERIES and
+  MSG_TERMINATED advisories for the log's consumers (one per dead-lettered delivery);
+- the idempotency records, a KV bucket whose entries expire after the idempotency TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_SECONDS = 120.0
+"""How long JetStream remembers a ``Nats-Msg-Id``. Meta retries for up to 36 h; the
+per-postback subject check, not this window, is what makes a late retry a duplicate.
+The window only makes an immediate retry cheap (answered from memory)."""
+
+CONNECT_WINDOW_SECONDS = 30.0
+"""How long start-up keeps trying to reach NATS (it may still be starting beside us)."""
+
+# JetStream: "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def subject_token(value: str) -> str:
+    """A subject token standing for ``value``, injective and free of ``.``, ``*``, ``>``.
+
+    Plain ids (digits, letters, ``_``, ``-``) stay as they are so subjects are readable
+    in NATS tools; anything else is base64url-encoded behind a ``~`` that a plain id
+    cannot start with.
+    """
+    if _SAFE_TOKEN.match(value):
+        return value
+    return "~" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class NatsLayout:
+    """The names igbutton uses in JetStream, all derived from the settings."""
+
+    stream: str
+    """The postback log stream."""
+    subject_prefix: str
+    """Postbacks are published on ``<prefix>.<account>.<mid>``."""
+    idempotency_bucket: str
+    """The KV bucket of idempotency records."""
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """The stream capturing dead-letter advisories of the log's consumers."""
+        return f"{self.stream}_DEAD_LETTERS"
+
+    @property
+    def control_prefix(self) -> str:
+        """Core NATS subjects replicas use to tell each other about acks (not stored)."""
+        return f"_IGBUTTON.{self.stream}"
+
+    def postback_subject(self, account_id: str, mid: str) -> str:
+        """The subject of one postback."""
+        return f"{self.subject_prefix}.{subject_token(account_id)}.{subject_token(mid)}"
+
+    def account_subjects(self, account_ids: frozenset[str]) -> list[str]:
+        """Subjects matching the postbacks of these accounts (all accounts when empty)."""
+        if not account_ids:
+            return [f"{self.subject_prefix}.*.*"]
+        return [f"{self.subject_prefix}.{subject_token(a)}.*" for a in sorted(account_ids)]
+
+    def dead_letter_subjects(self, consumer: str = "*") -> list[str]:
+        """Advisory subjects that mean "this delivery was dead-lettered"."""
+        return [
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{consumer}",
+            f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{self.stream}.{consumer}",
+        ]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NatsLayout:
+        """The layout the settings describe."""
+        nats_settings = settings.storage.nats
+        return cls(
+            stream=nats_settings.stream,
+            subject_prefix=nats_settings.subject_prefix,
+            idempotency_bucket=nats_settings.idempotency_bucket,
+        )
+
+
+class NatsConnection:
+    """A connected JetStream client with igbutton's streams and bucket in place.
+
+    Build with :meth:`open`; one per process, shared by the postback log and the
+    idempotency store.
+    """
+
+    def __init__(
+        self, client: NatsClient, layout: NatsLayout, idempotency: KeyValue, settings: Settings
+    ) -> None:
+        self.client = client
+        self.js: JetStreamContext = client.jetstream()
+        self.layout = layout
+        self.idempotency = idempotency
+        self.settings = settings
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, connect_window: float = CONNECT_WINDOW_SECONDS
+    ) -> NatsConnection:
+        """Connect (retrying for ``connect_window`` seconds), then create or update the
+        log stream, the dead-letter stream and the idempotency bucket."""
+        client = await _connect(settings, connect_window)
+        try:
+            layout = NatsLayout.from_settings(settings)
+            js = client.jetstream()
+            await ensure_layout(js, layout, settings)
+            bucket = await js.key_value(layout.idempotency_bucket)
+        except BaseException:
+            await client.close()
+            raise
+        return cls(client, layout, bucket, settings)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected right now (it reconnects on its own)."""
+        return bool(self.client.is_connected)
+
+    async def close(self) -> None:
+        """Flush what is buffered and close the connection."""
+        if self.client.is_closed:
+            return
+        try:
+            await self.client.drain()
+        except Exception:  # a broken connection still has to be closed
+            log.warning("NATS drain failed; closing", exc_info=True)
+            await self.client.close()
+
+
+async def ensure_layout(js: JetStreamContext, layout: NatsLayout, settings: Settings) -> None:
+    """Create or update every stream and bucket igbutton needs."""
+    replicas = settings.storage.nats.replicas
+    retention = float(settings.postbacks.retention_seconds)
+    await _create_or_update(
+        js,
+        api.StreamConfig(
+            name=layout.stream,
+            description="igbutton postback log",
+            subjects=[f"{layout.subject_prefix}.*.*"],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=retention,
+            # The log's identity check: see nats_postbacks. Kept short on purpose.
+            duplicate_window=min(DUPLICATE_WINDOW_SECONDS, retention),
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            discard=api.DiscardPolicy.OLD,
+            allow_direct=True,
+            deny_delete=True,
+        ),
+    )
+    await _create_or_update(
+        js,
+        api.StreamConfig(
+            name=layout.dead_letter_stream,
+            description="igbutton dead letters: JetStream advisories of the postback groups",
+            subjects=layout.dead_letter_subjects(),
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=retention,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            allow_direct=True,
+        ),
+    )
+    await _create_or_update(js, _kv_stream_config(layout, settings))
+
+
+def _kv_stream_config(layout: NatsLayout, settings: Settings) -> api.StreamConfig:
+    # The same stream nats-py's create_key_value builds, so js.key_value() accepts it;
+    # built here because create_key_value cannot update an existing bucket.
+    ttl = float(settings.idempotency.ttl_seconds)
+    return api.StreamConfig(
+        name=f"KV_{layout.idempotency_bucket}",
+        description="igbutton idempotency records (request_id -> first result)",
+        subjects=[f"$KV.{layout.idempotency_bucket}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=api.DiscardPolicy.NEW,
+        duplicate_window=min(DUPLICATE_WINDOW_SECONDS, ttl),
+        max_age=ttl,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=settings.storage.nats.replicas,
+        storage=api.StorageType.FILE,
+    )
+
+
+async def _create_or_update(js: JetStreamContext, config: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(config)
+        return
+    except BadRequestError as exc:
+        if exc.err_code != _STREAM_NAME_IN_USE:
+            raise
+    log.info("updating NATS stream %s to the configured settings", config.name)
+    await js.update_stream(config)
+
+
+def redact_url(url: str) -> str:
+    """The URL without any ``user:password@`` part, for logs and errors."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    nats_settings = settings.storage.nats
+    wants_tls = any(s.startswith("tls://") for s in nats_settings.servers)
+    if nats_settings.tls_ca_file is None and not wants_tls:
+        return None
+    context = ssl.create_default_context()
+    if nats_settings.tls_ca_file is not None:
+        context.load_verify_locations(cafile=str(nats_settings.tls_ca_file))
+    return context
+
+
+async def _connect(settings: Settings, window: float) -> NatsClient:
+    nats_settings = settings.storage.nats
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS connection error: %s", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("disconnected from NATS; reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("reconnected to NATS")
+
+    # With unlimited reconnects nats-py also retries the first connect forever; the
+    # window bounds it so a wrong URL stops the start with a clear message.
+    client = NatsClient()
+    try:
+        await asyncio.wait_for(
+            client.connect(
+                servers=nats_settings.servers,
+                name="igbutton",
+                user_credentials=(
+                    str(nats_settings.creds_file) if nats_settings.creds_file else None
+                ),
+                tls=_tls_context(settings),
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            ),
+            timeout=window,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        await client.close()
+        where = ", ".join(redact_url(s) for s in nats_settings.servers)
+        raise OSError(f"cannot reach NATS at {where}") from exc
+    return client
