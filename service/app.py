@@ -15,11 +15,17 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from igbutton.v1 import postback_service_pb2, send_service_pb2
+from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from pydantic import SecretStr
 
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
+from service.postbacks.api import PostbackApi
+from service.postbacks.retention import RetentionPruner
+from service.postbacks.webhook import Webhook
+from service.sandbox import Sandbox
+from service.storage.backends import open_postback_store
+from service.storage.postbacks import PostbackStore
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +78,11 @@ class App:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._sites = _Sites()
-        self._sandbox: object | None = None
+        self.sandbox: Sandbox | None = None
+        """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
         self._ready = False
-        self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start every part; on return all ports are bound and the service is ready."""
@@ -115,11 +123,26 @@ class App:
             },
         )
 
+    def request_stop(self) -> None:
+        """Ask the process to stop (from a signal handler); serve() then calls stop()."""
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once request_stop() or stop() has been called."""
+        await self._stop_requested.wait()
+
     async def stop(self) -> None:
-        """Stop taking work, let in-flight calls finish within the grace period, then close."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        """Stop taking work, let in-flight calls finish within the grace period, then close.
+
+        Safe to call more than once and from several tasks: every caller waits for the one
+        shutdown, which is shielded so a cancelled caller cannot cut it short.
+        """
+        self._stop_requested.set()
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self) -> None:
         self._ready = False
         await self._health.enter_graceful_shutdown()
         await self._stop_webhook()
@@ -131,10 +154,6 @@ class App:
             await runner.cleanup()
         await self._stop_sandbox()
         log.info("igbutton stopped")
-
-    async def wait_stopped(self) -> None:
-        """Return once stop() has been called."""
-        await self._stopped.wait()
 
     async def _readiness(self) -> str | None:
         if not self._ready:
@@ -176,16 +195,43 @@ class App:
     # Sandbox (service/sandbox/).
     async def _start_sandbox(self) -> None:
         """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
+        sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
+        await sandbox.start()
+        self.sandbox = sandbox
+        self.settings = with_sandbox_defaults(self.settings, sandbox.url)
+        # The sandbox accepts exactly the configured accounts' tokens, as Meta would.
+        sandbox.set_tokens({account.id: account.token() for account in self.settings.accounts})
+        self.ports.sandbox = sandbox.port
+        log.warning(
+            "sandbox mode: sends go to the local sandbox, not to Instagram",
+            extra={"sandbox_url": sandbox.url},
+        )
 
     async def _stop_sandbox(self) -> None:
         """Stop the sandbox, if started."""
+        if self.sandbox is not None:
+            await self.sandbox.stop()
 
     # Storage (service/storage/): postback log, groups, idempotency records.
+    postback_store: PostbackStore | None = None
+    _pruner: RetentionPruner | None = None
+
     async def _start_storage(self) -> None:
         """Open the configured storage backend."""
+        self.postback_store = await open_postback_store(self.settings.storage)
+        self._pruner = RetentionPruner(
+            self.postback_store,
+            retention=self.settings.postbacks.retention_seconds,
+            interval=self.settings.postbacks.prune_interval_seconds,
+        )
+        self._pruner.start()
 
     async def _stop_storage(self) -> None:
         """Close the storage backend after every user of it stopped."""
+        if self._pruner is not None:
+            await self._pruner.stop()
+        if self.postback_store is not None:
+            await self.postback_store.close()
 
     # Send path (service/send/).
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
@@ -199,11 +245,36 @@ class App:
         """Close the Graph client after in-flight sends finished."""
 
     # Postback path (service/postbacks/).
+    _postback_api: PostbackApi | None = None
+    _webhook_runner: web.AppRunner | None = None
+
     def _add_postback_service(self, server: grpc.aio.Server) -> None:
         """Register PostbackService."""
+        assert self.postback_store is not None
+        self._postback_api = PostbackApi(self.postback_store, self.settings.postbacks)
+        postback_service_pb2_grpc.add_PostbackServiceServicer_to_server(self._postback_api, server)
 
     async def _start_webhook(self) -> None:
         """Serve Meta's webhook and tell the sandbox (if any) where it is."""
+        assert self.postback_store is not None
+        settings = self.settings.webhook
+        webhook = Webhook(settings, self.postback_store)
+        self.ports.webhook = await self._serve_http(
+            webhook.build_app(), settings.host, settings.port
+        )
+        # Stopped apart from the other HTTP sites: before the streams end and the store closes.
+        self._webhook_runner = self._sites.runners.pop()
+        sandbox = self.sandbox
+        if sandbox is not None:
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            url = f"http://{host}:{self.ports.webhook}{settings.path}"
+            secrets = settings.secrets()
+            sandbox.set_webhook(url, secrets[0] if secrets else b"")
 
     async def _stop_webhook(self) -> None:
         """Stop taking webhooks; finish stores in flight; end streams with UNAVAILABLE."""
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()  # waits for deliveries being stored
+            self._webhook_runner = None
+        if self._postback_api is not None:
+            await self._postback_api.shutdown()

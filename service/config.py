@@ -328,6 +328,19 @@ class LogSettings(_Section):
     """JSON lines (default) or plain text."""
 
 
+class TracingSettings(_Section):
+    """OpenTelemetry tracing; off unless an OTLP endpoint is set."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector, such as ``http://otel-collector:4317``; unset means no tracing."""
+    service_name: str = "igbutton"
+    """The ``service.name`` resource attribute."""
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Fraction of new traces recorded (parent-based)."""
+    insecure: bool = True
+    """Plaintext to the collector (the usual sidecar setup)."""
+
+
 class Settings(BaseSettings):
     """Everything igbutton can be told. Build with :meth:`Settings.load`."""
 
@@ -352,6 +365,7 @@ class Settings(BaseSettings):
     postbacks: PostbackSettings = PostbackSettings()
     sandbox: SandboxSettings = SandboxSettings()
     log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @field_validator("accounts")
     @classmethod

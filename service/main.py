@@ -42,14 +42,14 @@ async def serve(settings: Settings, ports_file: Path | None = None) -> None:
     app = App(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(app.stop()))
+        loop.add_signal_handler(sig, app.request_stop)
     try:
         await app.start()
         if ports_file is not None:
             tmp = ports_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(vars(app.ports)))
             tmp.replace(ports_file)  # atomic, so a reader never sees half a file
-        await app.wait_stopped()
+        await app.wait_stop_requested()
     finally:
         await app.stop()
 

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
 import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -45,3 +52,46 @@ async def test_http_health_readiness_and_metrics(app: App) -> None:
 async def test_readyz_fails_after_stop(app: App) -> None:
     await app.stop()
     assert await app._readiness() is not None
+
+
+async def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
+    ports_file = tmp_path / "ports.json"
+    env = {
+        **os.environ,
+        "IGBUTTON_GRPC__LISTEN": "127.0.0.1:0",
+        "IGBUTTON_HTTP__PORT": "0",
+        "IGBUTTON_WEBHOOK__PORT": "0",
+        "IGBUTTON_SANDBOX__PORT": "0",
+        "IGBUTTON_STORAGE__SQLITE_PATH": str(tmp_path / "db.sqlite"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        "--sandbox",
+        "--ports-file",
+        str(ports_file),
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while not ports_file.exists():
+                if proc.returncode is not None:
+                    break
+                await asyncio.sleep(0.05)
+        ports = json.loads(ports_file.read_text())
+        assert ports["grpc"] > 0
+        assert ports["sandbox"] > 0
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, stderr = await proc.communicate()
+        assert proc.returncode == 0
+        text = stderr.decode()
+        assert "igbutton stopped" in text
+        assert "Unclosed" not in text
+        assert "Traceback" not in text
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

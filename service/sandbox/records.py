@@ -1,0 +1,81 @@
+"""What the sandbox remembers: every send it received and the messages it accepted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownMessageError(LookupError):
+    """No accepted send with this message id was recorded."""
+
+
+@dataclass
+class RecordedSend:
+    """One send that reached the sandbox, accepted or not, with the token redacted."""
+
+    account_id: str
+    """The account from the path (``me`` resolved when possible)."""
+    path: str
+    """The request path, such as ``/v25.0/17841400000000000/messages``."""
+    query: dict[str, str]
+    """Query parameters; an ``access_token`` value is replaced by ``<redacted>``."""
+    auth_header_present: bool
+    token_ok: bool
+    body: Any
+    """The parsed JSON body, or None when it was not JSON."""
+    raw_body: bytes
+    accepted: bool
+    message_id: str | None
+    recipient_id: str | None
+    received_at: float
+    status: int
+    """The HTTP status answered; 0 while in flight or when the connection was dropped."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """An accepted button template, kept so that its buttons can be tapped."""
+
+    account_id: str
+    recipient_id: str
+    buttons: tuple[dict[str, str], ...]
+
+
+class SendLog:
+    """Recorded sends in arrival order plus accepted messages by id, bounded in size."""
+
+    def __init__(self, max_records: int) -> None:
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
+        self._max_records = max_records
+        self.received: list[RecordedSend] = []
+        self._messages: dict[str, StoredMessage] = {}
+
+    def record(self, send: RecordedSend) -> None:
+        """Append a send; beyond the bound the oldest sends and their messages are forgotten."""
+        self.received.append(send)
+        excess = len(self.received) - self._max_records
+        if excess > 0:
+            for old in self.received[:excess]:
+                if old.message_id is not None:
+                    self._messages.pop(old.message_id, None)
+            del self.received[:excess]
+
+    def accept(self, send: RecordedSend, message_id: str, message: StoredMessage) -> None:
+        """Mark a recorded send accepted under ``message_id`` and keep its message."""
+        send.accepted = True
+        send.message_id = message_id
+        self._messages[message_id] = message
+
+    def message(self, message_id: str) -> StoredMessage:
+        """The accepted message with this id, or UnknownMessageError."""
+        stored = self._messages.get(message_id)
+        if stored is None:
+            raise UnknownMessageError(f"no accepted message with id {message_id!r}")
+        return stored
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.received.clear()
+        self._messages.clear()
