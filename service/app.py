@@ -18,12 +18,15 @@ from grpc_reflection.v1alpha import reflection
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from pydantic import SecretStr
 
+from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
 from service.postbacks.api import PostbackApi
 from service.postbacks.retention import RetentionPruner
 from service.postbacks.webhook import Webhook
+from service.rpc_metrics import RpcMetricsInterceptor
 from service.sandbox import Sandbox
+from service.send import SendPath
 from service.storage.backends import open_postback_store
 from service.storage.postbacks import PostbackStore
 
@@ -80,6 +83,8 @@ class App:
         self._sites = _Sites()
         self.sandbox: Sandbox | None = None
         """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
+        self.send: SendPath | None = None
+        """The send path's parts, once SendService is registered."""
         self._ready = False
         self._stop_requested = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
@@ -235,14 +240,22 @@ class App:
 
     # Send path (service/send/).
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Server interceptors: caller authentication, then metrics."""
-        return []
+        """Server interceptors: metrics, then caller authentication.
+
+        Metrics is outermost so calls refused by authentication are counted (and logged
+        with a call id) too.
+        """
+        return [RpcMetricsInterceptor(), CallerAuthInterceptor(self.settings.callers)]
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
+        self.send = SendPath(self.settings)
+        self.send.register(server)
 
     async def _stop_send(self) -> None:
         """Close the Graph client after in-flight sends finished."""
+        if self.send is not None:
+            await self.send.close()
 
     # Postback path (service/postbacks/).
     _postback_api: PostbackApi | None = None

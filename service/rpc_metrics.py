@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 from service import logs, metrics
 
-_Handler = grpc.RpcMethodHandler[Any, Any]
+# A string: grpc.RpcMethodHandler is generic only in the type stubs, not at run time.
+_Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
 def _short(method: str) -> str:

@@ -1,0 +1,239 @@
+"""request_id idempotency: one send per request_id, outcomes replayed, across restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
+
+from service.app import App
+from service.sandbox import Fault, Sandbox
+from service.send.idempotency import IdempotencyStore, SqliteIdempotencyStore, fingerprint
+from service.send.outcome import SendResult, outcome_unknown
+from tests.send.conftest import ACCOUNT, RECIPIENT, AppFactory, details, send_request, stub_for
+
+RID = "123e4567-e89b-12d3-a456-426614174000"
+
+
+async def test_repeat_returns_the_first_result_without_sending(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    first = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    second = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    assert second == first
+    assert len(sandbox.received) == 1
+
+
+async def test_concurrent_duplicates_send_once(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    sandbox.add_fault(Fault(kind="slow", delay_seconds=0.3))  # keep the first one in flight
+    replies = await asyncio.gather(
+        *(stub.SendButtonTemplate(send_request(request_id=RID), timeout=10) for _ in range(10))
+    )
+    assert len({r.message_id for r in replies}) == 1
+    assert len(sandbox.received) == 1
+
+
+async def test_without_request_id_every_call_sends(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    await stub.SendButtonTemplate(send_request(), timeout=10)
+    await stub.SendButtonTemplate(send_request(), timeout=10)
+    assert len(sandbox.received) == 2
+
+
+async def test_reuse_with_a_different_request_is_rejected(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SendButtonTemplate(send_request(request_id=RID, recipient_id="999"), timeout=10)
+    got = details(caught.value)
+    assert (got.code, got.reason) == (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_REUSED")
+    assert got.metadata["requestId"] == RID
+    assert len(sandbox.received) == 1
+
+
+async def test_concurrent_reuse_with_a_different_request_is_rejected(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    sandbox.add_fault(Fault(kind="slow", delay_seconds=0.3))
+    results = await asyncio.gather(
+        stub.SendButtonTemplate(send_request(request_id=RID), timeout=10),
+        stub.SendButtonTemplate(send_request(request_id=RID, recipient_id="999"), timeout=10),
+        return_exceptions=True,
+    )
+    # Whichever arrives first sends; the other is rejected.
+    ok = [r for r in results if isinstance(r, send_service_pb2.SendButtonTemplateResponse)]
+    failed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(ok) == 1
+    assert [details(f).reason for f in failed] == ["REQUEST_ID_REUSED"]
+    assert len(sandbox.received) == 1
+
+
+async def test_idempotency_survives_a_restart(start_app: AppFactory) -> None:
+    first_app = await start_app()
+    async with stub_for(first_app) as stub:
+        first = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    await first_app.stop()
+
+    second_app = await start_app()  # same SQLite file (make_settings uses tmp_path)
+    async with stub_for(second_app) as stub:
+        second = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    assert second == first
+    assert second_app.sandbox is not None
+    assert second_app.sandbox.received == []
+
+
+async def test_final_failure_is_replayed(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    sandbox.add_fault(Fault(kind="graph_error", code=551))
+    errors = []
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        errors.append(details(caught.value))
+    assert errors[0] == errors[1]
+    assert errors[0].reason == "RECIPIENT_UNAVAILABLE"
+    assert errors[0].metadata["graphCode"] == "551"
+    assert len(sandbox.received) == 1
+
+
+async def test_retryable_failure_is_not_kept(start_app: AppFactory) -> None:
+    app = await start_app(graph={"max_attempts": 1})
+    assert app.sandbox is not None
+    app.sandbox.add_fault(Fault(kind="graph_error", code=2))
+    async with stub_for(app) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        assert details(caught.value).code == grpc.StatusCode.UNAVAILABLE
+        reply = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    assert reply.message_id
+    assert len(app.sandbox.received) == 2
+
+
+async def test_unknown_outcome_is_kept_so_a_retry_never_sends_twice(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    sandbox.add_fault(Fault(kind="drop"))
+    for _ in range(2):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        assert details(caught.value).reason == "SEND_OUTCOME_UNKNOWN"
+    assert len(sandbox.received) == 1
+
+
+async def test_call_cancelled_after_the_request_was_written_is_kept_unknown(
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    sandbox.add_fault(Fault(kind="slow", delay_seconds=30))
+    call = stub.SendButtonTemplate(send_request(request_id=RID), timeout=20)
+    for _ in range(500):
+        if sandbox.received:
+            break
+        await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for _ in range(200):  # the server notices the cancellation asynchronously
+        try:
+            await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        except grpc.aio.AioRpcError as error:
+            if details(error).reason == "SEND_OUTCOME_UNKNOWN":
+                break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the cancelled send was not kept as unknown")
+    assert len(sandbox.received) == 1
+
+
+async def test_send_abandoned_by_a_crashed_process_is_unknown(
+    app: App, stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+) -> None:
+    """A claim whose lease expired (its process died mid-send) may have sent."""
+    preview = await stub.ValidateButtonTemplate(
+        send_service_pb2.ValidateButtonTemplateRequest(
+            recipient_id=RECIPIENT, template=send_request().template
+        ),
+        timeout=10,
+    )
+    assert app.send is not None
+    claimed = await app.send.store.claim(
+        RID, fingerprint(ACCOUNT, preview.body_json), lease_seconds=-1, ttl_seconds=3600
+    )
+    assert claimed is None
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    assert details(caught.value).reason == "SEND_OUTCOME_UNKNOWN"
+    assert sandbox.received == []
+
+
+# --- The store interface, behaviour any backend must show. ---
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
+    """Each IdempotencyStore implementation."""
+    sqlite = SqliteIdempotencyStore(tmp_path / "sub" / "dir" / "idem.db")
+    sqlite.open()
+    try:
+        yield sqlite
+    finally:
+        await sqlite.close()
+
+
+async def test_store_claim_complete_get(store: IdempotencyStore) -> None:
+    assert await store.get("k") is None
+    assert await store.claim("k", "fp", lease_seconds=30, ttl_seconds=60) is None
+    pending = await store.claim("k", "fp", lease_seconds=30, ttl_seconds=60)
+    assert pending is not None
+    assert pending.outcome is None
+    assert pending.fingerprint == "fp"
+    await store.complete("k", "fp", SendResult("r", "m"), ttl_seconds=60)
+    done = await store.get("k")
+    assert done is not None
+    assert done.outcome == SendResult("r", "m")
+
+
+async def test_store_keeps_errors(store: IdempotencyStore) -> None:
+    error = outcome_unknown("lost")
+    await store.complete("k", "fp", error, ttl_seconds=60)
+    record = await store.get("k")
+    assert record is not None
+    assert record.outcome == error
+
+
+async def test_store_release_forgets_only_pending_claims(store: IdempotencyStore) -> None:
+    await store.claim("pending", "fp", lease_seconds=30, ttl_seconds=60)
+    await store.release("pending")
+    assert await store.get("pending") is None
+    await store.complete("done", "fp", SendResult("r", "m"), ttl_seconds=60)
+    await store.release("done")
+    assert await store.get("done") is not None
+
+
+async def test_store_expired_records_count_as_absent(store: IdempotencyStore) -> None:
+    await store.complete("k", "fp", SendResult("r", "m"), ttl_seconds=0)
+    assert await store.get("k") is None
+    assert await store.claim("k", "other", lease_seconds=30, ttl_seconds=60) is None
+
+
+async def test_sqlite_store_uses_wal_and_its_own_table(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "igbutton.db"
+    sqlite = SqliteIdempotencyStore(path)
+    sqlite.open()
+    await sqlite.complete("k", "fp", SendResult("r", "m"), ttl_seconds=60)
+    await sqlite.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    db.close()
+    assert tables == {"idempotency"}
