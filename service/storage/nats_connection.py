@@ -6,8 +6,11 @@ configuration (retention, TTL, replicas) without a separate migration step:
 - the postback log, a stream on ``<prefix>.<account>.<mid>``; one subject per postback
   lets a single conditional publish (``Nats-Expected-Last-Subject-Sequence: 0``) store
   each postback once for as long as it is retained (see ``nats_postbacks``);
-- the dead letters, a stream that captures JetStream's MAX_DELIVERIES and
-  MSG_TERMINATED advisories for the log's consumers (one per dead-lettered delivery);
+- the dead letters, a stream that captures JetStream's MAX_DELIVERIES advisories for the
+  log's consumers and igbutton's own record of a nack on the last attempt (one message per
+  dead-lettered delivery);
+- the delivery ledger, a KV bucket holding each group's current delivery attempt per
+  postback, so an ack id can be checked from any replica (see ``nats_groups``);
 - the idempotency records, a KV bucket whose entries expire after the idempotency TTL.
 """
 
@@ -72,9 +75,9 @@ class NatsLayout:
         return f"{self.stream}_DEAD_LETTERS"
 
     @property
-    def control_prefix(self) -> str:
-        """Core NATS subjects replicas use to tell each other about acks (not stored)."""
-        return f"_IGBUTTON.{self.stream}"
+    def delivery_bucket(self) -> str:
+        """The KV bucket of the groups' current deliveries (the ack ledger)."""
+        return f"{self.stream}_deliveries"
 
     def postback_subject(self, account_id: str, mid: str) -> str:
         """The subject of one postback."""
@@ -87,11 +90,22 @@ class NatsLayout:
         return [f"{self.subject_prefix}.{subject_token(a)}.*" for a in sorted(account_ids)]
 
     def dead_letter_subjects(self, consumer: str = "*") -> list[str]:
-        """Advisory subjects that mean "this delivery was dead-lettered"."""
+        """Subjects whose messages each mean "a delivery of this consumer was
+        dead-lettered": JetStream's advisory when the last attempt's ack wait ran out,
+        and igbutton's own record of a nack on the last attempt. Both have seven tokens
+        ending in stream and consumer, so ``dead_letter_filter`` matches them at once."""
         return [
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{consumer}",
-            f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{self.stream}.{consumer}",
+            self.nacked_dead_letter_subject(consumer),
         ]
+
+    def nacked_dead_letter_subject(self, consumer: str) -> str:
+        """Where igbutton records a nack on a delivery's last attempt."""
+        return f"_IGBUTTON.EVENT.ADVISORY.CONSUMER.NACKED_LAST_ATTEMPT.{self.stream}.{consumer}"
+
+    def dead_letter_filter(self, consumer: str) -> str:
+        """A subject filter matching every dead-letter subject of one consumer."""
+        return f"*.*.*.*.*.{self.stream}.{consumer}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NatsLayout:
@@ -105,37 +119,44 @@ class NatsLayout:
 
 
 class NatsConnection:
-    """A connected JetStream client with igbutton's streams and bucket in place.
+    """A JetStream client for one store (the postback log, or the idempotency records).
 
-    Build with :meth:`open`; one per process, shared by the postback log and the
-    idempotency store.
+    Build with :meth:`open`, then ensure the layout the store needs. Each store owns its
+    connection, so closing one never cuts the other off.
     """
 
-    def __init__(
-        self, client: NatsClient, layout: NatsLayout, idempotency: KeyValue, settings: Settings
-    ) -> None:
+    def __init__(self, client: NatsClient, settings: Settings) -> None:
         self.client = client
         self.js: JetStreamContext = client.jetstream()
-        self.layout = layout
-        self.idempotency = idempotency
+        self.layout = NatsLayout.from_settings(settings)
         self.settings = settings
 
     @classmethod
     async def open(
         cls, settings: Settings, connect_window: float = CONNECT_WINDOW_SECONDS
     ) -> NatsConnection:
-        """Connect (retrying for ``connect_window`` seconds), then create or update the
-        log stream, the dead-letter stream and the idempotency bucket."""
-        client = await _connect(settings, connect_window)
-        try:
-            layout = NatsLayout.from_settings(settings)
-            js = client.jetstream()
-            await ensure_layout(js, layout, settings)
-            bucket = await js.key_value(layout.idempotency_bucket)
-        except BaseException:
-            await client.close()
-            raise
-        return cls(client, layout, bucket, settings)
+        """Connect, retrying for ``connect_window`` seconds."""
+        return cls(await _connect(settings, connect_window), settings)
+
+    async def ensure_postback_layout(self) -> KeyValue:
+        """Create or update the log, dead-letter stream and delivery ledger; return the
+        ledger bucket."""
+        await ensure_postback_layout(self.js, self.layout, self.settings)
+        return await self.js.key_value(self.layout.delivery_bucket)
+
+    async def ensure_idempotency_layout(self) -> KeyValue:
+        """Create or update the idempotency bucket and return it."""
+        ttl = float(self.settings.idempotency.ttl_seconds)
+        await _create_or_update(
+            self.js,
+            _kv_stream_config(
+                self.layout.idempotency_bucket,
+                "igbutton idempotency records (request_id -> first result)",
+                ttl,
+                self.settings.storage.nats.replicas,
+            ),
+        )
+        return await self.js.key_value(self.layout.idempotency_bucket)
 
     @property
     def connected(self) -> bool:
@@ -153,8 +174,10 @@ class NatsConnection:
             await self.client.close()
 
 
-async def ensure_layout(js: JetStreamContext, layout: NatsLayout, settings: Settings) -> None:
-    """Create or update every stream and bucket igbutton needs."""
+async def ensure_postback_layout(
+    js: JetStreamContext, layout: NatsLayout, settings: Settings
+) -> None:
+    """Create or update the streams and bucket the postback log needs."""
     replicas = settings.storage.nats.replicas
     retention = float(settings.postbacks.retention_seconds)
     await _create_or_update(
@@ -187,17 +210,24 @@ async def ensure_layout(js: JetStreamContext, layout: NatsLayout, settings: Sett
             allow_direct=True,
         ),
     )
-    await _create_or_update(js, _kv_stream_config(layout, settings))
+    await _create_or_update(
+        js,
+        _kv_stream_config(
+            layout.delivery_bucket,
+            "igbutton delivery ledger: each group's current attempt per postback",
+            retention,
+            replicas,
+        ),
+    )
 
 
-def _kv_stream_config(layout: NatsLayout, settings: Settings) -> api.StreamConfig:
+def _kv_stream_config(bucket: str, description: str, ttl: float, replicas: int) -> api.StreamConfig:
     # The same stream nats-py's create_key_value builds, so js.key_value() accepts it;
     # built here because create_key_value cannot update an existing bucket.
-    ttl = float(settings.idempotency.ttl_seconds)
     return api.StreamConfig(
-        name=f"KV_{layout.idempotency_bucket}",
-        description="igbutton idempotency records (request_id -> first result)",
-        subjects=[f"$KV.{layout.idempotency_bucket}.>"],
+        name=f"KV_{bucket}",
+        description=description,
+        subjects=[f"$KV.{bucket}.>"],
         allow_direct=True,
         allow_rollup_hdrs=True,
         allow_msg_ttl=True,
@@ -208,7 +238,7 @@ def _kv_stream_config(layout: NatsLayout, settings: Settings) -> api.StreamConfi
         max_consumers=-1,
         max_msgs=-1,
         max_msgs_per_subject=1,
-        num_replicas=settings.storage.nats.replicas,
+        num_replicas=replicas,
         storage=api.StorageType.FILE,
     )
 
