@@ -51,6 +51,7 @@ async def removing_layout(settings: Settings) -> AsyncIterator[NatsLayout]:
             for name in (
                 layout.stream,
                 layout.dead_letter_stream,
+                f"KV_{layout.delivery_bucket}",
                 f"KV_{layout.idempotency_bucket}",
             ):
                 with contextlib.suppress(NotFoundError):

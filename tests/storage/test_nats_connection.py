@@ -28,6 +28,8 @@ async def test_open_creates_the_log_dead_letters_and_bucket(
     async with removing_layout(settings) as layout:
         conn = await NatsConnection.open(settings)
         try:
+            ledger = await conn.ensure_postback_layout()
+            idempotency = await conn.ensure_idempotency_layout()
             log_info = await conn.js.stream_info(layout.stream)
             assert log_info.config.subjects == [f"{layout.subject_prefix}.*.*"]
             assert log_info.config.max_age == 3600
@@ -35,9 +37,10 @@ async def test_open_creates_the_log_dead_letters_and_bucket(
             assert log_info.config.num_replicas == 1
             dead = await conn.js.stream_info(layout.dead_letter_stream)
             assert dead.config.subjects == layout.dead_letter_subjects()
-            status = await conn.idempotency.status()
+            status = await idempotency.status()
             assert status.ttl == 600
             assert status.history == 1
+            assert (await ledger.status()).ttl == 3600
         finally:
             await conn.close()
 
@@ -47,7 +50,10 @@ async def test_a_second_start_updates_retention_and_ttl(
 ) -> None:
     first = nats_test_settings(make_settings, [nats_server.url])
     async with removing_layout(first) as layout:
-        await (await NatsConnection.open(first)).close()
+        conn = await NatsConnection.open(first)
+        await conn.ensure_postback_layout()
+        await conn.ensure_idempotency_layout()
+        await conn.close()
         changed = first.model_copy(
             update={
                 "postbacks": first.postbacks.model_copy(update={"retention_seconds": 7200}),
@@ -56,8 +62,10 @@ async def test_a_second_start_updates_retention_and_ttl(
         )
         conn = await NatsConnection.open(changed)
         try:
+            await conn.ensure_postback_layout()
+            idempotency = await conn.ensure_idempotency_layout()
             assert (await conn.js.stream_info(layout.stream)).config.max_age == 7200
-            assert (await conn.idempotency.status()).ttl == 120
+            assert (await idempotency.status()).ttl == 120
         finally:
             await conn.close()
 
@@ -85,6 +93,12 @@ def test_subject_tokens_are_injective_and_safe() -> None:
 def test_layout_subjects() -> None:
     layout = NatsLayout(stream="S", subject_prefix="p.q", idempotency_bucket="b")
     assert layout.postback_subject("1", "m.1") == f"p.q.1.{subject_token('m.1')}"
+    assert layout.delivery_bucket == "S_deliveries"
+    filt = layout.dead_letter_filter("g_x").split(".")
+    for subject in layout.dead_letter_subjects("g_x"):
+        tokens = subject.split(".")
+        assert len(tokens) == len(filt)
+        assert all(f in ("*", t) for f, t in zip(filt, tokens, strict=True))
     assert layout.account_subjects(frozenset()) == ["p.q.*.*"]
     assert layout.account_subjects(frozenset({"2", "1"})) == ["p.q.1.*", "p.q.2.*"]
 
