@@ -18,8 +18,8 @@ from pathlib import Path
 from service.app import SANDBOX_ACCOUNT_ID
 
 ACCOUNT = SANDBOX_ACCOUNT_ID
-APP_SECRET = "replica-test-app-secret"  # noqa: S105 - a test's webhook secret
-ACCESS_TOKEN = "replica-test-access-token"  # noqa: S105
+APP_SECRET = "replica-test-app-secret"
+ACCESS_TOKEN = "replica-test-access-token"
 START_TIMEOUT = 60.0
 
 
