@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from service.config import Settings
@@ -244,14 +244,27 @@ def _kv_stream_config(bucket: str, description: str, ttl: float, replicas: int) 
 
 
 async def _create_or_update(js: JetStreamContext, config: api.StreamConfig) -> None:
-    try:
-        await js.add_stream(config)
-        return
-    except BadRequestError as exc:
-        if exc.err_code != _STREAM_NAME_IN_USE:
-            raise
-    log.info("updating NATS stream %s to the configured settings", config.name)
-    await js.update_stream(config)
+    # A cluster that just started (or lost its meta leader) answers 503 or not at all for
+    # a few seconds; replicas starting together race to create the same stream.
+    deadline = asyncio.get_running_loop().time() + CONNECT_WINDOW_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            try:
+                await js.add_stream(config)
+                return
+            except BadRequestError as exc:
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
+            log.info("updating NATS stream %s to the configured settings", config.name)
+            await js.update_stream(config)
+            return
+        except (ServiceUnavailableError, ServerError, nats.errors.TimeoutError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.info("JetStream not ready for stream %s (%s); retrying", config.name, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 def redact_url(url: str) -> str:
@@ -277,7 +290,8 @@ async def _connect(settings: Settings, window: float) -> NatsClient:
         log.warning("NATS connection error: %s", exc)
 
     async def on_disconnected() -> None:
-        log.warning("disconnected from NATS; reconnecting")
+        if not (client.is_draining or client.is_closed):  # not our own close
+            log.warning("disconnected from NATS; reconnecting")
 
     async def on_reconnected() -> None:
         log.info("reconnected to NATS")

@@ -298,9 +298,16 @@ class NatsGroupMember:
                 if delivery is not None:
                     return delivery
             if self._inbox.gone:
-                # The group was deleted (by an operator): end, the client rejoins.
-                log.warning("consumer of group %s is gone", self.group)
-                raise StopAsyncIteration
+                if await self._consumer_deleted():
+                    # Deleted by an operator: end; the client rejoins and recreates it.
+                    log.warning("consumer of group %s was deleted", self.group)
+                    raise StopAsyncIteration
+                # Only unreachable for now (its leader moving after a node was lost).
+                self._inbox.gone = False
+                self._inbox.outstanding = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS / 4)
+                continue
             self._inbox.check_alive()
             free = self._options.max_unacked - len(self._held)
             if self._inbox.outstanding == 0 and free > 0:
@@ -326,11 +333,9 @@ class NatsGroupMember:
         if not self._filter.matches(postback):
             await client.publish(reply.subject, b"+ACK")  # not this group's: done with it
             return None
-        try:
-            await self._store.ledger.record(self.consumer, reply.stream_seq, reply.delivered)
-        except Exception:
-            # Not handed out: JetStream redelivers it after its ack wait.
-            log.warning("cannot record a delivery; it will be redelivered", exc_info=True)
+        if not await self._record(reply):
+            # Not handed out: let another member (or this one) have it again at once.
+            await client.publish(reply.subject, b"-NAK")
             return None
         now = time.monotonic()
         self._held[reply.stream_seq] = _Held(
@@ -342,6 +347,32 @@ class NatsGroupMember:
         if reply.delivered > 1:
             metrics.REDELIVERIES.labels(group=self.group).inc()
         return Delivery(postback, ack_id_of(reply), reply.delivered)
+
+    async def _consumer_deleted(self) -> bool:
+        conn = self._store.conn
+        try:
+            await conn.js.consumer_info(conn.layout.stream, self.consumer)
+        except NotFoundError:
+            return True
+        except Exception as exc:
+            log.info("group %s consumer unreachable: %s", self.group, exc)
+        return False
+
+    async def _record(self, reply: AckReply) -> bool:
+        """Note the delivery in the ledger, retrying while NATS elects a leader (a node
+        went away) for up to half the group's AckWait."""
+        give_up = time.monotonic() + max(self._ack_wait / 2, 1.0)
+        delay = 0.1
+        while True:
+            try:
+                await self._store.ledger.record(self.consumer, reply.stream_seq, reply.delivered)
+                return True
+            except Exception as exc:
+                if self._closed or time.monotonic() + delay > give_up:
+                    log.warning("cannot record a delivery (%s); it goes back to the group", exc)
+                    return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _tend(self, now: float) -> float | None:
         """Free the slots of expired deliveries, and make JetStream's timer follow this

@@ -62,8 +62,9 @@ from service.storage.postbacks import (
 
 log = logging.getLogger(__name__)
 
-APPEND_TIMEOUT_SECONDS = 10.0
-"""How long an append keeps retrying before it fails (and the webhook answers 5xx)."""
+APPEND_TIMEOUT_SECONDS = 20.0
+"""How long an append keeps retrying before it fails (and the webhook answers 5xx). Longer
+than a JetStream leader election after a node is lost (a few seconds)."""
 _WRONG_LAST_SEQUENCE = 10071
 _CONSUMER_EXISTS = 10148
 _API_TIMEOUT_SECONDS = 5.0
