@@ -34,6 +34,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
+from service import metrics
 from service.config import Settings
 from service.storage.nats_codec import encode
 from service.storage.nats_connection import NatsConnection
@@ -290,6 +291,7 @@ class NatsPostbackStore:
             self, group, flt, options, ack_wait=info.config.ack_wait or options.ack_deadline
         )
         self._members.setdefault(group, set()).add(member)
+        metrics.GROUPS.set(len(self._members))
         return member
 
     async def _create_consumer(self, name: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
@@ -332,6 +334,7 @@ class NatsPostbackStore:
         dead = await self.conn.js.stream_info(
             layout.dead_letter_stream, subjects_filter=layout.dead_letter_filter(consumer)
         )
+        metrics.UNACKED.labels(group=group).set(info.num_ack_pending or 0)
         return GroupInfo(
             name=group,
             filter=filter_from_metadata((info.config.metadata or {}).get(FILTER_METADATA_KEY)),
@@ -349,6 +352,7 @@ class NatsPostbackStore:
             members.discard(source)
             if not members:
                 del self._members[source.group]
+                metrics.GROUPS.set(len(self._members))
 
     async def close(self) -> None:
         """See PostbackStore.close."""
