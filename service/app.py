@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from pydantic import SecretStr
 
+from service import tracing
 from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
@@ -159,6 +160,8 @@ class App:
         for runner in reversed(self._sites.runners):
             await runner.cleanup()
         await self._stop_sandbox()
+        # The exporter flushes with blocking I/O; keep it off the event loop.
+        await asyncio.to_thread(tracing.shutdown)
         log.info("igbutton stopped")
 
     async def _readiness(self) -> str | None:
@@ -248,7 +251,11 @@ class App:
         Metrics is outermost so calls refused by authentication are counted (and logged
         with a call id) too.
         """
-        return [RpcMetricsInterceptor(), CallerAuthInterceptor(self.settings.callers)]
+        return [
+            *tracing.configure(self.settings.tracing),
+            RpcMetricsInterceptor(),
+            CallerAuthInterceptor(self.settings.callers),
+        ]
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
@@ -283,9 +290,10 @@ class App:
         sandbox = self.sandbox
         if sandbox is not None:
             host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            host = f"[{host}]" if ":" in host else host
             url = f"http://{host}:{self.ports.webhook}{settings.path}"
-            secrets = settings.secrets()
-            sandbox.set_webhook(url, secrets[0] if secrets else b"")
+            app_secrets = settings.secrets()
+            sandbox.set_webhook(url, app_secrets[0] if app_secrets else b"")
 
     async def _stop_webhook(self) -> None:
         """Stop taking webhooks; finish stores in flight; end streams with UNAVAILABLE."""

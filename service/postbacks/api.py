@@ -17,6 +17,7 @@ import grpc
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
 
 from service import metrics
+from service.auth import account_not_allowed, current_caller
 from service.config import PostbackSettings
 from service.errors import ApiError, FieldViolation, InvalidRequest, ShuttingDown, abort
 from service.postbacks.requests import SubscribeSpec, check_ack_request, subscribe_spec
@@ -35,16 +36,15 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 CallerAccounts = Callable[[Context], frozenset[str] | None]
-"""The accounts the calling service may read, from its credentials; None means all.
-
-Caller authentication (bearer tokens) plugs in here; until it exists every caller may read
-every account.
-"""
+"""The accounts the calling service may read; None means all."""
 
 
-def every_account(_: Context) -> frozenset[str] | None:
-    """The CallerAccounts used when callers are not authenticated: all accounts."""
-    return None
+def authenticated_caller_accounts(_: Context) -> frozenset[str] | None:
+    """The accounts of the caller service.auth identified (all in open mode or for ``*``)."""
+    caller = current_caller.get()
+    if caller is None or "*" in caller.accounts:
+        return None
+    return frozenset(caller.accounts)
 
 
 def postback_message(postback: StoredPostback) -> postback_service_pb2.Postback:
@@ -95,7 +95,7 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         self,
         store: PostbackStore,
         settings: PostbackSettings,
-        caller_accounts: CallerAccounts = every_account,
+        caller_accounts: CallerAccounts = authenticated_caller_accounts,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -154,6 +154,19 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         # A source ends only when it or the store is closed: the server is stopping.
         await abort(context, ShuttingDown())
 
+    async def _check_group_allowed(self, group: str, allowed: frozenset[str] | None) -> None:
+        """A restricted caller may ack only in groups limited to its own accounts."""
+        if allowed is None:
+            return
+        info = await self._store.group_info(group)
+        if info is None:
+            return  # every id will be reported unknown
+        outside = sorted(info.filter.account_ids - allowed) or (
+            [] if info.filter.account_ids else ["*"]
+        )
+        if outside:
+            raise account_not_allowed(outside[0])
+
     async def AckPostbacks(
         self,
         request: postback_service_pb2.AckPostbacksRequest,
@@ -162,6 +175,7 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         """Acknowledge or nack deliveries of a group."""
         try:
             check_ack_request(request)
+            await self._check_group_allowed(request.group, self._caller_accounts(context))
             result = await self._store.ack(request.group, request.ack_ids, request.nack_ids)
         except ApiError as err:
             await abort(context, err)

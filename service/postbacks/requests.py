@@ -10,11 +10,11 @@ import math
 import re
 from dataclasses import dataclass
 
-import grpc
-from igbutton.v1 import errors_pb2, postback_service_pb2
+from igbutton.v1 import postback_service_pb2
 
+from service.auth import account_not_allowed
 from service.config import PostbackSettings
-from service.errors import ApiError, FieldViolation, InvalidRequest
+from service.errors import FieldViolation, InvalidRequest
 from service.storage.postbacks import GROUP_NAME_RE, Filter, GroupOptions, Start
 
 _ACCOUNT_ID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
@@ -29,18 +29,6 @@ _MAX_SEQUENCE = 2**63 - 1
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 _GROUP_RULE = "must be 1 to 64 letters, digits, '.', '_' or '-'"
-
-
-class AccountNotAllowed(ApiError):
-    """The caller asked for an account its token does not cover."""
-
-    def __init__(self, account_id: str) -> None:
-        super().__init__(
-            grpc.StatusCode.PERMISSION_DENIED,
-            errors_pb2.ErrorReason.ERROR_REASON_ACCOUNT_NOT_ALLOWED,
-            f"not allowed to read postbacks of account {account_id}",
-            metadata={"accountId": account_id},
-        )
 
 
 @dataclass(frozen=True)
@@ -83,7 +71,7 @@ def _filter(
     if allowed is not None:
         denied = sorted(accounts - allowed) if accounts else ([] if allowed else ["*"])
         if denied:
-            raise AccountNotAllowed(denied[0])
+            raise account_not_allowed(denied[0])
         accounts = accounts or allowed
     return Filter(accounts, request.payload_prefix)
 
@@ -153,7 +141,7 @@ def subscribe_spec(
 ) -> SubscribeSpec:
     """Check a SubscribePostbacksRequest; ``allowed`` is the caller's accounts (None: all).
 
-    Raises InvalidRequest with every violation, or AccountNotAllowed.
+    Raises InvalidRequest with every violation, or PERMISSION_DENIED / ACCOUNT_NOT_ALLOWED.
     """
     violations: list[FieldViolation] = []
     start = _start(request, violations)

@@ -125,6 +125,8 @@ class GraphClient:
             attempt += 1
             await self._acquire(request.account_id, deadline)
             tracker.attempts = attempt
+            # Earlier attempts were answered (Meta did not act) or they would not be retried.
+            tracker.written = False
             started = time.perf_counter()
             try:
                 with tracing.graph_span(request.account_id, attempt):
@@ -195,7 +197,7 @@ class GraphClient:
                     allow_redirects=False,
                     trace_request_ctx=tracker,
                 ) as response:
-                    raw = await response.content.read(_MAX_ANSWER_BYTES)
+                    raw = await _read_bounded(response)
                     status = response.status
                     usage = response.headers.get("X-Business-Use-Case-Usage")
                     retry_after_header = response.headers.get("Retry-After")
@@ -335,6 +337,18 @@ class GraphClient:
 def _observe(outcome: str, graph_code: str, started: float) -> None:
     metrics.GRAPH_CALLS.labels(outcome, graph_code).inc()
     metrics.GRAPH_LATENCY.labels(outcome).observe(time.perf_counter() - started)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    # Meta's answers are small; a runaway body is cut rather than held in memory.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _MAX_ANSWER_BYTES:
+            break
+    return b"".join(chunks)[:_MAX_ANSWER_BYTES]
 
 
 def _seconds(header: str | None) -> float | None:

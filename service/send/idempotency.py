@@ -176,9 +176,9 @@ class IdempotentSends:
             result = await send(tracker)
         except ApiError as error:
             if is_final(error):
-                await self._keep(key, fp, error)
+                await asyncio.shield(self._keep(key, fp, error))
             else:
-                await self._store.release(key)
+                await self._forget(key)
             return error
         except BaseException:
             # Cancelled (the caller went away) or a bug: only a request that may have
@@ -188,9 +188,10 @@ class IdempotentSends:
                 entry.future.set_result(unknown)
                 await asyncio.shield(self._keep(key, fp, unknown))
             else:
-                await asyncio.shield(self._store.release(key))
+                await asyncio.shield(self._forget(key))
             raise
-        await self._keep(key, fp, result)
+        # Shielded: a cancellation now must not lose the record of a send that happened.
+        await asyncio.shield(self._keep(key, fp, result))
         return result
 
     async def _keep(self, key: str, fp: str, outcome: Outcome) -> None:
@@ -199,6 +200,14 @@ class IdempotentSends:
         except Exception:
             # The send is over either way; the caller still gets its outcome.
             log.exception("could not store the outcome of request_id %r", key)
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self._store.release(key)
+        except Exception:
+            # The claim stays until its lease ends; a repeat then answers SEND_OUTCOME_UNKNOWN,
+            # the safe side.
+            log.exception("could not release request_id %r", key)
 
     async def _existing(self, key: str, fp: str, record: Record, deadline: float) -> Outcome:
         while True:
@@ -213,7 +222,7 @@ class IdempotentSends:
             if time.monotonic() + _POLL_SECONDS >= deadline:
                 return ApiError(
                     grpc.StatusCode.UNAVAILABLE,
-                    R.ERROR_REASON_GRAPH_UNAVAILABLE,
+                    R.ERROR_REASON_REQUEST_IN_PROGRESS,
                     "a send with this request_id is still in progress; retry with the same "
                     "request_id",
                     metadata={"requestId": key},
@@ -223,7 +232,7 @@ class IdempotentSends:
             if found is None:  # released by its owner: nothing was sent, the caller may retry
                 return ApiError(
                     grpc.StatusCode.UNAVAILABLE,
-                    R.ERROR_REASON_GRAPH_UNAVAILABLE,
+                    R.ERROR_REASON_REQUEST_IN_PROGRESS,
                     "an earlier call with this request_id failed without sending; retry",
                     metadata={"requestId": key},
                 )

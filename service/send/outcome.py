@@ -16,7 +16,12 @@ R = errors_pb2.ErrorReason
 # Failures the caller may retry with the same request_id: Meta did not act. They are not
 # remembered, so the retry really sends. Everything else is remembered and replayed.
 _RETRYABLE_REASONS = frozenset(
-    {R.ERROR_REASON_RATE_LIMITED, R.ERROR_REASON_GRAPH_UNAVAILABLE, R.ERROR_REASON_SHUTTING_DOWN}
+    {
+        R.ERROR_REASON_RATE_LIMITED,
+        R.ERROR_REASON_GRAPH_UNAVAILABLE,
+        R.ERROR_REASON_SHUTTING_DOWN,
+        R.ERROR_REASON_REQUEST_IN_PROGRESS,
+    }
 )
 
 

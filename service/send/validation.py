@@ -12,10 +12,11 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from igbutton.v1 import button_template_pb2, send_service_pb2
+import grpc
+from igbutton.v1 import button_template_pb2, errors_pb2, send_service_pb2
 
 from service.config import Account, Settings
-from service.errors import FieldViolation, InvalidRequest
+from service.errors import ApiError, FieldViolation, InvalidRequest
 
 # The limits of proto/igbutton/v1/*.proto, in Unicode code points (a Python str's length).
 TEXT_MAX = 640
@@ -64,6 +65,8 @@ def validate_send(request: SendRequest, settings: Settings) -> ValidSend:
     if request.tag not in button_template_pb2.MessageTag.values():
         violations.append(FieldViolation("tag", f"unknown message tag {request.tag}"))
     if violations:
+        if all(v.field == "account_id" for v in violations):
+            raise _unknown_account(violations)
         raise InvalidRequest(violations)
     assert account is not None  # a missing account is a violation above
     return ValidSend(
@@ -72,6 +75,16 @@ def validate_send(request: SendRequest, settings: Settings) -> ValidSend:
         template=request.template,
         human_agent=human_agent,
         request_id=request_id,
+    )
+
+
+def _unknown_account(violations: list[FieldViolation]) -> ApiError:
+    # The request itself is fine; only the account is not one igbutton can send from.
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        errors_pb2.ERROR_REASON_UNKNOWN_ACCOUNT,
+        f"account_id: {violations[0].description}",
+        violations=violations,
     )
 
 

@@ -138,7 +138,13 @@ class Start:
 
 @dataclass(frozen=True)
 class GroupOptions:
-    """How a member takes part in a consumer group."""
+    """How a member takes part in a consumer group.
+
+    ``max_unacked`` is per member on every engine. ``ack_deadline`` and ``max_attempts``
+    are per member (per delivery) on SQLite, but JetStream holds them per durable consumer
+    (``AckWait``, ``MaxDeliver``), where the latest member's values apply to the whole group.
+    Portable clients give every member of a group the same values; the contract tests do.
+    """
 
     ack_deadline: float
     """Seconds a delivery to this member may stay unacknowledged before it is redelivered."""

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service import metrics
+from service.storage import sqlite_group_sql as groups
 from service.storage import sqlite_postback_sql as sql
 from service.storage.postbacks import (
     AckResult,
@@ -123,16 +124,18 @@ class SqlitePostbackStore:
         """See PostbackStore.join_group."""
         self._check_open()
         await self._writer.run(
-            lambda conn: sql.join_group(conn, group, flt, start, options.max_attempts, _now_ms())
+            lambda conn: groups.join_group(conn, group, flt, start, options.max_attempts, _now_ms())
         )
         member = _SqliteGroupMember(self, group, options)
         self._members.setdefault(group, set()).add(member)
         metrics.GROUPS.set(len(self._members))
         return member
 
-    async def _claim(self, member: _SqliteGroupMember, limit: int, deadline_ms: int) -> sql.Claim:
+    async def _claim(
+        self, member: _SqliteGroupMember, limit: int, deadline_ms: int
+    ) -> groups.Claim:
         claim = await self._writer.run(
-            lambda conn: sql.claim(conn, member.group, member.id, limit, deadline_ms, _now_ms())
+            lambda conn: groups.claim(conn, member.group, member.id, limit, deadline_ms, _now_ms())
         )
         metrics.UNACKED.labels(group=member.group).set(claim.unacked)
         redelivered = sum(1 for d in claim.deliveries if d.attempt > 1)
@@ -150,7 +153,9 @@ class SqlitePostbackStore:
         """See PostbackStore.ack."""
         self._check_open()
         acks, nacks = list(ack_ids), list(nack_ids)
-        outcome = await self._writer.run(lambda conn: sql.ack(conn, group, acks, nacks, _now_ms()))
+        outcome = await self._writer.run(
+            lambda conn: groups.ack(conn, group, acks, nacks, _now_ms())
+        )
         metrics.UNACKED.labels(group=group).set(outcome.unacked)
         if outcome.dead_lettered:
             metrics.DEAD_LETTERED.labels(group=group).inc(outcome.dead_lettered)
@@ -162,7 +167,7 @@ class SqlitePostbackStore:
     async def group_info(self, group: str) -> GroupInfo | None:
         """See PostbackStore.group_info."""
         self._check_open()
-        return await self._readers.run(lambda conn: sql.group_info(conn, group))
+        return await self._readers.run(lambda conn: groups.group_info(conn, group))
 
     def _forget(self, cursor: _SqliteSubscription | _SqliteGroupMember) -> None:
         if isinstance(cursor, _SqliteSubscription):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -17,8 +18,14 @@ from igbutton.v1 import postback_service_pb2_grpc
 
 from service.app import App
 from service.postbacks.webhook import SIGNATURE_HEADER, sign
+from service.storage.postbacks import Filter, NewPostback, PostbackStore, Start, StoredPostback
+from tests.conftest import SettingsFactory
+
+T = TypeVar("T")
 
 SECRET = b"test-app-secret"
+ROTATED_SECRET = b"rotated-app-secret"
+VERIFY_TOKEN = "verify-token-for-tests"
 ACCOUNT = "17841400000000000"
 OTHER_ACCOUNT = "17841400000000099"
 SENDER = "1234567890123456"
@@ -96,6 +103,80 @@ def webhook_url(app: App) -> str:
     return f"http://127.0.0.1:{app.ports.webhook}{app.settings.webhook.path}"
 
 
+def postback_overrides() -> dict[str, Any]:
+    """Settings every postback test App gets: a verify token and two app secrets."""
+    return {
+        "webhook": {
+            "verify_token": VERIFY_TOKEN,
+            "app_secrets": [SECRET.decode(), ROTATED_SECRET.decode()],
+        }
+    }
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+AppFactory = Callable[..., Awaitable[App]]
+
+
+@pytest.fixture
+async def start_app(make_settings: SettingsFactory) -> AsyncIterator[AppFactory]:
+    """Start Apps with ``await start_app(**overrides)`` (same SQLite file each time unless
+    overridden); every App still running at the end is stopped."""
+    started: list[App] = []
+
+    async def start(**overrides: Any) -> App:
+        instance = App(make_settings(**_merge(postback_overrides(), overrides)))
+        await instance.start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in reversed(started):
+        await instance.stop()
+
+
+@pytest.fixture
+async def app(start_app: AppFactory) -> App:
+    """The App of the postback tests (sandbox on, verify token, two app secrets)."""
+    return await start_app()
+
+
+def store_of(app: App) -> PostbackStore:
+    """The App's postback store."""
+    assert app.postback_store is not None
+    return app.postback_store
+
+
+async def appended_during(app: App, action: Awaitable[T]) -> tuple[T, list[StoredPostback]]:
+    """Run ``action`` and return what it appended to the log, in order.
+
+    A marker appended after the action bounds the read, so "nothing was stored" is
+    checked without waiting for something not to happen.
+    """
+    store = store_of(app)
+    cursor = await store.subscribe(Filter(), Start.latest())
+    try:
+        result = await action
+        marker = f"marker-{uuid.uuid4()}"
+        await store.append([NewPostback("marker", "marker", marker, "", "", 0, "{}")])
+        appended: list[StoredPostback] = []
+        while True:
+            postback = await asyncio.wait_for(anext(cursor), WAIT)
+            if postback.mid == marker:
+                return result, appended
+            appended.append(postback)
+    finally:
+        await cursor.close()
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain HTTP client session."""
@@ -107,6 +188,12 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def webhook(app: App, http: aiohttp.ClientSession) -> WebhookClient:
     """A client for the ``app`` fixture's webhook."""
     return WebhookClient(http, webhook_url(app))
+
+
+@pytest.fixture
+def webhook_for(http: aiohttp.ClientSession) -> Callable[[App], WebhookClient]:
+    """Webhook clients for Apps started in the test."""
+    return lambda app: WebhookClient(http, webhook_url(app))
 
 
 @pytest.fixture

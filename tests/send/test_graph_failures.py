@@ -228,10 +228,17 @@ async def test_no_retry_on_dropped_connection(start_app: AppFactory) -> None:
 
 
 def _send_path_tasks() -> list[asyncio.Task[Any]]:
-    """Tasks running send-path or HTTP-client code (walking each task's await chain)."""
+    """Tasks still serving a SendService call or running send-path or HTTP-client code.
+
+    grpc.aio names each call's handler task after its method; other tasks are recognised
+    by walking their await chain (grpc's Cython coroutines end that walk early).
+    """
     found = []
     for task in asyncio.all_tasks():
         if task is asyncio.current_task():
+            continue
+        if "/igbutton.v1.SendService/" in task.get_name():
+            found.append(task)
             continue
         awaitable: Any = task.get_coro()
         while awaitable is not None:
@@ -282,6 +289,7 @@ async def test_cancelled_call_cancels_the_http_request(start_app: AppFactory) ->
                 break
             await asyncio.sleep(0.01)
         assert app.sandbox.received
+        assert _send_path_tasks()  # the check below is not vacuous
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -342,3 +350,22 @@ async def test_success_after_meta_answers_without_message_id_is_unknown(
         await stub.SendButtonTemplate(send_request(), timeout=10)
     assert details(caught.value).reason == "SEND_OUTCOME_UNKNOWN"
     assert len(sandbox.received) == 1
+
+
+async def test_unexpected_exception_is_logged_with_trace_and_internal(
+    app: App,
+    stub: send_service_pb2_grpc.SendServiceStub,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(*_args: object) -> None:
+        raise RuntimeError("a bug in the send path")
+
+    assert app.send is not None
+    monkeypatch.setattr(app.send.graph, "send", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SendButtonTemplate(send_request(), timeout=10)
+    assert caught.value.code() == C.INTERNAL
+    assert "a bug" not in (caught.value.details() or "")  # internals stay in the log
+    [record] = [r for r in caplog.records if r.getMessage() == "send failed unexpectedly"]
+    assert record.exc_info is not None

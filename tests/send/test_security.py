@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -201,3 +202,21 @@ async def test_no_token_in_logs_or_errors(
     assert "bad [redacted]" in text  # Meta echoing the token is redacted
     for secret in (ACCESS_TOKEN, BILLING_TOKEN, OTHER_TOKEN):
         assert secret not in text
+
+
+async def test_reflection_stays_open_with_caller_tokens(start_app: AppFactory) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    app = await start_app(callers=CALLERS)
+
+    async def one_request() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        names = {
+            service.name
+            async for reply in stub.ServerReflectionInfo(one_request(), timeout=5)
+            for service in reply.list_services_response.service
+        }
+    assert "igbutton.v1.SendService" in names

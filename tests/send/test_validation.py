@@ -168,7 +168,7 @@ async def test_limit_boundaries_on_validate(
         await stub.ValidateButtonTemplate(request, timeout=10)
     got = details(caught.value)
     assert got.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert got.reason == "INVALID_REQUEST"
+    assert got.reason == ("UNKNOWN_ACCOUNT" if violated == "account_id" else "INVALID_REQUEST")
     assert [v[0] for v in got.violations] == [violated]
 
 
@@ -238,7 +238,7 @@ async def test_every_violation_is_reported_at_once(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SendButtonTemplate(request, timeout=10)
     got = details(caught.value)
-    assert got.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST")
     assert [v[0] for v in got.violations] == [
         "account_id",
         "recipient_id",
@@ -267,7 +267,10 @@ async def test_account_is_required_when_several_are_configured(start_app: AppFac
     async with stub_for(app) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.SendButtonTemplate(send_request(), timeout=10)
-        assert [v[0] for v in details(caught.value).violations] == ["account_id"]
+        got = details(caught.value)
+        assert got.reason == "UNKNOWN_ACCOUNT"
+        assert [v[0] for v in got.violations] == ["account_id"]
+        assert "several" in got.violations[0][1]
         reply = await stub.SendButtonTemplate(send_request(account_id="222"), timeout=10)
         assert reply.message_id
     assert app.sandbox is not None

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18igbutton/v1/errors.proto\x12\x0bigbutton.v1*\xc0\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12 \n\x1c\x45RROR_REASON_UNKNOWN_ACCOUNT\x10\x02\x12\"\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x03\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\x04\x12\"\n\x1e\x45RROR_REASON_GRAPH_UNAVAILABLE\x10\x05\x12%\n!ERROR_REASON_SEND_OUTCOME_UNKNOWN\x10\x06\x12)\n%ERROR_REASON_OUTSIDE_MESSAGING_WINDOW\x10\x07\x12\x1f\n\x1b\x45RROR_REASON_POLICY_BLOCKED\x10\x08\x12(\n$ERROR_REASON_GRAPH_PERMISSION_DENIED\x10\t\x12(\n$ERROR_REASON_GRAPH_INVALID_PARAMETER\x10\n\x12$\n ERROR_REASON_RECIPIENT_NOT_FOUND\x10\x0b\x12&\n\"ERROR_REASON_RECIPIENT_UNAVAILABLE\x10\x0c\x12%\n!ERROR_REASON_ACCESS_TOKEN_INVALID\x10\r\x12\x1c\n\x18\x45RROR_REASON_GRAPH_ERROR\x10\x0e\x12\'\n#ERROR_REASON_CALLER_UNAUTHENTICATED\x10\x0f\x12$\n ERROR_REASON_ACCOUNT_NOT_ALLOWED\x10\x10\x12\x1f\n\x1b\x45RROR_REASON_UNKNOWN_ACK_ID\x10\x11\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x12\x42_\n\x0f\x63om.igbutton.v1B\x0b\x45rrorsProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18igbutton/v1/errors.proto\x12\x0bigbutton.v1*\xe6\x05\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_INVALID_REQUEST\x10\x01\x12 \n\x1c\x45RROR_REASON_UNKNOWN_ACCOUNT\x10\x02\x12\"\n\x1e\x45RROR_REASON_REQUEST_ID_REUSED\x10\x03\x12\x1d\n\x19\x45RROR_REASON_RATE_LIMITED\x10\x04\x12\"\n\x1e\x45RROR_REASON_GRAPH_UNAVAILABLE\x10\x05\x12%\n!ERROR_REASON_SEND_OUTCOME_UNKNOWN\x10\x06\x12)\n%ERROR_REASON_OUTSIDE_MESSAGING_WINDOW\x10\x07\x12\x1f\n\x1b\x45RROR_REASON_POLICY_BLOCKED\x10\x08\x12(\n$ERROR_REASON_GRAPH_PERMISSION_DENIED\x10\t\x12(\n$ERROR_REASON_GRAPH_INVALID_PARAMETER\x10\n\x12$\n ERROR_REASON_RECIPIENT_NOT_FOUND\x10\x0b\x12&\n\"ERROR_REASON_RECIPIENT_UNAVAILABLE\x10\x0c\x12%\n!ERROR_REASON_ACCESS_TOKEN_INVALID\x10\r\x12\x1c\n\x18\x45RROR_REASON_GRAPH_ERROR\x10\x0e\x12\'\n#ERROR_REASON_CALLER_UNAUTHENTICATED\x10\x0f\x12$\n ERROR_REASON_ACCOUNT_NOT_ALLOWED\x10\x10\x12\x1f\n\x1b\x45RROR_REASON_UNKNOWN_ACK_ID\x10\x11\x12\x1e\n\x1a\x45RROR_REASON_SHUTTING_DOWN\x10\x12\x12$\n ERROR_REASON_REQUEST_IN_PROGRESS\x10\x13\x42_\n\x0f\x63om.igbutton.v1B\x0b\x45rrorsProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.igbutton.v1B\013ErrorsProtoP\001Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1'
   _globals['_ERRORREASON']._serialized_start=42
-  _globals['_ERRORREASON']._serialized_end=746
+  _globals['_ERRORREASON']._serialized_end=784
 # @@protoc_insertion_point(module_scope)

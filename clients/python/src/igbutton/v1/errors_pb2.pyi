@@ -41,9 +41,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     retry with the same request_id.
     """
     ERROR_REASON_SEND_OUTCOME_UNKNOWN: _ErrorReason.ValueType  # 6
-    """UNKNOWN: the request reached Meta but no answer came back in time; Meta
-    may or may not have sent the message. Not retried by igbutton, and a
-    repeat with the same request_id returns this same error.
+    """UNKNOWN (or DEADLINE_EXCEEDED when the caller's deadline ran out first):
+    the request reached Meta but no answer came back; Meta may or may not
+    have sent the message. Not retried by igbutton, and a repeat with the
+    same request_id returns this same error.
     """
     ERROR_REASON_OUTSIDE_MESSAGING_WINDOW: _ErrorReason.ValueType  # 7
     """FAILED_PRECONDITION: Graph code 10 with subcode 2534022 or 2018278; the
@@ -77,6 +78,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: an ack id that is unknown, expired or for another group."""
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 18
     """UNAVAILABLE: the server is shutting down; reconnect (to another replica)."""
+    ERROR_REASON_REQUEST_IN_PROGRESS: _ErrorReason.ValueType  # 19
+    """UNAVAILABLE: another call with the same request_id is still in flight,
+    or ended without sending; retry with the same request_id.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons igbutton puts in google.rpc.ErrorInfo.reason, under the domain
@@ -103,9 +108,10 @@ ERROR_REASON_GRAPH_UNAVAILABLE: ErrorReason.ValueType  # 5
 retry with the same request_id.
 """
 ERROR_REASON_SEND_OUTCOME_UNKNOWN: ErrorReason.ValueType  # 6
-"""UNKNOWN: the request reached Meta but no answer came back in time; Meta
-may or may not have sent the message. Not retried by igbutton, and a
-repeat with the same request_id returns this same error.
+"""UNKNOWN (or DEADLINE_EXCEEDED when the caller's deadline ran out first):
+the request reached Meta but no answer came back; Meta may or may not
+have sent the message. Not retried by igbutton, and a repeat with the
+same request_id returns this same error.
 """
 ERROR_REASON_OUTSIDE_MESSAGING_WINDOW: ErrorReason.ValueType  # 7
 """FAILED_PRECONDITION: Graph code 10 with subcode 2534022 or 2018278; the
@@ -139,4 +145,8 @@ ERROR_REASON_UNKNOWN_ACK_ID: ErrorReason.ValueType  # 17
 """NOT_FOUND: an ack id that is unknown, expired or for another group."""
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 18
 """UNAVAILABLE: the server is shutting down; reconnect (to another replica)."""
+ERROR_REASON_REQUEST_IN_PROGRESS: ErrorReason.ValueType  # 19
+"""UNAVAILABLE: another call with the same request_id is still in flight,
+or ended without sending; retry with the same request_id.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
