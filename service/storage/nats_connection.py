@@ -41,8 +41,14 @@ The window only makes an immediate retry cheap (answered from memory)."""
 CONNECT_WINDOW_SECONDS = 30.0
 """How long start-up keeps trying to reach NATS (it may still be starting beside us)."""
 
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+"""JetStream's "wrong last sequence" error codes (the second without the sequence, as a
+clustered stream answers): a conditional publish found the subject already written."""
+
 # JetStream: "stream name already in use with a different configuration".
 _STREAM_NAME_IN_USE = 10058
+# "No suitable peers for placement": a cluster that just started has not seen every peer.
+_NO_PEERS_YET = 10005
 _SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -142,7 +148,7 @@ class NatsConnection:
         """Create or update the log, dead-letter stream and delivery ledger; return the
         ledger bucket."""
         await ensure_postback_layout(self.js, self.layout, self.settings)
-        return await self.js.key_value(self.layout.delivery_bucket)
+        return self._bucket(self.layout.delivery_bucket)
 
     async def ensure_idempotency_layout(self) -> KeyValue:
         """Create or update the idempotency bucket and return it."""
@@ -156,7 +162,12 @@ class NatsConnection:
                 self.settings.storage.nats.replicas,
             ),
         )
-        return await self.js.key_value(self.layout.idempotency_bucket)
+        return self._bucket(self.layout.idempotency_bucket)
+
+    def _bucket(self, name: str) -> KeyValue:
+        # Built directly: js.key_value() first asks for the stream's info, which a cluster
+        # may not answer yet right after creating it.
+        return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=self.js, direct=True)
 
     @property
     def connected(self) -> bool:
@@ -254,6 +265,8 @@ async def _create_or_update(js: JetStreamContext, config: api.StreamConfig) -> N
                 await js.add_stream(config)
                 return
             except BadRequestError as exc:
+                if exc.err_code == _NO_PEERS_YET:
+                    raise ServiceUnavailableError(description=exc.description) from exc
                 if exc.err_code != _STREAM_NAME_IN_USE:
                     raise
             log.info("updating NATS stream %s to the configured settings", config.name)

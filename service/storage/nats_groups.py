@@ -41,6 +41,7 @@ from nats.js.kv import KeyValue
 
 from service import metrics
 from service.storage.nats_codec import AckReply, decode
+from service.storage.nats_connection import WRONG_LAST_SEQUENCE
 from service.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
 from service.storage.postbacks import (
     GROUP_NAME_RE,
@@ -61,7 +62,6 @@ _ACK_TIMEOUT_SECONDS = 5.0
 _ACK_CONCURRENCY = 64
 _MARKER_TTL = "60"
 """Seconds a ledger delete marker lives (long enough for watchers, then gone)."""
-_WRONG_LAST_SEQUENCE = 10071
 _KV_OPERATION = "KV-Operation"
 
 
@@ -125,7 +125,7 @@ class AckLedger:
                 },
             )
         except APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 return False
             raise
         return True

@@ -25,10 +25,9 @@ from nats.js.kv import KeyValue
 from service.config import Settings
 from service.send.idempotency import Record
 from service.send.outcome import Outcome, dump_outcome, load_outcome
-from service.storage.nats_connection import NatsConnection
+from service.storage.nats_connection import WRONG_LAST_SEQUENCE, NatsConnection
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_WRONG_LAST_SEQUENCE = 10071
 _CLAIM_ATTEMPTS = 5
 _MARKER_TTL = "60"
 
@@ -89,7 +88,7 @@ class NatsIdempotencyStore:
         try:
             await self._conn.js.publish(self._prefix + bucket_key(key), payload, headers=headers)
         except APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 return False
             raise
         return True

@@ -37,7 +37,7 @@ from nats.js.errors import APIError, NotFoundError
 from service import metrics
 from service.config import Settings
 from service.storage.nats_codec import encode
-from service.storage.nats_connection import NatsConnection
+from service.storage.nats_connection import WRONG_LAST_SEQUENCE, NatsConnection
 from service.storage.nats_cursor import NatsSubscription as BroadcastCursor
 from service.storage.nats_cursor import deliver_policy
 from service.storage.nats_groups import (
@@ -66,7 +66,6 @@ log = logging.getLogger(__name__)
 APPEND_TIMEOUT_SECONDS = 20.0
 """How long an append keeps retrying before it fails (and the webhook answers 5xx). Longer
 than a JetStream leader election after a node is lost (a few seconds)."""
-_WRONG_LAST_SEQUENCE = 10071
 _CONSUMER_EXISTS = 10148
 _API_TIMEOUT_SECONDS = 5.0
 
@@ -238,7 +237,7 @@ class NatsPostbackStore:
             if "error" in answer:
                 err = answer["error"]
                 assert isinstance(err, dict)
-                if err.get("err_code") == _WRONG_LAST_SEQUENCE:
+                if err.get("err_code") in WRONG_LAST_SEQUENCE:
                     outcome.duplicates += 1  # already in the log, however long ago
                 elif int(err.get("code", 0)) >= 500:
                     retry.append(postback)
