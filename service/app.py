@@ -28,7 +28,8 @@ from service.postbacks.webhook import Webhook
 from service.rpc_metrics import RpcMetricsInterceptor
 from service.sandbox import Sandbox
 from service.send import SendPath
-from service.storage.backends import open_postback_store
+from service.send.idempotency import IdempotencyStore
+from service.storage.backends import open_idempotency_store, open_postback_store
 from service.storage.postbacks import PostbackStore
 
 log = logging.getLogger(__name__)
@@ -222,11 +223,13 @@ class App:
 
     # Storage (service/storage/): postback log, groups, idempotency records.
     postback_store: PostbackStore | None = None
+    _idempotency_store: IdempotencyStore | None = None
     _pruner: RetentionPruner | None = None
 
     async def _start_storage(self) -> None:
         """Open the configured storage backend."""
-        self.postback_store = await open_postback_store(self.settings.storage)
+        self.postback_store = await open_postback_store(self.settings)
+        self._idempotency_store = await open_idempotency_store(self.settings)
         self._pruner = RetentionPruner(
             self.postback_store,
             retention=self.settings.postbacks.retention_seconds,
@@ -256,7 +259,7 @@ class App:
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
-        self.send = SendPath(self.settings)
+        self.send = SendPath(self.settings, store=self._idempotency_store)
         self.send.register(server)
 
     async def _stop_send(self) -> None:
