@@ -167,6 +167,8 @@ class App:
     async def _readiness(self) -> str | None:
         if not self._ready:
             return "starting or stopping"
+        if self.postback_store is not None:
+            return self.postback_store.unready_reason()
         return None
 
     def _bind_grpc(self, server: grpc.aio.Server) -> int:

@@ -154,6 +154,12 @@ class NatsPostbackStore:
         self._members: dict[str, set[NatsGroupMember]] = {}
         self.closed = False
 
+    def unready_reason(self) -> str | None:
+        """None while open and connected to NATS (the client reconnects on its own)."""
+        if self.closed:
+            return "postback store closed"
+        return None if self.conn.connected else "not connected to NATS"
+
     @classmethod
     async def open(cls, settings: Settings) -> NatsPostbackStore:
         """Connect, create or update the streams and ledger, and start."""

@@ -278,6 +278,10 @@ class PostbackStore(Protocol):
         """The group's state, or None if no such group exists."""
         ...
 
+    def unready_reason(self) -> str | None:
+        """None while the store can take appends, else a short reason (for /readyz)."""
+        ...
+
     async def prune(self, older_than_ms: int) -> int:
         """Remove postbacks received before ``older_than_ms`` (and their group
         deliveries); return how many were removed. Engines with native expiry

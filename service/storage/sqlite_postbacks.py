@@ -68,6 +68,10 @@ class SqlitePostbackStore:
         """Write transactions committed so far (several appends may share one)."""
         return self._writer.commits
 
+    def unready_reason(self) -> str | None:
+        """None while open."""
+        return "postback store closed" if self._closed else None
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed("the postback store is closed")
