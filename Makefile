@@ -11,14 +11,25 @@ TOOLS_STAMP := tools/node_modules/.installed
 PY_GEN_DIR  := clients/python/src
 PROTO_FILES := $(sort $(wildcard proto/igbutton/v1/*.proto))
 
-.PHONY: help venv tools run sandbox test lint format proto proto-check clients clients-check docker bench clean
+# Generated clients (buf.gen.yaml). The Go protoc plugins are pinned here, and only here,
+# and installed into tools/bin; protoc-gen-es is pinned in clients/typescript/package.json.
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+GO_PLUGINS_STAMP := tools/bin/.go-plugins-$(PROTOC_GEN_GO_VERSION)-$(PROTOC_GEN_GO_GRPC_VERSION)
+TS_DIR           := clients/typescript
+TS_STAMP         := $(TS_DIR)/node_modules/.installed
+GO_GEN_DIR       := clients/go/igbuttonv1
+TS_GEN_DIR       := $(TS_DIR)/src/gen
+CLIENT_GEN_DIRS  := $(GO_GEN_DIR) $(TS_GEN_DIR)
+
+.PHONY: help venv tools run sandbox test lint format proto proto-check proto-breaking clients clients-check docker bench clean
 
 help:
 	@echo "make run      start igbutton with the embedded defaults (SQLite + local sandbox)"
 	@echo "make test     install everything and run the whole test suite"
 	@echo "make lint     ruff, mypy, buf lint and a check that generated code is current"
 	@echo "make proto    regenerate the Python stubs from proto/"
-	@echo "make clients  regenerate every language's client from proto/"
+	@echo "make clients  regenerate the Go and TypeScript clients from proto/ (Java: in its mvn build)"
 	@echo "make bench    run the benchmarks (results under bench/results/)"
 	@echo "make docker   build the container image"
 
@@ -37,16 +48,26 @@ $(BENCH_STAMP): $(PY_STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
 	touch $@
 
+$(GO_PLUGINS_STAMP):
+	rm -f tools/bin/.go-plugins-*
+	GOBIN=$(CURDIR)/tools/bin go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(CURDIR)/tools/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	touch $@
+
+$(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 venv: $(PY_STAMP)
 tools: $(TOOLS_STAMP)
 
 run: venv
 	$(BIN)/igbutton-server --sandbox
 
-test: venv tools
+test: venv tools $(TS_STAMP)
 	$(BIN)/python -m pytest
 
-lint: venv tools proto-check
+lint: venv tools proto-check clients-check proto-breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -72,11 +93,36 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- $(PY_GEN_DIR)/igbutton/v1)" || \
 	  (echo "generated Python stubs are stale: run 'make proto' and commit" && git status --porcelain -- $(PY_GEN_DIR)/igbutton/v1 && exit 1)
 
+# The Go and TypeScript clients (the Java client generates its stubs in its Maven build).
+# The TypeScript error decoder also needs google/rpc/error_details.proto, taken from the
+# pinned googleapis-common-protos in the venv (buf wants it under its import path).
+clients: venv tools $(GO_PLUGINS_STAMP) $(TS_STAMP)
+	tools/node_modules/.bin/buf lint
+	rm -rf $(CLIENT_GEN_DIRS)
+	tools/node_modules/.bin/buf generate
+	@rpc=$$(mktemp -d) && mkdir -p $$rpc/google/rpc && \
+	  cp "$$($(BIN)/python -c 'import google.rpc.error_details_pb2 as m; print(m.__file__.removesuffix("_pb2.py") + ".proto")')" $$rpc/google/rpc/ && \
+	  tools/node_modules/.bin/buf generate $$rpc --template buf.gen.googleapis.yaml; \
+	  status=$$?; rm -rf $$rpc; exit $$status
+
+# Regenerate, then fail if that changed anything tracked or added anything new.
+clients-check: clients
+	git diff --exit-code -- $(CLIENT_GEN_DIRS)
+	@test -z "$$(git status --porcelain -- $(CLIENT_GEN_DIRS))" || \
+	  (echo "generated clients are stale: run 'make clients' and commit" && git status --porcelain -- $(CLIENT_GEN_DIRS) && exit 1)
+
+# Once the contract has a release (a tag v*), every change must be wire- and source-compatible.
+proto-breaking: tools
+	@tag=$$(git tag --list 'v*' --sort=-v:refname | head -n1); \
+	if [ -z "$$tag" ]; then echo "buf breaking: no release tag (v*) yet, nothing to compare against"; \
+	else echo "buf breaking against $$tag"; \
+	  tools/node_modules/.bin/buf breaking --against "$$(git rev-parse --path-format=absolute --git-common-dir)#tag=$$tag"; fi
+
 docker:
 	docker build -t igbutton:latest .
 
 clean:
-	rm -rf $(VENV) tools/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) tools/node_modules tools/bin $(TS_DIR)/node_modules $(TS_DIR)/dist clients/java/target .mypy_cache .ruff_cache .pytest_cache
 
 # Not part of `make test`: ~10 minutes on 2 cores (BENCH_QUICK=1: about one minute).
 # Knobs: IGBUTTON_BENCH_UVLOOP=1, IGBUTTON_BENCH_WORKERS=N, BENCH_BACKENDS=sqlite,nats.

@@ -15,16 +15,22 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from igbutton.v1 import postback_service_pb2, send_service_pb2
+from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from pydantic import SecretStr
 
 from service import tracing
 from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
+from service.postbacks.api import PostbackApi
+from service.postbacks.retention import RetentionPruner
+from service.postbacks.webhook import Webhook
 from service.rpc_metrics import RpcMetricsInterceptor
 from service.sandbox import Sandbox
 from service.send import SendPath
+from service.send.idempotency import IdempotencyStore
+from service.storage.backends import open_idempotency_store, open_postback_store
+from service.storage.postbacks import PostbackStore
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +167,8 @@ class App:
     async def _readiness(self) -> str | None:
         if not self._ready:
             return "starting or stopping"
+        if self.postback_store is not None:
+            return self.postback_store.unready_reason()
         return None
 
     def _bind_grpc(self, server: grpc.aio.Server) -> int:
@@ -216,11 +224,27 @@ class App:
             await self.sandbox.stop()
 
     # Storage (service/storage/): postback log, groups, idempotency records.
+    postback_store: PostbackStore | None = None
+    _idempotency_store: IdempotencyStore | None = None
+    _pruner: RetentionPruner | None = None
+
     async def _start_storage(self) -> None:
         """Open the configured storage backend."""
+        self.postback_store = await open_postback_store(self.settings)
+        self._idempotency_store = await open_idempotency_store(self.settings)
+        self._pruner = RetentionPruner(
+            self.postback_store,
+            retention=self.settings.postbacks.retention_seconds,
+            interval=self.settings.postbacks.prune_interval_seconds,
+        )
+        self._pruner.start()
 
     async def _stop_storage(self) -> None:
         """Close the storage backend after every user of it stopped."""
+        if self._pruner is not None:
+            await self._pruner.stop()
+        if self.postback_store is not None:
+            await self.postback_store.close()
 
     # Send path (service/send/).
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
@@ -237,7 +261,7 @@ class App:
 
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
-        self.send = SendPath(self.settings)
+        self.send = SendPath(self.settings, store=self._idempotency_store)
         self.send.register(server)
 
     async def _stop_send(self) -> None:
@@ -246,11 +270,37 @@ class App:
             await self.send.close()
 
     # Postback path (service/postbacks/).
+    _postback_api: PostbackApi | None = None
+    _webhook_runner: web.AppRunner | None = None
+
     def _add_postback_service(self, server: grpc.aio.Server) -> None:
         """Register PostbackService."""
+        assert self.postback_store is not None
+        self._postback_api = PostbackApi(self.postback_store, self.settings.postbacks)
+        postback_service_pb2_grpc.add_PostbackServiceServicer_to_server(self._postback_api, server)
 
     async def _start_webhook(self) -> None:
         """Serve Meta's webhook and tell the sandbox (if any) where it is."""
+        assert self.postback_store is not None
+        settings = self.settings.webhook
+        webhook = Webhook(settings, self.postback_store)
+        self.ports.webhook = await self._serve_http(
+            webhook.build_app(), settings.host, settings.port
+        )
+        # Stopped apart from the other HTTP sites: before the streams end and the store closes.
+        self._webhook_runner = self._sites.runners.pop()
+        sandbox = self.sandbox
+        if sandbox is not None:
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}:{self.ports.webhook}{settings.path}"
+            app_secrets = settings.secrets()
+            sandbox.set_webhook(url, app_secrets[0] if app_secrets else b"")
 
     async def _stop_webhook(self) -> None:
         """Stop taking webhooks; finish stores in flight; end streams with UNAVAILABLE."""
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()  # waits for deliveries being stored
+            self._webhook_runner = None
+        if self._postback_api is not None:
+            await self._postback_api.shutdown()

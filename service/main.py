@@ -8,10 +8,11 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from service import logs
-from service.app import App
+from service.app import App, Ports
 from service.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def serve(settings: Settings, ports_file: Path | None = None) -> None:
+async def serve(
+    settings: Settings,
+    ports_file: Path | None = None,
+    on_ready: Callable[[Ports], None] | None = None,
+) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     app = App(settings)
     loop = asyncio.get_running_loop()
@@ -49,13 +54,15 @@ async def serve(settings: Settings, ports_file: Path | None = None) -> None:
             tmp = ports_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(vars(app.ports)))
             tmp.replace(ports_file)  # atomic, so a reader never sees half a file
+        if on_ready is not None:
+            on_ready(app.ports)
         await app.wait_stop_requested()
     finally:
         await app.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``igbutton-server``."""
+def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None = None) -> int:
+    """Entry point of ``igbutton-server``; ``on_ready`` is called once every port is bound."""
     args = _parser().parse_args(argv)
     # Keyword overrides are merged over the environment and file, key by key.
     overrides: dict[str, object] = {"sandbox": {"enabled": True}} if args.sandbox else {}
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log)
     try:
-        asyncio.run(serve(settings, args.ports_file))
+        asyncio.run(serve(settings, args.ports_file, on_ready))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -60,7 +60,9 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             async def stream(
                 request: Any, context: grpc.aio.ServicerContext[Any, Any]
             ) -> AsyncIterator[Any]:
-                token = logs.call_id.set(uuid.uuid4().hex[:16])
+                # No reset: each RPC runs in a task of its own, and a stream's generator
+                # may be finalised from another context when the server shuts down.
+                logs.call_id.set(uuid.uuid4().hex[:16])
                 start = time.perf_counter()
                 code = grpc.StatusCode.OK
                 try:
@@ -71,7 +73,6 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 finally:
                     _observe(method, code, start)
-                    logs.call_id.reset(token)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,

@@ -61,9 +61,8 @@ async def channel(app: App) -> AsyncIterator[grpc.aio.Channel]:
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """One JetStream nats-server for the whole session; tests isolate by stream/bucket names."""
     server = NatsServer(name="single", store_dir=tmp_path_factory.mktemp("nats") / "js")
-    server.start()
     try:
-        server.wait_healthy()
+        server.start_healthy()
         yield server
     finally:
         server.stop()

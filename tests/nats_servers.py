@@ -39,6 +39,10 @@ def free_port() -> int:
         return port
 
 
+class PortTaken(RuntimeError):
+    """A port picked by free_port() was taken by someone else before the server bound it."""
+
+
 @dataclass
 class NatsServer:
     """One nats-server with JetStream, optionally part of a cluster."""
@@ -104,7 +108,22 @@ class NatsServer:
                 return
             time.sleep(0.05)
         log = (self.store_dir.parent / f"{self.name}.log").read_text(errors="replace")
+        if "address already in use" in log:
+            raise PortTaken(f"nats-server {self.name}: a port was taken")
         raise RuntimeError(f"nats-server {self.name} did not become healthy:\n{log[-3000:]}")
+
+    def start_healthy(self, timeout: float = 30.0, attempts: int = 3) -> None:
+        """Start and wait until healthy, on fresh ports if one was taken meanwhile."""
+        for attempt in range(attempts):
+            self.start()
+            try:
+                self.wait_healthy(timeout)
+                return
+            except PortTaken:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                self.port, self.monitor_port = free_port(), free_port()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the process (SIGTERM, then SIGKILL after 10 s). Safe to call twice."""
@@ -151,12 +170,27 @@ class NatsCluster:
         """Client URLs of every node."""
         return [n.url for n in self.nodes]
 
-    def start(self, timeout: float = 60.0) -> None:
-        """Start every node and wait until all are healthy (a meta leader is elected)."""
-        for node in self.nodes:
-            node.start()
-        for node in self.nodes:
-            node.wait_healthy(timeout)
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start every node and wait until all are healthy (a meta leader is elected).
+
+        Ports come from free_port(), which another process may take before nats-server
+        binds them; then the whole cluster is planned again on new ports.
+        """
+        for attempt in range(attempts):
+            for node in self.nodes:
+                node.start()
+            try:
+                for node in self.nodes:
+                    node.wait_healthy(timeout)
+                return
+            except PortTaken:
+                self.stop()
+                if attempt == attempts - 1:
+                    raise
+                replanned = NatsCluster.create(
+                    self.nodes[0].store_dir.parent.parent, len(self.nodes)
+                )
+                self.nodes = replanned.nodes
 
     def stop(self) -> None:
         """Stop every node."""

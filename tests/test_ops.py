@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.app import App
+from tests.conftest import SettingsFactory
+from tests.nats_servers import NatsServer
 
 
 async def test_grpc_health_reports_serving_for_each_service(channel: grpc.aio.Channel) -> None:
@@ -95,3 +97,34 @@ async def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_readyz_follows_the_nats_connection(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    server = NatsServer(name="readyz", store_dir=tmp_path / "nats" / "js")
+    server.start_healthy()
+    app: App | None = None
+    try:
+        app = App(
+            make_settings(
+                storage={"backend": "nats", "nats": {"servers": [server.url], "stream": "READYZ"}}
+            )
+        )
+        await app.start()
+        url = f"http://127.0.0.1:{app.ports.http}/readyz"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url) as resp:
+                assert resp.status == 200
+            server.stop()
+            async with asyncio.timeout(20):
+                while True:
+                    async with http.get(url) as resp:
+                        if resp.status == 503:
+                            assert "NATS" in (await resp.json())["reason"]
+                            break
+                    await asyncio.sleep(0.1)
+    finally:
+        server.stop()
+        if app is not None:
+            await app.stop()

@@ -1,0 +1,283 @@
+"""The ``igbutton`` command line: run the server or the sandbox, send, tail postbacks, tap.
+
+Exit codes: 0 success, 1 the call failed (one line on stderr says why), 2 bad arguments or
+nothing to run, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import runpy
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from igbutton import __version__
+from igbutton._channel import DEFAULT_TARGET
+
+DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765"
+
+_SERVER_COMMANDS = {
+    "serve": ("service.main", "run the igbutton server (same options as igbutton-server)"),
+    "sandbox": ("service.sandbox", "run only the local Instagram sandbox"),
+}
+
+_MAIN_EPILOG = """\
+a first run, in three terminals:
+  igbutton serve --sandbox
+  igbutton tail
+  igbutton send --to 1234567890 --text "Pick one" \\
+      --url-button "Visit=https://example.com" --postback-button "Yes=ANSWER_YES"
+  igbutton tap MESSAGE_ID --button 2        # MESSAGE_ID as printed by send
+
+environment: IGBUTTON_ADDR (gRPC address), IGBUTTON_TOKEN (caller token),
+IGBUTTON_SANDBOX_URL (sandbox URL for tap)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _button_spec(kind: str) -> type[argparse.Action]:
+    """An action appending (kind, title, value) to ``buttons``, keeping command-line order."""
+
+    class _AppendButton(argparse.Action):
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: str | Sequence[object] | None,
+            option_string: str | None = None,
+        ) -> None:
+            assert isinstance(values, str)
+            title, sep, value = values.partition("=")
+            if not sep or not title or not value:
+                what = "URL" if kind == "url" else "PAYLOAD"
+                parser.error(f"{option_string} expects TITLE={what}, got {values!r}")
+            buttons = list(getattr(namespace, "buttons", None) or [])
+            buttons.append((kind, title, value))
+            namespace.buttons = buttons
+
+    return _AppendButton
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--addr",
+        default=os.environ.get("IGBUTTON_ADDR", DEFAULT_TARGET),
+        help="igbutton's gRPC address, host:port (default: $IGBUTTON_ADDR or %(default)s)",
+    )
+    group.add_argument(
+        "--token",
+        default=os.environ.get("IGBUTTON_TOKEN"),
+        help="caller bearer token (default: $IGBUTTON_TOKEN; prefer it or --token-file, "
+        "which other users cannot see in the process list)",
+    )
+    group.add_argument("--token-file", help="read the caller token from this file")
+    group.add_argument("--tls", action="store_true", help="use TLS (system trust store)")
+    group.add_argument("--ca-file", help="PEM CA bundle to trust (implies --tls)")
+    group.add_argument("--cert-file", help="PEM client certificate for mutual TLS")
+    group.add_argument("--key-file", help="PEM client private key for mutual TLS")
+    group.add_argument("--server-name", help="name to check the server's certificate against")
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
+        prog="igbutton",
+        description="Send Instagram button templates through igbutton and watch their postbacks.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"igbutton {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name, (_module, summary) in _SERVER_COMMANDS.items():
+        # Handled before parsing (every argument goes to the server); listed here for --help.
+        commands.add_parser(name, help=f"{summary}; see 'igbutton {name} --help'")
+
+    send = commands.add_parser(
+        "send",
+        help="send a button template message",
+        description="Send one button template: a text above 1 to 3 buttons, in the order given.",
+        epilog='example:\n  igbutton send --to 1234567890 --text "Pick one" \\\n'
+        '      --url-button "Visit=https://example.com" --postback-button "Yes=ANSWER_YES"',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    send.add_argument("--to", required=True, metavar="RECIPIENT", help="recipient's IGSID")
+    send.add_argument("--text", required=True, help="the text above the buttons (1-640 chars)")
+    send.add_argument(
+        "--url-button",
+        action=_button_spec("url"),
+        metavar="TITLE=URL",
+        help="a button opening URL (repeatable)",
+    )
+    send.add_argument(
+        "--postback-button",
+        action=_button_spec("postback"),
+        metavar="TITLE=PAYLOAD",
+        help="a button sending PAYLOAD back as a postback (repeatable)",
+    )
+    send.add_argument("--account", help="IG ID to send from (needed if several are configured)")
+    send.add_argument("--request-id", help="idempotency key (a UUID); default: a fresh one")
+    send.add_argument(
+        "--tag", choices=["human-agent"], help="message tag, for human replies after 24 hours"
+    )
+    send.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only validate, and print the Graph API request igbutton would make",
+    )
+    send.add_argument("--timeout", type=_positive_float, default=30.0, help="seconds (%(default)s)")
+    send.add_argument("--json", action="store_true", help="print the result as JSON")
+    _connection_options(send)
+    send.set_defaults(buttons=[])
+
+    tail = commands.add_parser(
+        "tail",
+        help="print postbacks as JSON lines as they arrive",
+        description="Subscribe to postbacks and print one JSON object per line on stdout. "
+        "Reconnects and resumes if the connection drops. With --group, each postback is "
+        "acknowledged after it is printed.",
+        epilog="examples:\n  igbutton tail --prefix ANSWER_\n"
+        "  igbutton tail --from earliest --count 10\n"
+        "  igbutton tail --group billing --ack-deadline 60",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tail.add_argument("--account", action="append", default=[], help="only this IG ID (repeatable)")
+    tail.add_argument("--prefix", default="", help="only payloads starting with this")
+    tail.add_argument(
+        "--from",
+        dest="start",
+        default="latest",
+        metavar="WHERE",
+        help="latest (default), earliest, a sequence number SEQ (start after it: pass the last "
+        "sequence you saw), or an ISO 8601 time (local unless it has an offset or Z)",
+    )
+    tail.add_argument("--group", help="join this consumer group (shared, acknowledged delivery)")
+    tail.add_argument(
+        "--ack-deadline",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="group only: redeliver if not acknowledged in time (server default 30)",
+    )
+    tail.add_argument("--count", type=_positive_int, help="exit after this many postbacks")
+    _connection_options(tail)
+
+    tap = commands.add_parser(
+        "tap",
+        help="tap a button of a message in the sandbox",
+        description="Ask the local sandbox to tap a button of a message it received; for a "
+        "postback button it delivers a signed webhook to igbutton, which streams it to "
+        "subscribers (see 'igbutton tail').",
+        epilog="example:\n  igbutton tap m_abc123 --button 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tap.add_argument("message_id", metavar="MESSAGE_ID", help="the message id printed by send")
+    tap.add_argument(
+        "--button",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="which button, counting from 1 (default 1)",
+    )
+    tap.add_argument(
+        "--sandbox-url",
+        default=os.environ.get("IGBUTTON_SANDBOX_URL", DEFAULT_SANDBOX_URL),
+        help="the sandbox (default: $IGBUTTON_SANDBOX_URL or %(default)s)",
+    )
+    tap.add_argument("--json", action="store_true", help="print the sandbox's answer as JSON")
+    return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def _announce_start(ports: Any) -> None:
+    """Print one plain line once the server has bound its ports."""
+    parts = [f"gRPC port {ports.grpc}"]
+    for label, port in (("webhook", ports.webhook), ("ops HTTP", ports.http)):
+        if port:
+            parts.append(f"{label} port {port}")
+    if ports.sandbox:
+        parts.append(f"sandbox port {ports.sandbox}")
+    print(f"igbutton serve: listening on {', '.join(parts)}", file=sys.stderr, flush=True)
+
+
+def _run_server_command(name: str, argv: list[str]) -> int:
+    """Hand every argument to the server's own entry point, imported only now."""
+    module, _summary = _SERVER_COMMANDS[name]
+    if not _installed(module):
+        print(
+            f"igbutton {name}: the igbutton server ({module}) is not installed here; "
+            "install igbutton-server, or run 'make venv' in the igbutton repository",
+            file=sys.stderr,
+        )
+        return 2
+    if not {"-h", "--help"} & set(argv):
+        print(f"igbutton {name}: starting ({module}); Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        if name == "serve":
+            server_main = importlib.import_module(module)
+            code: int = server_main.main(argv, on_ready=_announce_start)
+            return code
+        sys.argv = [f"igbutton {name}", *argv]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``igbutton`` command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in _SERVER_COMMANDS:
+        return _run_server_command(args_list[0], args_list[1:])
+    args = _parser().parse_args(args_list)
+    from igbutton import _commands  # imported late: keeps --help fast
+
+    try:
+        if args.command == "send":
+            return _commands.send(args)
+        if args.command == "tail":
+            return _commands.tail(args)
+        return _commands.tap(args)
+    except _commands.UsageError as exc:
+        print(f"igbutton {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

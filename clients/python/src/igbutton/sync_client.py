@@ -1,0 +1,264 @@
+"""The blocking client: the same API as :class:`igbutton.AsyncClient`, without asyncio.
+
+with Client("127.0.0.1:50051") as client:
+    sent = client.send_button_template(
+        "1234567890", template("Pick one", PostbackButton("Yes", "ANSWER_YES")))
+    for postback in client.subscribe(payload_prefix="ANSWER_"):
+        print(postback.payload)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Self, TypeVar
+
+import grpc
+
+from igbutton import _channel, _requests
+from igbutton._channel import DEFAULT_TARGET, ChannelOptions, Tls
+from igbutton._requests import StartSpec, SubscribeOptions
+from igbutton._retry import (
+    DEFAULT_RECONNECT,
+    DEFAULT_RETRY,
+    Attempts,
+    ReconnectPolicy,
+    RetryPolicy,
+)
+from igbutton._subscription import OnDisconnect, SubscribeRequest, Subscription, SyncStream
+from igbutton.buttons import Button, ButtonTemplate
+from igbutton.client import DEFAULT_TIMEOUT
+from igbutton.errors import IgButtonError, from_rpc_error
+from igbutton.models import AckResult, Postback, SendResult, ValidationResult
+from igbutton.v1 import postback_service_pb2_grpc, send_service_pb2_grpc
+
+log = logging.getLogger("igbutton")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class Client:
+    """A blocking client for SendService and PostbackService.
+
+    ``target`` is ``host:port``. ``token`` is the caller's bearer token. ``tls`` is ``True``
+    (system roots), a :class:`Tls` (own CA, mutual TLS) or ``None`` (plaintext, for local use).
+    ``channel`` replaces all of these with a channel you built. ``timeout`` is the default
+    deadline, in seconds, for unary calls including their retries (``None``: no deadline).
+    Close the client when done (``with Client(...) as client``).
+    """
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        token: str | None = None,
+        tls: Tls | bool | None = None,
+        channel: grpc.Channel | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        reconnect: ReconnectPolicy = DEFAULT_RECONNECT,
+        metadata: Sequence[tuple[str, str]] = (),
+        options: ChannelOptions = (),
+    ) -> None:
+        resolved = _channel.resolve_tls(tls)
+        self._owns_channel = channel is None
+        self._channel = channel or _channel.sync_channel(target, resolved, token, options)
+        self._metadata = _channel.call_metadata(
+            token, None if channel is not None else resolved, tuple(metadata)
+        )
+        self._timeout = timeout
+        self._retry = retry
+        self._reconnect = reconnect
+        self._send = send_service_pb2_grpc.SendServiceStub(self._channel)
+        self._postbacks = postback_service_pb2_grpc.PostbackServiceStub(self._channel)
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The underlying channel, for health checks and other services."""
+        return self._channel
+
+    def close(self) -> None:
+        """Close the channel (if this client created it); open calls are cancelled."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def send_button_template(
+        self,
+        recipient_id: str,
+        text_or_template: str | ButtonTemplate,
+        buttons: Iterable[Button] = (),
+        *,
+        account_id: str | None = None,
+        request_id: str | None = None,
+        tag: str | None = None,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Send a button template to ``recipient_id`` (an IGSID).
+
+        Give the text and the buttons, or a :class:`ButtonTemplate`. A ``request_id`` (UUID)
+        makes the send idempotent; one is generated when not given, so UNAVAILABLE is retried
+        safely. The result carries the request_id used, as does any :class:`IgButtonError`.
+        ``tag="human_agent"`` allows a human reply outside the 24-hour window.
+        """
+        rid = request_id or _requests.new_request_id()
+        request = _requests.send_request(
+            recipient_id, text_or_template, buttons, account_id=account_id, request_id=rid, tag=tag
+        )
+        response = self._unary(
+            self._send.SendButtonTemplate, request, timeout, safe=True, request_id=rid
+        )
+        return SendResult.from_proto(response, rid)
+
+    def validate_button_template(
+        self,
+        recipient_id: str,
+        text_or_template: str | ButtonTemplate,
+        buttons: Iterable[Button] = (),
+        *,
+        account_id: str | None = None,
+        tag: str | None = None,
+        timeout: float | None = None,
+    ) -> ValidationResult:
+        """Check a send without sending: raises :class:`InvalidRequestError` listing every
+        violation, or returns the exact Graph API request igbutton would make."""
+        request = _requests.validate_request(
+            recipient_id, text_or_template, buttons, account_id=account_id, tag=tag
+        )
+        response = self._unary(self._send.ValidateButtonTemplate, request, timeout, safe=True)
+        return ValidationResult.from_proto(response)
+
+    def subscribe(
+        self,
+        *,
+        account_ids: Iterable[str] = (),
+        payload_prefix: str = "",
+        start: StartSpec = None,
+        after_sequence: int | None = None,
+        group: str | None = None,
+        ack_deadline: float | timedelta | None = None,
+        max_unacked: int | None = None,
+        on_disconnect: OnDisconnect | None = None,
+    ) -> Subscription:
+        """Stream postbacks: ``for postback in client.subscribe(...)``.
+
+        The arguments are those of :meth:`igbutton.AsyncClient.subscribe`. The iterator
+        reconnects after UNAVAILABLE and resumes without a gap or a duplicate; call
+        ``close()`` on it (from any thread) to stop.
+        """
+        options = SubscribeOptions(
+            account_ids=tuple(account_ids),
+            payload_prefix=payload_prefix,
+            start=start,
+            after_sequence=after_sequence,
+            group=group,
+            ack_deadline=ack_deadline,
+            max_unacked=max_unacked,
+        )
+
+        def open_stream(request: SubscribeRequest) -> SyncStream:
+            return self._postbacks.SubscribePostbacks(request, metadata=self._metadata)
+
+        return Subscription(open_stream, options, self._reconnect, on_disconnect)
+
+    def ack(
+        self,
+        group: str,
+        ack_ids: Iterable[str] = (),
+        nack_ids: Iterable[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> AckResult:
+        """Acknowledge postbacks delivered to ``group`` (done with), or nack them (deliver
+        again at once)."""
+        request = _requests.ack_request(group, ack_ids, nack_ids)
+        response = self._unary(self._postbacks.AckPostbacks, request, timeout, safe=True)
+        return AckResult.from_proto(response)
+
+    def consume(
+        self,
+        group: str,
+        handler: Callable[[Postback], object],
+        *,
+        account_ids: Iterable[str] = (),
+        payload_prefix: str = "",
+        start: StartSpec = None,
+        ack_deadline: float | timedelta | None = None,
+        max_unacked: int | None = None,
+        max_messages: int | None = None,
+    ) -> int:
+        """Join ``group`` and run ``handler`` on each postback, one at a time: acknowledge it
+        when the handler returns, nack it (deliver again) when it raises.
+
+        Runs until ``max_messages`` postbacks were handled (or forever); returns how many
+        were handled. Delivery is at least once, so the handler should be idempotent.
+        """
+        handled = 0
+        with self.subscribe(
+            account_ids=account_ids,
+            payload_prefix=payload_prefix,
+            start=start,
+            group=group,
+            ack_deadline=ack_deadline,
+            max_unacked=max_unacked,
+        ) as subscription:
+            for postback in subscription:
+                try:
+                    handler(postback)
+                except Exception:
+                    log.exception("postback handler failed for sequence %s", postback.sequence)
+                    self._settle(group, postback, ok=False)
+                else:
+                    self._settle(group, postback, ok=True)
+                handled += 1
+                if max_messages is not None and handled >= max_messages:
+                    break
+        return handled
+
+    def _settle(self, group: str, postback: Postback, *, ok: bool) -> None:
+        ids = [postback.ack_id]
+        try:
+            self.ack(group, ids if ok else (), () if ok else ids)
+        except IgButtonError as err:
+            # The postback comes again after its ack deadline: at-least-once still holds.
+            log.warning("could not settle postback %s: %s", postback.sequence, err.describe())
+
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout: float | None,
+        *,
+        safe: bool,
+        request_id: str | None = None,
+    ) -> Resp:
+        attempts = Attempts(self._retry, timeout if timeout is not None else self._timeout)
+        while True:
+            try:
+                response: Resp = method(
+                    request, timeout=attempts.remaining(), metadata=self._metadata
+                )
+                return response
+            except grpc.RpcError as err:
+                error = from_rpc_error(err, request_id=request_id)
+                delay = attempts.next_delay(
+                    error.code, safe_to_repeat=safe, server_hint=error.retry_after
+                )
+                if delay is None:
+                    raise error from err
+                log.info("retrying in %.2fs after %s", delay, error.describe())
+                time.sleep(delay)

@@ -1,0 +1,1 @@
+"""Durable state behind one interface per kind, with an embedded SQLite engine by default."""

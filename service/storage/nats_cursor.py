@@ -1,0 +1,163 @@
+"""A broadcast subscription on JetStream: an ordered, ephemeral consumer read in pages.
+
+The consumer (memory storage, one replica, no acks) filters by account on the server; the
+payload prefix is checked here. At most one page of messages is requested at a time, so a
+subscriber that lags costs a page of memory, not its lag. Like the clients' "ordered
+consumer", any gap in the consumer sequence, a lost consumer (its node died, or it sat
+idle past its inactivity threshold) or a silent server makes the cursor recreate its
+consumer right after the last stream sequence it handed out: nothing is skipped and
+nothing repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from nats.js import api
+from nats.js.errors import Error as JetStreamError
+
+from service.storage.nats_codec import AckReply, decode
+from service.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from service.storage.postbacks import Filter, Start, StartKind, StoredPostback
+
+if TYPE_CHECKING:
+    from service.storage.nats_postbacks import NatsPostbackStore
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 256
+"""Messages requested at once: what a cursor holds in memory at most."""
+INACTIVE_THRESHOLD_SECONDS = 60.0
+"""An ephemeral consumer nobody pulls from for this long is removed by the server."""
+
+
+def deliver_policy(start: Start) -> api.ConsumerConfig:
+    """The consumer settings that begin reading the log at ``start``."""
+    if start.kind is StartKind.EARLIEST or (
+        start.kind is StartKind.SINCE_TIME and start.since_ms <= 0
+    ):
+        return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+    if start.kind is StartKind.AFTER_SEQUENCE:
+        return api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start.after_sequence + 1,
+        )
+    if start.kind is StartKind.SINCE_TIME:
+        return api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.datetime.fromtimestamp(start.since_ms / 1000, tz=datetime.UTC),
+        )
+    return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+
+
+class NatsSubscription:
+    """See PostbackStore.subscribe. Build with :meth:`open`."""
+
+    def __init__(self, store: NatsPostbackStore, flt: Filter, start: Start) -> None:
+        self._store = store
+        self._filter = flt
+        self._start = start
+        self._consumer = ""
+        self._inbox: PullInbox | None = None
+        self._consumer_seq = 0
+        self._event = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, store: NatsPostbackStore, flt: Filter, start: Start) -> NatsSubscription:
+        """Create the consumer; its start is fixed when this returns."""
+        cursor = cls(store, flt, start)
+        await cursor._create()
+        return cursor
+
+    async def _create(self) -> None:
+        conn = self._store.conn
+        name = f"b_{uuid.uuid4().hex}"
+        config = deliver_policy(self._start)
+        config.name = name
+        config.ack_policy = api.AckPolicy.NONE
+        config.filter_subjects = conn.layout.account_subjects(self._filter.account_ids)
+        config.mem_storage = True
+        config.num_replicas = 1
+        config.inactive_threshold = INACTIVE_THRESHOLD_SECONDS
+        info = await conn.js.add_consumer(conn.layout.stream, config)
+        if self._start.kind is StartKind.LATEST:
+            # "Latest" means latest now: a recreated consumer must start where this one did.
+            self._start = Start.after(info.delivered.stream_seq if info.delivered else 0)
+        self._consumer = name
+        self._consumer_seq = 0
+        inbox = PullInbox(conn.client, conn.layout.stream, name, self._event.set)
+        await inbox.open()
+        self._inbox = inbox
+
+    async def _recreate(self) -> None:
+        old, self._inbox = self._inbox, None
+        if old is not None:
+            await old.close()
+        with contextlib.suppress(JetStreamError, TimeoutError, OSError):
+            await self._store.conn.js.delete_consumer(
+                self._store.conn.layout.stream, self._consumer
+            )
+        await self._create()
+
+    def __aiter__(self) -> NatsSubscription:
+        return self
+
+    async def __anext__(self) -> StoredPostback:
+        while True:
+            if self._closed or self._store.closed:
+                raise StopAsyncIteration
+            inbox = self._inbox
+            if inbox is None or inbox.gone:
+                await self._recover()
+                continue
+            self._event.clear()
+            while inbox.messages:
+                msg = inbox.messages.popleft()
+                reply = AckReply.parse(msg.reply or "")
+                if reply is None or reply.consumer_seq != self._consumer_seq + 1:
+                    log.info("gap in broadcast consumer %s; recreating it", self._consumer)
+                    inbox.gone = True
+                    break
+                self._consumer_seq = reply.consumer_seq
+                self._start = Start.after(reply.stream_seq)
+                postback = decode(msg, reply)
+                if self._filter.matches(postback):
+                    return postback
+            if inbox.gone:
+                continue
+            inbox.check_alive()
+            if inbox.outstanding <= PAGE_SIZE // 2:
+                await inbox.pull(PAGE_SIZE - inbox.outstanding)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+
+    async def _recover(self) -> None:
+        try:
+            await self._recreate()
+        except (JetStreamError, TimeoutError, OSError) as exc:
+            # NATS may be electing a leader or reconnecting: try again shortly.
+            log.warning("cannot recreate broadcast consumer: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+
+    async def close(self) -> None:
+        """See Subscription.close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._event.set()
+        self._store.forget(self)
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            await inbox.close()
+        if not self._store.closed:
+            with contextlib.suppress(JetStreamError, TimeoutError, OSError):
+                await self._store.conn.js.delete_consumer(
+                    self._store.conn.layout.stream, self._consumer
+                )

@@ -1,0 +1,95 @@
+"""The webhook parser's rules for what is a postback, field by field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service.postbacks.parse import MalformedDelivery, parse_delivery
+from tests.postbacks.conftest import ACCOUNT, postback_item
+
+
+def body(*items: object, entry: dict[str, object] | None = None) -> bytes:
+    return json.dumps(
+        {"object": "instagram", "entry": [{"id": ACCOUNT, "time": 7, "messaging": list(items)}]}
+        if entry is None
+        else {"object": "instagram", "entry": [entry]}
+    ).encode()
+
+
+def test_a_postback_keeps_every_field() -> None:
+    (p,) = parse_delivery(body(postback_item("m1", payload="P", title="T", timestamp=5))).postbacks
+    assert (p.account_id, p.sender_id, p.mid, p.title, p.payload, p.tap_time_ms) == (
+        ACCOUNT,
+        "1234567890123456",
+        "m1",
+        "T",
+        "P",
+        5,
+    )
+    assert json.loads(p.raw_json)["postback"]["mid"] == "m1"
+
+
+def test_the_account_falls_back_to_the_entry_id_and_the_time_to_the_entry_time() -> None:
+    item = postback_item("m1")
+    del item["recipient"], item["timestamp"]
+    (p,) = parse_delivery(body(item)).postbacks
+    assert (p.account_id, p.tap_time_ms) == (ACCOUNT, 7)
+
+
+def test_numeric_ids_are_accepted_as_text() -> None:
+    item = postback_item("m1")
+    item["sender"]["id"] = 42
+    (p,) = parse_delivery(body(item)).postbacks
+    assert p.sender_id == "42"
+
+
+@pytest.mark.parametrize("timestamp", [-1, 10**20, "soon", True, float("inf")])
+def test_an_unusable_time_becomes_the_entry_time(timestamp: object) -> None:
+    item = postback_item("m1", timestamp=0)
+    item["timestamp"] = timestamp
+    (p,) = parse_delivery(body(item)).postbacks
+    assert p.tap_time_ms == 7
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda i: i["postback"].pop("mid"),
+        lambda i: i["postback"].update(mid=""),
+        lambda i: i["postback"].update(mid=True),
+        lambda i: i.pop("sender"),
+        lambda i: i["postback"].update(payload={"not": "text"}),
+        lambda i: i["postback"].update(title=["x"]),
+        lambda i: i.update(postback="text"),
+    ],
+)
+def test_a_postback_without_usable_identity_or_fields_is_skipped(change: object) -> None:
+    item = postback_item("m1")
+    change(item)  # type: ignore[operator]
+    parsed = parse_delivery(body(item, postback_item("m2")))
+    assert [p.mid for p in parsed.postbacks] == ["m2"]
+    assert parsed.skipped == {"invalid_postback": 1}
+
+
+def test_a_lone_surrogate_is_not_stored_as_text() -> None:
+    raw = body(postback_item("m1", payload="PAYLOAD")).replace(b"PAYLOAD", b"\\ud800")
+    assert parse_delivery(raw).skipped == {"invalid_postback": 1}
+    # Elsewhere in the item it survives, escaped, in the raw JSON.
+    raw = body(postback_item("m1", extra_field="X")).replace(b'"X"', b'"\\udfff"')
+    (p,) = parse_delivery(raw).postbacks
+    assert "\\udfff" in p.raw_json
+
+
+def test_other_fields_and_items_are_counted() -> None:
+    entry = {"id": ACCOUNT, "changes": [{"field": "comments"}, {"field": "mentions"}]}
+    assert parse_delivery(body(entry=entry)).skipped == {"changes": 2}
+    parsed = parse_delivery(body({"message_edit": {}}, {"unknown": 1}, 3))
+    assert parsed.skipped == {"message_edit": 1, "other": 1, "invalid_item": 1}
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b"null", b'{"entry": 1}', b"\xff", b"{" * 5000])
+def test_bodies_that_are_not_deliveries(raw: bytes) -> None:
+    with pytest.raises(MalformedDelivery):
+        parse_delivery(raw)

@@ -1,0 +1,85 @@
+"""What only the SQLite engine promises: group commit, paged cursors, WAL, a shared file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.storage.postbacks import Filter, NewPostback, Start
+from service.storage.sqlite_postback_sql import PAGE_SIZE
+from service.storage.sqlite_postbacks import SqlitePostbackStore
+from service.storage.sqlite_threads import SqliteWriter
+from tests.postbacks.test_store_contract import new, next_of
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqlitePostbackStore]:
+    opened = await SqlitePostbackStore.open(tmp_path / "sub" / "postbacks.db")
+    yield opened
+    await opened.close()
+
+
+async def test_concurrent_appends_share_transactions(store: SqlitePostbackStore) -> None:
+    before = store.commits
+    results = await asyncio.gather(*(store.append([new(i)]) for i in range(50)))
+    assert sum(r.stored for r in results) == 50
+    # One fsync per transaction: 50 deliveries at once must not cost 50 of them.
+    assert store.commits - before < 10
+
+
+async def test_a_slow_subscriber_holds_at_most_a_page(store: SqlitePostbackStore) -> None:
+    total = 3 * PAGE_SIZE + 5
+    for start in range(0, total, 500):
+        await store.append([new(i) for i in range(start, min(start + 500, total))])
+    sub = await store.subscribe(Filter(), Start.earliest())
+    seen = [await next_of(sub)]
+    assert len(sub._buffer) <= PAGE_SIZE
+    seen += [await next_of(sub) for _ in range(total - 1)]
+    assert [p.mid for p in seen] == [f"m{i}" for i in range(total)]
+
+
+async def test_database_is_in_wal_mode_with_our_own_tables(
+    store: SqlitePostbackStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "sub" / "postbacks.db"
+    with sqlite3.connect(path) as other:  # the send path's own connection to the same file
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        other.execute("CREATE TABLE IF NOT EXISTS idempotency (request_id TEXT PRIMARY KEY)")
+        other.execute("INSERT INTO idempotency VALUES ('r1')")
+    other.close()
+    assert (await store.append([new(1)])).stored == 1
+
+
+async def test_a_failing_job_does_not_sink_its_batch(tmp_path: Path) -> None:
+    writer = SqliteWriter(tmp_path / "w.db", lambda c: c.execute("CREATE TABLE t (x)"))
+    await writer.start()
+    try:
+
+        def bad(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO t VALUES (1)")
+            raise ValueError("boom")
+
+        good = asyncio.ensure_future(writer.run(lambda c: c.execute("INSERT INTO t VALUES (2)")))
+        with pytest.raises(ValueError, match="boom"):
+            await writer.run(bad)
+        await good
+        rows = await writer.run(lambda c: c.execute("SELECT x FROM t").fetchall())
+        assert rows == [(2,)]
+    finally:
+        await writer.close()
+
+
+async def test_a_new_postback_is_durable_before_append_returns(tmp_path: Path) -> None:
+    path = tmp_path / "postbacks.db"
+    store = await SqlitePostbackStore.open(path)
+    try:
+        await store.append([NewPostback("a", "s", "m1", "t", "p", 0, "{}")])
+        with sqlite3.connect(path) as other:
+            assert other.execute("SELECT mid FROM postbacks").fetchall() == [("m1",)]
+        other.close()
+    finally:
+        await store.close()

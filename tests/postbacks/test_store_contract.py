@@ -1,0 +1,397 @@
+"""The PostbackStore contract, run against every engine (``engine`` fixture params).
+
+These tests use only the interface in service/storage/postbacks.py, so a new engine (NATS
+JetStream) passes them by adding itself to ``ENGINES`` below. Deadlines here are short
+(fractions of a second): the store accepts any; the gRPC API enforces its 1 s minimum. All
+members of one group use the same ack deadline and max attempts (see GroupOptions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from service.storage.postbacks import (
+    Delivery,
+    Filter,
+    GroupFilterMismatch,
+    GroupOptions,
+    NewPostback,
+    PostbackStore,
+    Start,
+    StoreClosed,
+    StoredPostback,
+)
+from service.storage.sqlite_postbacks import SqlitePostbackStore
+from tests.postbacks.conftest import WAIT, eventually
+
+T = TypeVar("T")
+Reopen = Callable[[], Awaitable[PostbackStore]]
+
+ENGINES = ["sqlite"]
+
+
+@pytest.fixture(params=ENGINES)
+async def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Reopen]:
+    """Opens the engine on the same underlying data each time (a restart)."""
+    opened: list[PostbackStore] = []
+
+    async def open_store() -> PostbackStore:
+        store: PostbackStore
+        if request.param == "sqlite":
+            store = await SqlitePostbackStore.open(tmp_path / "postbacks.db")
+        else:  # pragma: no cover - engines are added to ENGINES above
+            raise AssertionError(request.param)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(reopen: Reopen) -> PostbackStore:
+    """A fresh store."""
+    return await reopen()
+
+
+def new(i: int, *, account: str = "acct-1", payload: str | None = None) -> NewPostback:
+    """A postback with mid ``m<i>`` and payload ``P<i>`` unless given."""
+    return NewPostback(
+        account_id=account,
+        sender_id="sender-1",
+        mid=f"m{i}",
+        title="Buy",
+        payload=f"P{i}" if payload is None else payload,
+        tap_time_ms=1_700_000_000_000 + i,
+        raw_json=f'{{"i": {i}}}',
+    )
+
+
+async def next_of(source: AsyncIterator[T], within: float = WAIT) -> T:
+    """The next item, failing after ``within`` seconds."""
+    return await asyncio.wait_for(anext(source), within)
+
+
+async def take(source: AsyncIterator[T], count: int) -> list[T]:
+    """The next ``count`` items."""
+    return [await next_of(source) for _ in range(count)]
+
+
+def mids(items: list[StoredPostback]) -> list[str]:
+    return [p.mid for p in items]
+
+
+def options(
+    ack_deadline: float = 30.0, max_unacked: int = 100, max_attempts: int = 5
+) -> GroupOptions:
+    return GroupOptions(
+        ack_deadline=ack_deadline, max_unacked=max_unacked, max_attempts=max_attempts
+    )
+
+
+# --- the log ---
+
+
+async def test_append_stores_each_postback_once(store: PostbackStore) -> None:
+    first = await store.append([new(1), new(2), new(1)])
+    assert (first.stored, first.duplicates) == (2, 1)
+    again = await store.append([new(2), new(3)])
+    assert (again.stored, again.duplicates) == (1, 1)
+    # The same mid for another account is another postback.
+    other = await store.append([new(1, account="acct-2")])
+    assert other.stored == 1
+
+    sub = await store.subscribe(Filter(), Start.earliest())
+    got = await take(sub, 4)
+    assert [(p.account_id, p.mid) for p in got] == [
+        ("acct-1", "m1"),
+        ("acct-1", "m2"),
+        ("acct-1", "m3"),
+        ("acct-2", "m1"),
+    ]
+    assert [p.sequence for p in got] == sorted({p.sequence for p in got})
+    assert got[0].payload == "P1"
+    assert got[0].tap_time_ms == 1_700_000_000_001
+    assert got[0].raw_json == '{"i": 1}'
+    assert abs(got[0].received_ms - time.time() * 1000) < 60_000
+
+
+async def test_broadcast_subscribers_see_every_postback_in_order(store: PostbackStore) -> None:
+    subs = [await store.subscribe(Filter(), Start.latest()) for _ in range(3)]
+    await asyncio.gather(*(store.append([new(i)]) for i in range(20)))
+    await store.append([new(i) for i in range(20, 30)])
+    seen = [await take(sub, 30) for sub in subs]
+    for got in seen:
+        assert [p.sequence for p in got] == sorted(p.sequence for p in got)
+        assert sorted(mids(got)) == sorted(f"m{i}" for i in range(30))
+    assert seen[0] == seen[1] == seen[2]
+
+
+async def test_latest_starts_after_what_is_stored(store: PostbackStore) -> None:
+    await store.append([new(1)])
+    sub = await store.subscribe(Filter(), Start.latest())
+    await store.append([new(2)])
+    assert (await next_of(sub)).mid == "m2"
+
+
+async def test_start_positions(store: PostbackStore) -> None:
+    await store.append([new(i) for i in range(5)])
+    everything = await take(await store.subscribe(Filter(), Start.earliest()), 5)
+    assert mids(everything) == [f"m{i}" for i in range(5)]
+
+    after = await store.subscribe(Filter(), Start.after(everything[2].sequence))
+    assert mids(await take(after, 2)) == ["m3", "m4"]
+    after_seq = everything[-1].sequence
+
+    await store.append([new(5)])
+    everything += [await next_of(await store.subscribe(Filter(), Start.after(after_seq)))]
+    cutoff = everything[-1].received_ms
+    # The first postback received at or after the cutoff, and all after it.
+    first = next(i for i, p in enumerate(everything) if p.received_ms >= cutoff)
+    since = await store.subscribe(Filter(), Start.since(cutoff))
+    assert mids(await take(since, 6 - first)) == mids(everything[first:])
+    since_start = await store.subscribe(Filter(), Start.since(0))
+    assert mids(await take(since_start, 6)) == [f"m{i}" for i in range(6)]
+
+
+async def test_resume_after_the_last_sequence_has_no_gap_and_no_duplicate(
+    store: PostbackStore,
+) -> None:
+    sub = await store.subscribe(Filter(), Start.earliest())
+    await store.append([new(i) for i in range(10)])
+    first = await take(sub, 4)
+    await sub.close()
+    await store.append([new(i) for i in range(10, 15)])  # while disconnected
+    resumed = await store.subscribe(Filter(), Start.after(first[-1].sequence))
+    rest = await take(resumed, 11)
+    assert mids(first + rest) == [f"m{i}" for i in range(15)]
+
+
+async def test_filters_by_account_and_payload_prefix(store: PostbackStore) -> None:
+    by_account = await store.subscribe(Filter(account_ids=frozenset({"acct-2"})), Start.latest())
+    by_prefix = await store.subscribe(Filter(payload_prefix="ORDER:"), Start.latest())
+    both = await store.subscribe(
+        Filter(account_ids=frozenset({"acct-1"}), payload_prefix="ORDER:"), Start.latest()
+    )
+    await store.append(
+        [
+            new(1, account="acct-1", payload="ORDER:1"),
+            new(2, account="acct-2", payload="ORDER:2"),
+            new(3, account="acct-2", payload="HELP"),
+            new(4, account="acct-1", payload="HELP"),
+            new(5, account="acct-1", payload="ORDER:5"),
+        ]
+    )
+    assert mids(await take(by_account, 2)) == ["m2", "m3"]
+    assert mids(await take(by_prefix, 3)) == ["m1", "m2", "m5"]
+    assert mids(await take(both, 2)) == ["m1", "m5"]
+
+
+async def test_a_waiting_subscriber_wakes_on_append(store: PostbackStore) -> None:
+    sub = await store.subscribe(Filter(), Start.latest())
+    waiting = asyncio.create_task(next_of(sub))
+    await asyncio.sleep(0)  # let it start waiting (not needed for correctness)
+    await store.append([new(1)])
+    assert (await waiting).mid == "m1"
+
+
+async def test_prune_removes_old_postbacks_and_never_reuses_sequences(
+    store: PostbackStore,
+) -> None:
+    await store.append([new(i) for i in range(3)])
+    before = await take(await store.subscribe(Filter(), Start.earliest()), 3)
+    removed = await store.prune(int(time.time() * 1000) + 1000)
+    assert removed in (0, 3)  # engines with native expiry may do nothing here
+    if removed:
+        await store.append([new(9)])
+        sub = await store.subscribe(Filter(), Start.earliest())
+        first = await next_of(sub)
+        assert first.mid == "m9"
+        assert first.sequence > before[-1].sequence
+
+
+async def test_close_ends_subscriptions_and_refuses_calls(reopen: Reopen) -> None:
+    store = await reopen()
+    sub = await store.subscribe(Filter(), Start.latest())
+    member = await store.join_group("g", Filter(), Start.latest(), options())
+    waiting = [asyncio.create_task(next_of(sub)), asyncio.create_task(next_of(member))]
+    await store.close()
+    for task in waiting:
+        with pytest.raises(StopAsyncIteration):
+            await task
+    with pytest.raises(StoreClosed):
+        await store.append([new(1)])
+
+
+# --- consumer groups ---
+
+
+async def test_group_members_divide_the_postbacks(store: PostbackStore) -> None:
+    members = [
+        await store.join_group("g", Filter(), Start.latest(), options(max_unacked=2))
+        for _ in range(3)
+    ]
+    await store.append([new(i) for i in range(30)])
+    received: list[list[Delivery]] = [[] for _ in members]
+
+    async def work(index: int) -> None:
+        member = members[index]
+        while sum(len(r) for r in received) < 30:
+            try:
+                delivery = await next_of(member, 0.5)
+            except TimeoutError:
+                continue
+            received[index].append(delivery)
+            await store.ack("g", [delivery.ack_id], [])
+
+    await asyncio.wait_for(asyncio.gather(*(work(i) for i in range(3))), WAIT)
+    everything = [d.postback.mid for r in received for d in r]
+    assert sorted(everything) == sorted(f"m{i}" for i in range(30))  # each exactly once
+    assert all(received), "every member got a share"
+    assert all(d.attempt == 1 for r in received for d in r)
+    info = await store.group_info("g")
+    assert info is not None
+    assert info.unacked == 0
+
+
+async def test_unacked_delivery_is_redelivered_after_its_deadline(store: PostbackStore) -> None:
+    member = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=0.3))
+    await store.append([new(1)])
+    first = await next_of(member)
+    assert first.attempt == 1
+    again = await next_of(member)  # nobody acked: back after 0.3 s
+    assert (again.postback.mid, again.attempt) == ("m1", 2)
+    assert again.ack_id != first.ack_id
+    stale = await store.ack("g", [first.ack_id], [])
+    assert stale.unknown == (first.ack_id,)
+    done = await store.ack("g", [again.ack_id], [])
+    assert (done.applied, done.unknown) == (1, ())
+
+
+async def test_a_closed_members_deliveries_go_to_another_member(store: PostbackStore) -> None:
+    doomed = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=0.3))
+    await store.append([new(1), new(2)])
+    taken = await take(doomed, 2)
+    await doomed.close()
+    survivor = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=0.3))
+    redelivered = await take(survivor, 2)
+    assert sorted(d.postback.mid for d in redelivered) == ["m1", "m2"]
+    assert all(d.attempt == 2 for d in redelivered)
+    assert {d.ack_id for d in redelivered}.isdisjoint(d.ack_id for d in taken)
+
+
+async def test_nack_redelivers_at_once(store: PostbackStore) -> None:
+    member = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=60))
+    await store.append([new(1)])
+    first = await next_of(member)
+    result = await store.ack("g", [], [first.ack_id])
+    assert result.applied == 1
+    again = await next_of(member, 5)  # far sooner than the 60 s deadline
+    assert (again.postback.mid, again.attempt) == ("m1", 2)
+
+
+async def test_dead_letter_after_max_attempts(store: PostbackStore) -> None:
+    member = await store.join_group(
+        "g", Filter(), Start.latest(), options(ack_deadline=0.2, max_attempts=3)
+    )
+    await store.append([new(1)])
+    attempts = [await next_of(member) for _ in range(3)]
+    assert [d.attempt for d in attempts] == [1, 2, 3]
+    await store.append([new(2)])
+    after = await next_of(member)  # m1 is not delivered a fourth time
+    assert (after.postback.mid, after.attempt) == ("m2", 1)
+
+    async def dead_lettered() -> bool:
+        info = await store.group_info("g")
+        return info is not None and info.dead_lettered == 1
+
+    # Dead-lettering happens when a member looks for work after m1's last deadline.
+    looking = asyncio.create_task(next_of(member))
+    await eventually(dead_lettered)
+    looking.cancel()
+    await asyncio.gather(looking, return_exceptions=True)
+
+
+async def test_nack_on_the_last_attempt_dead_letters(store: PostbackStore) -> None:
+    member = await store.join_group("g", Filter(), Start.latest(), options(max_attempts=2))
+    await store.append([new(1)])
+    first = await next_of(member)
+    await store.ack("g", [], [first.ack_id])
+    second = await next_of(member)
+    assert second.attempt == 2
+    await store.ack("g", [], [second.ack_id])
+    info = await store.group_info("g")
+    assert info is not None
+    assert (info.dead_lettered, info.unacked) == (1, 0)
+    await store.append([new(2)])
+    assert (await next_of(member)).postback.mid == "m2"
+
+
+async def test_max_unacked_holds_back_deliveries(store: PostbackStore) -> None:
+    small = await store.join_group("g", Filter(), Start.latest(), options(max_unacked=2))
+    await store.append([new(i) for i in range(5)])
+    held = await take(small, 2)
+    # The other three wait for a member with room: a second member gets exactly them.
+    roomy = await store.join_group("g", Filter(), Start.latest(), options(max_unacked=3))
+    rest = await take(roomy, 3)
+    assert sorted(d.postback.mid for d in held + rest) == [f"m{i}" for i in range(5)]
+    # Both are full. An ack frees one slot of the small member: it gets one more, no more.
+    await store.ack("g", [held[0].ack_id], [])
+    await store.append([new(5), new(6)])
+    assert (await next_of(small)).postback.mid == "m5"
+    await store.ack("g", [rest[0].ack_id], [])
+    assert (await next_of(roomy)).postback.mid == "m6"
+
+
+async def test_group_filters_are_fixed_by_the_first_member(store: PostbackStore) -> None:
+    flt = Filter(account_ids=frozenset({"acct-1"}), payload_prefix="ORDER:")
+    member = await store.join_group("g", flt, Start.latest(), options())
+    with pytest.raises(GroupFilterMismatch):
+        await store.join_group("g", Filter(), Start.latest(), options())
+    await store.append([new(1, payload="HELP"), new(2, payload="ORDER:2")])
+    assert (await next_of(member)).postback.mid == "m2"
+    info = await store.group_info("g")
+    assert info is not None
+    assert info.filter == flt
+    assert await store.group_info("nope") is None
+
+
+async def test_group_start_applies_only_when_the_group_is_created(store: PostbackStore) -> None:
+    await store.append([new(1), new(2)])
+    member = await store.join_group("g", Filter(), Start.earliest(), options(max_unacked=1))
+    first = await next_of(member)
+    await store.ack("g", [first.ack_id], [])
+    await member.close()
+    # Joining again with another start resumes from the group's own position.
+    again = await store.join_group("g", Filter(), Start.latest(), options())
+    assert (await next_of(again)).postback.mid == "m2"
+
+
+async def test_unknown_ack_ids_and_groups(store: PostbackStore) -> None:
+    assert (await store.ack("nope", ["x"], ["y"])).unknown == ("x", "y")
+    await store.join_group("g", Filter(), Start.latest(), options())
+    result = await store.ack("g", ["x"], [])
+    assert (result.applied, result.unknown) == (0, ("x",))
+
+
+async def test_group_state_survives_a_restart(reopen: Reopen) -> None:
+    store = await reopen()
+    member = await store.join_group("g", Filter(), Start.earliest(), options(ack_deadline=0.5))
+    await store.append([new(i) for i in range(4)])
+    got = await take(member, 4)
+    await store.ack("g", [got[0].ack_id, got[1].ack_id], [])
+    await store.close()  # m2, m3 unacked, their member gone with the process
+
+    store = await reopen()
+    await store.append([new(4)])
+    member = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=0.5))
+    after = await take(member, 3)
+    by_mid = {d.postback.mid: d.attempt for d in after}
+    assert by_mid == {"m4": 1, "m2": 2, "m3": 2}

@@ -1,0 +1,280 @@
+"""Meta's webhook against the real App on loopback: handshake, signatures, bodies, batches."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from service import metrics
+from service.app import App
+from service.postbacks.webhook import sign
+from tests.postbacks.conftest import (
+    ACCOUNT,
+    ROTATED_SECRET,
+    SECRET,
+    VERIFY_TOKEN,
+    AppFactory,
+    WebhookClient,
+    appended_during,
+    delivery,
+    postback_item,
+    postbacks,
+    store_of,
+    webhook_url,
+)
+
+# --- the verification handshake ---
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        (
+            {
+                "hub.mode": "subscribe",
+                "hub.verify_token": VERIFY_TOKEN,
+                "hub.challenge": "1158201444",
+            },
+            200,
+        ),
+        ({"hub.mode": "subscribe", "hub.verify_token": "wrong", "hub.challenge": "1"}, 403),
+        ({"hub.mode": "unsubscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1"}, 403),
+        ({"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN}, 403),
+        ({}, 403),
+    ],
+)
+async def test_handshake(
+    app: App, http: aiohttp.ClientSession, query: dict[str, str], status: int
+) -> None:
+    async with http.get(webhook_url(app), params=query) as resp:
+        assert resp.status == status
+        body = await resp.text()
+    if status == 200:
+        assert body == query["hub.challenge"]
+    else:
+        assert VERIFY_TOKEN not in body
+
+
+async def test_handshake_fails_without_a_configured_token(
+    start_app: AppFactory, http: aiohttp.ClientSession
+) -> None:
+    app = await start_app(webhook={"verify_token": None})
+    query = {"hub.mode": "subscribe", "hub.verify_token": "", "hub.challenge": "1"}
+    async with http.get(webhook_url(app), params=query) as resp:
+        assert resp.status == 403
+
+
+# --- signatures ---
+
+
+async def test_unsigned_post_is_refused_and_nothing_stored(
+    app: App, webhook: WebhookClient
+) -> None:
+    (status, answer), stored = await appended_during(
+        app, webhook.post(delivery(postback_item("m1")), secret=None)
+    )
+    assert status == 401
+    assert stored == []
+    assert "sha256" not in json.dumps(answer)
+
+
+async def test_wrong_signature_is_refused_without_revealing_the_expected_one(
+    app: App, webhook: WebhookClient
+) -> None:
+    body = delivery(postback_item("m1"))
+    (status, answer), stored = await appended_during(
+        app, webhook.post(body, secret=b"not-the-app-secret")
+    )
+    assert status == 403
+    assert stored == []
+    text = json.dumps(answer)
+    for secret in (SECRET, ROTATED_SECRET):
+        assert sign(body, secret)[7:] not in text
+        assert secret.decode() not in text
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["", "sha256=", "sha1=abc", "sha256=zz", "SHA256=00", "sha256=" + "0" * 64, "garbage ü"],
+)
+async def test_malformed_signature_headers_are_refused(
+    app: App, webhook: WebhookClient, header: str
+) -> None:
+    (status, _), stored = await appended_during(
+        app, webhook.post(delivery(postback_item("m1")), signature=header)
+    )
+    assert status == 403
+    assert stored == []
+
+
+async def test_signature_over_reserialised_json_is_refused(
+    app: App, webhook: WebhookClient
+) -> None:
+    document = json.loads(delivery(postback_item("m1")))
+    sent = json.dumps(document, indent=2).encode()  # the bytes on the wire
+    reserialised = json.dumps(json.loads(sent)).encode()  # what a careless check would hash
+    assert sent != reserialised
+    (status, _), stored = await appended_during(
+        app, webhook.post(sent, signature=sign(reserialised, SECRET))
+    )
+    assert status == 403
+    assert stored == []
+    # Signed over the exact bytes it is accepted.
+    status, _ = await webhook.post(sent, secret=SECRET)
+    assert status == 200
+
+
+async def test_either_configured_secret_is_accepted_during_rotation(
+    app: App, webhook: WebhookClient
+) -> None:
+    assert (await webhook.post(delivery(postback_item("old")), secret=SECRET))[0] == 200
+    assert (await webhook.post(delivery(postback_item("new")), secret=ROTATED_SECRET))[0] == 200
+    assert (await webhook.post(delivery(postback_item("x")), secret=b"retired"))[0] == 403
+
+
+async def test_unsigned_mode_accepts_unsigned_posts(
+    start_app: AppFactory, http: aiohttp.ClientSession
+) -> None:
+    app = await start_app(webhook={"allow_unsigned": True, "app_secrets": []})
+    client = WebhookClient(http, webhook_url(app))
+    (status, _), stored = await appended_during(
+        app, client.post(delivery(postback_item("m1")), secret=None)
+    )
+    assert status == 200
+    assert [p.mid for p in stored] == ["m1"]
+
+
+# --- bodies ---
+
+
+async def test_oversize_body_gets_413_and_nothing_stored(
+    start_app: AppFactory, http: aiohttp.ClientSession
+) -> None:
+    app = await start_app(webhook={"max_body_bytes": 4096})
+    client = WebhookClient(http, webhook_url(app))
+    body = delivery(*postbacks("big", 40))
+    assert len(body) > 4096
+    (status, _), stored = await appended_during(app, client.post(body))
+    assert status == 413
+    assert stored == []
+    small = delivery(postback_item("small"))
+    assert (await client.post(small))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b"not json",
+        b"\xff\xfe\x00garbage",
+        b"[]",
+        b'"entry"',
+        b"{}",
+        b'{"object": "instagram", "entry": {}}',
+        b"[" * 100_000,
+    ],
+)
+async def test_malformed_body_gets_400_and_nothing_stored(
+    app: App, webhook: WebhookClient, body: bytes
+) -> None:
+    (status, answer), stored = await appended_during(app, webhook.post(body))
+    assert status == 400
+    assert stored == []
+    assert "error" in answer
+
+
+async def test_a_batch_of_1000_postbacks_is_stored_in_order(
+    app: App, webhook: WebhookClient
+) -> None:
+    items = postbacks("batch", 1000)
+    body = delivery(*items)
+    assert len(body) < app.settings.webhook.max_body_bytes
+    answer, stored = await appended_during(app, webhook.deliver(*items))
+    assert answer["stored"] == 1000
+    assert [p.mid for p in stored] == [f"batch-{i}" for i in range(1000)]
+    assert stored[999].payload == "P999"
+
+
+async def test_non_postback_items_are_skipped_and_counted(app: App, webhook: WebhookClient) -> None:
+    sender, recipient = {"id": "1234"}, {"id": ACCOUNT}
+    message = {"sender": sender, "recipient": recipient, "timestamp": 1, "message": {"mid": "a"}}
+    read = {"sender": sender, "recipient": recipient, "timestamp": 1, "read": {"mid": "b"}}
+    reaction = {"sender": sender, "recipient": recipient, "reaction": {"mid": "c"}}
+    no_mid = {"sender": sender, "recipient": recipient, "postback": {"payload": "P"}}
+    before = metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind="read")._value.get()
+    body = delivery(
+        postback_item("p1"), message, read, reaction, postback_item("p2"), no_mid, "junk"
+    )
+    (status, answer), stored = await appended_during(app, webhook.post(body))
+    assert status == 200
+    assert [p.mid for p in stored] == ["p1", "p2"]
+    assert answer["skipped"] == {
+        "message": 1,
+        "read": 1,
+        "reaction": 1,
+        "invalid_postback": 1,
+        "invalid_item": 1,
+    }
+    assert metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind="read")._value.get() == before + 1
+
+
+async def test_postback_fields_and_raw_json_are_kept(app: App, webhook: WebhookClient) -> None:
+    item = postback_item(
+        "m-ref",
+        payload="ORDER:42",
+        title="Order",
+        timestamp=1_502_905_976_377,
+        referral={"ref": "campaign-1", "source": "SHORTLINK", "type": "OPEN_THREAD"},
+    )
+    _, stored = await appended_during(app, webhook.post(delivery(item, obj="page")))
+    (postback,) = stored
+    assert (postback.account_id, postback.sender_id) == (ACCOUNT, item["sender"]["id"])
+    assert (postback.mid, postback.title, postback.payload) == ("m-ref", "Order", "ORDER:42")
+    assert postback.tap_time_ms == 1_502_905_976_377
+    assert json.loads(postback.raw_json) == item
+
+
+async def test_the_same_delivery_twice_is_stored_once(app: App, webhook: WebhookClient) -> None:
+    body = delivery(*postbacks("twice", 5))
+    (first, second), stored = await appended_during(app, _post_twice(webhook, body))
+    assert first == {"stored": 5, "duplicates": 0, "skipped": {}}
+    assert second == {"stored": 0, "duplicates": 5, "skipped": {}}
+    assert [p.mid for p in stored] == [f"twice-{i}" for i in range(5)]
+
+
+async def _post_twice(webhook: WebhookClient, body: bytes) -> tuple[Any, Any]:
+    answers = []
+    for _ in range(2):
+        status, answer = await webhook.post(body)
+        assert status == 200
+        answers.append(answer)
+    return answers[0], answers[1]
+
+
+async def test_a_batch_overlapping_an_earlier_one_stores_only_the_new_part(
+    app: App, webhook: WebhookClient
+) -> None:
+    items = postbacks("overlap", 15)
+    await webhook.deliver(*items[:10])
+    answer, stored = await appended_during(app, webhook.deliver(*items[5:]))
+    assert (answer["stored"], answer["duplicates"]) == (5, 5)
+    assert [p.mid for p in stored] == [f"overlap-{i}" for i in range(10, 15)]
+
+
+async def test_a_failing_store_answers_503_so_meta_retries(
+    app: App, webhook: WebhookClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_of(app), "append", broken)
+    status, answer = await webhook.post(delivery(postback_item("m1")))
+    assert status == 503
+    assert "disk" not in json.dumps(answer)
+    monkeypatch.undo()
+    status, _ = await webhook.post(delivery(postback_item("m1")))
+    assert status == 200

@@ -1,0 +1,60 @@
+"""Helpers for tests that need igbutton's JetStream layout on the session nats-server."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+from nats.js.errors import NotFoundError
+
+from service.config import Settings
+from service.storage.nats_connection import NatsLayout
+from tests.conftest import SettingsFactory
+
+
+def unique_nats_storage(servers: list[str], replicas: int = 1) -> dict[str, Any]:
+    """A ``storage`` settings section with stream and bucket names no other test uses."""
+    tag = uuid.uuid4().hex[:12]
+    return {
+        "backend": "nats",
+        "nats": {
+            "servers": servers,
+            "stream": f"T_{tag}",
+            "subject_prefix": f"t{tag}.postbacks",
+            "idempotency_bucket": f"idem_{tag}",
+            "replicas": replicas,
+        },
+    }
+
+
+def nats_test_settings(
+    make_settings: SettingsFactory, servers: list[str], **overrides: Any
+) -> Settings:
+    """Settings for the NATS backend with fresh names (see unique_nats_storage)."""
+    return make_settings(storage=unique_nats_storage(servers), **overrides)
+
+
+@contextlib.asynccontextmanager
+async def removing_layout(settings: Settings) -> AsyncIterator[NatsLayout]:
+    """Yield the settings' layout; delete its streams afterwards, so the session
+    server does not accumulate test streams."""
+    layout = NatsLayout.from_settings(settings)
+    try:
+        yield layout
+    finally:
+        client = await nats.connect(settings.storage.nats.servers)
+        try:
+            js = client.jetstream()
+            for name in (
+                layout.stream,
+                layout.dead_letter_stream,
+                f"KV_{layout.delivery_bucket}",
+                f"KV_{layout.idempotency_bucket}",
+            ):
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_stream(name)
+        finally:
+            await client.close()

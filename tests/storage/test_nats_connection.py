@@ -1,0 +1,108 @@
+"""The JetStream layout: created at start, updated when the settings change."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.storage.nats_connection import (
+    DUPLICATE_WINDOW_SECONDS,
+    NatsConnection,
+    NatsLayout,
+    redact_url,
+    subject_token,
+)
+from tests.conftest import SettingsFactory
+from tests.nats_servers import NatsServer, free_port
+from tests.storage.nats_fixtures import nats_test_settings, removing_layout
+
+
+async def test_open_creates_the_log_dead_letters_and_bucket(
+    make_settings: SettingsFactory, nats_server: NatsServer
+) -> None:
+    settings = nats_test_settings(
+        make_settings,
+        [nats_server.url],
+        postbacks={"retention_seconds": 3600},
+        idempotency={"ttl_seconds": 600},
+    )
+    async with removing_layout(settings) as layout:
+        conn = await NatsConnection.open(settings)
+        try:
+            ledger = await conn.ensure_postback_layout()
+            idempotency = await conn.ensure_idempotency_layout()
+            log_info = await conn.js.stream_info(layout.stream)
+            assert log_info.config.subjects == [f"{layout.subject_prefix}.*.*"]
+            assert log_info.config.max_age == 3600
+            assert log_info.config.duplicate_window == DUPLICATE_WINDOW_SECONDS
+            assert log_info.config.num_replicas == 1
+            dead = await conn.js.stream_info(layout.dead_letter_stream)
+            assert dead.config.subjects == layout.dead_letter_subjects()
+            status = await idempotency.status()
+            assert status.ttl == 600
+            assert status.history == 1
+            assert (await ledger.status()).ttl == 3600
+        finally:
+            await conn.close()
+
+
+async def test_a_second_start_updates_retention_and_ttl(
+    make_settings: SettingsFactory, nats_server: NatsServer
+) -> None:
+    first = nats_test_settings(make_settings, [nats_server.url])
+    async with removing_layout(first) as layout:
+        conn = await NatsConnection.open(first)
+        await conn.ensure_postback_layout()
+        await conn.ensure_idempotency_layout()
+        await conn.close()
+        changed = first.model_copy(
+            update={
+                "postbacks": first.postbacks.model_copy(update={"retention_seconds": 7200}),
+                "idempotency": first.idempotency.model_copy(update={"ttl_seconds": 120}),
+            }
+        )
+        conn = await NatsConnection.open(changed)
+        try:
+            await conn.ensure_postback_layout()
+            idempotency = await conn.ensure_idempotency_layout()
+            assert (await conn.js.stream_info(layout.stream)).config.max_age == 7200
+            assert (await idempotency.status()).ttl == 120
+        finally:
+            await conn.close()
+
+
+async def test_unreachable_nats_fails_start_without_leaking_credentials(
+    make_settings: SettingsFactory,
+) -> None:
+    url = f"nats://igbutton:hunter2-secret@127.0.0.1:{free_port()}"
+    settings = make_settings(storage={"backend": "nats", "nats": {"servers": [url]}})
+    with pytest.raises(OSError, match="cannot reach NATS") as caught:
+        await NatsConnection.open(settings, connect_window=0.5)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_subject_tokens_are_injective_and_safe() -> None:
+    values = ["17841400000000000", "a.b", "a*b", "a>b", "~x", "m_1-2", "a b", "aWdfZAG=="]
+    tokens = [subject_token(v) for v in values]
+    assert len(set(tokens)) == len(values)
+    for token in tokens:
+        assert token
+        assert not set(token) & set(".*> \t")
+    assert subject_token("17841400000000000") == "17841400000000000"
+
+
+def test_layout_subjects() -> None:
+    layout = NatsLayout(stream="S", subject_prefix="p.q", idempotency_bucket="b")
+    assert layout.postback_subject("1", "m.1") == f"p.q.1.{subject_token('m.1')}"
+    assert layout.delivery_bucket == "S_deliveries"
+    filt = layout.dead_letter_filter("g_x").split(".")
+    for subject in layout.dead_letter_subjects("g_x"):
+        tokens = subject.split(".")
+        assert len(tokens) == len(filt)
+        assert all(f in ("*", t) for f, t in zip(filt, tokens, strict=True))
+    assert layout.account_subjects(frozenset()) == ["p.q.*.*"]
+    assert layout.account_subjects(frozenset({"2", "1"})) == ["p.q.1.*", "p.q.2.*"]
+
+
+def test_redact_url() -> None:
+    assert redact_url("nats://u:p@h:4222") == "nats://h:4222"
+    assert redact_url("tls://h:4222") == "tls://h:4222"

@@ -1,0 +1,98 @@
+"""What only the JetStream engine has to show: stored-once beyond the duplicate window,
+cursors that outlive their consumer, and ack ids and deadlines across replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from service.config import Settings
+from service.storage.nats_codec import encode
+from service.storage.nats_postbacks import NatsPostbackStore
+from service.storage.postbacks import Filter, GroupOptions, Start
+from tests.conftest import SettingsFactory
+from tests.nats_servers import NatsServer
+from tests.postbacks.test_store_contract import new, next_of, take
+from tests.storage.nats_fixtures import nats_test_settings, removing_layout
+
+OpenStore = Callable[[], Awaitable[NatsPostbackStore]]
+
+
+@pytest.fixture
+async def open_store(
+    make_settings: SettingsFactory, nats_server: NatsServer
+) -> AsyncIterator[OpenStore]:
+    """Opens stores on the same streams: each one stands for a replica."""
+    settings: Settings = nats_test_settings(make_settings, [nats_server.url])
+    opened: list[NatsPostbackStore] = []
+
+    async def open_one() -> NatsPostbackStore:
+        store = await NatsPostbackStore.open(settings)
+        opened.append(store)
+        return store
+
+    async with removing_layout(settings):
+        yield open_one
+        for store in opened:
+            await store.close()
+
+
+async def test_a_retry_long_after_the_duplicate_window_is_still_a_duplicate(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    layout = store.conn.layout
+    # The first copy as if stored days ago: no Nats-Msg-Id that the window could remember.
+    await store.conn.js.publish(layout.postback_subject("acct-1", "m1"), encode(new(1)))
+    result = await store.append([new(1), new(2)])
+    assert (result.stored, result.duplicates) == (1, 1)
+    info = await store.conn.js.stream_info(layout.stream)
+    assert info.state.messages == 2
+
+
+async def test_a_cursor_outlives_its_consumer(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.append([new(i) for i in range(5)])
+    sub = await store.subscribe(Filter(), Start.earliest())
+    first = await take(sub, 2)
+    # The consumer vanishes (its node died, or it idled past its inactivity threshold).
+    names = await store.conn.js.consumers_info(store.conn.layout.stream)
+    for info in names:
+        await store.conn.js.delete_consumer(store.conn.layout.stream, info.name)
+    await store.append([new(i) for i in range(5, 8)])
+    rest = await take(sub, 6)
+    assert [p.mid for p in first + rest] == [f"m{i}" for i in range(8)]
+
+
+async def test_an_ack_through_another_replica_frees_the_members_slot(
+    open_store: OpenStore,
+) -> None:
+    a, b = await open_store(), await open_store()
+    options = GroupOptions(ack_deadline=30, max_unacked=1, max_attempts=5)
+    member = await a.join_group("g", Filter(), Start.latest(), options)
+    await a.append([new(1), new(2)])
+    first = await next_of(member)
+    assert (await b.ack("g", [first.ack_id], [])).applied == 1
+    second = await next_of(member)  # the slot was freed by an ack on the other replica
+    assert second.postback.mid == "m2"
+    again = await b.ack("g", [first.ack_id], [])
+    assert again.unknown == (first.ack_id,)
+
+
+async def test_a_member_keeps_its_own_longer_deadline(open_store: OpenStore) -> None:
+    store = await open_store()
+    short = GroupOptions(ack_deadline=0.3, max_unacked=10, max_attempts=5)
+    creator = await store.join_group("g", Filter(), Start.latest(), short)
+    await creator.close()  # the group's AckWait stays 0.3 s
+    longer = GroupOptions(ack_deadline=1.5, max_unacked=10, max_attempts=5)
+    member = await store.join_group("g", Filter(), Start.latest(), longer)
+    await store.append([new(1)])
+    first = await next_of(member)
+    # JetStream would redeliver after 0.3 s; the member keeps it in progress until 1.5 s.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(anext(member), 1.0)
+    again = await next_of(member)
+    assert (again.postback.mid, again.attempt) == ("m1", 2)
+    assert first.attempt == 1
