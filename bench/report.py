@@ -306,6 +306,13 @@ def _knob_table(all_results: list[dict[str, Any]]) -> list[str]:
                 f"| {_fmt(ratios.get(target))} "
                 f"| {_fmt(added.get(target, {}).get('p50_ms'), 3)} | {postbacks} |"
             )
+        for target, reason in res.get("send", {}).get("skipped", {}).items():
+            if target.startswith("igbutton") and "@" not in target:
+                last = reason.strip().splitlines()[-1][:100] if reason.strip() else "?"
+                lines.append(
+                    f"| {meta['label']}, {meta['started_at']}, `{meta['commit']}` | {target} "
+                    f"| | | not run: {last} | | | | | |"
+                )
     return lines
 
 
