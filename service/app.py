@@ -196,9 +196,8 @@ class App:
         site = web.TCPSite(runner, host, port)
         await site.start()
         self._sites.runners.append(runner)
-        server = site._server  # aiohttp exposes the bound port only here
-        assert isinstance(server, asyncio.base_events.Server)
-        bound: int = server.sockets[0].getsockname()[1]
+        # The runner's public addresses work on any event loop (uvloop included).
+        bound: int = runner.addresses[0][1]
         return bound
 
     # --- Extension points. Each belongs to one part of the service. ---

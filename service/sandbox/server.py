@@ -112,9 +112,8 @@ class Sandbox:
         except BaseException:
             await runner.cleanup()
             raise
-        server = site._server  # aiohttp exposes the bound port only here
-        assert isinstance(server, asyncio.base_events.Server)
-        self._port = server.sockets[0].getsockname()[1]
+        # The runner's public addresses work on any event loop (uvloop included).
+        self._port = runner.addresses[0][1]
         self._runner = runner
         self._session = aiohttp.ClientSession()
         log.info("sandbox listening", extra={"sandbox_url": self.url})
