@@ -4,7 +4,7 @@
 ``igbutton-server`` with two knobs read from the environment, so the lead can measure
 whether they help without changing service/:
 
-- ``IGBUTTON_BENCH_UVLOOP=1``: install uvloop's event loop policy before service.main.main.
+- ``IGBUTTON_BENCH_UVLOOP=1``: run on uvloop; otherwise on asyncio's loop (``IGBUTTON_EVENT_LOOP``).
 - ``IGBUTTON_BENCH_WORKERS=N`` (N > 1): a supervisor starts N igbutton processes that share
   the gRPC and webhook ports through SO_REUSEPORT. service/ binds gRPC with
   ``grpc.so_reuseport=0`` and aiohttp without ``reuse_port``; here each worker patches
@@ -29,15 +29,14 @@ from typing import Any
 
 
 def use_uvloop_if_asked() -> bool:
-    """Install uvloop's policy when IGBUTTON_BENCH_UVLOOP=1; return whether it did."""
-    if os.environ.get("IGBUTTON_BENCH_UVLOOP", "") not in ("1", "true", "yes"):
-        return False
-    import asyncio
+    """Choose igbutton's event loop: uvloop when IGBUTTON_BENCH_UVLOOP=1, else asyncio's.
 
-    import uvloop
-
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
+    igbutton runs on uvloop by default (its ``event_loop`` setting); the benchmark pins the
+    loop either way so that the ``igbutton`` and ``igbutton_uvloop`` targets stay comparable.
+    """
+    wanted = os.environ.get("IGBUTTON_BENCH_UVLOOP", "") in ("1", "true", "yes")
+    os.environ["IGBUTTON_EVENT_LOOP"] = "uvloop" if wanted else "asyncio"
+    return wanted
 
 
 def _patch_reuseport() -> None:

@@ -351,6 +351,8 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The asyncio event loop; uvloop measured 7-8 % more sends/s (docs/performance.md)."""
     accounts: list[Account] = Field(default_factory=list)
     """Instagram accounts to send from."""
     callers: list[Caller] = Field(default_factory=list)
