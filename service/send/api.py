@@ -68,7 +68,9 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             raise AssertionError("abort returned") from None
         metrics.SENDS.labels("replayed" if replayed else "sent").inc()
-        log.info(
+        # DEBUG, not INFO: a line per success cost 8 % of the event loop under load (py-spy,
+        # docs/performance.md), and metrics and traces already count and follow successes.
+        log.debug(
             "replayed" if replayed else "sent",
             extra={"account_id": valid.account.id, "message_id": result.message_id},
         )

@@ -48,6 +48,10 @@ class ValidSend:
     """Empty when the caller gave none (no idempotency)."""
 
 
+# Built once: MessageTag.values() builds a new list on every call.
+_KNOWN_TAGS = frozenset(button_template_pb2.MessageTag.values())
+
+
 def validate_send(request: SendRequest, settings: Settings) -> ValidSend:
     """Return the validated send, or raise InvalidRequest listing every violation."""
     violations: list[FieldViolation] = []
@@ -62,7 +66,7 @@ def validate_send(request: SendRequest, settings: Settings) -> ValidSend:
         request_id = request.request_id
         _check_request_id(request_id, violations)
     human_agent = request.tag == button_template_pb2.MESSAGE_TAG_HUMAN_AGENT
-    if request.tag not in button_template_pb2.MessageTag.values():
+    if request.tag not in _KNOWN_TAGS:
         violations.append(FieldViolation("tag", f"unknown message tag {request.tag}"))
     if violations:
         if all(v.field == "account_id" for v in violations):
