@@ -5,8 +5,8 @@ Environment knobs (all optional):
   BENCH_BACKENDS=sqlite,nats  storage backends for the postback benchmark
   BENCH_LABEL=name            results file name (default: from the plan and server knobs)
   BENCH_SEND_TARGETS=a,b      send targets, e.g. grpc_ceiling,http_ceiling,igbutton,
-                              igbutton_uvloop,igbutton_workers2 (knobs side by side)
-  IGBUTTON_BENCH_UVLOOP=1     run igbutton on uvloop
+                              igbutton_asyncio,igbutton_workers2 (knobs side by side)
+  IGBUTTON_BENCH_UVLOOP=0     run igbutton on asyncio's loop (default: uvloop, as shipped)
   IGBUTTON_BENCH_WORKERS=N    run igbutton as N SO_REUSEPORT worker processes
 """
 
@@ -38,8 +38,8 @@ SECTIONS = ("send", "postbacks")
 
 def _label(plan: Plan, knobs: ServerKnobs) -> str:
     parts = [] if plan.name == "full" else [plan.name]
-    if knobs.uvloop:
-        parts.append("uvloop")
+    if not knobs.uvloop:
+        parts.append("asyncio")
     if knobs.workers > 1:
         parts.append(f"workers{knobs.workers}")
     return "-".join(parts) or "default"

@@ -31,9 +31,16 @@ class Plan:
     send_warmup: float
     send_repeats: int = 1
     """Rounds per concurrency level; each round runs every target once (medians reported)."""
-    send_targets: tuple[str, ...] = ("grpc_ceiling", "http_ceiling", "igbutton", "igbutton_inproc")
-    """Send targets; ``igbutton_uvloop``, ``igbutton_workers2`` (any N), ``igbutton_inproc_uvloop``
-    ... run igbutton with those knobs side by side with the plain one (BENCH_SEND_TARGETS)."""
+    send_targets: tuple[str, ...] = (
+        "grpc_ceiling",
+        "http_ceiling",
+        "igbutton",
+        "igbutton_asyncio",
+        "igbutton_inproc",
+    )
+    """Send targets; ``igbutton`` runs the defaults (uvloop); ``igbutton_asyncio``,
+    ``igbutton_workers2`` (any N), ``igbutton_inproc_asyncio`` ... run igbutton with those
+    knobs side by side with the plain one (BENCH_SEND_TARGETS)."""
     throughput_batches: tuple[int, ...] = (1, 50)
     throughput_concurrency: int = 16
     postback_duration: float = 8.0

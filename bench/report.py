@@ -23,7 +23,7 @@ SEND_TARGETS = ("grpc_ceiling", "http_ceiling", "igbutton", "igbutton_inproc")
 SEND_LABELS = {
     "grpc_ceiling": "gRPC ceiling (trivial grpc.aio servicer)",
     "http_ceiling": "HTTP ceiling (aiohttp POST to the sandbox)",
-    "igbutton": "igbutton -> sandbox (own process)",
+    "igbutton": "igbutton -> sandbox (own process; defaults: uvloop)",
     "igbutton_inproc": "igbutton -> in-process sandbox",
 }
 

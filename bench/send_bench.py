@@ -89,10 +89,10 @@ class Target:
 
 
 def target_knobs(target: str, knobs: ServerKnobs) -> ServerKnobs:
-    """The server knobs of an igbutton target: ``_uvloop`` and ``_workersN`` suffixes."""
+    """The server knobs of an igbutton target: ``_uvloop``, ``_asyncio``, ``_workersN``."""
     for part in target.split("_")[1:]:
-        if part == "uvloop":
-            knobs = dataclasses.replace(knobs, uvloop=True)
+        if part in ("uvloop", "asyncio"):
+            knobs = dataclasses.replace(knobs, uvloop=part == "uvloop")
         elif part.startswith("workers") and part[7:].isdigit():
             knobs = dataclasses.replace(knobs, workers=int(part[7:]))
     return knobs

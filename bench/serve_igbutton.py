@@ -4,7 +4,8 @@
 ``igbutton-server`` with two knobs read from the environment, so the lead can measure
 whether they help without changing service/:
 
-- ``IGBUTTON_BENCH_UVLOOP=1``: run on uvloop; otherwise on asyncio's loop (``IGBUTTON_EVENT_LOOP``).
+- ``IGBUTTON_BENCH_UVLOOP=0``: run on asyncio's loop instead of the default uvloop
+  (igbutton's ``IGBUTTON_EVENT_LOOP`` setting).
 - ``IGBUTTON_BENCH_WORKERS=N`` (N > 1): a supervisor starts N igbutton processes that share
   the gRPC and webhook ports through SO_REUSEPORT. service/ binds gRPC with
   ``grpc.so_reuseport=0`` and aiohttp without ``reuse_port``; here each worker patches
@@ -29,12 +30,12 @@ from typing import Any
 
 
 def use_uvloop_if_asked() -> bool:
-    """Choose igbutton's event loop: uvloop when IGBUTTON_BENCH_UVLOOP=1, else asyncio's.
+    """Choose igbutton's event loop: uvloop unless IGBUTTON_BENCH_UVLOOP=0, then asyncio's.
 
     igbutton runs on uvloop by default (its ``event_loop`` setting); the benchmark pins the
     loop either way so that the ``igbutton`` and ``igbutton_uvloop`` targets stay comparable.
     """
-    wanted = os.environ.get("IGBUTTON_BENCH_UVLOOP", "") in ("1", "true", "yes")
+    wanted = os.environ.get("IGBUTTON_BENCH_UVLOOP", "1") in ("1", "true", "yes")
     os.environ["IGBUTTON_EVENT_LOOP"] = "uvloop" if wanted else "asyncio"
     return wanted
 

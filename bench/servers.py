@@ -26,7 +26,8 @@ class ServerKnobs:
     """How igbutton runs in this benchmark (recorded with the results)."""
 
     backend: str = "sqlite"
-    uvloop: bool = False
+    uvloop: bool = True
+    """igbutton's default event loop; ``IGBUTTON_BENCH_UVLOOP=0`` measures asyncio's."""
     workers: int = 1
 
     @classmethod
@@ -34,7 +35,7 @@ class ServerKnobs:
         """Read IGBUTTON_BENCH_BACKEND, IGBUTTON_BENCH_UVLOOP, IGBUTTON_BENCH_WORKERS."""
         return cls(
             backend=os.environ.get("IGBUTTON_BENCH_BACKEND", "sqlite"),
-            uvloop=os.environ.get("IGBUTTON_BENCH_UVLOOP", "") in ("1", "true", "yes"),
+            uvloop=os.environ.get("IGBUTTON_BENCH_UVLOOP", "1") in ("1", "true", "yes"),
             workers=max(1, int(os.environ.get("IGBUTTON_BENCH_WORKERS", "1") or "1")),
         )
 
