@@ -119,9 +119,12 @@ def filter_from_json(text: str) -> Filter:
 # --- the log ---
 
 
-def append(conn: sqlite3.Connection, postbacks: Sequence[NewPostback], now_ms: int) -> AppendResult:
-    """Insert postbacks not yet in the log, keyed on (account_id, mid)."""
-    stored = 0
+def append(
+    conn: sqlite3.Connection, postbacks: Sequence[NewPostback], now_ms: int
+) -> tuple[AppendResult, list[StoredPostback]]:
+    """Insert postbacks not yet in the log, keyed on (account_id, mid); also return the rows
+    stored, in sequence order, so live cursors can be served without reading them back."""
+    stored: list[StoredPostback] = []
     for p in postbacks:
         cursor = conn.execute(
             "INSERT INTO postbacks (account_id, sender_id, mid, title, payload, tap_time_ms,"
@@ -138,9 +141,22 @@ def append(conn: sqlite3.Connection, postbacks: Sequence[NewPostback], now_ms: i
                 p.raw_json,
             ),
         )
-        if cursor.fetchone() is not None:
-            stored += 1
-    return AppendResult(stored=stored, duplicates=len(postbacks) - stored)
+        row = cursor.fetchone()
+        if row is not None:
+            stored.append(
+                StoredPostback(
+                    sequence=int(row[0]),
+                    account_id=p.account_id,
+                    sender_id=p.sender_id,
+                    mid=p.mid,
+                    title=p.title,
+                    payload=p.payload,
+                    tap_time_ms=p.tap_time_ms,
+                    received_ms=now_ms,
+                    raw_json=p.raw_json,
+                )
+            )
+    return AppendResult(stored=len(stored), duplicates=len(postbacks) - len(stored)), stored
 
 
 def last_sequence(conn: sqlite3.Connection) -> int:

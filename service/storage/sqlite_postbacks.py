@@ -37,6 +37,10 @@ from service.storage.sqlite_threads import SqliteReaders, SqliteWriter
 log = logging.getLogger(__name__)
 
 _PRUNE_BATCH = 5000
+# Postbacks kept in memory after they are committed, so that live subscribers (the common
+# case: at the tail of the log) are served without a read per wake-up. With 10 subscribers
+# at 500 postbacks/s that saves 5,000 reads a second through the reader threads.
+_TAIL_SIZE = 4096
 """Rows one prune transaction deletes, so pruning never blocks appends for long."""
 
 
@@ -54,6 +58,9 @@ class SqlitePostbackStore:
         self._cursors: set[_SqliteSubscription] = set()
         self._members: dict[str, set[_SqliteGroupMember]] = {}
         self._closed = False
+        self._tail: deque[StoredPostback] = deque()
+        self._tail_floor = 0
+        """Every postback with a sequence above this is in the log and in ``_tail``."""
 
     @classmethod
     async def open(cls, path: Path) -> SqlitePostbackStore:
@@ -61,6 +68,8 @@ class SqlitePostbackStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         store = cls(path)
         await store._writer.start()
+        # Before any append: everything committed from now on also lands in the tail.
+        store._tail_floor = await store._writer.run(sql.last_sequence)
         return store
 
     @property
@@ -84,13 +93,20 @@ class SqlitePostbackStore:
         batch = list(postbacks)
         if not batch:
             return AppendResult(0, 0)
-        return await self._writer.run(
+        result, _ = await self._writer.run(
             lambda conn: sql.append(conn, batch, _now_ms()), self._on_appended
         )
+        return result
 
-    def _on_appended(self, result: AppendResult) -> None:
-        if result.stored == 0:
+    def _on_appended(self, appended: tuple[AppendResult, list[StoredPostback]]) -> None:
+        # Called in commit order, so the tail stays in sequence order.
+        _, stored = appended
+        if not stored:
             return
+        for postback in stored:
+            if len(self._tail) >= _TAIL_SIZE:
+                self._tail_floor = self._tail.popleft().sequence
+            self._tail.append(postback)
         for cursor in self._cursors:
             cursor.wake()
         for members in self._members.values():
@@ -106,7 +122,19 @@ class SqlitePostbackStore:
         return cursor
 
     async def _read_page(self, after: int) -> list[StoredPostback]:
+        if after >= self._tail_floor:
+            return self._tail_page(after)
         return await self._readers.run(lambda conn: sql.read_page(conn, after))
+
+    def _tail_page(self, after: int) -> list[StoredPostback]:
+        # Walk back from the newest: a live cursor is only a few postbacks behind.
+        newer: list[StoredPostback] = []
+        for postback in reversed(self._tail):
+            if postback.sequence <= after:
+                break
+            newer.append(postback)
+        newer.reverse()
+        return newer[: sql.PAGE_SIZE]
 
     async def prune(self, older_than_ms: int) -> int:
         """See PostbackStore.prune."""
@@ -116,6 +144,11 @@ class SqlitePostbackStore:
             deleted = await self._writer.run(
                 lambda conn: sql.prune(conn, older_than_ms, _PRUNE_BATCH)
             )
+            if deleted and self._tail:
+                # Pruned postbacks must not be served from memory: start the tail afresh
+                # (cursors read the log until new appends refill it; pruning is rare).
+                self._tail_floor = self._tail[-1].sequence
+                self._tail.clear()
             total += deleted
             if deleted < _PRUNE_BATCH:
                 return total

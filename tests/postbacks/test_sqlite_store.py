@@ -83,3 +83,44 @@ async def test_a_new_postback_is_durable_before_append_returns(tmp_path: Path) -
         other.close()
     finally:
         await store.close()
+
+
+async def test_a_live_subscriber_is_served_from_memory(
+    store: SqlitePostbackStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = await store.subscribe(Filter(), Start.latest())
+    reads = 0
+    real_run = store._readers.run
+
+    async def counting_run(work: object) -> object:
+        nonlocal reads
+        reads += 1
+        return await real_run(work)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store._readers, "run", counting_run)
+    await store.append([new(i) for i in range(3)])
+    got = [await next_of(sub) for _ in range(3)]
+    assert [p.mid for p in got] == [new(i).mid for i in range(3)]
+    assert reads == 0
+
+
+async def test_a_cursor_behind_the_memory_tail_reads_the_log_without_a_gap(
+    store: SqlitePostbackStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("service.storage.sqlite_postbacks._TAIL_SIZE", 4)
+    for i in range(10):
+        await store.append([new(i)])
+    sub = await store.subscribe(Filter(), Start.earliest())
+    got = [await next_of(sub) for _ in range(10)]
+    assert [p.mid for p in got] == [new(i).mid for i in range(10)]
+    assert [p.sequence for p in got] == sorted(p.sequence for p in got)
+    await store.append([new(10)])
+    assert (await next_of(sub)).mid == new(10).mid
+
+
+async def test_pruned_postbacks_are_not_served_from_memory(store: SqlitePostbackStore) -> None:
+    await store.append([new(i) for i in range(5)])
+    assert await store.prune(older_than_ms=2**62) == 5
+    await store.append([new(5)])
+    sub = await store.subscribe(Filter(), Start.earliest())
+    assert (await next_of(sub)).mid == new(5).mid
