@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -19,13 +20,12 @@ from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_se
 from pydantic import SecretStr
 
 from service import tracing
-from service.auth import CallerAuthInterceptor
 from service.config import Account, Settings
 from service.ops_http import build_ops_app
 from service.postbacks.api import PostbackApi
 from service.postbacks.retention import RetentionPruner
 from service.postbacks.webhook import Webhook
-from service.rpc_metrics import RpcMetricsInterceptor
+from service.rpc_middleware import Registrar, RpcMiddleware
 from service.sandbox import Sandbox
 from service.send import SendPath
 from service.send.idempotency import IdempotencyStore
@@ -97,18 +97,22 @@ class App:
             await self._start_sandbox()
         await self._start_storage()
         self._grpc = grpc.aio.server(
-            interceptors=self._interceptors(),
+            interceptors=tracing.configure(self.settings.tracing) or None,
             options=[
                 ("grpc.max_concurrent_streams", self.settings.grpc.max_concurrent_streams),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        # Generated add_*_to_server functions register through the middleware.
+        services: Any = Registrar(self._grpc, RpcMiddleware(self.settings.callers))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, services)
+        # The real server: reflection picks its asyncio servicer by the server's type, and
+        # the middleware would pass its open, request-streaming methods through unchanged.
         reflection.enable_server_reflection(
             (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
-        self._add_send_service(self._grpc)
-        self._add_postback_service(self._grpc)
+        self._add_send_service(services)
+        self._add_postback_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
         self.ports.http = await self._serve_http(
@@ -246,18 +250,6 @@ class App:
             await self.postback_store.close()
 
     # Send path (service/send/).
-    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """Server interceptors: metrics, then caller authentication.
-
-        Metrics is outermost so calls refused by authentication are counted (and logged
-        with a call id) too.
-        """
-        return [
-            *tracing.configure(self.settings.tracing),
-            RpcMetricsInterceptor(),
-            CallerAuthInterceptor(self.settings.callers),
-        ]
-
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
         self.send = SendPath(self.settings, store=self._idempotency_store)

@@ -13,7 +13,7 @@ import contextvars
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -69,7 +69,7 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
+class CallerAuth:
     """Checks the caller's bearer token and records who is calling."""
 
     def __init__(self, callers: Sequence[Caller]) -> None:
@@ -77,7 +77,12 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
             (c, _digest(c.token.get_secret_value() if c.token else "")) for c in callers
         ]
 
-    def identify(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller | None:
+    @property
+    def enabled(self) -> bool:
+        """Whether callers are configured (otherwise the API is open)."""
+        return bool(self._callers)
+
+    def identify(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller | None:
         """The caller whose token the metadata carries, or None."""
         values = [v for k, v in metadata or () if k.lower() == "authorization"]
         if len(values) != 1 or not isinstance(values[0], str):
@@ -92,47 +97,37 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):
                 found = caller
         return found
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Let authenticated (or open) calls through; answer the rest UNAUTHENTICATED."""
-        handler = await continuation(handler_call_details)
-        if not self._callers or handler is None:
-            return handler
-        method: str = handler_call_details.method
-        if method.startswith(OPEN_SERVICE_PREFIXES):
-            return handler
-        caller = self.identify(handler_call_details.invocation_metadata)
+    async def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        """Record the call's caller, or end the call UNAUTHENTICATED (abort raises)."""
+        caller = self.identify(context.invocation_metadata())
         if caller is None:
             log.info("caller not authenticated", extra={"method": method})
-            return _rejecting(handler)
-        # Documented: the interceptor's context is the one the handler runs in.
+            await context.abort_with_status(_UNAUTHENTICATED.to_status())
+        # The call's own task: the servicer it runs next sees this value.
         current_caller.set(caller)
-        return handler
 
+    def guard_streaming(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """A request-streaming handler that admits the caller first."""
+        deserialize = handler.request_deserializer
+        serialize = handler.response_serializer
+        admit = self.admit
+        if handler.stream_unary is not None:
+            inner_unary: Any = handler.stream_unary
 
-def _rejecting(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same shape that ends the call UNAUTHENTICATED."""
+            async def unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                await admit(method, context)
+                return await inner_unary(requests, context)
 
-    async def unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort_with_status(_UNAUTHENTICATED.to_status())
+            return grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
+        inner_stream: Any = handler.stream_stream
 
-    async def streaming(
-        _request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        await context.abort_with_status(_UNAUTHENTICATED.to_status())
-        yield  # pragma: no cover - makes this an async generator
+        async def streaming(
+            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            await admit(method, context)
+            async for item in inner_stream(requests, context):
+                yield item
 
-    deserialize = handler.request_deserializer
-    serialize = handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(streaming, deserialize, serialize)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary, deserialize, serialize)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming, deserialize, serialize)
-    return grpc.unary_unary_rpc_method_handler(unary, deserialize, serialize)

@@ -8,11 +8,10 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from service import logs
+from service import event_loop, logs
 from service.app import App, Ports
 from service.config import ConfigError, Settings
 
@@ -62,18 +61,6 @@ async def serve(
         await app.stop()
 
 
-def _run(main_coroutine: Coroutine[Any, Any, None], event_loop: str) -> None:
-    if event_loop == "uvloop":
-        try:
-            import uvloop
-        except ImportError:  # a platform without uvloop wheels
-            log.warning("uvloop is not installed; running on asyncio's own loop")
-        else:
-            uvloop.run(main_coroutine)
-            return
-    asyncio.run(main_coroutine)
-
-
 def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None = None) -> int:
     """Entry point of ``igbutton-server``; ``on_ready`` is called once every port is bound."""
     args = _parser().parse_args(argv)
@@ -86,7 +73,7 @@ def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None
         return 2
     logs.configure(settings.log)
     try:
-        _run(serve(settings, args.ports_file, on_ready), settings.event_loop)
+        event_loop.run(serve(settings, args.ports_file, on_ready), settings.event_loop)
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from service import event_loop
 from service.sandbox.server import Sandbox
 
 
@@ -30,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ACCOUNT=TOKEN",
         help="accept only this token for this account (repeatable); "
         "without any, every non-empty token is accepted",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="the event loop to run on (default: uvloop)",
     )
     return parser
 
@@ -79,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print("sandbox: --webhook-url needs --app-secret-file to sign taps", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_run(args, tokens, secret))
+        event_loop.run(_run(args, tokens, secret), args.event_loop)
     except OSError as exc:
         print(f"sandbox: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -29,6 +29,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import yarl
 from igbutton.v1 import errors_pb2
 
 from service import metrics, tracing
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 R = errors_pb2.ErrorReason
 _MAX_ANSWER_BYTES = 1 << 20
 _REDACTED = "[redacted]"
+_USER_AGENT = "igbutton"
+_MAX_CACHED_URLS = 1024
 
 
 class _AttemptFailed(Exception):
@@ -84,6 +87,7 @@ class GraphClient:
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._rand = rand
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -97,6 +101,9 @@ class GraphClient:
                 timeout=aiohttp.ClientTimeout(total=None),
                 trace_configs=[trace],
                 raise_for_status=False,
+                # The Graph API sets no cookies we need; not parsing them saves time per call.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": _USER_AGENT},
             )
         return self._session
 
@@ -169,6 +176,15 @@ class GraphClient:
             raise
         metrics.RATE_LIMIT_WAITS.labels(account_id).observe(time.monotonic() - started)
 
+    def _url(self, url: str) -> yarl.URL:
+        # Parsing the same few URLs (one per account) on every call costs more than a dict.
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= _MAX_CACHED_URLS:
+                self._urls.clear()
+            parsed = self._urls[url] = yarl.URL(url)
+        return parsed
+
     def _backoff_cap(self, attempt: int) -> float:
         grown = self._settings.backoff_initial_seconds * 2.0 ** (attempt - 1)
         return min(self._settings.backoff_max_seconds, grown)
@@ -182,18 +198,17 @@ class GraphClient:
         attempt: int,
     ) -> SendResult:
         headers = {"Content-Type": "application/json"}
-        params: dict[str, str] | None = None
+        url = self._url(request.url)
         if self._settings.token_in == "header":  # noqa: S105 - a mode, not a secret
             headers["Authorization"] = f"Bearer {token}"
         else:
-            params = {"access_token": token}
+            url = url.with_query(access_token=token)
         try:
             async with asyncio.timeout(deadline - time.monotonic()):
                 async with self._http().post(
-                    request.url,
+                    url,
                     data=request.body_json.encode(),
                     headers=headers,
-                    params=params,
                     allow_redirects=False,
                     trace_request_ctx=tracker,
                 ) as response:
