@@ -154,14 +154,56 @@ def _rate(run: dict[str, Any]) -> str:
     )
 
 
+def cpu_us_per_call(run: dict[str, Any], role: str) -> float | None:
+    """CPU microseconds per completed call, of one role (server, sandbox, machine)."""
+    usage = run.get("usage", {}).get(role, {})
+    seconds = usage.get("cpu_seconds")
+    if seconds is None or not run.get("calls"):
+        return None
+    return float(seconds) * 1e6 / run["calls"]
+
+
+def _per_call_cell(run: dict[str, Any]) -> str:
+    server = cpu_us_per_call(run, "server")
+    sandbox = cpu_us_per_call(run, "sandbox")
+    machine = cpu_us_per_call(run, "machine")
+    first = _fmt(server, 0) if sandbox is None else f"{_fmt(server, 0)} (+{_fmt(sandbox, 0)})"
+    return f"{first} / {_fmt(machine, 0)}"
+
+
+def _budget_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Machine CPU per call at each target's best concurrency: what the ratio is made of."""
+    best: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        if run["calls"] and run["calls_per_s"] > best.get(run["target"], {}).get("calls_per_s", 0):
+            best[run["target"]] = run
+    ceiling = best.get("grpc_ceiling")
+    ceiling_us = cpu_us_per_call(ceiling, "machine") if ceiling else None
+    if ceiling_us is None:
+        return []
+    parts = [
+        f"{_label(t)} {_fmt(cpu_us_per_call(r, 'machine'), 0)} µs"
+        for t, r in best.items()
+        if t.startswith("igbutton")
+    ]
+    return [
+        "",
+        "Whole-machine CPU per call at each path's best concurrency (load generator, servers "
+        f"and sandbox together): gRPC ceiling {_fmt(ceiling_us, 0)} µs, "
+        + ", ".join(parts)
+        + f". On a saturated machine, 0.5 x the ceiling's calls/s needs at most "
+        f"{_fmt(2 * ceiling_us, 0)} µs per igbutton call.",
+    ]
+
+
 def _send_tables(results: dict[str, Any]) -> list[str]:
     send = results.get("send", {})
     lines = [
         "### Send",
         "",
         "| path | callers | calls/s (spread) | p50 ms | p90 ms | p99 ms | server CPU % "
-        "| server peak RSS MB | all cores busy % |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU µs per call: server / whole machine | server peak RSS MB | all cores busy % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for target in _send_targets(send.get("runs", [])):
         for run in sorted(
@@ -176,11 +218,11 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {_label(target)} | {run['concurrency']} | {_rate(run)} "
                 f"| {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | {_fmt(lat['p99_ms'])} "
-                f"| {_fmt(cpu, 0)} | {_fmt(server['peak_rss_mb'], 1)} "
+                f"| {_fmt(cpu, 0)} | {_per_call_cell(run)} | {_fmt(server['peak_rss_mb'], 1)} "
                 f"| {_fmt(run['usage'].get('machine', {}).get('busy_percent_of_all_cores'), 0)} |"
             )
     for target, reason in send.get("skipped", {}).items():
-        lines.append(f"| {_label(target)} | – | not run: {reason} | | | | | | |")
+        lines.append(f"| {_label(target)} | – | not run: {reason} | | | | | | | |")
     summary = send.get("summary", {})
     ratios = summary.get("best_ratio_vs_grpc_ceiling", {})
     lines += [
@@ -192,6 +234,7 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
         )
         + ".",
     ]
+    lines += _budget_lines(send.get("runs", []))
     for target, added in summary.get("added_latency_c1", {}).items():
         lines.append(
             f"Added latency at 1 caller ({_label(target)} minus a direct POST): "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,18 +50,17 @@ class SendLog:
         if max_records < 1:
             raise ValueError("max_records must be at least 1")
         self._max_records = max_records
-        self.received: list[RecordedSend] = []
+        self.received: deque[RecordedSend] = deque()
         self._messages: dict[str, StoredMessage] = {}
 
     def record(self, send: RecordedSend) -> None:
         """Append a send; beyond the bound the oldest sends and their messages are forgotten."""
         self.received.append(send)
-        excess = len(self.received) - self._max_records
-        if excess > 0:
-            for old in self.received[:excess]:
-                if old.message_id is not None:
-                    self._messages.pop(old.message_id, None)
-            del self.received[:excess]
+        # popleft, not del list[:n]: a full log would move every record on each send.
+        while len(self.received) > self._max_records:
+            old = self.received.popleft()
+            if old.message_id is not None:
+                self._messages.pop(old.message_id, None)
 
     def accept(self, send: RecordedSend, message_id: str, message: StoredMessage) -> None:
         """Mark a recorded send accepted under ``message_id`` and keep its message."""

@@ -131,7 +131,7 @@ class Sandbox:
     @property
     def received(self) -> list[RecordedSend]:
         """Every send that reached the sandbox (accepted or not), in arrival order."""
-        return self._log.received
+        return list(self._log.received)
 
     @property
     def port(self) -> int:

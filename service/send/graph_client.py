@@ -349,9 +349,19 @@ class GraphClient:
         raise _AttemptFailed(error, retry, "http_error")
 
 
+# The success path's children, bound once: labels() takes a lock and a lookup per call.
+_OK_CALLS = metrics.GRAPH_CALLS.labels("ok", "")
+_OK_LATENCY = metrics.GRAPH_LATENCY.labels("ok")
+
+
 def _observe(outcome: str, graph_code: str, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    if outcome == "ok" and not graph_code:
+        _OK_CALLS.inc()
+        _OK_LATENCY.observe(elapsed)
+        return
     metrics.GRAPH_CALLS.labels(outcome, graph_code).inc()
-    metrics.GRAPH_LATENCY.labels(outcome).observe(time.perf_counter() - started)
+    metrics.GRAPH_LATENCY.labels(outcome).observe(elapsed)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:

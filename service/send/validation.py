@@ -192,7 +192,7 @@ def url_problem(url: str) -> str | None:
         return "required"
     if len(url) > URL_MAX:
         return f"at most {URL_MAX} characters, got {len(url)}"
-    if any(ch in _URL_FORBIDDEN or not ch.isprintable() for ch in url):
+    if not url.isprintable() or not _URL_FORBIDDEN.isdisjoint(url):
         return "must not contain spaces, control characters or unescaped delimiters"
     try:
         parts = urllib.parse.urlsplit(url)
