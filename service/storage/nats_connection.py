@@ -100,10 +100,11 @@ class NatsLayout:
         dead-lettered": JetStream's advisory when the last attempt's ack wait ran out,
         and igbutton's own record of a nack on the last attempt. Both have seven tokens
         ending in stream and consumer, so ``dead_letter_filter`` matches them at once."""
-        return [
-            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{consumer}",
-            self.nacked_dead_letter_subject(consumer),
-        ]
+        return [self.max_deliveries_subject(consumer), self.nacked_dead_letter_subject(consumer)]
+
+    def max_deliveries_subject(self, consumer: str = "*") -> str:
+        """Where JetStream announces a delivery whose last attempt's ack wait ran out."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{consumer}"
 
     def nacked_dead_letter_subject(self, consumer: str) -> str:
         """Where igbutton records a nack on a delivery's last attempt."""

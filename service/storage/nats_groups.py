@@ -19,7 +19,9 @@ frees its slot.
 **Dead letters.** When a delivery's last attempt times out JetStream emits a
 MAX_DELIVERIES advisory (while a member is pulling); a nack on the last attempt is
 recorded by igbutton and then terminated (``+TERM``). The dead-letter stream keeps both,
-so a group's dead-letter count is one subject count away, on every replica.
+so a group's dead-letter count is one subject count away, on every replica. The metric
+counts a nack where it is applied, and an advisory on the one replica that receives it
+(see ``ExpiredDeadLetters``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ def consumer_name(group: str) -> str:
     if not GROUP_NAME_RE.match(group):
         raise ValueError(f"invalid group name {group!r}")
     return "g_" + group.replace(".", "=")
+
+
+def group_of(consumer: str) -> str | None:
+    """The group whose durable consumer this is, or None if it is not a group's."""
+    group = consumer[2:].replace("=", ".")
+    if not consumer.startswith("g_") or not GROUP_NAME_RE.match(group):
+        return None
+    return group if consumer_name(group) == consumer else None
 
 
 def filter_to_metadata(flt: Filter) -> str:
@@ -144,6 +154,65 @@ def ack_id_of(reply: AckReply) -> str:
     if reply.subject.startswith(prefix):
         return reply.subject[len(prefix) :]
     return reply.subject
+
+
+class ExpiredDeadLetters:
+    """Counts the deliveries JetStream dead-letters when their last attempt's ack wait runs
+    out, and settles their ledger entries so a late ack of one is unknown (see ack).
+
+    JetStream, not a replica, gives up on such a delivery and says so once, in a
+    MAX_DELIVERIES advisory on core NATS. Every replica listens in one queue group, so
+    each advisory reaches exactly one of them and is counted there once: summed over the
+    replicas the metric equals the dead-letter stream's count, whatever their number. (A
+    plain subscription would count it on every replica; counting in the member that held
+    the delivery would miss those of closed members and crashed replicas.) An advisory
+    sent while no replica is connected is not counted, like any counter of a process that
+    is down; ``group_info`` still counts it from the stream.
+    """
+
+    QUEUE = "igbutton_dead_letters"
+
+    def __init__(self, conn: NatsConnection, ledger: AckLedger) -> None:
+        self._conn = conn
+        self._ledger = ledger
+        self._sub: NatsSubscription | None = None
+
+    async def open(self) -> None:
+        """Start listening."""
+        self._sub = await self._conn.client.subscribe(
+            self._conn.layout.max_deliveries_subject(), queue=self.QUEUE, cb=self._on_advisory
+        )
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            consumer = str(advisory["consumer"])
+            stream_seq = int(advisory["stream_seq"])
+            deliveries = int(advisory["deliveries"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed MAX_DELIVERIES advisory")
+            return
+        group = group_of(consumer)
+        if group is None:
+            return
+        try:  # settled first, so once the metric shows it an ack of it is unknown
+            current = await self._ledger.current(consumer, stream_seq)
+            if current is not None and current[0] == deliveries:
+                await self._ledger.settle(consumer, stream_seq, current[1])
+        except Exception as exc:
+            log.warning("cannot settle a dead-lettered delivery in the ledger: %s", exc)
+        metrics.DEAD_LETTERED.labels(group=group).inc()
+        log.warning(
+            "postback dead-lettered after its last attempt expired",
+            extra={"consumer": consumer, "sequence": stream_seq},
+        )
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
 
 
 @dataclass(frozen=True)

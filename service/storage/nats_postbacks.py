@@ -43,6 +43,7 @@ from service.storage.nats_cursor import deliver_policy
 from service.storage.nats_groups import (
     FILTER_METADATA_KEY,
     AckLedger,
+    ExpiredDeadLetters,
     NatsGroupMember,
     ack_group,
     consumer_name,
@@ -150,6 +151,7 @@ class NatsPostbackStore:
         self.conn = conn
         self.ledger = ledger
         self._publisher = _Publisher(conn)
+        self._dead_letters = ExpiredDeadLetters(conn, ledger)
         self._cursors: set[BroadcastCursor] = set()
         self._members: dict[str, set[NatsGroupMember]] = {}
         self.closed = False
@@ -167,6 +169,7 @@ class NatsPostbackStore:
         try:
             store = cls(conn, AckLedger(conn, await conn.ensure_postback_layout()))
             await store._publisher.open()
+            await store._dead_letters.open()
         except BaseException:
             await conn.close()
             raise
@@ -369,5 +372,6 @@ class NatsPostbackStore:
         for members in list(self._members.values()):
             for member in list(members):
                 await member.close()
+        await self._dead_letters.close()
         await self._publisher.close()
         await self.conn.close()

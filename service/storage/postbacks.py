@@ -172,7 +172,8 @@ class AckResult:
     applied: int
     """Ack and nack ids applied."""
     unknown: tuple[str, ...]
-    """Ids not applied: unknown, already acknowledged, or superseded by a redelivery."""
+    """Ids not applied: unknown, already acknowledged, superseded by a redelivery, or
+    dead-lettered."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,8 @@ class PostbackStore(Protocol):
     async def ack(self, group: str, ack_ids: Sequence[str], nack_ids: Sequence[str]) -> AckResult:
         """Acknowledge deliveries (never delivered again) and nack others (delivered again
         at once, or dead-lettered if that was their last attempt). An id delivered past its
-        deadline but not yet redelivered still applies."""
+        deadline but not yet redelivered still applies; once it is dead-lettered it is
+        unknown."""
         ...
 
     async def group_info(self, group: str) -> GroupInfo | None:

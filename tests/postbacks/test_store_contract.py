@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.storage.postbacks import (
     Delivery,
@@ -332,6 +334,54 @@ async def test_nack_on_the_last_attempt_dead_letters(store: PostbackStore) -> No
     assert (info.dead_lettered, info.unacked) == (1, 0)
     await store.append([new(2)])
     assert (await next_of(member)).postback.mid == "m2"
+
+
+def dead_letter_metric(group: str) -> float:
+    """The process-global dead-letter counter of ``group`` (0 before its first increment)."""
+    value = REGISTRY.get_sample_value("igbutton_postbacks_dead_lettered_total", {"group": group})
+    return value or 0.0
+
+
+async def test_every_dead_letter_is_counted_once_in_the_metric(store: PostbackStore) -> None:
+    # The registry is process-global: a group name of its own, and before/after values.
+    group = f"dlq-{uuid.uuid4().hex[:8]}"
+    before = dead_letter_metric(group)
+    member = await store.join_group(
+        group, Filter(), Start.latest(), options(ack_deadline=0.2, max_attempts=2)
+    )
+    await store.append([new(1), new(2)])
+    expired = [await next_of(member) for _ in range(4)]  # never acked
+    assert sorted((d.postback.mid, d.attempt) for d in expired) == [
+        ("m1", 1),
+        ("m1", 2),
+        ("m2", 1),
+        ("m2", 2),
+    ]
+
+    async def counted(expected: int) -> bool:
+        info = await store.group_info(group)
+        assert info is not None
+        assert dead_letter_metric(group) - before <= expected, "counted more than once"
+        return info.dead_lettered == expected and dead_letter_metric(group) - before == expected
+
+    # Dead-lettering happens when a member looks for work after the last deadlines.
+    looking = asyncio.create_task(next_of(member))
+    await eventually(lambda: counted(2))
+    looking.cancel()
+    await asyncio.gather(looking, return_exceptions=True)
+    # A delivery dead-lettered after its deadline is no longer acknowledged (see ack).
+    last = [d.ack_id for d in expired if d.attempt == 2]
+    late = await store.ack(group, last, [])
+    assert (late.applied, sorted(late.unknown)) == (0, sorted(last))
+
+    # A nack on the last attempt is counted as well, once.
+    await store.append([new(3)])
+    first = await next_of(member)
+    await store.ack(group, [], [first.ack_id])
+    second = await next_of(member)
+    assert (second.postback.mid, second.attempt) == ("m3", 2)
+    await store.ack(group, [], [second.ack_id])
+    await eventually(lambda: counted(3))
 
 
 async def test_max_unacked_holds_back_deliveries(store: PostbackStore) -> None:

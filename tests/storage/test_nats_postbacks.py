@@ -4,6 +4,8 @@ cursors that outlive their consumer, and ack ids and deadlines across replicas."
 from __future__ import annotations
 
 import asyncio
+import functools
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -14,7 +16,8 @@ from service.storage.nats_postbacks import NatsPostbackStore
 from service.storage.postbacks import Filter, GroupOptions, Start
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
-from tests.postbacks.test_store_contract import new, next_of, take
+from tests.postbacks.conftest import eventually
+from tests.postbacks.test_store_contract import dead_letter_metric, new, next_of, take
 from tests.storage.nats_fixtures import nats_test_settings, removing_layout
 
 OpenStore = Callable[[], Awaitable[NatsPostbackStore]]
@@ -96,3 +99,30 @@ async def test_a_member_keeps_its_own_longer_deadline(open_store: OpenStore) -> 
     again = await next_of(member)
     assert (again.postback.mid, again.attempt) == ("m1", 2)
     assert first.attempt == 1
+
+
+async def test_a_dead_letter_is_counted_once_across_replicas(open_store: OpenStore) -> None:
+    # Three replicas share the group; each sees JetStream's advisories, one counts each.
+    replicas = [await open_store() for _ in range(3)]
+    group = f"dlq-{uuid.uuid4().hex[:8]}"
+    before = dead_letter_metric(group)
+    options = GroupOptions(ack_deadline=0.2, max_unacked=10, max_attempts=2)
+    member = await replicas[0].join_group(group, Filter(), Start.latest(), options)
+
+    async def counted(expected: int) -> bool:
+        assert dead_letter_metric(group) - before <= expected, "counted more than once"
+        return dead_letter_metric(group) - before == expected
+
+    for i in (1, 2):  # the second also gives the replicas time to miscount the first
+        await replicas[1].append([new(i)])
+        assert [(await next_of(member)).attempt for _ in range(2)] == [1, 2]  # never acked
+        looking = asyncio.create_task(next_of(member))  # dead-lettered when it pulls
+        await eventually(functools.partial(counted, i))
+        looking.cancel()
+        await asyncio.gather(looking, return_exceptions=True)
+    for store in replicas:
+        await store.conn.client.flush()
+    assert dead_letter_metric(group) - before == 2
+    info = await replicas[2].group_info(group)
+    assert info is not None
+    assert info.dead_lettered == 2
