@@ -49,6 +49,7 @@ from service.storage.nats_groups import (
     filter_from_metadata,
     filter_to_metadata,
 )
+from service.storage.nats_tail import SharedTail
 from service.storage.postbacks import (
     AckResult,
     AppendResult,
@@ -151,6 +152,8 @@ class NatsPostbackStore:
         self.ledger = ledger
         self._publisher = _Publisher(conn)
         self._cursors: set[BroadcastCursor] = set()
+        self.tail = SharedTail(conn)
+        """The newest postbacks, read once for every broadcast cursor of this process."""
         self._members: dict[str, set[NatsGroupMember]] = {}
         self.closed = False
 
@@ -369,5 +372,6 @@ class NatsPostbackStore:
         for members in list(self._members.values()):
             for member in list(members):
                 await member.close()
+        await self.tail.close()
         await self._publisher.close()
         await self.conn.close()
