@@ -68,6 +68,11 @@ log = logging.getLogger(__name__)
 APPEND_TIMEOUT_SECONDS = 20.0
 """How long an append keeps retrying before it fails (and the webhook answers 5xx). Longer
 than a JetStream leader election after a node is lost (a few seconds)."""
+PUBACK_WAIT_SECONDS = 3.0
+"""How long one round waits for its PubAcks before publishing the rest again. An ack is
+lost with a connection that drops after the publish was written (a node restarting), and
+waiting out the whole append deadline would fail a delivery that a new publish stores at
+once; publishing twice is safe (Nats-Msg-Id and the expected subject sequence)."""
 _CONSUMER_EXISTS = 10148
 _API_TIMEOUT_SECONDS = 5.0
 
@@ -233,7 +238,8 @@ class NatsPostbackStore:
                 log.warning("publishing a postback failed: %s", exc)
                 return batch  # the connection is down: try the whole batch again
         if futures:
-            _, late = await asyncio.wait(futures, timeout=max(deadline - time.monotonic(), 0.05))
+            wait = min(max(deadline - time.monotonic(), 0.05), PUBACK_WAIT_SECONDS)
+            _, late = await asyncio.wait(futures, timeout=wait)
             self._publisher.forget(list(late))
         for postback, future in zip(batch, futures, strict=True):
             if future.cancelled():

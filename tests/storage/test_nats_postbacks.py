@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from service.config import Settings
 from service.storage.nats_codec import encode
-from service.storage.nats_postbacks import NatsPostbackStore
+from service.storage.nats_postbacks import APPEND_TIMEOUT_SECONDS, NatsPostbackStore
 from service.storage.postbacks import Filter, GroupOptions, Start
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
@@ -126,3 +128,37 @@ async def test_a_dead_letter_is_counted_once_across_replicas(open_store: OpenSto
     info = await replicas[2].group_info(group)
     assert info is not None
     assert info.dead_lettered == 2
+
+
+@pytest.fixture
+def restartable_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(name="restartable", store_dir=tmp_path / "js")
+    server.start_healthy()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_an_append_begun_across_a_server_restart_is_stored_well_before_its_deadline(
+    make_settings: SettingsFactory, restartable_server: NatsServer
+) -> None:
+    settings = nats_test_settings(make_settings, [restartable_server.url])
+    async with removing_layout(settings):
+        store = await NatsPostbackStore.open(settings)
+        try:
+            await store.append([new(0)])
+            restartable_server.stop()
+            restartable_server.start_healthy()  # same ports and data
+            started = time.monotonic()
+            # Sent before the client notices the restart: its PubAcks are lost with the
+            # old connection, so the append must publish again rather than wait them out.
+            result = await store.append([new(i) for i in range(1, 6)])
+            took = time.monotonic() - started
+            assert result.stored + result.duplicates == 5
+            assert took < APPEND_TIMEOUT_SECONDS / 2, took
+            cursor = await store.subscribe(Filter(), Start.earliest())
+            assert [p.mid for p in await take(cursor, 6)] == [f"m{i}" for i in range(6)]
+            await cursor.close()
+        finally:
+            await store.close()
