@@ -180,8 +180,8 @@ async def test_the_shared_reader_survives_a_server_restart(
             assert mids(await take(sub, 10)) == [f"m{i}" for i in range(10)]
         own_server.stop()
         own_server.start_healthy()  # same ports and data; the memory consumers are gone
-        # An append begun while the client has not noticed the restart waits out its whole
-        # deadline for PubAcks that never come (an append-path matter, not the tail's).
+        # Reachable first, so this is about the tail; appends across a restart are tested
+        # in test_nats_postbacks.
         await _until(lambda: _reachable(store))
         await store.append([new(i) for i in range(10, 20)])
         for sub in subs:
