@@ -49,10 +49,10 @@ class _CallMetrics:
         self._ok = metrics.RPCS.labels(self._method, grpc.StatusCode.OK.name)
 
     def observe(self, code: grpc.StatusCode, start: float) -> None:
-        counter = self._ok if code is grpc.StatusCode.OK else None
-        if counter is None:
-            counter = metrics.RPCS.labels(self._method, code.name)
-        counter.inc()
+        if code is grpc.StatusCode.OK:
+            self._ok.inc()
+        else:
+            metrics.RPCS.labels(self._method, code.name).inc()
         self._latency.observe(time.perf_counter() - start)
 
 
