@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,10 @@ class UnknownMessageError(LookupError):
     """No accepted send with this message id was recorded."""
 
 
-@dataclass
+# slots, and the body parsed again from raw_body on demand: the log holds up to 100,000
+# sends, and keeping each parsed JSON tree alive made the garbage collector walk them all
+# (about a sixth of the sandbox's CPU per send under load, docs/performance.md).
+@dataclass(slots=True)
 class RecordedSend:
     """One send that reached the sandbox, accepted or not, with the token redacted."""
 
@@ -23,8 +27,6 @@ class RecordedSend:
     """Query parameters; an ``access_token`` value is replaced by ``<redacted>``."""
     auth_header_present: bool
     token_ok: bool
-    body: Any
-    """The parsed JSON body, or None when it was not JSON."""
     raw_body: bytes
     accepted: bool
     message_id: str | None
@@ -32,6 +34,21 @@ class RecordedSend:
     received_at: float
     status: int
     """The HTTP status answered; 0 while in flight or when the connection was dropped."""
+
+    @property
+    def body(self) -> Any:
+        """The parsed JSON body, or None when it was not JSON."""
+        return parse_body(self.raw_body)
+
+
+def parse_body(raw: bytes) -> Any:
+    """The request body as JSON, or None when it is empty or not JSON."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from service.sandbox import graph_rules
 from service.sandbox.control import add_control_routes
 from service.sandbox.faults import Fault, FaultQueue
 from service.sandbox.graph_rules import GraphError
-from service.sandbox.records import RecordedSend, SendLog, StoredMessage
+from service.sandbox.records import RecordedSend, SendLog, StoredMessage, parse_body
 from service.sandbox.tap import TapResult, new_postback_mid, post_webhook, postback_body, sign
 
 log = logging.getLogger(__name__)
@@ -216,18 +216,18 @@ class Sandbox:
         token = header_token or request.query.get("access_token") or None
         path_account = request.match_info["account"]
         account = self._resolve_account(path_account, token)
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        query = {k: (REDACTED if k == "access_token" else v) for k, v in request.query.items()}
+        body = parse_body(raw)
+        query = (
+            {k: (REDACTED if k == "access_token" else v) for k, v in request.query.items()}
+            if request.query_string
+            else {}
+        )
         record = RecordedSend(
             account_id=account or path_account,
             path=request.path,
             query=query,
             auth_header_present="Authorization" in request.headers,
             token_ok=self._token_ok(account, token),
-            body=body,
             raw_body=raw,
             accepted=False,
             message_id=None,
@@ -299,7 +299,11 @@ class Sandbox:
         message_id = graph_rules.new_message_id(account)
         stored = StoredMessage(account, outcome.recipient_id, outcome.buttons)
         self._log.accept(record, message_id, stored)
-        return web.json_response({"recipient_id": outcome.recipient_id, "message_id": message_id})
+        answer = {"recipient_id": outcome.recipient_id, "message_id": message_id}
+        # Bytes rather than json_response's text: one encode fewer on every accepted send.
+        return web.Response(
+            body=json.dumps(answer).encode(), content_type="application/json", charset="utf-8"
+        )
 
     @staticmethod
     def _drop(request: web.Request) -> web.StreamResponse:
