@@ -50,6 +50,7 @@ from service.storage.nats_groups import (
     filter_from_metadata,
     filter_to_metadata,
 )
+from service.storage.nats_tail import SharedTail
 from service.storage.postbacks import (
     AckResult,
     AppendResult,
@@ -158,6 +159,8 @@ class NatsPostbackStore:
         self._publisher = _Publisher(conn)
         self._dead_letters = ExpiredDeadLetters(conn, ledger)
         self._cursors: set[BroadcastCursor] = set()
+        self.tail = SharedTail(conn)
+        """The newest postbacks, read once for every broadcast cursor of this process."""
         self._members: dict[str, set[NatsGroupMember]] = {}
         self.closed = False
 
@@ -379,5 +382,6 @@ class NatsPostbackStore:
             for member in list(members):
                 await member.close()
         await self._dead_letters.close()
+        await self.tail.close()
         await self._publisher.close()
         await self.conn.close()

@@ -1,0 +1,192 @@
+"""The shared tail: one reader per process serves every live broadcast cursor, and cursors
+move between it and consumers of their own without a gap or a repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings
+from service.storage import nats_tail
+from service.storage.nats_cursor import NatsSubscription
+from service.storage.nats_postbacks import NatsPostbackStore
+from service.storage.postbacks import Filter, Start, StoredPostback
+from tests.conftest import SettingsFactory
+from tests.nats_servers import NatsServer
+from tests.postbacks.test_store_contract import new, take
+from tests.storage.nats_fixtures import nats_test_settings, removing_layout
+
+TAIL = 64
+"""A small ring, so that a few hundred postbacks overflow it."""
+
+OpenStore = Callable[[], Awaitable[NatsPostbackStore]]
+
+
+@pytest.fixture
+def small_tail(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nats_tail, "TAIL_SIZE", TAIL)
+
+
+async def _open(settings: Settings) -> AsyncIterator[OpenStore]:
+    opened: list[NatsPostbackStore] = []
+
+    async def open_one() -> NatsPostbackStore:
+        store = await NatsPostbackStore.open(settings)
+        opened.append(store)
+        return store
+
+    async with removing_layout(settings):
+        yield open_one
+        for store in opened:
+            await store.close()
+
+
+@pytest.fixture
+async def open_store(
+    make_settings: SettingsFactory, nats_server: NatsServer, small_tail: None
+) -> AsyncIterator[OpenStore]:
+    async for opener in _open(nats_test_settings(make_settings, [nats_server.url])):
+        yield opener
+
+
+def mids(items: list[StoredPostback]) -> list[str]:
+    return [p.mid for p in items]
+
+
+def on_tail(sub: NatsSubscription) -> bool:
+    return sub._index is not None and sub._inbox is None
+
+
+async def consumer_count(store: NatsPostbackStore) -> int:
+    return len(await store.conn.js.consumers_info(store.conn.layout.stream))
+
+
+async def test_many_subscribers_at_the_tail_share_one_consumer(open_store: OpenStore) -> None:
+    store = await open_store()
+    everyone = [await store.subscribe(Filter(), Start.latest()) for _ in range(20)]
+    acct2 = await store.subscribe(Filter(account_ids=frozenset({"acct-2"})), Start.latest())
+    orders = await store.subscribe(Filter(payload_prefix="ORDER:"), Start.latest())
+    assert all(on_tail(s) for s in [*everyone, acct2, orders])
+    assert await consumer_count(store) == 1  # the shared reader's
+    expected = [
+        new(i, account=f"acct-{i % 3}", payload=f"ORDER:{i}" if i % 5 == 0 else None)
+        for i in range(300)
+    ]
+    for start in range(0, 300, 50):
+        await store.append(expected[start : start + 50])
+    for sub in everyone:
+        got = await take(sub, 300)
+        assert mids(got) == [f"m{i}" for i in range(300)]
+        assert [p.sequence for p in got] == sorted({p.sequence for p in got})
+    assert mids(await take(acct2, 100)) == [f"m{i}" for i in range(300) if i % 3 == 2]
+    assert mids(await take(orders, 60)) == [f"m{i}" for i in range(0, 300, 5)]
+    await store.append([new(300)])
+    assert mids(await take(everyone[0], 1)) == ["m300"]  # nothing extra was waiting
+
+
+async def test_earliest_in_a_log_bigger_than_the_tail_catches_up_then_shares(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    await store.append([new(i) for i in range(3 * TAIL)])
+    sub = await store.subscribe(Filter(), Start.earliest())
+    assert not on_tail(sub)
+    first = await take(sub, TAIL)
+    # Appends go on while the cursor catches up; it switches over somewhere in between.
+    writer = asyncio.create_task(store.append([new(i) for i in range(3 * TAIL, 6 * TAIL)]))
+    rest = await take(sub, 5 * TAIL)
+    await writer
+    assert mids(first + rest) == [f"m{i}" for i in range(6 * TAIL)]
+    assert on_tail(sub)
+    await store.append([new(6 * TAIL)])
+    assert mids(await take(sub, 1)) == [f"m{6 * TAIL}"]
+    assert await consumer_count(store) == 1  # its own consumer was deleted
+
+
+async def test_a_reader_that_falls_behind_the_tail_catches_up_on_its_own(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    slow = await store.subscribe(Filter(), Start.latest())
+    fast = await store.subscribe(Filter(), Start.latest())
+    assert on_tail(slow)
+    await store.append([new(i) for i in range(4 * TAIL)])
+    assert mids(await take(fast, 4 * TAIL)) == [f"m{i}" for i in range(4 * TAIL)]
+    got = await take(slow, 4 * TAIL)  # the ring dropped most of these meanwhile
+    assert mids(got) == [f"m{i}" for i in range(4 * TAIL)]
+    await store.append([new(4 * TAIL)])
+    assert mids(await take(slow, 1)) == [f"m{4 * TAIL}"]
+    assert on_tail(slow)
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not await condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_shared_reader_outlives_its_consumer(open_store: OpenStore) -> None:
+    store = await open_store()
+    subs = [await store.subscribe(Filter(), Start.latest()) for _ in range(5)]
+    await store.append([new(i) for i in range(5)])
+    for sub in subs:
+        assert mids(await take(sub, 5)) == [f"m{i}" for i in range(5)]
+    for info in await store.conn.js.consumers_info(store.conn.layout.stream):
+        await store.conn.js.delete_consumer(store.conn.layout.stream, info.name)
+    await store.append([new(i) for i in range(5, 10)])
+    for sub in subs:
+        assert mids(await take(sub, 5)) == [f"m{i}" for i in range(5, 10)]
+    await _until(lambda: _has_consumers(store, 1))
+
+
+async def _has_consumers(store: NatsPostbackStore, count: int) -> bool:
+    return await consumer_count(store) == count
+
+
+async def _reachable(store: NatsPostbackStore) -> bool:
+    if not store.conn.connected:
+        return False
+    try:
+        await asyncio.wait_for(store.conn.js.stream_info(store.conn.layout.stream), 1)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(name="restarted", store_dir=tmp_path / "js")
+    server.start_healthy()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_the_shared_reader_survives_a_server_restart(
+    make_settings: SettingsFactory, own_server: NatsServer, small_tail: None
+) -> None:
+    settings = nats_test_settings(make_settings, [own_server.url])
+    store = await NatsPostbackStore.open(settings)
+    try:
+        subs = [await store.subscribe(Filter(), Start.latest()) for _ in range(3)]
+        await store.append([new(i) for i in range(10)])
+        for sub in subs:
+            assert mids(await take(sub, 10)) == [f"m{i}" for i in range(10)]
+        own_server.stop()
+        own_server.start_healthy()  # same ports and data; the memory consumers are gone
+        # Reachable first, so this is about the tail; appends across a restart are tested
+        # in test_nats_postbacks.
+        await _until(lambda: _reachable(store))
+        await store.append([new(i) for i in range(10, 20)])
+        for sub in subs:
+            got = await take(sub, 10)
+            assert mids(got) == [f"m{i}" for i in range(10, 20)]
+            assert all(on_tail(s) for s in subs)
+    finally:
+        await store.close()
