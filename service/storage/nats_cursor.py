@@ -82,14 +82,18 @@ class NatsSubscription:
     @classmethod
     async def open(cls, store: NatsPostbackStore, flt: Filter, start: Start) -> NatsSubscription:
         """Fix the start: at the shared tail if it holds it, else on a consumer of its own."""
-        await store.tail.ensure_started()
-        if start.kind is StartKind.LATEST:
-            # "Latest" means latest now, wherever the shared reader has got to.
-            info = await store.conn.js.stream_info(store.conn.layout.stream)
-            start = Start.after(info.state.last_seq)
-        cursor = cls(store, flt, start)
-        if not cursor._attach():
-            await cursor._create()
+        await store.tail.acquire()
+        try:
+            if start.kind is StartKind.LATEST:
+                # "Latest" means latest now, wherever the shared reader has got to.
+                info = await store.conn.js.stream_info(store.conn.layout.stream)
+                start = Start.after(info.state.last_seq)
+            cursor = cls(store, flt, start)
+            if not cursor._attach():
+                await cursor._create()
+        except BaseException:
+            store.tail.release()
+            raise
         return cursor
 
     def _attach(self) -> bool:
@@ -213,6 +217,7 @@ class NatsSubscription:
             return
         self._closed = True
         self._detach()
+        self._tail.release()
         self._event.set()
         self._store.forget(self)
         await self._drop_consumer()

@@ -11,6 +11,10 @@ consumer sequence, a lost consumer or a silent server recreate the consumer righ
 the last stream sequence read). So a cursor whose position is at or above ``floor`` may
 continue from the ring with nothing skipped or repeated. The ring is bounded: a cursor that
 falls more than ``TAIL_SIZE`` behind goes back to a consumer of its own.
+
+The reader runs only while some broadcast cursor is open (:meth:`SharedTail.acquire` /
+:meth:`SharedTail.release`): a replica nobody subscribes to does not read and decode every
+postback of the log.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ _INACTIVE_THRESHOLD_SECONDS = 60.0
 
 
 class SharedTail:
-    """One reader of the log's newest postbacks per store. Start with :meth:`ensure_started`."""
+    """One reader of the log's newest postbacks per store, running while cursors hold it
+    (:meth:`acquire`, :meth:`release`)."""
 
     def __init__(self, conn: NatsConnection, size: int = 0) -> None:
         self._conn = conn
@@ -61,11 +66,15 @@ class SharedTail:
         self._task: asyncio.Task[None] | None = None
         self._created: asyncio.Future[None] | None = None
         self._closed = False
+        self._users = 0
+        self._base = 0
+        """Ring index of the first postback the current reader added."""
+        self._stopping: asyncio.Task[None] | None = None
 
     @property
     def oldest(self) -> int:
         """Ring index of the oldest postback still held."""
-        return max(self.end - self._size, 0)
+        return max(self.end - self._size, self._base)
 
     def at(self, index: int) -> StoredPostback:
         """The postback at a ring index in [oldest, end)."""
@@ -94,9 +103,43 @@ class SharedTail:
     def unlisten(self, event: asyncio.Event) -> None:
         self._listeners.discard(event)
 
+    async def acquire(self) -> None:
+        """Count a cursor in and start the reader if it is the first (see ensure_started)."""
+        self._users += 1
+        try:
+            await self.ensure_started()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Count a cursor out; the last one out stops the reader and empties the ring."""
+        self._users -= 1
+        if self._users == 0 and self._task is not None and not self._closed:
+            self._stopping = asyncio.create_task(self._stop(), name="nats-shared-tail-stop")
+
+    async def _stop(self) -> None:
+        task, self._task = self._task, None
+        self._created = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_consumer()
+        # No cursor holds a ring index now; the next reader starts afresh at the log's end.
+        self._slots = [None] * self._size
+        self._base = self.end
+        self.floor = None
+        self._head = 0
+
     async def ensure_started(self) -> None:
         """Start the reader if needed and wait (bounded) until its consumer exists: a cursor
         opened after that can start at the tail."""
+        stopping = self._stopping
+        if stopping is not None:
+            await stopping  # the previous reader is gone before a new one starts
+            if self._stopping is stopping:
+                self._stopping = None
         if self._closed:
             return
         if self._task is None:
@@ -206,6 +249,8 @@ class SharedTail:
     async def close(self) -> None:
         """Stop reading and delete the consumer (if NATS is still there)."""
         self._closed = True
+        if self._stopping is not None:
+            await self._stopping
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

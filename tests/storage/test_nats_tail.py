@@ -190,3 +190,25 @@ async def test_the_shared_reader_survives_a_server_restart(
             assert all(on_tail(s) for s in subs)
     finally:
         await store.close()
+
+
+async def test_the_reader_stops_with_the_last_cursor_and_starts_with_the_next(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    first = [await store.subscribe(Filter(), Start.latest()) for _ in range(2)]
+    await store.append([new(i) for i in range(3)])
+    for sub in first:
+        assert mids(await take(sub, 3)) == ["m0", "m1", "m2"]
+    await first[0].close()
+    assert await consumer_count(store) == 1  # one cursor is still reading
+    await first[1].close()
+    # Nobody subscribes any more: the process stops reading the log.
+    await _until(lambda: _has_consumers(store, 0))
+    await store.append([new(i) for i in range(3, 6)])
+    latest = await store.subscribe(Filter(), Start.latest())
+    earliest = await store.subscribe(Filter(), Start.earliest())
+    assert on_tail(latest)
+    await store.append([new(6)])
+    assert mids(await take(latest, 1)) == ["m6"]  # what came while stopped is not "latest"
+    assert mids(await take(earliest, 7)) == [f"m{i}" for i in range(7)]
