@@ -196,6 +196,8 @@ class NatsSubscription:
                 return None
             postback = tail.at(self._index)
             self._index += 1
+            if postback.sequence <= self._start.after_sequence:
+                continue  # attached while the reader was behind this cursor's position
             self._start = Start.after(postback.sequence)
             if self._filter.matches(postback):
                 return postback

@@ -150,13 +150,16 @@ class SharedTail:
             await asyncio.wait_for(asyncio.shield(self._created), START_WAIT_SECONDS)
 
     async def _create(self) -> None:
-        config = (
-            api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
-            if self.floor is None
-            else api.ConsumerConfig(
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self._head + 1,
-            )
+        if self.floor is None:
+            # Start right after a sequence read from the stream, not after whatever a
+            # "deliver new" consumer reports it started at: the ring's floor is then exact
+            # by construction, whichever server hosts the consumer.
+            info = await self._conn.js.stream_info(self._conn.layout.stream)
+            start_after = info.state.last_seq
+        else:
+            start_after = self._head
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_after + 1
         )
         name = f"t_{uuid.uuid4().hex}"
         config.name = name
@@ -165,10 +168,9 @@ class SharedTail:
         config.mem_storage = True
         config.num_replicas = 1
         config.inactive_threshold = _INACTIVE_THRESHOLD_SECONDS
-        info = await self._conn.js.add_consumer(self._conn.layout.stream, config)
+        await self._conn.js.add_consumer(self._conn.layout.stream, config)
         if self.floor is None:
-            self._head = info.delivered.stream_seq if info.delivered else 0
-            self.floor = self._head
+            self._head = self.floor = start_after
         self._consumer = name
         self._consumer_seq = 0
         inbox = PullInbox(self._conn.client, self._conn.layout.stream, name, self._wake.set)

@@ -131,8 +131,14 @@ async def test_postbacks_keep_flowing_while_a_nats_node_is_down(
     expected = sorted(f"n{r}-{i}" for r in range(6) for i in range(5))
     seen = mids(await broadcast.take(total, WAIT))
     assert sorted(seen) == expected  # every postback, none twice
-    grouped = mids(await member.take(total, WAIT))
-    assert sorted(set(grouped)) == expected
+    # A group delivers at least once and this member acks nothing: a delivery may come again
+    # (seen in about 1 run in 40 while the killed node led the group's consumer). Read on
+    # until every postback has come, each read bounded; none may be missing or unknown.
+    grouped = set(mids(await member.take(total, WAIT)))
+    async with asyncio.timeout(2 * WAIT):
+        while not grouped >= set(expected):
+            grouped.update(mids([await member.next(WAIT)]))
+    assert sorted(grouped) == expected
 
 
 async def test_one_request_id_sent_to_two_replicas_sends_once(
