@@ -88,6 +88,20 @@ async def test_many_subscribers_at_the_tail_share_one_consumer(open_store: OpenS
     assert mids(await take(everyone[0], 1)) == ["m300"]  # nothing extra was waiting
 
 
+async def test_latest_opened_while_the_reader_lags_starts_after_the_log_end(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    first = await store.subscribe(Filter(), Start.latest())  # starts the shared reader
+    await store.append([new(i) for i in range(50)])
+    # The reader may not have read those 50 yet; "latest" still means after all of them.
+    late = await store.subscribe(Filter(), Start.latest())
+    assert on_tail(late)
+    await store.append([new(50)])
+    assert mids(await take(late, 1)) == ["m50"]
+    assert mids(await take(first, 51)) == [f"m{i}" for i in range(51)]
+
+
 async def test_earliest_in_a_log_bigger_than_the_tail_catches_up_then_shares(
     open_store: OpenStore,
 ) -> None:
