@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING
 from nats.js import api
 from nats.js.errors import Error as JetStreamError
 
-from service.storage.nats_codec import AckReply, decode
+from service.storage.nats_codec import decode
 from service.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
 from service.storage.postbacks import Filter, Start, StartKind, StoredPostback
 
 if TYPE_CHECKING:
+    from service.storage.nats_connection import NatsConnection
     from service.storage.nats_postbacks import NatsPostbackStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,23 @@ def deliver_policy(start: Start) -> api.ConsumerConfig:
             opt_start_time=datetime.datetime.fromtimestamp(start.since_ms / 1000, tz=datetime.UTC),
         )
     return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+
+
+async def add_reader(
+    conn: NatsConnection, prefix: str, start: Start, account_ids: frozenset[str]
+) -> str:
+    """Create an ephemeral consumer that reads the log from ``start`` without acks (memory
+    storage, one replica), as broadcast cursors and the shared tail do; return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    config = deliver_policy(start)
+    config.name = name
+    config.ack_policy = api.AckPolicy.NONE
+    config.filter_subjects = conn.layout.account_subjects(account_ids)
+    config.mem_storage = True
+    config.num_replicas = 1
+    config.inactive_threshold = INACTIVE_THRESHOLD_SECONDS
+    await conn.js.add_consumer(conn.layout.stream, config)
+    return name
 
 
 class NatsSubscription:
@@ -113,15 +131,7 @@ class NatsSubscription:
 
     async def _create(self) -> None:
         conn = self._store.conn
-        name = f"b_{uuid.uuid4().hex}"
-        config = deliver_policy(self._start)
-        config.name = name
-        config.ack_policy = api.AckPolicy.NONE
-        config.filter_subjects = conn.layout.account_subjects(self._filter.account_ids)
-        config.mem_storage = True
-        config.num_replicas = 1
-        config.inactive_threshold = INACTIVE_THRESHOLD_SECONDS
-        await conn.js.add_consumer(conn.layout.stream, config)
+        name = await add_reader(conn, "b", self._start, self._filter.account_ids)
         self._consumer = name
         self._consumer_seq = 0
         inbox = PullInbox(conn.client, conn.layout.stream, name, self._event.set)
@@ -162,13 +172,8 @@ class NatsSubscription:
                 await self._recover()
                 continue
             self._event.clear()
-            while inbox.messages:
-                msg = inbox.messages.popleft()
-                reply = AckReply.parse(msg.reply or "")
-                if reply is None or reply.consumer_seq != self._consumer_seq + 1:
-                    log.info("gap in broadcast consumer %s; recreating it", self._consumer)
-                    inbox.gone = True
-                    break
+            while (taken := inbox.take_next(self._consumer_seq)) is not None:
+                msg, reply = taken
                 self._consumer_seq = reply.consumer_seq
                 self._start = Start.after(reply.stream_seq)
                 postback = decode(msg, reply)

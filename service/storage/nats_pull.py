@@ -20,6 +20,8 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
+from service.storage.nats_codec import AckReply
+
 log = logging.getLogger(__name__)
 
 REQUEST_EXPIRES_SECONDS = 5.0
@@ -80,6 +82,23 @@ class PullInbox:
         await self._client.publish(
             self._next_subject, json.dumps(request).encode(), reply=self._inbox
         )
+
+    def take_next(self, consumer_seq: int) -> tuple[Msg, AckReply] | None:
+        """The next received message if it is the one after ``consumer_seq``, else None.
+
+        None when nothing is waiting, or on a gap (a message lost on its way, shown by the
+        sequence of the one after it): then the inbox is marked gone, and its owner
+        recreates the consumer right after the last stream sequence it handed out.
+        """
+        if not self.messages:
+            return None
+        msg = self.messages.popleft()
+        reply = AckReply.parse(msg.reply or "")
+        if reply is None or reply.consumer_seq != consumer_seq + 1:
+            log.info("gap in %s; recreating the consumer", self._next_subject)
+            self.gone = True
+            return None
+        return msg, reply
 
     def check_alive(self) -> None:
         """Forget outstanding requests if the server has been silent for too long."""

@@ -22,15 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 
-from nats.js import api
 from nats.js.errors import Error as JetStreamError
 
-from service.storage.nats_codec import AckReply, decode
+from service.storage.nats_codec import decode
 from service.storage.nats_connection import NatsConnection
+from service.storage.nats_cursor import add_reader
 from service.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
-from service.storage.postbacks import StoredPostback
+from service.storage.postbacks import Start, StoredPostback
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ READ_BATCH = 1024
 """Messages the reader asks for at once."""
 START_WAIT_SECONDS = 5.0
 """How long the first subscriber waits for the reader's consumer before going without."""
-_INACTIVE_THRESHOLD_SECONDS = 60.0
 
 
 class SharedTail:
@@ -158,17 +156,7 @@ class SharedTail:
             start_after = info.state.last_seq
         else:
             start_after = self._head
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_after + 1
-        )
-        name = f"t_{uuid.uuid4().hex}"
-        config.name = name
-        config.ack_policy = api.AckPolicy.NONE
-        config.filter_subjects = self._conn.layout.account_subjects(frozenset())
-        config.mem_storage = True
-        config.num_replicas = 1
-        config.inactive_threshold = _INACTIVE_THRESHOLD_SECONDS
-        await self._conn.js.add_consumer(self._conn.layout.stream, config)
+        name = await add_reader(self._conn, "t", Start.after(start_after), frozenset())
         if self.floor is None:
             self._head = self.floor = start_after
         self._consumer = name
@@ -217,13 +205,8 @@ class SharedTail:
             return
         self._wake.clear()
         added = False
-        while inbox.messages:
-            msg = inbox.messages.popleft()
-            reply = AckReply.parse(msg.reply or "")
-            if reply is None or reply.consumer_seq != self._consumer_seq + 1:
-                log.info("gap in shared tail consumer %s; recreating it", self._consumer)
-                inbox.gone = True
-                break
+        while (taken := inbox.take_next(self._consumer_seq)) is not None:
+            msg, reply = taken
             self._consumer_seq = reply.consumer_seq
             self._add(decode(msg, reply))
             added = True

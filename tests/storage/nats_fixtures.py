@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import nats
@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 
 from service.config import Settings
 from service.storage.nats_connection import NatsLayout
+from service.storage.nats_postbacks import NatsPostbackStore
 from tests.conftest import SettingsFactory
 
 
@@ -58,3 +59,22 @@ async def removing_layout(settings: Settings) -> AsyncIterator[NatsLayout]:
                     await js.delete_stream(name)
         finally:
             await client.close()
+
+
+@contextlib.asynccontextmanager
+async def store_opener(
+    settings: Settings,
+) -> AsyncIterator[Callable[[], Awaitable[NatsPostbackStore]]]:
+    """Yield a function that opens a store on the settings' streams (each one stands for a
+    replica, or a restart); close every store and remove the streams afterwards."""
+    opened: list[NatsPostbackStore] = []
+
+    async def open_one() -> NatsPostbackStore:
+        store = await NatsPostbackStore.open(settings)
+        opened.append(store)
+        return store
+
+    async with removing_layout(settings):
+        yield open_one
+        for store in opened:
+            await store.close()

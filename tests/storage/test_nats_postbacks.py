@@ -7,12 +7,10 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from service.config import Settings
 from service.storage.nats_codec import encode
 from service.storage.nats_postbacks import APPEND_TIMEOUT_SECONDS, NatsPostbackStore
 from service.storage.postbacks import Filter, GroupOptions, Start
@@ -20,7 +18,7 @@ from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 from tests.postbacks.conftest import eventually
 from tests.postbacks.test_store_contract import dead_letter_metric, new, next_of, take
-from tests.storage.nats_fixtures import nats_test_settings, removing_layout
+from tests.storage.nats_fixtures import nats_test_settings, removing_layout, store_opener
 
 OpenStore = Callable[[], Awaitable[NatsPostbackStore]]
 
@@ -30,18 +28,8 @@ async def open_store(
     make_settings: SettingsFactory, nats_server: NatsServer
 ) -> AsyncIterator[OpenStore]:
     """Opens stores on the same streams: each one stands for a replica."""
-    settings: Settings = nats_test_settings(make_settings, [nats_server.url])
-    opened: list[NatsPostbackStore] = []
-
-    async def open_one() -> NatsPostbackStore:
-        store = await NatsPostbackStore.open(settings)
-        opened.append(store)
-        return store
-
-    async with removing_layout(settings):
-        yield open_one
-        for store in opened:
-            await store.close()
+    async with store_opener(nats_test_settings(make_settings, [nats_server.url])) as opener:
+        yield opener
 
 
 async def test_a_retry_long_after_the_duplicate_window_is_still_a_duplicate(
@@ -128,16 +116,6 @@ async def test_a_dead_letter_is_counted_once_across_replicas(open_store: OpenSto
     info = await replicas[2].group_info(group)
     assert info is not None
     assert info.dead_lettered == 2
-
-
-@pytest.fixture
-def restartable_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(name="restartable", store_dir=tmp_path / "js")
-    server.start_healthy()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_an_append_begun_across_a_server_restart_is_stored_well_before_its_deadline(

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from service.config import Settings
 from service.storage import nats_tail
 from service.storage.nats_cursor import NatsSubscription
 from service.storage.nats_postbacks import NatsPostbackStore
@@ -18,7 +16,7 @@ from service.storage.postbacks import Filter, Start, StoredPostback
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 from tests.postbacks.test_store_contract import new, take
-from tests.storage.nats_fixtures import nats_test_settings, removing_layout
+from tests.storage.nats_fixtures import nats_test_settings, store_opener
 
 TAIL = 64
 """A small ring, so that a few hundred postbacks overflow it."""
@@ -31,25 +29,11 @@ def small_tail(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nats_tail, "TAIL_SIZE", TAIL)
 
 
-async def _open(settings: Settings) -> AsyncIterator[OpenStore]:
-    opened: list[NatsPostbackStore] = []
-
-    async def open_one() -> NatsPostbackStore:
-        store = await NatsPostbackStore.open(settings)
-        opened.append(store)
-        return store
-
-    async with removing_layout(settings):
-        yield open_one
-        for store in opened:
-            await store.close()
-
-
 @pytest.fixture
 async def open_store(
     make_settings: SettingsFactory, nats_server: NatsServer, small_tail: None
 ) -> AsyncIterator[OpenStore]:
-    async for opener in _open(nats_test_settings(make_settings, [nats_server.url])):
+    async with store_opener(nats_test_settings(make_settings, [nats_server.url])) as opener:
         yield opener
 
 
@@ -172,28 +156,18 @@ async def _reachable(store: NatsPostbackStore) -> bool:
     return True
 
 
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(name="restarted", store_dir=tmp_path / "js")
-    server.start_healthy()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_the_shared_reader_survives_a_server_restart(
-    make_settings: SettingsFactory, own_server: NatsServer, small_tail: None
+    make_settings: SettingsFactory, restartable_server: NatsServer, small_tail: None
 ) -> None:
-    settings = nats_test_settings(make_settings, [own_server.url])
+    settings = nats_test_settings(make_settings, [restartable_server.url])
     store = await NatsPostbackStore.open(settings)
     try:
         subs = [await store.subscribe(Filter(), Start.latest()) for _ in range(3)]
         await store.append([new(i) for i in range(10)])
         for sub in subs:
             assert mids(await take(sub, 10)) == [f"m{i}" for i in range(10)]
-        own_server.stop()
-        own_server.start_healthy()  # same ports and data; the memory consumers are gone
+        restartable_server.stop()
+        restartable_server.start_healthy()  # same ports and data; the memory consumers are gone
         # Reachable first, so this is about the tail; appends across a restart are tested
         # in test_nats_postbacks.
         await _until(lambda: _reachable(store))

@@ -12,27 +12,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.storage.nats_postbacks import NatsPostbackStore
-from service.storage.postbacks import PostbackStore
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 from tests.postbacks.test_store_contract import *  # noqa: F403 - the contract's tests
 from tests.postbacks.test_store_contract import Reopen
-from tests.storage.nats_fixtures import nats_test_settings, removing_layout
+from tests.storage.nats_fixtures import nats_test_settings, store_opener
 
 
 @pytest.fixture
 async def reopen(make_settings: SettingsFactory, nats_server: NatsServer) -> AsyncIterator[Reopen]:
     """Opens the NATS engine on the same streams each time (a restart)."""
-    settings = nats_test_settings(make_settings, [nats_server.url])
-    opened: list[PostbackStore] = []
-
-    async def open_store() -> PostbackStore:
-        store = await NatsPostbackStore.open(settings)
-        opened.append(store)
-        return store
-
-    async with removing_layout(settings):
-        yield open_store
-        for store in opened:
-            await store.close()
+    async with store_opener(nats_test_settings(make_settings, [nats_server.url])) as opener:
+        yield opener
