@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import nats
-from nats.js.api import PubAck, StreamConfig
+from nats.js.api import Header, PubAck, StreamConfig
 from nats.js.client import JetStreamContext
 
 from tests.nats_servers import NatsCluster, NatsServer
@@ -13,11 +13,13 @@ from tests.nats_servers import NatsCluster, NatsServer
 
 async def _publish(js: JetStreamContext, subject: str, data: bytes) -> PubAck:
     # While a stream elects its leader (at creation, or after a node dies) publishes fail
-    # fast; a client retries within a bound, as igbutton's NATS backend does.
+    # fast; a client retries within a bound, as igbutton's NATS backend does. A publish
+    # can also be stored while its PubAck is lost to the dying node; the message id makes
+    # the retry a duplicate that JetStream answers with the first copy's sequence.
     async with asyncio.timeout(30):
         while True:
             try:
-                return await js.publish(subject, data, timeout=2)
+                return await js.publish(subject, data, timeout=2, headers={Header.MSG_ID: subject})
             except nats.errors.Error:
                 await asyncio.sleep(0.1)
 
@@ -28,6 +30,20 @@ async def test_single_server_has_jetstream(nats_server: NatsServer) -> None:
         js = nc.jetstream()
         info = await js.account_info()
         assert info.limits is not None
+    finally:
+        await nc.close()
+
+
+async def test_a_repeated_message_id_is_stored_once(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="D", subjects=["d.>"]))
+        first = await _publish(js, "d.1", b"one")
+        again = await _publish(js, "d.1", b"one")
+        assert (first.seq, first.duplicate) == (1, None)
+        assert (again.seq, again.duplicate) == (1, True)
+        assert (await js.stream_info("D")).state.messages == 1
     finally:
         await nc.close()
 
