@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import nats
 from nats.js.api import Header, PubAck, StreamConfig
@@ -38,12 +39,14 @@ async def test_a_repeated_message_id_is_stored_once(nats_server: NatsServer) -> 
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
-        await js.add_stream(StreamConfig(name="D", subjects=["d.>"]))
-        first = await _publish(js, "d.1", b"one")
-        again = await _publish(js, "d.1", b"one")
+        # The server is shared by the whole session: a stream and subjects of its own.
+        name = f"D{uuid.uuid4().hex}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name}.>"]))
+        first = await _publish(js, f"{name}.1", b"one")
+        again = await _publish(js, f"{name}.1", b"one")
         assert (first.seq, first.duplicate) == (1, None)
         assert (again.seq, again.duplicate) == (1, True)
-        assert (await js.stream_info("D")).state.messages == 1
+        assert (await js.stream_info(name)).state.messages == 1
     finally:
         await nc.close()
 
