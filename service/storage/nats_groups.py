@@ -42,6 +42,7 @@ from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, NotFound
 from nats.js.kv import KeyValue
 
 from service import metrics
+from service.storage import dead_letters
 from service.storage.nats_codec import AckReply, decode
 from service.storage.nats_connection import WRONG_LAST_SEQUENCE
 from service.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
@@ -201,11 +202,7 @@ class ExpiredDeadLetters:
                 await self._ledger.settle(consumer, stream_seq, current[1])
         except Exception as exc:
             log.warning("cannot settle a dead-lettered delivery in the ledger: %s", exc)
-        metrics.DEAD_LETTERED.labels(group=group).inc()
-        log.warning(
-            "postback dead-lettered after its last attempt expired",
-            extra={"consumer": consumer, "sequence": stream_seq},
-        )
+        dead_letters.report(group, (stream_seq,), "its last attempt expired")
 
     async def close(self) -> None:
         """Stop listening."""
@@ -251,7 +248,7 @@ async def ack_group(
                 await conn.client.request(reply.subject, b"+ACK", timeout=_ACK_TIMEOUT_SECONDS)
             elif max_deliver > 0 and reply.delivered >= max_deliver:
                 await _dead_letter_nacked(store, consumer, reply)
-                metrics.DEAD_LETTERED.labels(group=group).inc()
+                dead_letters.report(group, (reply.stream_seq,), "nacked on its last attempt")
             else:
                 await conn.client.request(reply.subject, b"-NAK", timeout=_ACK_TIMEOUT_SECONDS)
             return reply.stream_seq
@@ -279,10 +276,6 @@ async def _dead_letter_nacked(store: NatsPostbackStore, consumer: str, reply: Ac
         headers={api.Header.MSG_ID: f"{consumer}:{reply.stream_seq}:{reply.delivered}"},
     )
     await conn.client.request(reply.subject, b"+TERM", timeout=_ACK_TIMEOUT_SECONDS)
-    log.warning(
-        "postback dead-lettered after a nack on its last attempt",
-        extra={"consumer": consumer, "sequence": reply.stream_seq},
-    )
 
 
 @dataclass

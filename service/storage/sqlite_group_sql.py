@@ -68,8 +68,8 @@ class Claim:
     """What one claim handed to a member."""
 
     deliveries: list[Delivery]
-    dead_lettered: int
-    """Expired deliveries found on their last attempt and set aside."""
+    dead_lettered: tuple[int, ...]
+    """Sequences of expired deliveries found on their last attempt and set aside."""
     next_deadline_ms: int | None
     """The earliest deadline still pending in the group: when to claim again."""
     unacked: int
@@ -117,10 +117,10 @@ def claim(
         "SELECT filter_json, position, max_attempts FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
-        return Claim([], 0, None, 0, more=False)
+        return Claim([], (), None, 0, more=False)
     flt, position, max_attempts = filter_from_json(row[0]), int(row[1]), int(row[2])
     deliveries: list[Delivery] = []
-    dead = 0
+    dead: list[int] = []
 
     while len(deliveries) < limit:
         expired = conn.execute(
@@ -139,7 +139,7 @@ def claim(
                 )
             elif attempt >= max_attempts:
                 _dead_letter(conn, group, seq, attempt, now_ms)
-                dead += 1
+                dead.append(seq)
             else:
                 ack_id = secrets.token_urlsafe(12)
                 conn.execute(
@@ -178,7 +178,7 @@ def claim(
         "SELECT MIN(deadline_ms), COUNT(*) FROM postback_group_pending WHERE group_name = ?",
         (group,),
     ).fetchone()
-    return Claim(deliveries, dead, next_deadline, int(unacked), more)
+    return Claim(deliveries, tuple(dead), next_deadline, int(unacked), more)
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,8 @@ class AckOutcome:
     result: AckResult
     settled: frozenset[str]
     """Ack and nack ids no longer held by whoever they were delivered to."""
-    dead_lettered: int
+    dead_lettered: tuple[int, ...]
+    """Sequences nacked on their last attempt and set aside."""
     unacked: int
     """Deliveries pending in the group after this call."""
 
@@ -206,11 +207,11 @@ def ack(
         "SELECT max_attempts FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
-        return AckOutcome(AckResult(0, (*ack_ids, *nack_ids)), frozenset(), 0, 0)
+        return AckOutcome(AckResult(0, (*ack_ids, *nack_ids)), frozenset(), (), 0)
     max_attempts = int(row[0])
     settled: set[str] = set()
     unknown: list[str] = []
-    dead = 0
+    dead: list[int] = []
     for ack_id in ack_ids:
         deleted = conn.execute(
             "DELETE FROM postback_group_pending WHERE group_name = ? AND ack_id = ?",
@@ -233,7 +234,7 @@ def ack(
         settled.add(ack_id)
         if attempt >= max_attempts:
             _dead_letter(conn, group, seq, attempt, now_ms)
-            dead += 1
+            dead.append(seq)
         else:
             conn.execute(
                 "UPDATE postback_group_pending SET deadline_ms = 0, member = NULL"
@@ -244,7 +245,7 @@ def ack(
         "SELECT COUNT(*) FROM postback_group_pending WHERE group_name = ?", (group,)
     ).fetchone()
     return AckOutcome(
-        AckResult(len(settled), tuple(unknown)), frozenset(settled), dead, int(unacked)
+        AckResult(len(settled), tuple(unknown)), frozenset(settled), tuple(dead), int(unacked)
     )
 
 

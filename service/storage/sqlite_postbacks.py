@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from service import metrics
+from service.storage import dead_letters
 from service.storage import sqlite_group_sql as groups
 from service.storage import sqlite_postback_sql as sql
 from service.storage.postbacks import (
@@ -178,12 +179,7 @@ class SqlitePostbackStore:
         redelivered = sum(1 for d in claim.deliveries if d.attempt > 1)
         if redelivered:
             metrics.REDELIVERIES.labels(group=member.group).inc(redelivered)
-        if claim.dead_lettered:
-            metrics.DEAD_LETTERED.labels(group=member.group).inc(claim.dead_lettered)
-            log.warning(
-                "postbacks dead-lettered after their last delivery attempt",
-                extra={"group": member.group, "count": claim.dead_lettered},
-            )
+        dead_letters.report(member.group, claim.dead_lettered, "its last attempt expired")
         return claim
 
     async def ack(self, group: str, ack_ids: Sequence[str], nack_ids: Sequence[str]) -> AckResult:
@@ -194,8 +190,7 @@ class SqlitePostbackStore:
             lambda conn: groups.ack(conn, group, acks, nacks, _now_ms())
         )
         metrics.UNACKED.labels(group=group).set(outcome.unacked)
-        if outcome.dead_lettered:
-            metrics.DEAD_LETTERED.labels(group=group).inc(outcome.dead_lettered)
+        dead_letters.report(group, outcome.dead_lettered, "nacked on its last attempt")
         for member in self._members.get(group, ()):
             member.settle(outcome.settled)
             member.wake()  # a nacked delivery is due at once, for any member

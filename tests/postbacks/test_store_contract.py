@@ -299,7 +299,18 @@ async def test_nack_redelivers_at_once(store: PostbackStore) -> None:
     assert (again.postback.mid, again.attempt) == ("m1", 2)
 
 
-async def test_dead_letter_after_max_attempts(store: PostbackStore) -> None:
+def dead_letter_lines(caplog: pytest.LogCaptureFixture, group: str) -> list[tuple[int, str]]:
+    """(sequence, reason) of each dead-letter line logged for ``group``."""
+    return [
+        (r.__dict__["sequence"], r.__dict__["reason"])
+        for r in caplog.records
+        if r.name == "service.storage.dead_letters" and r.__dict__.get("group") == group
+    ]
+
+
+async def test_dead_letter_after_max_attempts(
+    store: PostbackStore, caplog: pytest.LogCaptureFixture
+) -> None:
     member = await store.join_group(
         "g", Filter(), Start.latest(), options(ack_deadline=0.2, max_attempts=3)
     )
@@ -312,16 +323,23 @@ async def test_dead_letter_after_max_attempts(store: PostbackStore) -> None:
 
     async def dead_lettered() -> bool:
         info = await store.group_info("g")
-        return info is not None and info.dead_lettered == 1
+        return info is not None and info.dead_lettered == 1 and bool(dead_letter_lines(caplog, "g"))
 
     # Dead-lettering happens when a member looks for work after m1's last deadline.
     looking = asyncio.create_task(next_of(member))
     await eventually(dead_lettered)
     looking.cancel()
     await asyncio.gather(looking, return_exceptions=True)
+    # The line names the postback, so an operator can read it again from the log.
+    sequence = attempts[0].postback.sequence
+    assert dead_letter_lines(caplog, "g") == [(sequence, "its last attempt expired")]
+    again = await store.subscribe(Filter(), Start.after(sequence - 1))
+    assert (await take(again, 1))[0].mid == "m1"
 
 
-async def test_nack_on_the_last_attempt_dead_letters(store: PostbackStore) -> None:
+async def test_nack_on_the_last_attempt_dead_letters(
+    store: PostbackStore, caplog: pytest.LogCaptureFixture
+) -> None:
     member = await store.join_group("g", Filter(), Start.latest(), options(max_attempts=2))
     await store.append([new(1)])
     first = await next_of(member)
@@ -332,6 +350,9 @@ async def test_nack_on_the_last_attempt_dead_letters(store: PostbackStore) -> No
     info = await store.group_info("g")
     assert info is not None
     assert (info.dead_lettered, info.unacked) == (1, 0)
+    assert dead_letter_lines(caplog, "g") == [
+        (first.postback.sequence, "nacked on its last attempt")
+    ]
     await store.append([new(2)])
     assert (await next_of(member)).postback.mid == "m2"
 
