@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -148,6 +148,15 @@ class _Publisher:
 class _Outcome:
     stored: int = 0
     duplicates: int = 0
+    unanswered: set[tuple[str, str]] = field(default_factory=set)
+    """Postbacks published in this append whose PubAck never came: the publish may have
+    been stored, so a "duplicate" answer to a later round is most likely that copy."""
+
+    def already_stored(self, postback: NewPostback) -> None:
+        if (postback.account_id, postback.mid) in self.unanswered:
+            self.stored += 1  # our own earlier publish, not a delivery Meta repeated
+        else:
+            self.duplicates += 1
 
 
 class NatsPostbackStore:
@@ -236,13 +245,20 @@ class NatsPostbackStore:
                 )
             except (nats.errors.Error, OSError) as exc:
                 log.warning("publishing a postback failed: %s", exc)
-                return batch  # the connection is down: try the whole batch again
+                # The connection is down: try the whole batch again. What was published
+                # before it went down may have been stored.
+                outcome.unanswered.update((p.account_id, p.mid) for p in batch[: len(futures)])
+                self._publisher.forget(futures)
+                return batch
         if futures:
             wait = min(max(deadline - time.monotonic(), 0.05), PUBACK_WAIT_SECONDS)
             _, late = await asyncio.wait(futures, timeout=wait)
+            if late:
+                log.info("no PubAck in time for %d postbacks; publishing them again", len(late))
             self._publisher.forget(list(late))
         for postback, future in zip(batch, futures, strict=True):
             if future.cancelled():
+                outcome.unanswered.add((postback.account_id, postback.mid))
                 retry.append(postback)
                 continue
             error = future.exception()
@@ -256,13 +272,13 @@ class NatsPostbackStore:
                 err = answer["error"]
                 assert isinstance(err, dict)
                 if err.get("err_code") in WRONG_LAST_SEQUENCE:
-                    outcome.duplicates += 1  # already in the log, however long ago
+                    outcome.already_stored(postback)  # in the log, however long ago
                 elif int(err.get("code", 0)) >= 500:
                     retry.append(postback)
                 else:
                     raise OSError(f"NATS refused a postback: {err.get('description')}")
             elif answer.get("duplicate"):
-                outcome.duplicates += 1
+                outcome.already_stored(postback)
             else:
                 outcome.stored += 1
         return retry

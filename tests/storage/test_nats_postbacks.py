@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from service.storage import nats_postbacks
 from service.storage.nats_codec import encode
 from service.storage.nats_postbacks import APPEND_TIMEOUT_SECONDS, NatsPostbackStore
 from service.storage.postbacks import Filter, GroupOptions, Start
@@ -133,10 +136,47 @@ async def test_an_append_begun_across_a_server_restart_is_stored_well_before_its
             # old connection, so the append must publish again rather than wait them out.
             result = await store.append([new(i) for i in range(1, 6)])
             took = time.monotonic() - started
-            assert result.stored + result.duplicates == 5
+            assert (result.stored, result.duplicates) == (5, 0)
             assert took < APPEND_TIMEOUT_SECONDS / 2, took
             cursor = await store.subscribe(Filter(), Start.earliest())
             assert [p.mid for p in await take(cursor, 6)] == [f"m{i}" for i in range(6)]
             await cursor.close()
+        finally:
+            await store.close()
+
+
+async def test_a_postback_whose_puback_came_too_late_counts_as_stored_once(
+    make_settings: SettingsFactory,
+    restartable_server: NatsServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A frozen server answers nothing: the first publish waits in the socket, the append
+    # gives up on its PubAck and publishes again, and once the server thaws the first copy
+    # is stored and the second is its duplicate. That duplicate is the append's own.
+    monkeypatch.setattr(nats_postbacks, "PUBACK_WAIT_SECONDS", 0.3)
+    caplog.set_level(logging.INFO, logger=nats_postbacks.__name__)
+    settings = nats_test_settings(make_settings, [restartable_server.url])
+    process = restartable_server.process
+    assert process is not None
+    async with removing_layout(settings):
+        store = await NatsPostbackStore.open(settings)
+        try:
+
+            async def gave_up_waiting() -> bool:
+                return any("no PubAck in time" in r.getMessage() for r in caplog.records)
+
+            process.send_signal(signal.SIGSTOP)
+            try:
+                appending = asyncio.create_task(store.append([new(1)]))
+                await eventually(gave_up_waiting)
+            finally:
+                process.send_signal(signal.SIGCONT)
+            result = await appending
+            assert (result.stored, result.duplicates) == (1, 0)
+            info = await store.conn.js.stream_info(store.conn.layout.stream)
+            assert info.state.messages == 1
+            again = await store.append([new(1)])  # Meta delivering it again: a duplicate
+            assert (again.stored, again.duplicates) == (0, 1)
         finally:
             await store.close()
