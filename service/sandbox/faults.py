@@ -87,8 +87,6 @@ class FaultQueue:
 
     def take(self, account_id: str) -> Fault | None:
         """The fault for a send from ``account_id``, using up one of its ``count``."""
-        if not self._faults:
-            return None
         for fault in self._faults:
             if fault.account_id is None or fault.account_id == account_id:
                 left = self._remaining[id(fault)] - 1

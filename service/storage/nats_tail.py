@@ -148,16 +148,17 @@ class SharedTail:
             await asyncio.wait_for(asyncio.shield(self._created), START_WAIT_SECONDS)
 
     async def _create(self) -> None:
-        if self.floor is None:
-            # Start right after a sequence read from the stream, not after whatever a
-            # "deliver new" consumer reports it started at: the ring's floor is then exact
-            # by construction, whichever server hosts the consumer.
-            info = await self._conn.js.stream_info(self._conn.layout.stream)
-            start_after = info.state.last_seq
-        else:
-            start_after = self._head
+        first = self.floor is None
+        # The first reader starts right after a sequence read from the stream, not after
+        # whatever a "deliver new" consumer reports it started at: the ring's floor is then
+        # exact by construction, whichever server hosts the consumer.
+        start_after = (
+            (await self._conn.js.stream_info(self._conn.layout.stream)).state.last_seq
+            if first
+            else self._head
+        )
         name = await add_reader(self._conn, "t", Start.after(start_after), frozenset())
-        if self.floor is None:
+        if first:
             self._head = self.floor = start_after
         self._consumer = name
         self._consumer_seq = 0
