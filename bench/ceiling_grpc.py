@@ -14,9 +14,9 @@ import signal
 from pathlib import Path
 
 import grpc
-from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 
 from bench.payloads import send_response
+from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 
 
 class TrivialSendService(send_service_pb2_grpc.SendServiceServicer):

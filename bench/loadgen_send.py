@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import grpc
-from igbutton.v1 import send_service_pb2_grpc
 
 from bench import payloads
 from bench.stats import latency_summary
+from igbutton.v1 import send_service_pb2_grpc
 
 if TYPE_CHECKING:
     from igbutton.v1.send_service_pb2_grpc import SendServiceAsyncStub

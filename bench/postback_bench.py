@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
 
 from bench import payloads, procs, servers
 from bench.plan import Plan, PostbackCase
 from bench.procs import Child, ChildFailed, Meter
 from bench.send_bench import Skip
 from bench.servers import Running, ServerKnobs
+from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
 
 
 def _webhook_url(igb: Running) -> str:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from igbutton.v1 import send_service_pb2_grpc
 
 from bench import payloads, procs, servers
 from bench.plan import Plan
 from bench.procs import ChildFailed, Meter
 from bench.servers import Running, ServerKnobs
 from bench.stats import ratio
+from igbutton.v1 import send_service_pb2_grpc
 
 
 class Skip(Exception):
@@ -103,7 +103,7 @@ def _start(target: str, work: Path, knobs: ServerKnobs) -> Target:
         ceiling = servers.start_grpc_ceiling(work)
         return Target(target, [ceiling], ceiling, grpc=f"127.0.0.1:{ceiling.ports['grpc']}")
     if not servers.have_sandbox():
-        raise Skip("no service/sandbox in this build")
+        raise Skip("no igbutton_server.sandbox in this build")
     if target == "http_ceiling":
         sandbox = servers.start_sandbox("sandbox-http", work)
         url = sandbox.ports["url"]

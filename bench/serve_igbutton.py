@@ -2,14 +2,14 @@
 
 ``python -m bench.serve_igbutton [igbutton-server arguments]`` behaves like
 ``igbutton-server`` with two knobs read from the environment, so the lead can measure
-whether they help without changing service/:
+whether they help without changing igbutton_server:
 
 - ``IGBUTTON_BENCH_UVLOOP=0``: run on asyncio's loop instead of the default uvloop
   (igbutton's ``IGBUTTON_EVENT_LOOP`` setting).
 - ``IGBUTTON_BENCH_WORKERS=N`` (N > 1): a supervisor starts N igbutton processes that share
-  the gRPC and webhook ports through SO_REUSEPORT. service/ binds gRPC with
+  the gRPC and webhook ports through SO_REUSEPORT. igbutton_server binds gRPC with
   ``grpc.so_reuseport=0`` and aiohttp without ``reuse_port``; here each worker patches
-  both at import time (see docs/performance.md for the service/ change this stands for).
+  both at import time (see docs/performance.md for the igbutton_server change this stands for).
   The kernel balances *connections*, not calls: a load generator must open several
   connections to spread its load. Worker 0 binds the ports (port 0 allowed); the others
   bind the same ports once it is ready. Each worker has its own ops HTTP port and, with
@@ -69,7 +69,7 @@ def _worker(argv: list[str]) -> int:
     if os.environ.get("IGBUTTON_BENCH_REUSEPORT") == "1":
         _patch_reuseport()
     use_uvloop_if_asked()
-    from service.main import main
+    from igbutton_server.main import main
 
     return main(argv)
 

@@ -56,18 +56,18 @@ class Running:
 
 
 def have_sandbox() -> bool:
-    """Whether this checkout has the sandbox (service/sandbox)."""
-    return importlib.util.find_spec("service.sandbox") is not None
+    """Whether this checkout has the sandbox (igbutton_server.sandbox)."""
+    return importlib.util.find_spec("igbutton_server.sandbox") is not None
 
 
 def start_sandbox(name: str, work: Path) -> Running:
-    """The sandbox on its own: ``python -m service.sandbox --port 0``; it prints its URL."""
+    """The sandbox on its own: ``python -m igbutton_server.sandbox --port 0``; it prints its URL."""
     child = procs.start(
         name,
         [
             procs.PYTHON,
             "-m",
-            "service.sandbox",
+            "igbutton_server.sandbox",
             "--port",
             "0",
             "--token",

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
-from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
 
 from bench.loadgen_send import emit
 from bench.loadgen_webhook import BENCH_PREFIX
 from bench.payloads import sent_time
 from bench.stats import latency_summary
+from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
 
 if TYPE_CHECKING:
     from igbutton.v1.postback_service_pb2_grpc import PostbackServiceAsyncStub

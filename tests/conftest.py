@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from service.app import App
-from service.config import Settings
+from igbutton_server.app import App
+from igbutton_server.config import Settings
 from tests.nats_servers import NatsCluster, NatsServer
 
 SettingsFactory = Callable[..., Settings]

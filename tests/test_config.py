@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import DEFAULT_GRAPH_API_VERSION, ConfigError, Settings
+from igbutton_server.config import DEFAULT_GRAPH_API_VERSION, ConfigError, Settings
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +103,7 @@ def test_secrets_never_appear_in_repr() -> None:
 def test_server_exits_2_with_a_clear_message_on_bad_config(tmp_path: Path) -> None:
     env = {"IGBUTTON_GRAPH__API_VERSION": "v20.0", "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [sys.executable, "-m", "service", "--sandbox"],
+        [sys.executable, "-m", "igbutton_server", "--sandbox"],
         env=env,
         capture_output=True,
         text=True,

@@ -13,6 +13,8 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from prometheus_client.parser import text_string_to_metric_families
+
 from igbutton.v1 import (
     button_template_pb2,
     postback_service_pb2,
@@ -20,10 +22,8 @@ from igbutton.v1 import (
     send_service_pb2,
     send_service_pb2_grpc,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-from service.app import App
-from service.sandbox import Fault
+from igbutton_server.app import App
+from igbutton_server.sandbox import Fault
 from tests.conftest import SettingsFactory
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.app import App
+from igbutton_server.app import App
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 
@@ -69,7 +69,7 @@ async def test_sigterm_stops_the_server_cleanly(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "service",
+        "igbutton_server",
         "--sandbox",
         "--ports-file",
         str(ports_file),

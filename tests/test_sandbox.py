@@ -21,8 +21,8 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.app import SANDBOX_ACCESS_TOKEN, App
-from service.sandbox import Fault, Sandbox, UnknownMessageError, graph_rules, sign
+from igbutton_server.app import SANDBOX_ACCESS_TOKEN, App
+from igbutton_server.sandbox import Fault, Sandbox, UnknownMessageError, graph_rules, sign
 
 ACCOUNT = "17841400000000001"
 OTHER_ACCOUNT = "17841400000000002"
@@ -896,7 +896,7 @@ async def test_standalone_sandbox_runs_and_taps(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "service.sandbox",
+        "igbutton_server.sandbox",
         "--port",
         "0",
         "--webhook-url",
@@ -931,7 +931,7 @@ async def test_standalone_sandbox_runs_and_taps(
 
 
 def test_standalone_sandbox_refuses_bad_arguments(tmp_path: Path) -> None:
-    from service.sandbox.__main__ import main
+    from igbutton_server.sandbox.__main__ import main
 
     assert main(["--token", "no-equals-sign"]) == 2
     assert main(["--webhook-url", "http://127.0.0.1:1/webhook"]) == 2

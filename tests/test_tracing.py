@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from igbutton.v1 import button_template_pb2, send_service_pb2, send_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from service import tracing
-from service.app import App
+from igbutton.v1 import button_template_pb2, send_service_pb2, send_service_pb2_grpc
+from igbutton_server import tracing
+from igbutton_server.app import App
 from tests.conftest import SettingsFactory
 
 

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.config import Settings
+from igbutton_server.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

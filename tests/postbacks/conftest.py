@@ -13,12 +13,18 @@ from typing import Any, TypeVar
 import aiohttp
 import grpc
 import pytest
+
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
-
-from service.app import App
-from service.postbacks.webhook import SIGNATURE_HEADER, sign
-from service.storage.postbacks import Filter, NewPostback, PostbackStore, Start, StoredPostback
+from igbutton_server.app import App
+from igbutton_server.postbacks.webhook import SIGNATURE_HEADER, sign
+from igbutton_server.storage.postbacks import (
+    Filter,
+    NewPostback,
+    PostbackStore,
+    Start,
+    StoredPostback,
+)
 from tests.conftest import SettingsFactory
 
 T = TypeVar("T")

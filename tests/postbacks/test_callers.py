@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
+
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
-
-from service.app import App
+from igbutton_server.app import App
 from tests.postbacks.conftest import (
     ACCOUNT,
     OTHER_ACCOUNT,

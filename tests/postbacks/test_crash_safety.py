@@ -17,9 +17,9 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
-
 from tests.postbacks.conftest import SECRET, Stream, WebhookClient, postbacks
 from tests.postbacks.test_streams import ack, seconds
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 class ServerProcess:
-    """``python -m service`` on loopback port 0, configured by environment variables."""
+    """``python -m igbutton_server`` on loopback port 0, configured by environment variables."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -61,7 +61,7 @@ class ServerProcess:
         ports_file = self.workdir / f"ports-{self.runs}.json"
         log = (self.workdir / f"server-{self.runs}.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--ports-file", str(ports_file)],
+            [sys.executable, "-m", "igbutton_server", "--ports-file", str(ports_file)],
             cwd=REPO,
             env=self.env(),
             stdout=log,

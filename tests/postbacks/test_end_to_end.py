@@ -7,14 +7,14 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import grpc
+
 from igbutton.v1 import (
     button_template_pb2,
     postback_service_pb2_grpc,
     send_service_pb2,
     send_service_pb2_grpc,
 )
-
-from service.app import SANDBOX_ACCESS_TOKEN, SANDBOX_ACCOUNT_ID, App
+from igbutton_server.app import SANDBOX_ACCESS_TOKEN, SANDBOX_ACCOUNT_ID, App
 from tests.postbacks.conftest import AppFactory, Stream
 
 Streams = Callable[..., Awaitable[Stream]]

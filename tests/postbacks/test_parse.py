@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.postbacks.parse import MalformedDelivery, parse_delivery
+from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
 from tests.postbacks.conftest import ACCOUNT, postback_item
 
 

@@ -6,9 +6,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from service.postbacks.retention import RetentionPruner
-from service.storage.postbacks import Filter, GroupOptions, Start
-from service.storage.sqlite_postbacks import SqlitePostbackStore
+from igbutton_server.postbacks.retention import RetentionPruner
+from igbutton_server.storage.postbacks import Filter, GroupOptions, Start
+from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
 from tests.postbacks.conftest import AppFactory, eventually, store_of
 from tests.postbacks.test_store_contract import new, next_of
 

@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 import pytest
-from igbutton.v1 import postback_service_pb2_grpc
 
-from service.app import App
-from service.storage.postbacks import AppendResult, Filter, NewPostback, Start
-from service.storage.sqlite_postbacks import SqlitePostbackStore
+from igbutton.v1 import postback_service_pb2_grpc
+from igbutton_server.app import App
+from igbutton_server.storage.postbacks import AppendResult, Filter, NewPostback, Start
+from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
 from tests.postbacks.conftest import (
     AppFactory,
     Stream,

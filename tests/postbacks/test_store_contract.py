@@ -1,6 +1,6 @@
 """The PostbackStore contract, run against every engine (``engine`` fixture params).
 
-These tests use only the interface in service/storage/postbacks.py, so a new engine (NATS
+These tests use only the interface in igbutton_server/storage/postbacks.py, so a new engine (NATS
 JetStream) passes them by adding itself to ``ENGINES`` below. Deadlines here are short
 (fractions of a second): the store accepts any; the gRPC API enforces its 1 s minimum. All
 members of one group use the same ack deadline and max attempts (see GroupOptions).
@@ -18,7 +18,7 @@ from typing import TypeVar
 import pytest
 from prometheus_client import REGISTRY
 
-from service.storage.postbacks import (
+from igbutton_server.storage.postbacks import (
     Delivery,
     Filter,
     GroupFilterMismatch,
@@ -29,7 +29,7 @@ from service.storage.postbacks import (
     StoreClosed,
     StoredPostback,
 )
-from service.storage.sqlite_postbacks import SqlitePostbackStore
+from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
 from tests.postbacks.conftest import WAIT, eventually
 
 T = TypeVar("T")
@@ -304,7 +304,7 @@ def dead_letter_lines(caplog: pytest.LogCaptureFixture, group: str) -> list[tupl
     return [
         (r.__dict__["sequence"], r.__dict__["reason"])
         for r in caplog.records
-        if r.name == "service.storage.dead_letters" and r.__dict__.get("group") == group
+        if r.name == "igbutton_server.storage.dead_letters" and r.__dict__.get("group") == group
     ]
 
 

@@ -11,10 +11,10 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
-
-from service.app import App
+from igbutton_server.app import App
 from tests.postbacks.conftest import (
     ACCOUNT,
     OTHER_ACCOUNT,

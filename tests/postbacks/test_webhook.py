@@ -8,9 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service import metrics
-from service.app import App
-from service.postbacks.webhook import sign
+from igbutton_server import metrics
+from igbutton_server.app import App
+from igbutton_server.postbacks.webhook import sign
 from tests.postbacks.conftest import (
     ACCOUNT,
     ROTATED_SECRET,

@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from service.app import App
-from service.postbacks.parse import MalformedDelivery, parse_delivery
-from service.postbacks.webhook import sign
+from igbutton_server.app import App
+from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
+from igbutton_server.postbacks.webhook import sign
 from tests.postbacks.conftest import ROTATED_SECRET, SECRET, WebhookClient, appended_during
 
 json_scalars = st.one_of(

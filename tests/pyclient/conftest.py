@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.app import App
+from igbutton_server.app import App
 from tests.conftest import SettingsFactory
 
 AppFactory = Callable[..., Awaitable[App]]

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import IO
 
 import pytest
-from igbutton import Client
 
+from igbutton import Client
 from tests.pyclient.conftest import (
     ServerProcess,
     igbutton_command,

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+
 from igbutton import ButtonTemplate, PostbackButton, UrlButton, template
 from igbutton._commands import UsageError, parse_start
 from igbutton._requests import SubscribeOptions

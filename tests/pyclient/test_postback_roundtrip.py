@@ -8,6 +8,7 @@ import asyncio
 
 import grpc
 import pytest
+
 from igbutton import (
     AsyncClient,
     Client,
@@ -17,8 +18,7 @@ from igbutton import (
     ReconnectPolicy,
     template,
 )
-
-from service.app import SANDBOX_ACCOUNT_ID, App
+from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
 from tests.pyclient.conftest import AppFactory
 
 RECIPIENT = "1234567890123456"

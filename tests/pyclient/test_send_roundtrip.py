@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from igbutton import (
     AsyncClient,
     Client,
@@ -18,8 +19,7 @@ from igbutton import (
     template,
 )
 from igbutton.errors import CallerUnauthenticatedError, UnknownAccountError
-
-from service.app import SANDBOX_ACCOUNT_ID, App
+from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
 from tests.pyclient.conftest import AppFactory
 from tests.send.pki import Pki, make_pki
 

@@ -15,6 +15,7 @@ import grpc_testing
 import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from igbutton import (
     Client,
     InvalidRequestError,
@@ -35,9 +36,8 @@ from igbutton.errors import (
     UnavailableError,
 )
 from igbutton.v1 import button_template_pb2, postback_service_pb2, send_service_pb2
-
-from service.errors import FieldViolation as ServerViolation
-from service.errors import InvalidRequest, RateLimited
+from igbutton_server.errors import FieldViolation as ServerViolation
+from igbutton_server.errors import InvalidRequest, RateLimited
 
 SEND = send_service_pb2.DESCRIPTOR.services_by_name["SendService"]
 POSTBACKS = postback_service_pb2.DESCRIPTOR.services_by_name["PostbackService"]

@@ -12,7 +12,7 @@ import aiohttp
 import grpc
 import pytest
 
-from service.postbacks.webhook import SIGNATURE_HEADER, sign
+from igbutton_server.postbacks.webhook import SIGNATURE_HEADER, sign
 from tests.nats_servers import NatsCluster
 from tests.postbacks.conftest import delivery
 from tests.replicas.processes import APP_SECRET, Replica, SandboxProcess
@@ -111,7 +111,6 @@ async def streams(
     """Open SubscribePostbacks streams on replicas: ``await streams(replica, **fields)``;
     all cancelled before the channels close."""
     from igbutton.v1 import postback_service_pb2_grpc
-
     from tests.postbacks.conftest import Stream
 
     opened: list[Stream] = []

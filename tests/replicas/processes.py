@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.app import SANDBOX_ACCOUNT_ID
+from igbutton_server.app import SANDBOX_ACCOUNT_ID
 
 ACCOUNT = SANDBOX_ACCOUNT_ID
 APP_SECRET = "replica-test-app-secret"
@@ -46,7 +46,7 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> No
 
 @dataclass
 class SandboxProcess:
-    """``python -m service.sandbox --port 0``: the Graph API stand-in every replica sends to."""
+    """``python -m igbutton_server.sandbox --port 0``: the Graph stand-in every replica calls."""
 
     workdir: Path
     url: str = ""
@@ -61,7 +61,7 @@ class SandboxProcess:
                 [
                     sys.executable,
                     "-m",
-                    "service.sandbox",
+                    "igbutton_server.sandbox",
                     "--port",
                     "0",
                     "--token",

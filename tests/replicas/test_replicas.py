@@ -12,9 +12,9 @@ import aiohttp
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc, send_service_pb2_grpc
-
 from tests.nats_servers import NatsCluster
 from tests.postbacks.conftest import Stream, postback_item, postbacks
 from tests.replicas.conftest import StartReplicas, deliver_like_meta

@@ -10,14 +10,14 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+
 from igbutton.v1 import (
     button_template_pb2,
     send_service_pb2,
     send_service_pb2_grpc,
 )
-
-from service.app import SANDBOX_ACCOUNT_ID, App
-from service.sandbox import Sandbox
+from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
+from igbutton_server.sandbox import Sandbox
 from tests.conftest import SettingsFactory
 
 ACCOUNT = SANDBOX_ACCOUNT_ID

@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
-from igbutton.v1 import send_service_pb2_grpc
 
-from service.app import App
-from service.sandbox import Fault, Sandbox
+from igbutton.v1 import send_service_pb2_grpc
+from igbutton_server.app import App
+from igbutton_server.sandbox import Fault, Sandbox
 from tests.send.conftest import ACCOUNT, AppFactory, details, send_request, stub_for
 
 C = grpc.StatusCode
@@ -244,7 +244,7 @@ def _send_path_tasks() -> list[asyncio.Task[Any]]:
         while awaitable is not None:
             code = getattr(awaitable, "cr_code", None) or getattr(awaitable, "gi_code", None)
             if code is not None and (
-                "service/send/" in code.co_filename or "aiohttp/client" in code.co_filename
+                "igbutton_server/send/" in code.co_filename or "aiohttp/client" in code.co_filename
             ):
                 found.append(task)
                 break
@@ -325,7 +325,7 @@ def _closed_port() -> int:
 async def test_connection_refused_is_retried_then_unavailable(
     start_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="service.send")
+    caplog.set_level(logging.DEBUG, logger="igbutton_server.send")
     app = await start_app(
         sandbox={"enabled": False},
         accounts=[{"id": ACCOUNT, "access_token": "some-access-token"}],

@@ -6,7 +6,7 @@ import aiohttp
 import grpc
 import pytest
 
-from service.sandbox import Fault
+from igbutton_server.sandbox import Fault
 from tests.send.conftest import AppFactory, send_request, stub_for
 
 ACCESS_TOKEN = "IGAAT-metrics-access-token-41b7"

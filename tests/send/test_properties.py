@@ -8,15 +8,15 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
 from igbutton.v1 import button_template_pb2 as bt
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
-
-from service.app import App
-from service.config import Settings
-from service.errors import InvalidRequest
-from service.sandbox import Sandbox, graph_rules
-from service.send.translate import to_graph_request
-from service.send.validation import validate_send
+from igbutton_server.app import App
+from igbutton_server.config import Settings
+from igbutton_server.errors import InvalidRequest
+from igbutton_server.sandbox import Sandbox, graph_rules
+from igbutton_server.send.translate import to_graph_request
+from igbutton_server.send.validation import validate_send
 from tests.send.conftest import details
 
 # Text biased towards the limits: short, around them, and multi-byte characters.

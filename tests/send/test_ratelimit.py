@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from service.errors import RateLimited
-from service.send.ratelimit import AccountRateLimiter
+from igbutton_server.errors import RateLimited
+from igbutton_server.send.ratelimit import AccountRateLimiter
 from tests.send.conftest import AppFactory, details, send_request, stub_for
 
 SLOW_LIMIT = {"per_account_per_second": 5, "burst": 1}

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from service.logs import JsonFormatter
+from igbutton_server.logs import JsonFormatter
 from tests.send.conftest import AppFactory, send_request, stub_for
 
 CALLER_TOKEN = "middleware-caller-token-5d1e"
@@ -33,7 +33,7 @@ class _JsonLines(logging.Handler):
 @pytest.fixture
 def json_lines() -> Iterator[_JsonLines]:
     handler = _JsonLines()
-    logger = logging.getLogger("service")
+    logger = logging.getLogger("igbutton_server")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -10,11 +10,11 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 
-from service.app import App
-from service.logs import JsonFormatter
-from service.sandbox import Fault
+from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
+from igbutton_server.app import App
+from igbutton_server.logs import JsonFormatter
+from igbutton_server.sandbox import Fault
 from tests.send.conftest import ACCOUNT, RECIPIENT, AppFactory, details, send_request, stub_for
 from tests.send.pki import Pki, make_pki
 

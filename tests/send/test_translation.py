@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import grpc
+
 from igbutton.v1 import button_template_pb2 as bt
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
-
-from service.app import SANDBOX_ACCESS_TOKEN, App
-from service.config import DEFAULT_GRAPH_API_VERSION
-from service.sandbox import Sandbox
+from igbutton_server.app import SANDBOX_ACCESS_TOKEN, App
+from igbutton_server.config import DEFAULT_GRAPH_API_VERSION
+from igbutton_server.sandbox import Sandbox
 from tests.send.conftest import ACCOUNT, RECIPIENT, SEED_BODY, AppFactory, send_request, stub_for
 
 

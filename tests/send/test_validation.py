@@ -6,10 +6,10 @@ from typing import Any
 
 import grpc
 import pytest
+
 from igbutton.v1 import button_template_pb2 as bt
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
-
-from service.sandbox import Sandbox
+from igbutton_server.sandbox import Sandbox
 from tests.send.conftest import (
     ACCOUNT,
     RECIPIENT,

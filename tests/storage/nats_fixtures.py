@@ -10,9 +10,9 @@ from typing import Any
 import nats
 from nats.js.errors import NotFoundError
 
-from service.config import Settings
-from service.storage.nats_connection import NatsLayout
-from service.storage.nats_postbacks import NatsPostbackStore
+from igbutton_server.config import Settings
+from igbutton_server.storage.nats_connection import NatsLayout
+from igbutton_server.storage.nats_postbacks import NatsPostbackStore
 from tests.conftest import SettingsFactory
 
 

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.config import Settings
-from service.send.idempotency import IdempotencyStore
-from service.send.outcome import SendResult
-from service.storage.nats_idempotency import NatsIdempotencyStore, bucket_key
+from igbutton_server.config import Settings
+from igbutton_server.send.idempotency import IdempotencyStore
+from igbutton_server.send.outcome import SendResult
+from igbutton_server.storage.nats_idempotency import NatsIdempotencyStore, bucket_key
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 from tests.send.test_idempotency import (  # the store-level contract

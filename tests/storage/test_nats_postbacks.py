@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from service.storage import nats_postbacks
-from service.storage.nats_codec import encode
-from service.storage.nats_postbacks import APPEND_TIMEOUT_SECONDS, NatsPostbackStore
-from service.storage.postbacks import Filter, GroupOptions, Start
+from igbutton_server.storage import nats_postbacks
+from igbutton_server.storage.nats_codec import encode
+from igbutton_server.storage.nats_postbacks import APPEND_TIMEOUT_SECONDS, NatsPostbackStore
+from igbutton_server.storage.postbacks import Filter, GroupOptions, Start
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 from tests.postbacks.conftest import eventually

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from service.storage import nats_tail
-from service.storage.nats_cursor import NatsSubscription
-from service.storage.nats_postbacks import NatsPostbackStore
-from service.storage.postbacks import Filter, Start, StoredPostback
+from igbutton_server.storage import nats_tail
+from igbutton_server.storage.nats_cursor import NatsSubscription
+from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+from igbutton_server.storage.postbacks import Filter, Start, StoredPostback
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 from tests.postbacks.test_store_contract import new, take

@@ -21,8 +21,8 @@ from igbutton._channel import DEFAULT_TARGET
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765"
 
 _SERVER_COMMANDS = {
-    "serve": ("service.main", "run the igbutton server (same options as igbutton-server)"),
-    "sandbox": ("service.sandbox", "run only the local Instagram sandbox"),
+    "serve": ("igbutton_server.main", "run the igbutton server (same options as igbutton-server)"),
+    "sandbox": ("igbutton_server.sandbox", "run only the local Instagram sandbox"),
 }
 
 _MAIN_EPILOG = """\

@@ -1,7 +1,0 @@
-"""``python -m service`` runs the server."""
-
-import sys
-
-from service.main import main
-
-sys.exit(main())

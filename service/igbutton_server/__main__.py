@@ -1,0 +1,7 @@
+"""``python -m igbutton_server`` runs the server."""
+
+import sys
+
+from igbutton_server.main import main
+
+sys.exit(main())

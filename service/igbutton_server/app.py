@@ -1,0 +1,297 @@
+"""Composes igbutton from its parts and runs them: start in order, stop in reverse.
+
+This is the only module that knows every component. Each part gets what it needs
+through its constructor, so tests can build the same App on loopback with port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import SecretStr
+
+from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
+from igbutton_server import tracing
+from igbutton_server.config import Account, Settings
+from igbutton_server.ops_http import build_ops_app
+from igbutton_server.postbacks.api import PostbackApi
+from igbutton_server.postbacks.retention import RetentionPruner
+from igbutton_server.postbacks.webhook import Webhook
+from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
+from igbutton_server.sandbox import Sandbox
+from igbutton_server.send import SendPath
+from igbutton_server.send.idempotency import IdempotencyStore
+from igbutton_server.storage.backends import open_idempotency_store, open_postback_store
+from igbutton_server.storage.postbacks import PostbackStore
+
+log = logging.getLogger(__name__)
+
+SANDBOX_ACCOUNT_ID = "17841400000000000"
+SANDBOX_ACCESS_TOKEN = "sandbox-access-token"  # noqa: S105 - the sandbox's fixed fake token
+
+_SERVICE_NAMES = (
+    send_service_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
+    postback_service_pb2.DESCRIPTOR.services_by_name["PostbackService"].full_name,
+)
+
+
+@dataclass
+class Ports:
+    """The ports actually bound (differ from the settings when those say 0)."""
+
+    grpc: int = 0
+    http: int = 0
+    webhook: int = 0
+    sandbox: int = 0
+
+
+@dataclass
+class _Sites:
+    runners: list[web.AppRunner] = field(default_factory=list)
+
+
+def with_sandbox_defaults(settings: Settings, sandbox_url: str) -> Settings:
+    """Point Graph at the sandbox and fill in an account and app secret if none are set."""
+    update: dict[str, object] = {
+        "graph": settings.graph.model_copy(update={"base_url": sandbox_url}),
+    }
+    if not settings.accounts:
+        update["accounts"] = [
+            Account(id=SANDBOX_ACCOUNT_ID, access_token=SecretStr(SANDBOX_ACCESS_TOKEN))
+        ]
+    if not settings.webhook.app_secrets:
+        update["webhook"] = settings.webhook.model_copy(
+            update={"app_secrets": [SecretStr(secrets.token_hex(16))]}
+        )
+    return settings.model_copy(update=update)
+
+
+class App:
+    """One igbutton process: gRPC API, webhook, ops HTTP and (optionally) the sandbox."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ports = Ports()
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._sites = _Sites()
+        self.sandbox: Sandbox | None = None
+        """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
+        self.send: SendPath | None = None
+        """The send path's parts, once SendService is registered."""
+        self._ready = False
+        self._stop_requested = asyncio.Event()
+        self._stop_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start every part; on return all ports are bound and the service is ready."""
+        if self.settings.sandbox.enabled:
+            await self._start_sandbox()
+        await self._start_storage()
+        self._grpc = grpc.aio.server(
+            interceptors=tracing.configure(self.settings.tracing) or None,
+            options=[
+                ("grpc.max_concurrent_streams", self.settings.grpc.max_concurrent_streams),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        # Generated add_*_to_server functions register through the middleware.
+        services: Any = Registrar(self._grpc, RpcMiddleware(self.settings.callers))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, services)
+        # The real server: reflection picks its asyncio servicer by the server's type, and
+        # the middleware would pass its open, request-streaming methods through unchanged.
+        reflection.enable_server_reflection(
+            (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        self._add_send_service(services)
+        self._add_postback_service(services)
+        self.ports.grpc = self._bind_grpc(self._grpc)
+        await self._grpc.start()
+        self.ports.http = await self._serve_http(
+            build_ops_app(self._readiness), self.settings.http.host, self.settings.http.port
+        )
+        await self._start_webhook()
+        for name in ("", *_SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ready = True
+        log.info(
+            "igbutton started",
+            extra={
+                "grpc_port": self.ports.grpc,
+                "http_port": self.ports.http,
+                "webhook_port": self.ports.webhook,
+                "sandbox_port": self.ports.sandbox,
+                "storage": self.settings.storage.backend,
+                "tls": self.settings.grpc.tls.enabled,
+            },
+        )
+
+    def request_stop(self) -> None:
+        """Ask the process to stop (from a signal handler); serve() then calls stop()."""
+        self._stop_requested.set()
+
+    async def wait_stop_requested(self) -> None:
+        """Return once request_stop() or stop() has been called."""
+        await self._stop_requested.wait()
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight calls finish within the grace period, then close.
+
+        Safe to call more than once and from several tasks: every caller waits for the one
+        shutdown, which is shielded so a cancelled caller cannot cut it short.
+        """
+        self._stop_requested.set()
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._shutdown())
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self) -> None:
+        self._ready = False
+        await self._health.enter_graceful_shutdown()
+        await self._stop_webhook()
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.grpc.shutdown_grace_seconds)
+        await self._stop_send()
+        await self._stop_storage()
+        for runner in reversed(self._sites.runners):
+            await runner.cleanup()
+        await self._stop_sandbox()
+        # The exporter flushes with blocking I/O; keep it off the event loop.
+        await asyncio.to_thread(tracing.shutdown)
+        log.info("igbutton stopped")
+
+    async def _readiness(self) -> str | None:
+        if not self._ready:
+            return "starting or stopping"
+        if self.postback_store is not None:
+            return self.postback_store.unready_reason()
+        return None
+
+    def _bind_grpc(self, server: grpc.aio.Server) -> int:
+        listen = self.settings.grpc.listen
+        tls = self.settings.grpc.tls
+        if not tls.enabled:
+            port = server.add_insecure_port(listen)
+        else:
+            assert tls.cert_file is not None
+            assert tls.key_file is not None
+            ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+            creds = grpc.ssl_server_credentials(
+                [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            port = server.add_secure_port(listen, creds)
+        if port == 0:
+            raise OSError(f"cannot bind gRPC to {listen}")
+        return port
+
+    async def _serve_http(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._sites.runners.append(runner)
+        # The runner's public addresses work on any event loop (uvloop included).
+        bound: int = runner.addresses[0][1]
+        return bound
+
+    # --- Extension points. Each belongs to one part of the service. ---
+
+    # Sandbox (service/sandbox/).
+    async def _start_sandbox(self) -> None:
+        """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
+        sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
+        await sandbox.start()
+        self.sandbox = sandbox
+        self.settings = with_sandbox_defaults(self.settings, sandbox.url)
+        # The sandbox accepts exactly the configured accounts' tokens, as Meta would.
+        sandbox.set_tokens({account.id: account.token() for account in self.settings.accounts})
+        self.ports.sandbox = sandbox.port
+        log.warning(
+            "sandbox mode: sends go to the local sandbox, not to Instagram",
+            extra={"sandbox_url": sandbox.url},
+        )
+
+    async def _stop_sandbox(self) -> None:
+        """Stop the sandbox, if started."""
+        if self.sandbox is not None:
+            await self.sandbox.stop()
+
+    # Storage (service/storage/): postback log, groups, idempotency records.
+    postback_store: PostbackStore | None = None
+    _idempotency_store: IdempotencyStore | None = None
+    _pruner: RetentionPruner | None = None
+
+    async def _start_storage(self) -> None:
+        """Open the configured storage backend."""
+        self.postback_store = await open_postback_store(self.settings)
+        self._idempotency_store = await open_idempotency_store(self.settings)
+        self._pruner = RetentionPruner(
+            self.postback_store,
+            retention=self.settings.postbacks.retention_seconds,
+            interval=self.settings.postbacks.prune_interval_seconds,
+        )
+        self._pruner.start()
+
+    async def _stop_storage(self) -> None:
+        """Close the storage backend after every user of it stopped."""
+        if self._pruner is not None:
+            await self._pruner.stop()
+        if self.postback_store is not None:
+            await self.postback_store.close()
+
+    # Send path (service/send/).
+    def _add_send_service(self, server: grpc.aio.Server) -> None:
+        """Register SendService."""
+        self.send = SendPath(self.settings, store=self._idempotency_store)
+        self.send.register(server)
+
+    async def _stop_send(self) -> None:
+        """Close the Graph client after in-flight sends finished."""
+        if self.send is not None:
+            await self.send.close()
+
+    # Postback path (service/postbacks/).
+    _postback_api: PostbackApi | None = None
+    _webhook_runner: web.AppRunner | None = None
+
+    def _add_postback_service(self, server: grpc.aio.Server) -> None:
+        """Register PostbackService."""
+        assert self.postback_store is not None
+        self._postback_api = PostbackApi(self.postback_store, self.settings.postbacks)
+        postback_service_pb2_grpc.add_PostbackServiceServicer_to_server(self._postback_api, server)
+
+    async def _start_webhook(self) -> None:
+        """Serve Meta's webhook and tell the sandbox (if any) where it is."""
+        assert self.postback_store is not None
+        settings = self.settings.webhook
+        webhook = Webhook(settings, self.postback_store)
+        self.ports.webhook = await self._serve_http(
+            webhook.build_app(), settings.host, settings.port
+        )
+        # Stopped apart from the other HTTP sites: before the streams end and the store closes.
+        self._webhook_runner = self._sites.runners.pop()
+        sandbox = self.sandbox
+        if sandbox is not None:
+            host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+            host = f"[{host}]" if ":" in host else host
+            url = f"http://{host}:{self.ports.webhook}{settings.path}"
+            app_secrets = settings.secrets()
+            sandbox.set_webhook(url, app_secrets[0] if app_secrets else b"")
+
+    async def _stop_webhook(self) -> None:
+        """Stop taking webhooks; finish stores in flight; end streams with UNAVAILABLE."""
+        if self._webhook_runner is not None:
+            await self._webhook_runner.cleanup()  # waits for deliveries being stored
+            self._webhook_runner = None
+        if self._postback_api is not None:
+            await self._postback_api.shutdown()

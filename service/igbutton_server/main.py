@@ -1,0 +1,84 @@
+"""The ``igbutton-server`` command: load the configuration, run the service until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from igbutton_server import event_loop, logs
+from igbutton_server.app import App, Ports
+from igbutton_server.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="igbutton-server",
+        description="Run igbutton: the gRPC gateway for Instagram button templates and "
+        "postbacks. Settings come from IGBUTTON_* environment variables and/or a TOML file.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="start the local Instagram sandbox and send to it (no Meta app needed)",
+    )
+    parser.add_argument(
+        "--ports-file",
+        type=Path,
+        help="once ready, write the bound ports here as JSON (for scripts and tests)",
+    )
+    return parser
+
+
+async def serve(
+    settings: Settings,
+    ports_file: Path | None = None,
+    on_ready: Callable[[Ports], None] | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    app = App(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.request_stop)
+    try:
+        await app.start()
+        if ports_file is not None:
+            tmp = ports_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(vars(app.ports)))
+            tmp.replace(ports_file)  # atomic, so a reader never sees half a file
+        if on_ready is not None:
+            on_ready(app.ports)
+        await app.wait_stop_requested()
+    finally:
+        await app.stop()
+
+
+def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None = None) -> int:
+    """Entry point of ``igbutton-server``; ``on_ready`` is called once every port is bound."""
+    args = _parser().parse_args(argv)
+    # Keyword overrides are merged over the environment and file, key by key.
+    overrides: dict[str, object] = {"sandbox": {"enabled": True}} if args.sandbox else {}
+    try:
+        settings = Settings.load(args.config, **overrides)
+    except ConfigError as exc:
+        print(f"igbutton-server: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log)
+    try:
+        event_loop.run(serve(settings, args.ports_file, on_ready), settings.event_loop)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""PostbackService: the log as gRPC streams, broadcast or shared by a consumer group.
+
+A stream sends its initial metadata once its start position is fixed (the subscription
+exists), so a client that waits for it knows every later postback will reach it. A stream
+only ever ends because the client cancels or the server stops; the latter ends it with
+UNAVAILABLE / SHUTTING_DOWN so clients reconnect (after_sequence for broadcast, the same
+group name for groups).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
+from igbutton_server import metrics
+from igbutton_server.auth import account_not_allowed, current_caller
+from igbutton_server.config import PostbackSettings
+from igbutton_server.errors import ApiError, FieldViolation, InvalidRequest, ShuttingDown, abort
+from igbutton_server.postbacks.requests import SubscribeSpec, check_ack_request, subscribe_spec
+from igbutton_server.storage.postbacks import (
+    Delivery,
+    GroupFilterMismatch,
+    GroupMember,
+    PostbackStore,
+    StoreClosed,
+    StoredPostback,
+    Subscription,
+)
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+CallerAccounts = Callable[[Context], frozenset[str] | None]
+"""The accounts the calling service may read; None means all."""
+
+
+def authenticated_caller_accounts(_: Context) -> frozenset[str] | None:
+    """The accounts of the caller service.auth identified (all in open mode or for ``*``)."""
+    caller = current_caller.get()
+    if caller is None or "*" in caller.accounts:
+        return None
+    return frozenset(caller.accounts)
+
+
+def postback_message(postback: StoredPostback) -> postback_service_pb2.Postback:
+    """The proto form of a stored postback."""
+    message = postback_service_pb2.Postback(
+        sequence=postback.sequence,
+        account_id=postback.account_id,
+        sender_id=postback.sender_id,
+        mid=postback.mid,
+        title=postback.title,
+        payload=postback.payload,
+        raw_json=postback.raw_json,
+    )
+    if postback.tap_time_ms:
+        message.tap_time.FromMilliseconds(postback.tap_time_ms)
+    message.receive_time.FromMilliseconds(postback.received_ms)
+    return message
+
+
+def _response(item: StoredPostback | Delivery) -> postback_service_pb2.SubscribePostbacksResponse:
+    if isinstance(item, Delivery):
+        return postback_service_pb2.SubscribePostbacksResponse(
+            postback=postback_message(item.postback),
+            ack_id=item.ack_id,
+            delivery_attempt=item.attempt,
+        )
+    return postback_service_pb2.SubscribePostbacksResponse(postback=postback_message(item))
+
+
+def _filter_mismatch(exc: GroupFilterMismatch) -> InvalidRequest:
+    accounts = ", ".join(sorted(exc.existing.account_ids)) or "all"
+    prefix = exc.existing.payload_prefix or "(none)"
+    return InvalidRequest(
+        [
+            FieldViolation(
+                "group",
+                f"group {exc.group} exists with other filters: account_ids {accounts}, "
+                f"payload_prefix {prefix}; members of a group must use the same filters",
+            )
+        ]
+    )
+
+
+class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
+    """The PostbackService servicer over a PostbackStore."""
+
+    def __init__(
+        self,
+        store: PostbackStore,
+        settings: PostbackSettings,
+        caller_accounts: CallerAccounts = authenticated_caller_accounts,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._caller_accounts = caller_accounts
+        self._open: set[Subscription | GroupMember] = set()
+        self._closing = False
+
+    async def shutdown(self) -> None:
+        """End every open stream with UNAVAILABLE and refuse new ones."""
+        self._closing = True
+        for source in list(self._open):
+            await source.close()
+
+    async def _open_source(self, spec: SubscribeSpec) -> Subscription | GroupMember:
+        if spec.options is None:
+            return await self._store.subscribe(spec.filter, spec.start)
+        return await self._store.join_group(spec.group, spec.filter, spec.start, spec.options)
+
+    async def SubscribePostbacks(
+        self,
+        request: postback_service_pb2.SubscribePostbacksRequest,
+        context: Context,
+    ) -> AsyncIterator[postback_service_pb2.SubscribePostbacksResponse]:
+        """Stream matching postbacks until the client cancels or the server stops."""
+        if self._closing:
+            await abort(context, ShuttingDown())
+        try:
+            spec = subscribe_spec(request, self._settings, self._caller_accounts(context))
+            source = await self._open_source(spec)
+        except ApiError as err:
+            await abort(context, err)
+            raise  # not reached: abort raises
+        except GroupFilterMismatch as exc:
+            await abort(context, _filter_mismatch(exc))
+            raise
+        except StoreClosed:
+            await abort(context, ShuttingDown())
+            raise
+        kind = "group" if spec.options is not None else "broadcast"
+        self._open.add(source)
+        metrics.SUBSCRIBERS.labels(kind=kind).inc()
+        log.info(
+            "postback subscription opened",
+            extra={"group": spec.group or None, "start": spec.start.kind.value},
+        )
+        try:
+            if self._closing:  # shutdown began while we were opening
+                await source.close()
+            await context.send_initial_metadata(())
+            async for item in source:
+                yield _response(item)
+        finally:
+            self._open.discard(source)
+            metrics.SUBSCRIBERS.labels(kind=kind).dec()
+            await source.close()
+        # A source ends only when it or the store is closed: the server is stopping.
+        await abort(context, ShuttingDown())
+
+    async def _check_group_allowed(self, group: str, allowed: frozenset[str] | None) -> None:
+        """A restricted caller may ack only in groups limited to its own accounts."""
+        if allowed is None:
+            return
+        info = await self._store.group_info(group)
+        if info is None:
+            return  # every id will be reported unknown
+        outside = sorted(info.filter.account_ids - allowed) or (
+            [] if info.filter.account_ids else ["*"]
+        )
+        if outside:
+            raise account_not_allowed(outside[0])
+
+    async def AckPostbacks(
+        self,
+        request: postback_service_pb2.AckPostbacksRequest,
+        context: Context,
+    ) -> postback_service_pb2.AckPostbacksResponse:
+        """Acknowledge or nack deliveries of a group."""
+        try:
+            check_ack_request(request)
+            await self._check_group_allowed(request.group, self._caller_accounts(context))
+            result = await self._store.ack(request.group, request.ack_ids, request.nack_ids)
+        except ApiError as err:
+            await abort(context, err)
+            raise
+        except StoreClosed:
+            await abort(context, ShuttingDown())
+            raise
+        return postback_service_pb2.AckPostbacksResponse(
+            applied_count=result.applied, unknown_ack_ids=result.unknown
+        )

@@ -1,0 +1,163 @@
+"""Meta's webhook JSON to postbacks: what to keep, what to skip, what to reject.
+
+A delivery is rejected (400, nothing stored) only when it is not a JSON object with an
+``entry`` list: then nothing in it can be trusted. Inside a valid envelope every item is
+judged alone: a postback becomes a NewPostback; anything else (messages, reads, reactions,
+``changes`` from other webhook fields) is skipped and counted; a postback missing what
+identifies it (mid, sender, account) is skipped as ``invalid_postback`` rather than failing
+the batch, because Meta would retry a failed batch for 36 hours and then drop its good items
+too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from igbutton_server.storage.postbacks import NewPostback
+
+_MAX_TIME_MS = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the largest time a protobuf Timestamp holds."""
+
+_ITEM_KINDS = (
+    "message",
+    "read",
+    "reaction",
+    "delivery",
+    "referral",
+    "optin",
+    "message_edit",
+    "policy_enforcement",
+    "account_linking",
+)
+"""Known non-postback ``messaging`` items, named in the skipped counts; others are 'other'."""
+
+
+class MalformedDelivery(ValueError):
+    """The body is not a webhook delivery at all (not JSON, or no ``entry`` list)."""
+
+
+@dataclass
+class ParsedDelivery:
+    """The postbacks of one delivery and what was skipped, by kind."""
+
+    postbacks: list[NewPostback] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+def parse_delivery(body: bytes) -> ParsedDelivery:
+    """Parse a webhook body, or raise MalformedDelivery."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise MalformedDelivery("the body is not JSON") from None
+    if not isinstance(document, dict):
+        raise MalformedDelivery("the body is not a JSON object")
+    entries = document.get("entry")
+    if not isinstance(entries, list):
+        raise MalformedDelivery("the body has no entry list")
+    parsed = ParsedDelivery()
+    for entry in entries:
+        if not isinstance(entry, dict):
+            parsed.skipped["invalid_entry"] += 1
+            continue
+        changes = entry.get("changes")
+        if isinstance(changes, list):
+            parsed.skipped["changes"] += len(changes)
+        messaging = entry.get("messaging", [])
+        if not isinstance(messaging, list):
+            parsed.skipped["invalid_entry"] += 1
+            continue
+        for item in messaging:
+            kind = _kind(item)
+            if kind != "postback":
+                parsed.skipped[kind] += 1
+                continue
+            postback = _postback(item, entry)
+            if postback is None:
+                parsed.skipped["invalid_postback"] += 1
+            else:
+                parsed.postbacks.append(postback)
+    return parsed
+
+
+def _kind(item: object) -> str:
+    if not isinstance(item, dict):
+        return "invalid_item"
+    if "postback" in item:
+        return "postback"
+    return next((k for k in _ITEM_KINDS if k in item), "other")
+
+
+def _text(value: object) -> str | None:
+    """A string field as Meta sends it; ids may arrive as numbers. None if unusable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")  # lone surrogates from \\ud800 escapes cannot be stored
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def _id(value: object) -> str | None:
+    text = _text(value)
+    return text if text else None
+
+
+def _time_ms(*candidates: object) -> int:
+    for value in candidates:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            continue
+        if 0 <= value <= _MAX_TIME_MS:
+            return int(value)
+    return 0
+
+
+def _get_id(obj: object) -> str | None:
+    return _id(obj.get("id")) if isinstance(obj, dict) else None
+
+
+def _raw_json(item: dict[str, Any]) -> str:
+    raw = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate somewhere: keep it as an escape
+        raw = json.dumps(item, ensure_ascii=True, separators=(",", ":"))
+    return raw
+
+
+def _postback(item: dict[str, Any], entry: dict[str, Any]) -> NewPostback | None:
+    body = item["postback"]
+    if not isinstance(body, dict):
+        return None
+    mid = _id(body.get("mid"))
+    sender = _get_id(item.get("sender"))
+    # The account is the recipient of the tap; entry.id names it too.
+    account = _get_id(item.get("recipient")) or _id(entry.get("id"))
+    title = _text(body.get("title", ""))
+    payload = _text(body.get("payload", ""))
+    if mid is None or sender is None or account is None or title is None or payload is None:
+        return None
+    try:
+        raw = _raw_json(item)
+    except (ValueError, RecursionError):
+        return None
+    return NewPostback(
+        account_id=account,
+        sender_id=sender,
+        mid=mid,
+        title=title,
+        payload=payload,
+        tap_time_ms=_time_ms(item.get("timestamp"), entry.get("time")),
+        raw_json=raw,
+    )

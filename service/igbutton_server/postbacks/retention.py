@@ -1,0 +1,52 @@
+"""Removes postbacks older than the retention period, in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from igbutton_server.storage.postbacks import PostbackStore, StoreClosed
+
+log = logging.getLogger(__name__)
+
+
+class RetentionPruner:
+    """Every ``interval`` seconds, prune postbacks received more than ``retention`` ago."""
+
+    def __init__(self, store: PostbackStore, retention: float, interval: float) -> None:
+        self._store = store
+        self._retention = retention
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background task (the first prune runs at once)."""
+        self._task = asyncio.create_task(self._run(), name="postback-retention")
+
+    async def prune_once(self) -> int:
+        """Prune now; return how many postbacks were removed."""
+        cutoff_ms = int((time.time() - self._retention) * 1000)
+        removed = await self._store.prune(cutoff_ms)
+        if removed:
+            log.info("pruned postbacks past the retention", extra={"removed": removed})
+        return removed
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.prune_once()
+            except StoreClosed:
+                return
+            except Exception:  # keep pruning later; a failure here loses no data
+                log.exception("pruning postbacks failed")
+            await asyncio.sleep(self._interval)  # a schedule, not a synchronisation
+
+    async def stop(self) -> None:
+        """Stop the background task."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

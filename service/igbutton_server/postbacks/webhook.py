@@ -1,0 +1,149 @@
+"""Meta's webhook endpoint: the GET verification handshake and signed POST deliveries.
+
+A POST is answered 200 only after every postback in it is durably in the log, so a 200
+Meta has seen is never lost; anything else makes Meta retry. The order of checks matters:
+body size (aiohttp's ``client_max_size``, 413), then the signature over the exact bytes
+received (401 missing / 403 wrong, before any parsing), then the JSON (400), then the
+store (503 when it fails). Rejections say what was wrong in general terms only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from igbutton_server import metrics
+from igbutton_server.config import WebhookSettings
+from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
+from igbutton_server.storage.postbacks import PostbackStore
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+_SIGNATURE_PREFIX = "sha256="
+
+
+def sign(body: bytes, secret: bytes) -> str:
+    """The X-Hub-Signature-256 value Meta sends for ``body`` (used by tests and the sandbox)."""
+    return _SIGNATURE_PREFIX + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def signature_matches(body: bytes, header: str, secrets: Sequence[bytes]) -> bool:
+    """Whether ``header`` is a valid signature of ``body`` under any of ``secrets``.
+
+    Every secret is tried, without stopping at a match, and each comparison is constant
+    time, so the answer's timing tells nothing about the expected value.
+    """
+    given = header.strip().encode("utf-8", "surrogateescape")
+    matched = False
+    for secret in secrets:
+        expected = sign(body, secret).encode("ascii")
+        matched |= hmac.compare_digest(expected, given)
+    return matched
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Webhook:
+    """The aiohttp handlers, bound to the webhook settings and the postback store."""
+
+    def __init__(self, settings: WebhookSettings, store: PostbackStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._secrets = settings.secrets()
+        token = settings.verify_token
+        self._verify_token = None if token is None else token.get_secret_value().encode()
+        if settings.allow_unsigned:
+            log.warning(
+                "WEBHOOK SIGNATURES ARE NOT CHECKED (webhook.allow_unsigned): anyone who can "
+                "reach the webhook port can inject postbacks. Never use this with Meta."
+            )
+        if self._verify_token is None:
+            log.info("no webhook.verify_token set: Meta's verification handshake will fail")
+
+    def build_app(self) -> web.Application:
+        """An aiohttp application serving the webhook at ``settings.path``."""
+        app = web.Application(client_max_size=self._settings.max_body_bytes)
+        app.router.add_get(self._settings.path, self.handshake)
+        app.router.add_post(self._settings.path, self.receive)
+        return app
+
+    async def handshake(self, request: web.Request) -> web.Response:
+        """GET: echo ``hub.challenge`` when ``hub.verify_token`` matches, else 403."""
+        query = request.query
+        token = query.get("hub.verify_token", "").encode("utf-8", "surrogateescape")
+        challenge = query.get("hub.challenge")
+        if (
+            self._verify_token is not None
+            and query.get("hub.mode") == "subscribe"
+            and challenge is not None
+            and hmac.compare_digest(token, self._verify_token)
+        ):
+            metrics.WEBHOOKS.labels(result="handshake_ok").inc()
+            log.info("webhook verification handshake accepted")
+            return web.Response(text=challenge)
+        metrics.WEBHOOKS.labels(result="handshake_denied").inc()
+        log.warning("webhook verification handshake refused")
+        return _error(403, "verification failed")
+
+    async def receive(self, request: web.Request) -> web.Response:
+        """POST: verify, parse, store durably, then answer."""
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            metrics.WEBHOOKS.labels(result="too_large").inc()
+            log.warning("webhook body over webhook.max_body_bytes refused")
+            return _error(413, "body too large")
+
+        if not self._settings.allow_unsigned:
+            header = request.headers.get(SIGNATURE_HEADER)
+            if header is None:
+                metrics.WEBHOOKS.labels(result="unsigned").inc()
+                log.warning("unsigned webhook POST refused")
+                return _error(401, "signature required")
+            if not signature_matches(body, header, self._secrets):
+                metrics.WEBHOOKS.labels(result="bad_signature").inc()
+                log.warning("webhook POST with a wrong signature refused")
+                return _error(403, "invalid signature")
+
+        try:
+            delivery = parse_delivery(body)
+        except MalformedDelivery as exc:
+            metrics.WEBHOOKS.labels(result="malformed").inc()
+            log.warning("malformed webhook delivery refused: %s", exc)
+            return _error(400, str(exc))
+
+        for kind, count in delivery.skipped.items():
+            metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind=kind).inc(count)
+        try:
+            with metrics.LOG_APPEND_LATENCY.time():
+                result = await self._store.append(delivery.postbacks)
+        except Exception:
+            # Meta retries a 5xx, so nothing answered here is lost.
+            metrics.WEBHOOKS.labels(result="store_failed").inc()
+            log.exception("storing a webhook delivery failed; answering 503 so Meta retries")
+            return _error(503, "not stored; retry later")
+        metrics.WEBHOOKS.labels(result="accepted").inc()
+        metrics.POSTBACKS_STORED.inc(result.stored)
+        metrics.POSTBACKS_DUPLICATE.inc(result.duplicates)
+        log.debug(
+            "webhook delivery stored",
+            extra={
+                "stored": result.stored,
+                "duplicates": result.duplicates,
+                "skipped": sum(delivery.skipped.values()),
+            },
+        )
+        return web.json_response(
+            {
+                "stored": result.stored,
+                "duplicates": result.duplicates,
+                "skipped": dict(delivery.skipped),
+            }
+        )

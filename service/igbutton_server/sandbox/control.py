@@ -1,0 +1,131 @@
+"""The sandbox's HTTP control API under ``/_sandbox/``, for the CLI and non-Python tests.
+
+- ``GET /_sandbox/healthz`` -> 200
+- ``GET /_sandbox/messages`` -> ``{"messages": [{message_id, account_id, recipient_id,
+  accepted, status, body, path, received_at}]}``
+- ``POST /_sandbox/faults`` (Fault fields as JSON) -> 204; ``DELETE /_sandbox/faults`` -> 204;
+  ``GET /_sandbox/faults`` -> ``{"faults": [{...Fault fields, "remaining"}]}``
+- ``POST /_sandbox/reset`` -> 204
+- ``POST /_sandbox/tap`` ``{"message_id", "button_index"?}`` -> 200 ``{mid, payload, title,
+  webhook_status}``; 404 unknown message; 400 bad index or not a postback button; 409 no
+  webhook configured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
+
+from igbutton_server.sandbox.faults import Fault
+
+if TYPE_CHECKING:
+    from igbutton_server.sandbox.server import Sandbox
+
+_FAULT_FIELDS = frozenset(f.name for f in fields(Fault))
+_FAULT_ADAPTER = TypeAdapter(Fault)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+    try:
+        data = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "the body must be a JSON object")
+    if not isinstance(data, dict):
+        return _error(400, "the body must be a JSON object")
+    return data
+
+
+def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
+    """Serve the control API for ``sandbox`` on ``app``."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def messages(_: web.Request) -> web.Response:
+        listing = [
+            {
+                "message_id": r.message_id,
+                "account_id": r.account_id,
+                "recipient_id": r.recipient_id,
+                "accepted": r.accepted,
+                "status": r.status,
+                "body": r.body,
+                "path": r.path,
+                "received_at": r.received_at,
+            }
+            for r in sandbox.received
+        ]
+        return web.json_response({"messages": listing})
+
+    async def add_fault(request: web.Request) -> web.Response:
+        data = await _json_object(request)
+        if isinstance(data, web.Response):
+            return data
+        unknown = sorted(set(data) - _FAULT_FIELDS)
+        if unknown:
+            return _error(400, f"unknown fault fields: {', '.join(unknown)}")
+        try:
+            fault = _FAULT_ADAPTER.validate_python(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'fault'}: {e['msg']}" for e in exc.errors()
+            )
+            return _error(400, f"invalid fault: {problems}")
+        sandbox.add_fault(fault)
+        return web.Response(status=204)
+
+    async def list_faults(_: web.Request) -> web.Response:
+        listing = [{**asdict(fault), "remaining": left} for fault, left in sandbox.faults()]
+        return web.json_response({"faults": listing})
+
+    async def clear_faults(_: web.Request) -> web.Response:
+        sandbox.clear_faults()
+        return web.Response(status=204)
+
+    async def reset(_: web.Request) -> web.Response:
+        sandbox.reset()
+        return web.Response(status=204)
+
+    async def tap(request: web.Request) -> web.Response:
+        data = await _json_object(request)
+        if isinstance(data, web.Response):
+            return data
+        message_id = data.get("message_id")
+        index = data.get("button_index", 0)
+        if not isinstance(message_id, str) or not message_id:
+            return _error(400, "message_id (a non-empty string) is required")
+        if not isinstance(index, int) or isinstance(index, bool):
+            return _error(400, "button_index must be an integer")
+        try:
+            result = await sandbox.tap(message_id, index)
+        except LookupError as exc:
+            return _error(404, str(exc.args[0]) if exc.args else "unknown message")
+        except ValueError as exc:
+            return _error(400, str(exc))
+        except RuntimeError as exc:
+            return _error(409, str(exc))
+        return web.json_response(
+            {
+                "mid": result.mid,
+                "payload": result.payload,
+                "title": result.title,
+                "webhook_status": result.webhook_status,
+                "webhook_error": result.webhook_error,
+            }
+        )
+
+    app.router.add_get("/_sandbox/healthz", healthz)
+    app.router.add_get("/_sandbox/messages", messages)
+    app.router.add_post("/_sandbox/faults", add_fault)
+    app.router.add_get("/_sandbox/faults", list_faults)
+    app.router.add_delete("/_sandbox/faults", clear_faults)
+    app.router.add_post("/_sandbox/reset", reset)
+    app.router.add_post("/_sandbox/tap", tap)

@@ -1,0 +1,136 @@
+"""SendService: the gRPC face of the send path.
+
+Each call goes validate → check the caller's account → translate → (idempotency) →
+rate limit + Graph client, inside the caller's deadline. Expected failures leave as
+ApiError statuses (service.errors.abort); anything else is a bug, logged with its trace
+and answered INTERNAL. A cancelled call cancels the HTTP request it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+
+from igbutton.v1 import errors_pb2, send_service_pb2, send_service_pb2_grpc
+from igbutton_server import auth, metrics
+from igbutton_server.config import Settings
+from igbutton_server.errors import ApiError, abort
+from igbutton_server.send.graph_client import GraphClient
+from igbutton_server.send.idempotency import IdempotentSends, fingerprint
+from igbutton_server.send.outcome import SendResult, SendTracker
+from igbutton_server.send.translate import GraphRequest, to_graph_request
+from igbutton_server.send.validation import SendRequest, ValidSend, validate_send
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+# Part of the caller's time kept back so igbutton's own answer (with its ErrorInfo)
+# reaches the caller before the caller's deadline fires.
+_ANSWER_MARGIN_SECONDS = 0.1
+_ANSWER_MARGIN_FRACTION = 0.1
+
+_SENT = metrics.SENDS.labels("sent")
+_REPLAYED = metrics.SENDS.labels("replayed")
+
+
+class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
+    """SendButtonTemplate and its dry run ValidateButtonTemplate."""
+
+    def __init__(self, settings: Settings, graph: GraphClient, sends: IdempotentSends) -> None:
+        self._settings = settings
+        self._graph = graph
+        self._sends = sends
+
+    async def SendButtonTemplate(
+        self, request: send_service_pb2.SendButtonTemplateRequest, context: Context
+    ) -> send_service_pb2.SendButtonTemplateResponse:
+        """Send one button template message."""
+        try:
+            time_left = self._timeout(context)
+            valid, graph_request = self._prepare(request)
+            result, replayed = await self._send(valid, graph_request, time_left)
+        except ApiError as error:
+            metrics.SENDS.labels("failed").inc()
+            log.info(
+                "send failed",
+                extra={
+                    "reason": errors_pb2.ErrorReason.Name(error.reason),
+                    "grpc_code": error.code.name,
+                    "error": str(error),
+                },
+            )
+            await abort(context, error)
+            raise AssertionError("abort returned") from None
+        except Exception:
+            metrics.SENDS.labels("failed").inc()
+            log.exception("send failed unexpectedly")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise AssertionError("abort returned") from None
+        (_REPLAYED if replayed else _SENT).inc()
+        # DEBUG, not INFO: a line per success cost 8 % of the event loop under load (py-spy,
+        # docs/performance.md), and metrics and traces already count and follow successes.
+        log.debug(
+            "replayed" if replayed else "sent",
+            extra={"account_id": valid.account.id, "message_id": result.message_id},
+        )
+        return send_service_pb2.SendButtonTemplateResponse(
+            recipient_id=result.recipient_id, message_id=result.message_id
+        )
+
+    async def ValidateButtonTemplate(
+        self, request: send_service_pb2.ValidateButtonTemplateRequest, context: Context
+    ) -> send_service_pb2.ValidateButtonTemplateResponse:
+        """Validate without sending; return the Graph request that would be made."""
+        try:
+            _, graph_request = self._prepare(request)
+        except ApiError as error:
+            await abort(context, error)
+            raise AssertionError("abort returned") from None
+        except Exception:
+            log.exception("validation failed unexpectedly")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            raise AssertionError("abort returned") from None
+        return send_service_pb2.ValidateButtonTemplateResponse(
+            method="POST", url=graph_request.url, body_json=graph_request.body_json
+        )
+
+    def _prepare(self, request: SendRequest) -> tuple[ValidSend, GraphRequest]:
+        # Permission first for a named account, so a caller learns nothing about
+        # accounts it may not use; then every violation at once.
+        if request.account_id and not auth.caller_may_use(request.account_id):
+            raise auth.account_not_allowed(request.account_id)
+        valid = validate_send(request, self._settings)
+        if not auth.caller_may_use(valid.account.id):
+            raise auth.account_not_allowed(valid.account.id)
+        graph = self._settings.graph
+        return valid, to_graph_request(valid, graph.base_url, graph.api_version)
+
+    def _timeout(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self._settings.graph.default_timeout_seconds
+        margin = min(_ANSWER_MARGIN_SECONDS, remaining * _ANSWER_MARGIN_FRACTION)
+        return max(remaining - margin, 0.0)
+
+    async def _send(
+        self, valid: ValidSend, request: GraphRequest, time_left: float
+    ) -> tuple[SendResult, bool]:
+        """The result, and whether it is a replay of an earlier call's."""
+        deadline = time.monotonic() + time_left
+        token = valid.account.token()
+        sent = False
+
+        async def send(tracker: SendTracker) -> SendResult:
+            nonlocal sent
+            sent = True
+            return await self._graph.send(request, token, deadline, tracker)
+
+        if not valid.request_id:
+            return await send(SendTracker()), False
+        fp = fingerprint(valid.account.id, request.body_json)
+        result = await self._sends.run(valid.request_id, fp, time_left, send)
+        return result, not sent

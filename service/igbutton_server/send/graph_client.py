@@ -1,0 +1,386 @@
+"""The one HTTP client to Meta's Graph API: pooled, deadline-bound, careful with retries.
+
+Retries happen only when Meta surely did not act on the request:
+
+- a connection that could not be made (refused, unreachable, TLS handshake failed);
+- a Graph error with a temporary code (1, 2, 1200, or ``is_transient: true``);
+- a Graph rate-limit code (4, 17, 32, 341, 613, 80001, 80002, 80006), after holding the
+  whole account back in the rate limiter for Meta's estimate or the backoff;
+- an HTTP 503 or 429 without a Graph error body: a proxy or Meta's edge refusing the
+  request before it was processed.
+
+Everything else that happens after the request was written is ambiguous and never
+retried: a timeout, a dropped connection, an HTTP 500/502/504 without a Graph error (a
+gateway that lost or timed out on its upstream, which may still send the message), or a
+2xx without a message id. Those end as SEND_OUTCOME_UNKNOWN. No retry sleeps past the
+caller's deadline, and a cancelled call cancels the HTTP request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import grpc
+import yarl
+
+from igbutton.v1 import errors_pb2
+from igbutton_server import metrics, tracing
+from igbutton_server.config import GraphSettings
+from igbutton_server.errors import ApiError, RateLimited
+from igbutton_server.send.graph_errors import (
+    Retry,
+    map_graph_error,
+    parse_graph_error,
+    regain_access_seconds,
+)
+from igbutton_server.send.outcome import SendResult, SendTracker, outcome_unknown
+from igbutton_server.send.ratelimit import AccountRateLimiter
+from igbutton_server.send.translate import GraphRequest
+
+log = logging.getLogger(__name__)
+
+R = errors_pb2.ErrorReason
+_MAX_ANSWER_BYTES = 1 << 20
+_REDACTED = "[redacted]"
+_USER_AGENT = "igbutton"
+_MAX_CACHED_URLS = 1024
+
+
+class _AttemptFailed(Exception):
+    def __init__(self, error: ApiError, retry: Retry, outcome: str, graph_code: str = "") -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.retry = retry
+        self.outcome = outcome
+        """The metrics label: graph_error, http_error, timeout, connect_error, disconnected."""
+        self.graph_code = graph_code
+
+
+async def _mark_written(
+    _session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: object
+) -> None:
+    tracker = getattr(ctx, "trace_request_ctx", None)
+    if isinstance(tracker, SendTracker):
+        tracker.written = True
+
+
+class GraphClient:
+    """Sends Graph requests with retries, through one pooled ``aiohttp.ClientSession``."""
+
+    def __init__(
+        self,
+        settings: GraphSettings,
+        limiter: AccountRateLimiter,
+        secrets: Iterable[str] = (),
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._settings = settings
+        self._limiter = limiter
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._rand = rand
+        self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(_mark_written)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._settings.max_connections, limit_per_host=0
+                ),
+                # Each attempt is bounded by the caller's deadline instead.
+                timeout=aiohttp.ClientTimeout(total=None),
+                trace_configs=[trace],
+                raise_for_status=False,
+                # The Graph API sets no cookies we need; not parsing them saves time per call.
+                cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": _USER_AGENT},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def redact(self, text: str) -> str:
+        """The text with every configured access token replaced."""
+        for secret in self._secrets:
+            text = text.replace(secret, _REDACTED)
+        return text
+
+    async def send(
+        self, request: GraphRequest, token: str, deadline: float, tracker: SendTracker
+    ) -> SendResult:
+        """POST the request, retrying where safe, before ``deadline`` (time.monotonic()).
+
+        Raises ApiError; RateLimited when the account's rate limit does not let the send
+        start before the deadline.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            await self._acquire(request.account_id, deadline)
+            tracker.attempts = attempt
+            # Earlier attempts were answered (Meta did not act) or they would not be retried.
+            tracker.written = False
+            started = time.perf_counter()
+            try:
+                with tracing.graph_span(request.account_id, attempt):
+                    result = await self._attempt(request, token, deadline, tracker, attempt)
+            except _AttemptFailed as failed:
+                _observe(failed.outcome, failed.graph_code, started)
+                error, retry = failed.error, failed.retry
+                log.debug(
+                    "graph attempt failed",
+                    extra={
+                        "account_id": request.account_id,
+                        "attempt": attempt,
+                        "reason": errors_pb2.ErrorReason.Name(error.reason),
+                        "retry": retry.value,
+                    },
+                )
+                if retry is Retry.NO or attempt >= self._settings.max_attempts:
+                    raise error from None
+                if retry is Retry.THROTTLE:
+                    delay = error.retry_after or self._backoff_cap(attempt)
+                    self._limiter.hold(request.account_id, delay)
+                else:
+                    delay = self._rand() * self._backoff_cap(attempt)  # full jitter
+                if time.monotonic() + delay >= deadline:
+                    raise error from None
+                metrics.GRAPH_RETRIES.labels(retry.value).inc()
+                if retry is Retry.TRANSIENT:
+                    await asyncio.sleep(delay)
+                # THROTTLE: the next acquire() waits out the hold.
+            else:
+                _observe("ok", "", started)
+                return result
+
+    async def _acquire(self, account_id: str, deadline: float) -> None:
+        started = time.monotonic()
+        try:
+            await self._limiter.acquire(account_id, deadline)
+        except RateLimited:
+            metrics.RATE_LIMIT_REJECTIONS.labels(account_id).inc()
+            raise
+        metrics.RATE_LIMIT_WAITS.labels(account_id).observe(time.monotonic() - started)
+
+    def _url(self, url: str) -> yarl.URL:
+        # Parsing the same few URLs (one per account) on every call costs more than a dict.
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= _MAX_CACHED_URLS:
+                self._urls.clear()
+            parsed = self._urls[url] = yarl.URL(url)
+        return parsed
+
+    def _backoff_cap(self, attempt: int) -> float:
+        grown = self._settings.backoff_initial_seconds * 2.0 ** (attempt - 1)
+        return min(self._settings.backoff_max_seconds, grown)
+
+    async def _attempt(
+        self,
+        request: GraphRequest,
+        token: str,
+        deadline: float,
+        tracker: SendTracker,
+        attempt: int,
+    ) -> SendResult:
+        headers = {"Content-Type": "application/json"}
+        url = self._url(request.url)
+        if self._settings.token_in == "header":  # noqa: S105 - a mode, not a secret
+            headers["Authorization"] = f"Bearer {token}"
+        else:
+            url = url.with_query(access_token=token)
+        try:
+            async with asyncio.timeout(deadline - time.monotonic()):
+                async with self._http().post(
+                    url,
+                    data=request.body_json.encode(),
+                    headers=headers,
+                    allow_redirects=False,
+                    trace_request_ctx=tracker,
+                ) as response:
+                    raw = await _read_bounded(response)
+                    status = response.status
+                    usage = response.headers.get("X-Business-Use-Case-Usage")
+                    retry_after_header = response.headers.get("Retry-After")
+                    metrics.record_usage_headers(
+                        request.account_id, response.headers.get("X-App-Usage"), usage
+                    )
+        except TimeoutError:
+            if tracker.written:
+                raise _AttemptFailed(
+                    outcome_unknown(
+                        "no answer from the Graph API before the deadline",
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ),
+                    Retry.NO,
+                    "timeout",
+                ) from None
+            raise _AttemptFailed(
+                ApiError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    R.ERROR_REASON_GRAPH_UNAVAILABLE,
+                    "the deadline passed before the request reached the Graph API; not sent",
+                ),
+                Retry.NO,
+                "timeout",
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise self._not_sent(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if not tracker.written:
+                raise self._not_sent(exc) from None
+            raise _AttemptFailed(
+                outcome_unknown(
+                    f"the connection to the Graph API broke before an answer ({type(exc).__name__})"
+                ),
+                Retry.NO,
+                "disconnected",
+            ) from None
+        log.debug(
+            "graph answer",
+            extra={"account_id": request.account_id, "attempt": attempt, "http_status": status},
+        )
+        return self._read_answer(request, status, raw, usage, retry_after_header, attempt)
+
+    def _not_sent(self, exc: BaseException) -> _AttemptFailed:
+        return _AttemptFailed(
+            ApiError(
+                grpc.StatusCode.UNAVAILABLE,
+                R.ERROR_REASON_GRAPH_UNAVAILABLE,
+                f"cannot reach the Graph API ({type(exc).__name__}); nothing was sent",
+            ),
+            Retry.TRANSIENT,
+            "connect_error",
+        )
+
+    def _read_answer(
+        self,
+        request: GraphRequest,
+        status: int,
+        raw: bytes,
+        usage: str | None,
+        retry_after_header: str | None,
+        attempt: int,
+    ) -> SendResult:
+        payload: Any = None
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+        if 200 <= status < 300:
+            if isinstance(payload, dict) and isinstance(payload.get("message_id"), str):
+                recipient = payload.get("recipient_id")
+                return SendResult(
+                    recipient_id=recipient
+                    if isinstance(recipient, str)
+                    else str(request.body["recipient"]["id"]),
+                    message_id=payload["message_id"],
+                )
+            raise _AttemptFailed(
+                outcome_unknown(f"the Graph API answered HTTP {status} without a message_id"),
+                Retry.NO,
+                "http_error",
+            )
+        graph_error = parse_graph_error(payload)
+        if graph_error is not None:
+            wait = regain_access_seconds(usage) or self._backoff_cap(attempt)
+            mapped = map_graph_error(
+                graph_error,
+                status,
+                retry_after=wait,
+                safe_message=self.redact(graph_error.message)[:500],
+            )
+            raise _AttemptFailed(mapped.error, mapped.retry, "graph_error", str(graph_error.code))
+        metadata = {"httpStatus": str(status)}
+        if status == 429:
+            wait = _seconds(retry_after_header) or self._backoff_cap(attempt)
+            return self._raise(
+                ApiError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    R.ERROR_REASON_RATE_LIMITED,
+                    "the Graph API answered HTTP 429 (too many requests)",
+                    metadata=metadata,
+                    retry_after=wait,
+                ),
+                Retry.THROTTLE,
+            )
+        if status == 503:
+            return self._raise(
+                ApiError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    R.ERROR_REASON_GRAPH_UNAVAILABLE,
+                    "the Graph API answered HTTP 503 (service unavailable)",
+                    metadata=metadata,
+                ),
+                Retry.TRANSIENT,
+            )
+        if status >= 500:
+            unknown = outcome_unknown(f"the Graph API answered HTTP {status} without a Graph error")
+            return self._raise(
+                ApiError(unknown.code, unknown.reason, unknown.message, metadata=metadata),
+                Retry.NO,
+            )
+        return self._raise(
+            ApiError(
+                grpc.StatusCode.UNKNOWN,
+                R.ERROR_REASON_GRAPH_ERROR,
+                f"the Graph API answered HTTP {status} without a Graph error",
+                metadata=metadata,
+            ),
+            Retry.NO,
+        )
+
+    @staticmethod
+    def _raise(error: ApiError, retry: Retry) -> SendResult:
+        raise _AttemptFailed(error, retry, "http_error")
+
+
+# The success path's children, bound once: labels() takes a lock and a lookup per call.
+_OK_CALLS = metrics.GRAPH_CALLS.labels("ok", "")
+_OK_LATENCY = metrics.GRAPH_LATENCY.labels("ok")
+
+
+def _observe(outcome: str, graph_code: str, started: float) -> None:
+    elapsed = time.perf_counter() - started
+    if outcome == "ok" and not graph_code:
+        _OK_CALLS.inc()
+        _OK_LATENCY.observe(elapsed)
+        return
+    metrics.GRAPH_CALLS.labels(outcome, graph_code).inc()
+    metrics.GRAPH_LATENCY.labels(outcome).observe(elapsed)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
+    # Meta's answers are small; a runaway body is cut rather than held in memory.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= _MAX_ANSWER_BYTES:
+            break
+    return b"".join(chunks)[:_MAX_ANSWER_BYTES]
+
+
+def _seconds(header: str | None) -> float | None:
+    if header is None:
+        return None
+    try:
+        value = float(header)
+    except ValueError:
+        return None
+    return value if value > 0 else None

@@ -1,0 +1,90 @@
+"""How a postback travels in the JetStream log, and how its position and time are read back.
+
+The body is compact JSON of the postback's fields; the sequence number is the stream
+sequence and the received time is the stream's own timestamp (so ``Start.since`` and
+``received_ms`` agree on every replica). Both come from the ``$JS.ACK`` reply subject
+JetStream puts on every message a consumer delivers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+
+from igbutton_server.storage.postbacks import NewPostback, StoredPostback
+
+_V1_TOKENS = 9
+"""``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>``"""
+_V2_MIN_TOKENS = 11
+"""``$JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending>...``"""
+
+
+def encode(postback: NewPostback) -> bytes:
+    """The message body of a postback."""
+    return json.dumps(
+        {
+            "account_id": postback.account_id,
+            "sender_id": postback.sender_id,
+            "mid": postback.mid,
+            "title": postback.title,
+            "payload": postback.payload,
+            "tap_time_ms": postback.tap_time_ms,
+            "raw_json": postback.raw_json,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+@dataclass(frozen=True)
+class AckReply:
+    """What a ``$JS.ACK`` reply subject says about one delivery."""
+
+    subject: str
+    stream: str
+    consumer: str
+    delivered: int
+    """How many times this message was delivered to the consumer (the attempt)."""
+    stream_seq: int
+    consumer_seq: int
+    timestamp_ns: int
+    """When the message was stored in the stream."""
+
+    @classmethod
+    def parse(cls, subject: str) -> AckReply | None:
+        """The reply's fields, or None if it is not a JetStream ack subject."""
+        tokens = subject.split(".")
+        if len(tokens) < _V1_TOKENS or tokens[0] != "$JS" or tokens[1] != "ACK":
+            return None
+        if len(tokens) >= _V2_MIN_TOKENS:
+            tokens = tokens[:2] + tokens[4:]  # drop domain and account hash
+        try:
+            return cls(
+                subject=subject,
+                stream=tokens[2],
+                consumer=tokens[3],
+                delivered=int(tokens[4]),
+                stream_seq=int(tokens[5]),
+                consumer_seq=int(tokens[6]),
+                timestamp_ns=int(tokens[7]),
+            )
+        except ValueError:
+            return None
+
+
+def decode(msg: Msg, reply: AckReply) -> StoredPostback:
+    """The stored postback a consumer delivered."""
+    body = json.loads(msg.data)
+    return StoredPostback(
+        sequence=reply.stream_seq,
+        account_id=str(body["account_id"]),
+        sender_id=str(body["sender_id"]),
+        mid=str(body["mid"]),
+        title=str(body["title"]),
+        payload=str(body["payload"]),
+        tap_time_ms=int(body["tap_time_ms"]),
+        received_ms=reply.timestamp_ns // 1_000_000,
+        raw_json=str(body["raw_json"]),
+    )

@@ -1,0 +1,339 @@
+"""One connection to NATS JetStream, and the streams and bucket igbutton keeps there.
+
+Every replica runs the same create-or-update at start, so the layout follows the
+configuration (retention, TTL, replicas) without a separate migration step:
+
+- the postback log, a stream on ``<prefix>.<account>.<mid>``; one subject per postback
+  lets a single conditional publish (``Nats-Expected-Last-Subject-Sequence: 0``) store
+  each postback once for as long as it is retained (see ``nats_postbacks``);
+- the dead letters, a stream that captures JetStream's MAX_DELIVERIES advisories for the
+  log's consumers and igbutton's own record of a nack on the last attempt (one message per
+  dead-lettered delivery);
+- the delivery ledger, a KV bucket holding each group's current delivery attempt per
+  postback, so an ack id can be checked from any replica (see ``nats_groups``);
+- the idempotency records, a KV bucket whose entries expire after the idempotency TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
+from nats.js.kv import KeyValue
+
+from igbutton_server.config import Settings
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_SECONDS = 120.0
+"""How long JetStream remembers a ``Nats-Msg-Id``. Meta retries for up to 36 h; the
+per-postback subject check, not this window, is what makes a late retry a duplicate.
+The window only makes an immediate retry cheap (answered from memory)."""
+
+CONNECT_WINDOW_SECONDS = 30.0
+"""How long start-up keeps trying to reach NATS (it may still be starting beside us)."""
+
+WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
+"""JetStream's "wrong last sequence" error codes (the second without the sequence, as a
+clustered stream answers): a conditional publish found the subject already written."""
+
+# JetStream: "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058
+# "No suitable peers for placement": a cluster that just started has not seen every peer.
+_NO_PEERS_YET = 10005
+_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def subject_token(value: str) -> str:
+    """A subject token standing for ``value``, injective and free of ``.``, ``*``, ``>``.
+
+    Plain ids (digits, letters, ``_``, ``-``) stay as they are so subjects are readable
+    in NATS tools; anything else is base64url-encoded behind a ``~`` that a plain id
+    cannot start with.
+    """
+    if _SAFE_TOKEN.match(value):
+        return value
+    return "~" + base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class NatsLayout:
+    """The names igbutton uses in JetStream, all derived from the settings."""
+
+    stream: str
+    """The postback log stream."""
+    subject_prefix: str
+    """Postbacks are published on ``<prefix>.<account>.<mid>``."""
+    idempotency_bucket: str
+    """The KV bucket of idempotency records."""
+
+    @property
+    def dead_letter_stream(self) -> str:
+        """The stream capturing dead-letter advisories of the log's consumers."""
+        return f"{self.stream}_DEAD_LETTERS"
+
+    @property
+    def delivery_bucket(self) -> str:
+        """The KV bucket of the groups' current deliveries (the ack ledger)."""
+        return f"{self.stream}_deliveries"
+
+    def postback_subject(self, account_id: str, mid: str) -> str:
+        """The subject of one postback."""
+        return f"{self.subject_prefix}.{subject_token(account_id)}.{subject_token(mid)}"
+
+    def account_subjects(self, account_ids: frozenset[str]) -> list[str]:
+        """Subjects matching the postbacks of these accounts (all accounts when empty)."""
+        if not account_ids:
+            return [f"{self.subject_prefix}.*.*"]
+        return [f"{self.subject_prefix}.{subject_token(a)}.*" for a in sorted(account_ids)]
+
+    def dead_letter_subjects(self, consumer: str = "*") -> list[str]:
+        """Subjects whose messages each mean "a delivery of this consumer was
+        dead-lettered": JetStream's advisory when the last attempt's ack wait ran out,
+        and igbutton's own record of a nack on the last attempt. Both have seven tokens
+        ending in stream and consumer, so ``dead_letter_filter`` matches them at once."""
+        return [self.max_deliveries_subject(consumer), self.nacked_dead_letter_subject(consumer)]
+
+    def max_deliveries_subject(self, consumer: str = "*") -> str:
+        """Where JetStream announces a delivery whose last attempt's ack wait ran out."""
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stream}.{consumer}"
+
+    def nacked_dead_letter_subject(self, consumer: str) -> str:
+        """Where igbutton records a nack on a delivery's last attempt."""
+        return f"_IGBUTTON.EVENT.ADVISORY.CONSUMER.NACKED_LAST_ATTEMPT.{self.stream}.{consumer}"
+
+    def dead_letter_filter(self, consumer: str) -> str:
+        """A subject filter matching every dead-letter subject of one consumer."""
+        return f"*.*.*.*.*.{self.stream}.{consumer}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NatsLayout:
+        """The layout the settings describe."""
+        nats_settings = settings.storage.nats
+        return cls(
+            stream=nats_settings.stream,
+            subject_prefix=nats_settings.subject_prefix,
+            idempotency_bucket=nats_settings.idempotency_bucket,
+        )
+
+
+class NatsConnection:
+    """A JetStream client for one store (the postback log, or the idempotency records).
+
+    Build with :meth:`open`, then ensure the layout the store needs. Each store owns its
+    connection, so closing one never cuts the other off.
+    """
+
+    def __init__(self, client: NatsClient, settings: Settings) -> None:
+        self.client = client
+        self.js: JetStreamContext = client.jetstream()
+        self.layout = NatsLayout.from_settings(settings)
+        self.settings = settings
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, connect_window: float = CONNECT_WINDOW_SECONDS
+    ) -> NatsConnection:
+        """Connect, retrying for ``connect_window`` seconds."""
+        return cls(await _connect(settings, connect_window), settings)
+
+    async def ensure_postback_layout(self) -> KeyValue:
+        """Create or update the log, dead-letter stream and delivery ledger; return the
+        ledger bucket."""
+        await ensure_postback_layout(self.js, self.layout, self.settings)
+        return self._bucket(self.layout.delivery_bucket)
+
+    async def ensure_idempotency_layout(self) -> KeyValue:
+        """Create or update the idempotency bucket and return it."""
+        ttl = float(self.settings.idempotency.ttl_seconds)
+        await _create_or_update(
+            self.js,
+            _kv_stream_config(
+                self.layout.idempotency_bucket,
+                "igbutton idempotency records (request_id -> first result)",
+                ttl,
+                self.settings.storage.nats.replicas,
+            ),
+        )
+        return self._bucket(self.layout.idempotency_bucket)
+
+    def _bucket(self, name: str) -> KeyValue:
+        # Built directly: js.key_value() first asks for the stream's info, which a cluster
+        # may not answer yet right after creating it.
+        return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=self.js, direct=True)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected right now (it reconnects on its own)."""
+        return bool(self.client.is_connected)
+
+    async def close(self) -> None:
+        """Flush what is buffered and close the connection."""
+        if self.client.is_closed:
+            return
+        try:
+            await self.client.drain()
+        except Exception:  # a broken connection still has to be closed
+            log.warning("NATS drain failed; closing", exc_info=True)
+            await self.client.close()
+
+
+async def ensure_postback_layout(
+    js: JetStreamContext, layout: NatsLayout, settings: Settings
+) -> None:
+    """Create or update the streams and bucket the postback log needs."""
+    replicas = settings.storage.nats.replicas
+    retention = float(settings.postbacks.retention_seconds)
+    await _create_or_update(
+        js,
+        api.StreamConfig(
+            name=layout.stream,
+            description="igbutton postback log",
+            subjects=[f"{layout.subject_prefix}.*.*"],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=retention,
+            # The log's identity check: see nats_postbacks. Kept short on purpose.
+            duplicate_window=min(DUPLICATE_WINDOW_SECONDS, retention),
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            discard=api.DiscardPolicy.OLD,
+            allow_direct=True,
+            deny_delete=True,
+        ),
+    )
+    await _create_or_update(
+        js,
+        api.StreamConfig(
+            name=layout.dead_letter_stream,
+            description="igbutton dead letters: JetStream advisories of the postback groups",
+            subjects=layout.dead_letter_subjects(),
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=retention,
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            allow_direct=True,
+        ),
+    )
+    await _create_or_update(
+        js,
+        _kv_stream_config(
+            layout.delivery_bucket,
+            "igbutton delivery ledger: each group's current attempt per postback",
+            retention,
+            replicas,
+        ),
+    )
+
+
+def _kv_stream_config(bucket: str, description: str, ttl: float, replicas: int) -> api.StreamConfig:
+    # The same stream nats-py's create_key_value builds, so js.key_value() accepts it;
+    # built here because create_key_value cannot update an existing bucket.
+    return api.StreamConfig(
+        name=f"KV_{bucket}",
+        description=description,
+        subjects=[f"$KV.{bucket}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=api.DiscardPolicy.NEW,
+        duplicate_window=min(DUPLICATE_WINDOW_SECONDS, ttl),
+        max_age=ttl,
+        max_consumers=-1,
+        max_msgs=-1,
+        max_msgs_per_subject=1,
+        num_replicas=replicas,
+        storage=api.StorageType.FILE,
+    )
+
+
+async def _create_or_update(js: JetStreamContext, config: api.StreamConfig) -> None:
+    # A cluster that just started (or lost its meta leader) answers 503 or not at all for
+    # a few seconds; replicas starting together race to create the same stream.
+    deadline = asyncio.get_running_loop().time() + CONNECT_WINDOW_SECONDS
+    delay = 0.2
+    while True:
+        try:
+            try:
+                await js.add_stream(config)
+                return
+            except BadRequestError as exc:
+                if exc.err_code == _NO_PEERS_YET:
+                    raise ServiceUnavailableError(description=exc.description) from exc
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
+            log.info("updating NATS stream %s to the configured settings", config.name)
+            await js.update_stream(config)
+            return
+        except (ServiceUnavailableError, ServerError, nats.errors.TimeoutError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.info("JetStream not ready for stream %s (%s); retrying", config.name, exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def redact_url(url: str) -> str:
+    """The URL without any ``user:password@`` part, for logs and errors."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    nats_settings = settings.storage.nats
+    wants_tls = any(s.startswith("tls://") for s in nats_settings.servers)
+    if nats_settings.tls_ca_file is None and not wants_tls:
+        return None
+    context = ssl.create_default_context()
+    if nats_settings.tls_ca_file is not None:
+        context.load_verify_locations(cafile=str(nats_settings.tls_ca_file))
+    return context
+
+
+async def _connect(settings: Settings, window: float) -> NatsClient:
+    nats_settings = settings.storage.nats
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("NATS connection error: %s", exc)
+
+    async def on_disconnected() -> None:
+        if not (client.is_draining or client.is_closed):  # not our own close
+            log.warning("disconnected from NATS; reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("reconnected to NATS")
+
+    # With unlimited reconnects nats-py also retries the first connect forever; the
+    # window bounds it so a wrong URL stops the start with a clear message.
+    client = NatsClient()
+    try:
+        await asyncio.wait_for(
+            client.connect(
+                servers=nats_settings.servers,
+                name="igbutton",
+                user_credentials=(
+                    str(nats_settings.creds_file) if nats_settings.creds_file else None
+                ),
+                tls=_tls_context(settings),
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            ),
+            timeout=window,
+        )
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        await client.close()
+        where = ", ".join(redact_url(s) for s in nats_settings.servers)
+        raise OSError(f"cannot reach NATS at {where}") from exc
+    return client

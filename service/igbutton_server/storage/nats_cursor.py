@@ -1,0 +1,230 @@
+"""A broadcast subscription on JetStream: the process's shared tail, or a consumer of its own.
+
+A cursor whose position is inside the shared tail (``nats_tail``: the newest postbacks, read
+and decoded once per process) reads it by index and filters in memory. Otherwise (a start
+before the tail, or a reader that fell more than the tail's size behind) it reads an
+ordered, ephemeral consumer of its own in pages until its position reaches the tail, then
+drops that consumer. Either way every postback after the last one handed out comes next:
+the tail holds every message above its floor without holes, so the switch skips nothing
+and repeats nothing.
+
+Its own consumer (memory storage, one replica, no acks) filters by account on the server;
+the payload prefix is checked here. At most one page of messages is requested at a time,
+so a subscriber that lags costs a page of memory (or nothing, at the tail), not its lag.
+Like the clients' "ordered consumer", any gap in the consumer sequence, a lost consumer
+(its node died, or it sat idle past its inactivity threshold) or a silent server makes the
+cursor recreate its consumer right after the last stream sequence it handed out: nothing
+is skipped and nothing repeats. The shared tail recovers the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from nats.js import api
+from nats.js.errors import Error as JetStreamError
+
+from igbutton_server.storage.nats_codec import decode
+from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.postbacks import Filter, Start, StartKind, StoredPostback
+
+if TYPE_CHECKING:
+    from igbutton_server.storage.nats_connection import NatsConnection
+    from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 256
+"""Messages requested at once: what a cursor holds in memory at most."""
+INACTIVE_THRESHOLD_SECONDS = 60.0
+"""An ephemeral consumer nobody pulls from for this long is removed by the server."""
+
+
+def deliver_policy(start: Start) -> api.ConsumerConfig:
+    """The consumer settings that begin reading the log at ``start``."""
+    if start.kind is StartKind.EARLIEST or (
+        start.kind is StartKind.SINCE_TIME and start.since_ms <= 0
+    ):
+        return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
+    if start.kind is StartKind.AFTER_SEQUENCE:
+        return api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start.after_sequence + 1,
+        )
+    if start.kind is StartKind.SINCE_TIME:
+        return api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=datetime.datetime.fromtimestamp(start.since_ms / 1000, tz=datetime.UTC),
+        )
+    return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
+
+
+async def add_reader(
+    conn: NatsConnection, prefix: str, start: Start, account_ids: frozenset[str]
+) -> str:
+    """Create an ephemeral consumer that reads the log from ``start`` without acks (memory
+    storage, one replica), as broadcast cursors and the shared tail do; return its name."""
+    name = f"{prefix}_{uuid.uuid4().hex}"
+    config = deliver_policy(start)
+    config.name = name
+    config.ack_policy = api.AckPolicy.NONE
+    config.filter_subjects = conn.layout.account_subjects(account_ids)
+    config.mem_storage = True
+    config.num_replicas = 1
+    config.inactive_threshold = INACTIVE_THRESHOLD_SECONDS
+    await conn.js.add_consumer(conn.layout.stream, config)
+    return name
+
+
+class NatsSubscription:
+    """See PostbackStore.subscribe. Build with :meth:`open`."""
+
+    def __init__(self, store: NatsPostbackStore, flt: Filter, start: Start) -> None:
+        self._store = store
+        self._tail = store.tail
+        self._filter = flt
+        self._start = start
+        self._consumer = ""
+        self._inbox: PullInbox | None = None
+        self._consumer_seq = 0
+        self._index: int | None = None
+        """The next ring index while reading the shared tail, else None."""
+        self._event = asyncio.Event()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, store: NatsPostbackStore, flt: Filter, start: Start) -> NatsSubscription:
+        """Fix the start: at the shared tail if it holds it, else on a consumer of its own."""
+        await store.tail.acquire()
+        try:
+            if start.kind is StartKind.LATEST:
+                # "Latest" means latest now, wherever the shared reader has got to.
+                info = await store.conn.js.stream_info(store.conn.layout.stream)
+                start = Start.after(info.state.last_seq)
+            cursor = cls(store, flt, start)
+            if not cursor._attach():
+                await cursor._create()
+        except BaseException:
+            store.tail.release()
+            raise
+        return cursor
+
+    def _attach(self) -> bool:
+        """Continue from the shared tail if it holds everything after the position."""
+        if self._start.kind is not StartKind.AFTER_SEQUENCE:
+            return False
+        index = self._tail.index_after(self._start.after_sequence)
+        if index is None:
+            return False
+        self._index = index
+        self._tail.listen(self._event)
+        return True
+
+    def _detach(self) -> None:
+        self._index = None
+        self._tail.unlisten(self._event)
+
+    async def _create(self) -> None:
+        conn = self._store.conn
+        name = await add_reader(conn, "b", self._start, self._filter.account_ids)
+        self._consumer = name
+        self._consumer_seq = 0
+        inbox = PullInbox(conn.client, conn.layout.stream, name, self._event.set)
+        await inbox.open()
+        self._inbox = inbox
+
+    async def _drop_consumer(self) -> None:
+        old, self._inbox = self._inbox, None
+        if old is not None:
+            await old.close()
+        if self._consumer and not self._store.closed:
+            with contextlib.suppress(JetStreamError, TimeoutError, OSError):
+                await self._store.conn.js.delete_consumer(
+                    self._store.conn.layout.stream, self._consumer
+                )
+        self._consumer = ""
+
+    def __aiter__(self) -> NatsSubscription:
+        return self
+
+    async def __anext__(self) -> StoredPostback:
+        while True:
+            if self._closed or self._store.closed:
+                raise StopAsyncIteration
+            if self._index is not None:
+                found = self._from_tail()
+                if found is not None:
+                    return found
+                if self._index is not None:
+                    await self._event.wait()
+                continue
+            if self._attach():
+                # Caught up: the tail holds everything after the last postback handed out.
+                await self._drop_consumer()
+                continue
+            inbox = self._inbox
+            if inbox is None or inbox.gone:
+                await self._recover()
+                continue
+            self._event.clear()
+            while (taken := inbox.take_next(self._consumer_seq)) is not None:
+                msg, reply = taken
+                self._consumer_seq = reply.consumer_seq
+                self._start = Start.after(reply.stream_seq)
+                postback = decode(msg, reply)
+                if self._filter.matches(postback):
+                    return postback
+            if inbox.gone:
+                continue
+            inbox.check_alive()
+            if inbox.outstanding <= PAGE_SIZE // 2:
+                await inbox.pull(PAGE_SIZE - inbox.outstanding)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+
+    def _from_tail(self) -> StoredPostback | None:
+        """The next matching postback in the ring; None to wait (or, detached, to read a
+        consumer of its own)."""
+        assert self._index is not None
+        tail = self._tail
+        self._event.clear()
+        while self._index < tail.end:
+            if self._index < tail.oldest:
+                # Fell behind the ring: read on a consumer of its own until caught up again.
+                log.info("broadcast cursor fell behind the shared tail")
+                self._detach()
+                return None
+            postback = tail.at(self._index)
+            self._index += 1
+            if postback.sequence <= self._start.after_sequence:
+                continue  # attached while the reader was behind this cursor's position
+            self._start = Start.after(postback.sequence)
+            if self._filter.matches(postback):
+                return postback
+        return None
+
+    async def _recover(self) -> None:
+        try:
+            await self._drop_consumer()
+            await self._create()
+        except (JetStreamError, TimeoutError, OSError) as exc:
+            # NATS may be electing a leader or reconnecting: try again shortly.
+            log.warning("cannot recreate broadcast consumer: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+
+    async def close(self) -> None:
+        """See Subscription.close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._detach()
+        self._tail.release()
+        self._event.set()
+        self._store.forget(self)
+        await self._drop_consumer()

@@ -1,0 +1,483 @@
+"""Consumer groups on JetStream: one durable pull consumer per group, and an ack ledger.
+
+A group is the durable consumer ``g_<group>`` (explicit ack, ``AckWait`` = ack deadline,
+``MaxDeliver`` = max attempts, filter subjects = the accounts); its filter is kept in the
+consumer's metadata so a member joining with other filters is refused. Members on any
+replica pull from it; each asks for no more than its free ``max_unacked`` slots.
+
+**Ack ids work from any replica.** An ack id is the tail of the delivery's ``$JS.ACK``
+reply subject (``<attempt>.<stream seq>.<consumer seq>.<time>.<pending>``); the stream and
+group come from the configuration and the AckPostbacks call, so any replica rebuilds the
+subject and publishes ``+ACK``, ``-NAK`` or ``+TERM`` to it. JetStream itself would also
+apply an ack from a superseded delivery, so each delivery is recorded in the delivery
+ledger (KV key ``<consumer>.<stream seq>`` = attempt) before it is handed out, and an ack
+applies only if the ledger still names its attempt; the ledger entry is removed with a
+compare-and-set, so of two racing acks exactly one applies. The ledger's change
+notifications tell the member holding a delivery that it was settled elsewhere, which
+frees its slot.
+
+**Dead letters.** When a delivery's last attempt times out JetStream emits a
+MAX_DELIVERIES advisory (while a member is pulling); a nack on the last attempt is
+recorded by igbutton and then terminated (``+TERM``). The dead-letter stream keeps both,
+so a group's dead-letter count is one subject count away, on every replica. The metric
+counts a nack where it is applied, and an advisory on the one replica that receives it
+(see ``ExpiredDeadLetters``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import api
+from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from igbutton_server import metrics
+from igbutton_server.storage import dead_letters
+from igbutton_server.storage.nats_codec import AckReply, decode
+from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE
+from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.postbacks import (
+    GROUP_NAME_RE,
+    AckResult,
+    Delivery,
+    Filter,
+    GroupOptions,
+)
+
+if TYPE_CHECKING:
+    from igbutton_server.storage.nats_connection import NatsConnection
+    from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+
+log = logging.getLogger(__name__)
+
+FILTER_METADATA_KEY = "igbutton_filter"
+_ACK_TIMEOUT_SECONDS = 5.0
+_ACK_CONCURRENCY = 64
+_MARKER_TTL = "60"
+"""Seconds a ledger delete marker lives (long enough for watchers, then gone)."""
+_KV_OPERATION = "KV-Operation"
+
+
+def consumer_name(group: str) -> str:
+    """The durable consumer of a group. Group names never hold ``=``, so this is
+    injective, and the result is a valid consumer name and KV key token."""
+    if not GROUP_NAME_RE.match(group):
+        raise ValueError(f"invalid group name {group!r}")
+    return "g_" + group.replace(".", "=")
+
+
+def group_of(consumer: str) -> str | None:
+    """The group whose durable consumer this is, or None if it is not a group's."""
+    group = consumer[2:].replace("=", ".")
+    if not consumer.startswith("g_") or not GROUP_NAME_RE.match(group):
+        return None
+    return group if consumer_name(group) == consumer else None
+
+
+def filter_to_metadata(flt: Filter) -> str:
+    """A group's filter as consumer metadata."""
+    return json.dumps({"accounts": sorted(flt.account_ids), "payload_prefix": flt.payload_prefix})
+
+
+def filter_from_metadata(text: str | None) -> Filter:
+    """The filter a group was created with."""
+    if not text:
+        return Filter()
+    data = json.loads(text)
+    return Filter(frozenset(data["accounts"]), str(data["payload_prefix"]))
+
+
+class AckLedger:
+    """The delivery ledger: ``<consumer>.<stream seq>`` -> attempt of the current delivery."""
+
+    def __init__(self, conn: NatsConnection, bucket: KeyValue) -> None:
+        self._conn = conn
+        self._bucket = bucket
+        self._prefix = f"$KV.{conn.layout.delivery_bucket}."
+
+    def watch_subject(self, consumer: str) -> str:
+        """Core NATS subject on which every change to a consumer's entries is seen."""
+        return f"{self._prefix}{consumer}.*"
+
+    async def record(self, consumer: str, stream_seq: int, attempt: int) -> None:
+        """Note the attempt now being handed out (any earlier one is superseded)."""
+        await self._conn.js.publish(f"{self._prefix}{consumer}.{stream_seq}", str(attempt).encode())
+
+    async def current(self, consumer: str, stream_seq: int) -> tuple[int, int] | None:
+        """(attempt, revision) of the current delivery, or None if settled or unknown."""
+        try:
+            entry = await self._bucket.get(f"{consumer}.{stream_seq}")
+        except (KeyNotFoundError, KeyDeletedError):
+            return None
+        if entry.value is None or entry.revision is None:
+            return None
+        return int(entry.value), entry.revision
+
+    async def settle(self, consumer: str, stream_seq: int, revision: int) -> bool:
+        """Remove the entry if it is still at ``revision``; False if someone else did."""
+        try:
+            await self._conn.js.publish(
+                f"{self._prefix}{consumer}.{stream_seq}",
+                b"",
+                headers={
+                    _KV_OPERATION: "DEL",
+                    api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision),
+                    api.Header.MSG_TTL: _MARKER_TTL,
+                },
+            )
+        except APIError as exc:
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True
+
+
+def reply_subject(stream: str, consumer: str, ack_id: str) -> str:
+    """The ``$JS.ACK`` subject an ack id stands for."""
+    if ack_id.startswith("$JS.ACK."):
+        return ack_id
+    return f"$JS.ACK.{stream}.{consumer}.{ack_id}"
+
+
+def ack_id_of(reply: AckReply) -> str:
+    """The ack id of a delivery: the reply subject without what the group already says."""
+    prefix = f"$JS.ACK.{reply.stream}.{reply.consumer}."
+    if reply.subject.startswith(prefix):
+        return reply.subject[len(prefix) :]
+    return reply.subject
+
+
+class ExpiredDeadLetters:
+    """Counts the deliveries JetStream dead-letters when their last attempt's ack wait runs
+    out, and settles their ledger entries so a late ack of one is unknown (see ack).
+
+    JetStream, not a replica, gives up on such a delivery and says so once, in a
+    MAX_DELIVERIES advisory on core NATS. Every replica listens in one queue group, so
+    each advisory reaches exactly one of them and is counted there once: summed over the
+    replicas the metric equals the dead-letter stream's count, whatever their number. (A
+    plain subscription would count it on every replica; counting in the member that held
+    the delivery would miss those of closed members and crashed replicas.) An advisory
+    sent while no replica is connected is not counted, like any counter of a process that
+    is down; ``group_info`` still counts it from the stream.
+    """
+
+    QUEUE = "igbutton_dead_letters"
+
+    def __init__(self, conn: NatsConnection, ledger: AckLedger) -> None:
+        self._conn = conn
+        self._ledger = ledger
+        self._sub: NatsSubscription | None = None
+
+    async def open(self) -> None:
+        """Start listening."""
+        self._sub = await self._conn.client.subscribe(
+            self._conn.layout.max_deliveries_subject(), queue=self.QUEUE, cb=self._on_advisory
+        )
+
+    async def _on_advisory(self, msg: Msg) -> None:
+        try:
+            advisory = json.loads(msg.data)
+            consumer = str(advisory["consumer"])
+            stream_seq = int(advisory["stream_seq"])
+            deliveries = int(advisory["deliveries"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignored a malformed MAX_DELIVERIES advisory")
+            return
+        group = group_of(consumer)
+        if group is None:
+            return
+        try:  # settled first, so once the metric shows it an ack of it is unknown
+            current = await self._ledger.current(consumer, stream_seq)
+            if current is not None and current[0] == deliveries:
+                await self._ledger.settle(consumer, stream_seq, current[1])
+        except Exception as exc:
+            log.warning("cannot settle a dead-lettered delivery in the ledger: %s", exc)
+        dead_letters.report(group, (stream_seq,), "its last attempt expired")
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    """What an ack call did, and which stream sequences it settled."""
+
+    result: AckResult
+    settled: frozenset[int]
+
+
+async def ack_group(
+    store: NatsPostbackStore, group: str, ack_ids: Sequence[str], nack_ids: Sequence[str]
+) -> AckOutcome:
+    """See PostbackStore.ack."""
+    conn = store.conn
+    every = (*ack_ids, *nack_ids)
+    try:
+        consumer = consumer_name(group)
+        info = await conn.js.consumer_info(conn.layout.stream, consumer)
+    except (ValueError, NotFoundError):
+        return AckOutcome(AckResult(0, every), frozenset())
+    max_deliver = info.config.max_deliver or 0
+    gate = asyncio.Semaphore(_ACK_CONCURRENCY)
+
+    async def one(ack_id: str, nack: bool) -> int | None:
+        reply = AckReply.parse(reply_subject(conn.layout.stream, consumer, ack_id))
+        if reply is None or reply.stream != conn.layout.stream or reply.consumer != consumer:
+            return None
+        async with gate:
+            current = await store.ledger.current(consumer, reply.stream_seq)
+            if current is None or current[0] != reply.delivered:
+                return None
+            if not await store.ledger.settle(consumer, reply.stream_seq, current[1]):
+                return None
+            if not nack:
+                await conn.client.request(reply.subject, b"+ACK", timeout=_ACK_TIMEOUT_SECONDS)
+            elif max_deliver > 0 and reply.delivered >= max_deliver:
+                await _dead_letter_nacked(store, consumer, reply)
+                dead_letters.report(group, (reply.stream_seq,), "nacked on its last attempt")
+            else:
+                await conn.client.request(reply.subject, b"-NAK", timeout=_ACK_TIMEOUT_SECONDS)
+            return reply.stream_seq
+
+    results = await asyncio.gather(
+        *(one(a, nack=False) for a in ack_ids), *(one(n, nack=True) for n in nack_ids)
+    )
+    unknown = tuple(i for i, r in zip(every, results, strict=True) if r is None)
+    settled = frozenset(r for r in results if r is not None)
+    return AckOutcome(AckResult(len(settled), unknown), settled)
+
+
+async def _dead_letter_nacked(store: NatsPostbackStore, consumer: str, reply: AckReply) -> None:
+    conn = store.conn
+    record = {
+        "stream": reply.stream,
+        "consumer": consumer,
+        "stream_seq": reply.stream_seq,
+        "deliveries": reply.delivered,
+        "reason": "nacked on the last attempt",
+    }
+    await conn.js.publish(
+        conn.layout.nacked_dead_letter_subject(consumer),
+        json.dumps(record).encode(),
+        headers={api.Header.MSG_ID: f"{consumer}:{reply.stream_seq}:{reply.delivered}"},
+    )
+    await conn.client.request(reply.subject, b"+TERM", timeout=_ACK_TIMEOUT_SECONDS)
+
+
+@dataclass
+class _Held:
+    reply: str
+    attempt: int
+    deadline: float
+    """Monotonic time when this member's ack deadline passes."""
+    server_expiry: float
+    """When JetStream's AckWait for it runs out, unless told it is still in progress."""
+
+
+class NatsGroupMember:
+    """See PostbackStore.join_group. Build with :meth:`open`."""
+
+    def __init__(
+        self,
+        store: NatsPostbackStore,
+        group: str,
+        flt: Filter,
+        options: GroupOptions,
+        ack_wait: float,
+    ) -> None:
+        self._store = store
+        self.group = group
+        self.consumer = consumer_name(group)
+        self._filter = flt
+        self._options = options
+        self._ack_wait = ack_wait
+        self._held: dict[int, _Held] = {}
+        """Stream sequence -> delivery handed out and not yet settled or expired."""
+        self._event = asyncio.Event()
+        self._inbox = PullInbox(
+            store.conn.client, store.conn.layout.stream, self.consumer, self._event.set
+        )
+        self._watch: NatsSubscription | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        store: NatsPostbackStore,
+        group: str,
+        flt: Filter,
+        options: GroupOptions,
+        ack_wait: float,
+    ) -> NatsGroupMember:
+        """Start pulling for the group."""
+        member = cls(store, group, flt, options, ack_wait)
+        await member._inbox.open()
+        member._watch = await store.conn.client.subscribe(
+            store.ledger.watch_subject(member.consumer), cb=member._on_ledger
+        )
+        return member
+
+    def settle(self, stream_seqs: frozenset[int]) -> None:
+        """These deliveries were acked or nacked: their slots are free."""
+        for seq in stream_seqs & self._held.keys():
+            del self._held[seq]
+        self._event.set()
+
+    async def _on_ledger(self, msg: Msg) -> None:
+        seq_text = msg.subject.rsplit(".", 1)[-1]
+        held = self._held.get(int(seq_text)) if seq_text.isdigit() else None
+        if held is None:
+            return
+        operation = (msg.headers or {}).get(_KV_OPERATION)
+        if operation in ("DEL", "PURGE") or (msg.data.isdigit() and int(msg.data) > held.attempt):
+            self.settle(frozenset({int(seq_text)}))
+
+    def __aiter__(self) -> NatsGroupMember:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while True:
+            if self._closed or self._store.closed:
+                raise StopAsyncIteration
+            self._event.clear()
+            wake_at = await self._tend(time.monotonic())
+            while self._inbox.messages:
+                delivery = await self._accept(self._inbox.messages.popleft())
+                if delivery is not None:
+                    return delivery
+            if self._inbox.gone:
+                if await self._consumer_deleted():
+                    # Deleted by an operator: end; the client rejoins and recreates it.
+                    log.warning("consumer of group %s was deleted", self.group)
+                    raise StopAsyncIteration
+                # Only unreachable for now (its leader moving after a node was lost).
+                self._inbox.gone = False
+                self._inbox.outstanding = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS / 4)
+                continue
+            self._inbox.check_alive()
+            free = self._options.max_unacked - len(self._held)
+            if self._inbox.outstanding == 0 and free > 0:
+                # Like a claim: take what is there now, up to the free slots; when nothing
+                # is, wait for the next one only. A member never holds a request for more
+                # than it is about to hand out, so postbacks go to members that ask.
+                if self._inbox.exhausted:
+                    await self._inbox.pull(1)
+                else:
+                    await self._inbox.pull(free, wait=False)
+            timeout = HEARTBEAT_SECONDS
+            if wake_at is not None:
+                timeout = min(timeout, max(wake_at - time.monotonic(), 0.001))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), timeout)
+
+    async def _accept(self, msg: Msg) -> Delivery | None:
+        reply = AckReply.parse(msg.reply or "")
+        if reply is None:
+            return None
+        postback = decode(msg, reply)
+        client = self._store.conn.client
+        if not self._filter.matches(postback):
+            await client.publish(reply.subject, b"+ACK")  # not this group's: done with it
+            return None
+        if not await self._record(reply):
+            # Not handed out: let another member (or this one) have it again at once.
+            await client.publish(reply.subject, b"-NAK")
+            return None
+        now = time.monotonic()
+        self._held[reply.stream_seq] = _Held(
+            reply=reply.subject,
+            attempt=reply.delivered,
+            deadline=now + self._options.ack_deadline,
+            server_expiry=now + self._ack_wait,
+        )
+        if reply.delivered > 1:
+            metrics.REDELIVERIES.labels(group=self.group).inc()
+        return Delivery(postback, ack_id_of(reply), reply.delivered)
+
+    async def _consumer_deleted(self) -> bool:
+        conn = self._store.conn
+        try:
+            await conn.js.consumer_info(conn.layout.stream, self.consumer)
+        except NotFoundError:
+            return True
+        except Exception as exc:
+            log.info("group %s consumer unreachable: %s", self.group, exc)
+        return False
+
+    async def _record(self, reply: AckReply) -> bool:
+        """Note the delivery in the ledger, retrying while NATS elects a leader (a node
+        went away) for up to half the group's AckWait."""
+        give_up = time.monotonic() + max(self._ack_wait / 2, 1.0)
+        delay = 0.1
+        while True:
+            try:
+                await self._store.ledger.record(self.consumer, reply.stream_seq, reply.delivered)
+                return True
+            except Exception as exc:
+                if self._closed or time.monotonic() + delay > give_up:
+                    log.warning("cannot record a delivery (%s); it goes back to the group", exc)
+                    return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _tend(self, now: float) -> float | None:
+        """Free the slots of expired deliveries, and make JetStream's timer follow this
+        member's own deadline where it differs from the group's AckWait. Returns when to
+        look again."""
+        client = self._store.conn.client
+        wait = self._ack_wait
+        shorter = self._options.ack_deadline < wait
+        wake_at: float | None = None
+        for seq, held in list(self._held.items()):
+            if now >= held.deadline:
+                del self._held[seq]
+                if shorter:  # redeliver now rather than at the group's later AckWait
+                    await client.publish(held.reply, b"-NAK")
+                continue
+            due = held.deadline
+            if held.server_expiry < held.deadline:  # this member allows longer than AckWait
+                touch_at = min(held.server_expiry - wait / 2, held.deadline - wait)
+                if now >= touch_at:
+                    await client.publish(held.reply, b"+WPI")  # restarts JetStream's AckWait
+                    held.server_expiry = now + wait
+                    touch_at = min(held.server_expiry - wait / 2, held.deadline - wait)
+                if held.server_expiry < held.deadline:
+                    due = min(due, max(touch_at, now))
+            wake_at = due if wake_at is None else min(wake_at, due)
+        return wake_at
+
+    async def close(self) -> None:
+        """See GroupMember.close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._event.set()
+        self._store.forget(self)
+        # Unsubscribing withdraws the outstanding pull requests (the server checks interest).
+        await self._inbox.close()
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                await self._watch.unsubscribe()
+        unhanded = list(self._inbox.messages)
+        self._inbox.messages.clear()
+        if not self._store.closed:
+            for msg in unhanded:  # received but never handed out: let another member have it
+                if msg.reply:
+                    with contextlib.suppress(Exception):
+                        await self._store.conn.client.publish(msg.reply, b"-NAK")

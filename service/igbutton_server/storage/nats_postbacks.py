@@ -1,0 +1,403 @@
+"""The scale-out postback engine: the PostbackStore contract on NATS JetStream.
+
+Many igbutton replicas share one log: a webhook stored by replica A reaches a subscriber
+on replica B, and a group's members may sit on any replica (see ``nats_groups``).
+
+**Stored once.** Each postback is published on its own subject, ``<prefix>.<account>.<mid>``,
+with ``Nats-Expected-Last-Subject-Sequence: 0``: the stream leader accepts it only if no
+message on that subject is retained, so a retry of the same postback is refused for as long
+as the first copy is kept (the retention, which is longer than Meta's 36 hours of retries),
+in one atomic step on the leader, whichever replica publishes and however late. The
+``Nats-Msg-Id`` (``<account>:<mid>``) and its short duplicate window only make an
+immediate retry cheap. A separate "seen" KV bucket was not used: a KV write and a stream
+publish are two writes, and a crash between them either loses the postback or, after the
+window, stores it twice.
+
+An append is answered only after every publish got its PubAck, i.e. the postback is stored
+on a majority of the stream's replicas. Transient failures (a leader election, a node
+going away) are retried within a bound; publishing again is safe for the reason above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError
+
+from igbutton_server import metrics
+from igbutton_server.config import Settings
+from igbutton_server.storage.nats_codec import encode
+from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.nats_cursor import NatsSubscription as BroadcastCursor
+from igbutton_server.storage.nats_cursor import deliver_policy
+from igbutton_server.storage.nats_groups import (
+    FILTER_METADATA_KEY,
+    AckLedger,
+    ExpiredDeadLetters,
+    NatsGroupMember,
+    ack_group,
+    consumer_name,
+    filter_from_metadata,
+    filter_to_metadata,
+)
+from igbutton_server.storage.nats_tail import SharedTail
+from igbutton_server.storage.postbacks import (
+    AckResult,
+    AppendResult,
+    Filter,
+    GroupFilterMismatch,
+    GroupInfo,
+    GroupOptions,
+    NewPostback,
+    Start,
+    StoreClosed,
+)
+
+log = logging.getLogger(__name__)
+
+APPEND_TIMEOUT_SECONDS = 20.0
+"""How long an append keeps retrying before it fails (and the webhook answers 5xx). Longer
+than a JetStream leader election after a node is lost (a few seconds)."""
+PUBACK_WAIT_SECONDS = 3.0
+"""How long one round waits for its PubAcks before publishing the rest again. An ack is
+lost with a connection that drops after the publish was written (a node restarting), and
+waiting out the whole append deadline would fail a delivery that a new publish stores at
+once; publishing twice is safe (Nats-Msg-Id and the expected subject sequence)."""
+_CONSUMER_EXISTS = 10148
+_API_TIMEOUT_SECONDS = 5.0
+
+
+class _Retry(Exception):
+    """A publish failed in a way a retry may cure."""
+
+
+class _Publisher:
+    """Pipelined publishes with their PubAcks matched up on one wildcard inbox.
+
+    (nats-py's ``publish_async`` leaves the future pending when JetStream answers with
+    an error, which is exactly the answer a duplicate gets.)
+    """
+
+    def __init__(self, conn: NatsConnection) -> None:
+        self._conn = conn
+        self._prefix = ""
+        self._sub: NatsSubscription | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, object]]] = {}
+        self._counter = 0
+
+    async def open(self) -> None:
+        self._prefix = self._conn.client.new_inbox() + "."
+        self._sub = await self._conn.client.subscribe(self._prefix + "*", cb=self._on_reply)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject[len(self._prefix) :], None)
+        if future is None or future.done():
+            return
+        if (msg.headers or {}).get("Status") == "503":
+            future.set_exception(_Retry("no responders (stream leader unavailable)"))
+            return
+        try:
+            future.set_result(json.loads(msg.data))
+        except ValueError as exc:
+            future.set_exception(exc)
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[dict[str, object]]:
+        """Publish now (in call order); the future gets JetStream's answer."""
+        self._counter += 1
+        token = str(self._counter)
+        future: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        try:
+            await self._conn.client.publish(
+                subject, payload, reply=self._prefix + token, headers=headers
+            )
+        except Exception:
+            self._waiting.pop(token, None)
+            raise
+        return future
+
+    def forget(self, futures: Sequence[asyncio.Future[dict[str, object]]]) -> None:
+        """Stop waiting for these (timed out)."""
+        for token, future in list(self._waiting.items()):
+            if future in futures:
+                del self._waiting[token]
+                future.cancel()
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+
+@dataclass
+class _Outcome:
+    stored: int = 0
+    duplicates: int = 0
+    unanswered: set[tuple[str, str]] = field(default_factory=set)
+    """Postbacks published in this append whose PubAck never came: the publish may have
+    been stored, so a "duplicate" answer to a later round is most likely that copy."""
+
+    def already_stored(self, postback: NewPostback) -> None:
+        if (postback.account_id, postback.mid) in self.unanswered:
+            self.stored += 1  # our own earlier publish, not a delivery Meta repeated
+        else:
+            self.duplicates += 1
+
+
+class NatsPostbackStore:
+    """PostbackStore on NATS JetStream. Build with :meth:`open`."""
+
+    def __init__(self, conn: NatsConnection, ledger: AckLedger) -> None:
+        self.conn = conn
+        self.ledger = ledger
+        self._publisher = _Publisher(conn)
+        self._dead_letters = ExpiredDeadLetters(conn, ledger)
+        self._cursors: set[BroadcastCursor] = set()
+        self.tail = SharedTail(conn)
+        """The newest postbacks, read once for every broadcast cursor of this process."""
+        self._members: dict[str, set[NatsGroupMember]] = {}
+        self.closed = False
+
+    def unready_reason(self) -> str | None:
+        """None while open and connected to NATS (the client reconnects on its own)."""
+        if self.closed:
+            return "postback store closed"
+        return None if self.conn.connected else "not connected to NATS"
+
+    @classmethod
+    async def open(cls, settings: Settings) -> NatsPostbackStore:
+        """Connect, create or update the streams and ledger, and start."""
+        conn = await NatsConnection.open(settings)
+        try:
+            store = cls(conn, AckLedger(conn, await conn.ensure_postback_layout()))
+            await store._publisher.open()
+            await store._dead_letters.open()
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StoreClosed("the postback store is closed")
+
+    # --- the log ---
+
+    async def append(self, postbacks: Sequence[NewPostback]) -> AppendResult:
+        """See PostbackStore.append."""
+        self._check_open()
+        seen: set[tuple[str, str]] = set()
+        batch: list[NewPostback] = []
+        repeated = 0
+        for postback in postbacks:
+            key = (postback.account_id, postback.mid)
+            if key in seen:
+                repeated += 1
+            else:
+                seen.add(key)
+                batch.append(postback)
+        outcome = _Outcome()
+        deadline = time.monotonic() + APPEND_TIMEOUT_SECONDS
+        delay = 0.05
+        while batch:
+            batch = await self._publish_round(batch, outcome, deadline)
+            if batch:
+                if time.monotonic() + delay >= deadline:
+                    raise OSError(f"NATS did not store {len(batch)} postbacks in time")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return AppendResult(outcome.stored, outcome.duplicates + repeated)
+
+    async def _publish_round(
+        self, batch: list[NewPostback], outcome: _Outcome, deadline: float
+    ) -> list[NewPostback]:
+        """Publish every postback once; return those to try again."""
+        layout = self.conn.layout
+        futures: list[asyncio.Future[dict[str, object]]] = []
+        retry: list[NewPostback] = []
+        for postback in batch:
+            try:
+                futures.append(
+                    await self._publisher.publish(
+                        layout.postback_subject(postback.account_id, postback.mid),
+                        encode(postback),
+                        {
+                            api.Header.MSG_ID: f"{postback.account_id}:{postback.mid}",
+                            api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+                            api.Header.EXPECTED_STREAM: layout.stream,
+                        },
+                    )
+                )
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("publishing a postback failed: %s", exc)
+                # The connection is down: try the whole batch again. What was published
+                # before it went down may have been stored.
+                outcome.unanswered.update((p.account_id, p.mid) for p in batch[: len(futures)])
+                self._publisher.forget(futures)
+                return batch
+        if futures:
+            wait = min(max(deadline - time.monotonic(), 0.05), PUBACK_WAIT_SECONDS)
+            _, late = await asyncio.wait(futures, timeout=wait)
+            if late:
+                log.info("no PubAck in time for %d postbacks; publishing them again", len(late))
+            self._publisher.forget(list(late))
+        for postback, future in zip(batch, futures, strict=True):
+            if future.cancelled():
+                outcome.unanswered.add((postback.account_id, postback.mid))
+                retry.append(postback)
+                continue
+            error = future.exception()
+            if isinstance(error, _Retry):
+                retry.append(postback)
+                continue
+            if error is not None:
+                raise error
+            answer = future.result()
+            if "error" in answer:
+                err = answer["error"]
+                assert isinstance(err, dict)
+                if err.get("err_code") in WRONG_LAST_SEQUENCE:
+                    outcome.already_stored(postback)  # in the log, however long ago
+                elif int(err.get("code", 0)) >= 500:
+                    retry.append(postback)
+                else:
+                    raise OSError(f"NATS refused a postback: {err.get('description')}")
+            elif answer.get("duplicate"):
+                outcome.already_stored(postback)
+            else:
+                outcome.stored += 1
+        return retry
+
+    async def subscribe(self, flt: Filter, start: Start) -> BroadcastCursor:
+        """See PostbackStore.subscribe."""
+        self._check_open()
+        cursor = await BroadcastCursor.open(self, flt, start)
+        self._cursors.add(cursor)
+        return cursor
+
+    async def prune(self, older_than_ms: int) -> int:
+        """See PostbackStore.prune: the stream's max_age expires postbacks on its own."""
+        self._check_open()
+        return 0
+
+    # --- consumer groups ---
+
+    async def join_group(
+        self, group: str, flt: Filter, start: Start, options: GroupOptions
+    ) -> NatsGroupMember:
+        """See PostbackStore.join_group."""
+        self._check_open()
+        layout = self.conn.layout
+        consumer = consumer_name(group)
+        config = deliver_policy(start)
+        config.durable_name = consumer
+        config.ack_policy = api.AckPolicy.EXPLICIT
+        config.ack_wait = options.ack_deadline
+        config.max_deliver = options.max_attempts
+        config.max_ack_pending = -1  # members cap themselves (max_unacked)
+        config.filter_subjects = layout.account_subjects(flt.account_ids)
+        config.metadata = {FILTER_METADATA_KEY: filter_to_metadata(flt)}
+        info = await self._create_consumer(consumer, config)
+        existing = filter_from_metadata((info.config.metadata or {}).get(FILTER_METADATA_KEY))
+        if existing != flt:
+            raise GroupFilterMismatch(group, existing)
+        if info.config.max_deliver != options.max_attempts:
+            # As with SQLite, the latest member's max attempts applies to the group.
+            info.config.max_deliver = options.max_attempts
+            info = await self.conn.js.add_consumer(layout.stream, info.config)
+        member = await NatsGroupMember.open(
+            self, group, flt, options, ack_wait=info.config.ack_wait or options.ack_deadline
+        )
+        self._members.setdefault(group, set()).add(member)
+        metrics.GROUPS.set(len(self._members))
+        return member
+
+    async def _create_consumer(self, name: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
+        """Create the durable consumer only if it does not exist (never update it here:
+        an existing group keeps its position and filter)."""
+        stream = self.conn.layout.stream
+        request = {"stream_name": stream, "config": config.as_dict(), "action": "create"}
+        reply = await self.conn.client.request(
+            f"$JS.API.CONSUMER.CREATE.{stream}.{name}",
+            json.dumps(request).encode(),
+            timeout=_API_TIMEOUT_SECONDS,
+        )
+        answer = json.loads(reply.data)
+        error = answer.get("error")
+        if error is None:
+            created: api.ConsumerInfo = api.ConsumerInfo.from_response(answer)
+            return created
+        if error.get("err_code") != _CONSUMER_EXISTS:
+            APIError.from_error(error)  # raises
+        existing: api.ConsumerInfo = await self.conn.js.consumer_info(stream, name)
+        return existing
+
+    async def ack(self, group: str, ack_ids: Sequence[str], nack_ids: Sequence[str]) -> AckResult:
+        """See PostbackStore.ack."""
+        self._check_open()
+        outcome = await ack_group(self, group, ack_ids, nack_ids)
+        for member in self._members.get(group, ()):
+            member.settle(outcome.settled)
+        return outcome.result
+
+    async def group_info(self, group: str) -> GroupInfo | None:
+        """See PostbackStore.group_info."""
+        self._check_open()
+        layout = self.conn.layout
+        try:
+            consumer = consumer_name(group)
+            info = await self.conn.js.consumer_info(layout.stream, consumer)
+        except (ValueError, NotFoundError):
+            return None
+        dead = await self.conn.js.stream_info(
+            layout.dead_letter_stream, subjects_filter=layout.dead_letter_filter(consumer)
+        )
+        metrics.UNACKED.labels(group=group).set(info.num_ack_pending or 0)
+        return GroupInfo(
+            name=group,
+            filter=filter_from_metadata((info.config.metadata or {}).get(FILTER_METADATA_KEY)),
+            unacked=info.num_ack_pending or 0,
+            dead_lettered=sum((dead.state.subjects or {}).values()),
+        )
+
+    def forget(self, source: BroadcastCursor | NatsGroupMember) -> None:
+        """A cursor or member closed."""
+        if isinstance(source, BroadcastCursor):
+            self._cursors.discard(source)
+            return
+        members = self._members.get(source.group)
+        if members is not None:
+            members.discard(source)
+            if not members:
+                del self._members[source.group]
+                metrics.GROUPS.set(len(self._members))
+
+    async def close(self) -> None:
+        """See PostbackStore.close."""
+        if self.closed:
+            return
+        self.closed = True
+        for cursor in list(self._cursors):
+            await cursor.close()
+        for members in list(self._members.values()):
+            for member in list(members):
+                await member.close()
+        await self._dead_letters.close()
+        await self.tail.close()
+        await self._publisher.close()
+        await self.conn.close()

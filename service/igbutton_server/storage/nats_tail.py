@@ -1,0 +1,248 @@
+"""The newest postbacks, read once per process and shared by every live broadcast cursor.
+
+With a consumer per cursor, nats-server delivers, nats-py parses and ``decode`` builds every
+postback once per subscriber: at 500/s and 10 subscribers that was most of the process's
+CPU. Here one ephemeral consumer on the whole log feeds a ring of the last ``TAIL_SIZE``
+postbacks, decoded once; cursors at the tail read the ring by index and filter in memory.
+
+The ring holds every message of the log with a stream sequence above ``floor`` up to the
+newest one read, without holes: the reader recovers the way a cursor does (a gap in the
+consumer sequence, a lost consumer or a silent server recreate the consumer right after
+the last stream sequence read). So a cursor whose position is at or above ``floor`` may
+continue from the ring with nothing skipped or repeated. The ring is bounded: a cursor that
+falls more than ``TAIL_SIZE`` behind goes back to a consumer of its own.
+
+The reader runs only while some broadcast cursor is open (:meth:`SharedTail.acquire` /
+:meth:`SharedTail.release`): a replica nobody subscribes to does not read and decode every
+postback of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.js.errors import Error as JetStreamError
+
+from igbutton_server.storage.nats_codec import decode
+from igbutton_server.storage.nats_connection import NatsConnection
+from igbutton_server.storage.nats_cursor import add_reader
+from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.postbacks import Start, StoredPostback
+
+log = logging.getLogger(__name__)
+
+TAIL_SIZE = 4096
+"""Postbacks kept in memory: how far behind a cursor may be and still share the reader."""
+READ_BATCH = 1024
+"""Messages the reader asks for at once."""
+START_WAIT_SECONDS = 5.0
+"""How long the first subscriber waits for the reader's consumer before going without."""
+
+
+class SharedTail:
+    """One reader of the log's newest postbacks per store, running while cursors hold it
+    (:meth:`acquire`, :meth:`release`)."""
+
+    def __init__(self, conn: NatsConnection, size: int = 0) -> None:
+        self._conn = conn
+        self._size = size or TAIL_SIZE
+        self._slots: list[StoredPostback | None] = [None] * self._size
+        self.end = 0
+        """Ring index after the newest postback (ring indexes only grow)."""
+        self.floor: int | None = None
+        """Every message above this stream sequence, up to the newest read, is in the ring;
+        None until the reader's first consumer exists."""
+        self._head = 0
+        """The last stream sequence read."""
+        self._listeners: set[asyncio.Event] = set()
+        self._wake = asyncio.Event()
+        self._consumer = ""
+        self._consumer_seq = 0
+        self._inbox: PullInbox | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._created: asyncio.Future[None] | None = None
+        self._closed = False
+        self._users = 0
+        self._base = 0
+        """Ring index of the first postback the current reader added."""
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def oldest(self) -> int:
+        """Ring index of the oldest postback still held."""
+        return max(self.end - self._size, self._base)
+
+    def at(self, index: int) -> StoredPostback:
+        """The postback at a ring index in [oldest, end)."""
+        postback = self._slots[index % self._size]
+        assert postback is not None
+        return postback
+
+    def index_after(self, position: int) -> int | None:
+        """The ring index of the first postback above stream sequence ``position``, or None
+        if the ring does not hold everything after it."""
+        if self.floor is None or position < self.floor:
+            return None
+        low, high = self.oldest, self.end
+        while low < high:
+            mid = (low + high) // 2
+            if self.at(mid).sequence <= position:
+                low = mid + 1
+            else:
+                high = mid
+        return low
+
+    def listen(self, event: asyncio.Event) -> None:
+        """Set ``event`` whenever postbacks are added."""
+        self._listeners.add(event)
+
+    def unlisten(self, event: asyncio.Event) -> None:
+        self._listeners.discard(event)
+
+    async def acquire(self) -> None:
+        """Count a cursor in and start the reader if it is the first (see ensure_started)."""
+        self._users += 1
+        try:
+            await self.ensure_started()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Count a cursor out; the last one out stops the reader and empties the ring."""
+        self._users -= 1
+        if self._users == 0 and self._task is not None and not self._closed:
+            self._stopping = asyncio.create_task(self._stop(), name="nats-shared-tail-stop")
+
+    async def _stop(self) -> None:
+        task, self._task = self._task, None
+        self._created = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_consumer()
+        # No cursor holds a ring index now; the next reader starts afresh at the log's end.
+        self._slots = [None] * self._size
+        self._base = self.end
+        self.floor = None
+        self._head = 0
+
+    async def ensure_started(self) -> None:
+        """Start the reader if needed and wait (bounded) until its consumer exists: a cursor
+        opened after that can start at the tail."""
+        stopping = self._stopping
+        if stopping is not None:
+            await stopping  # the previous reader is gone before a new one starts
+            if self._stopping is stopping:
+                self._stopping = None
+        if self._closed:
+            return
+        if self._task is None:
+            self._created = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._run(), name="nats-shared-tail")
+        assert self._created is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._created), START_WAIT_SECONDS)
+
+    async def _create(self) -> None:
+        first = self.floor is None
+        # The first reader starts right after a sequence read from the stream, not after
+        # whatever a "deliver new" consumer reports it started at: the ring's floor is then
+        # exact by construction, whichever server hosts the consumer.
+        start_after = (
+            (await self._conn.js.stream_info(self._conn.layout.stream)).state.last_seq
+            if first
+            else self._head
+        )
+        name = await add_reader(self._conn, "t", Start.after(start_after), frozenset())
+        if first:
+            self._head = self.floor = start_after
+        self._consumer = name
+        self._consumer_seq = 0
+        inbox = PullInbox(self._conn.client, self._conn.layout.stream, name, self._wake.set)
+        await inbox.open()
+        self._inbox = inbox
+        if self._created is not None and not self._created.done():
+            self._created.set_result(None)
+
+    async def _drop_consumer(self) -> None:
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            await inbox.close()
+        if self._consumer:
+            with contextlib.suppress(JetStreamError, TimeoutError, OSError):
+                await self._conn.js.delete_consumer(self._conn.layout.stream, self._consumer)
+            self._consumer = ""
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                await self._step()
+            except asyncio.CancelledError:
+                raise
+            except (JetStreamError, TimeoutError, OSError) as exc:
+                # NATS may be electing a leader or reconnecting: try again shortly.
+                log.warning("shared tail reader: %s", exc)
+                await self._pause()
+            except Exception:
+                log.exception("shared tail reader failed; recreating its consumer")
+                if self._inbox is not None:
+                    self._inbox.gone = True
+                await self._pause()
+
+    async def _pause(self) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), HEARTBEAT_SECONDS)
+
+    async def _step(self) -> None:
+        inbox = self._inbox
+        if inbox is None or inbox.gone:
+            await self._drop_consumer()
+            await self._create()
+            return
+        self._wake.clear()
+        added = False
+        while (taken := inbox.take_next(self._consumer_seq)) is not None:
+            msg, reply = taken
+            self._consumer_seq = reply.consumer_seq
+            self._add(decode(msg, reply))
+            added = True
+        if added:
+            for event in self._listeners:
+                event.set()
+        if inbox.gone:
+            return
+        inbox.check_alive()
+        if inbox.outstanding <= READ_BATCH // 2:
+            await inbox.pull(READ_BATCH - inbox.outstanding)
+        if not inbox.messages:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), HEARTBEAT_SECONDS)
+
+    def _add(self, postback: StoredPostback) -> None:
+        slot = self.end % self._size
+        evicted = self._slots[slot]
+        if evicted is not None:
+            self.floor = evicted.sequence
+        self._slots[slot] = postback
+        self.end += 1
+        self._head = postback.sequence
+
+    async def close(self) -> None:
+        """Stop reading and delete the consumer (if NATS is still there)."""
+        self._closed = True
+        if self._stopping is not None:
+            await self._stopping
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_consumer()
+        for event in self._listeners:
+            event.set()
+        self._listeners.clear()

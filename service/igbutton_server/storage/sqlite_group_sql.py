@@ -1,0 +1,264 @@
+"""The SQL of the SQLite engine's consumer groups: join, claim, ack, inspect.
+
+Same rules as ``sqlite_postback_sql``: each function runs inside its caller's transaction.
+A claim hands a member expired or nacked deliveries first (counting the attempt, or
+dead-lettering after the group's maximum), then new postbacks after the group's position.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from igbutton_server.storage.postbacks import (
+    AckResult,
+    Delivery,
+    Filter,
+    GroupFilterMismatch,
+    GroupInfo,
+    Start,
+    StoredPostback,
+)
+from igbutton_server.storage.sqlite_postback_sql import (
+    COLUMNS,
+    PAGE_SIZE,
+    filter_from_json,
+    filter_to_json,
+    postback_row,
+    read_page,
+    start_cursor,
+)
+
+_SCAN_LIMIT = 8 * PAGE_SIZE
+"""Log rows one claim looks at before returning, so a filter matching little never holds
+the write lock for long."""
+
+
+def join_group(
+    conn: sqlite3.Connection,
+    group: str,
+    flt: Filter,
+    start: Start,
+    max_attempts: int,
+    now_ms: int,
+) -> None:
+    """Create the group at ``start``, or check an existing group's filter."""
+    row = conn.execute(
+        "SELECT filter_json FROM postback_groups WHERE name = ?", (group,)
+    ).fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO postback_groups (name, filter_json, position, max_attempts, created_ms)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (group, filter_to_json(flt), start_cursor(conn, start), max_attempts, now_ms),
+        )
+        return
+    existing = filter_from_json(row[0])
+    if existing != flt:
+        raise GroupFilterMismatch(group, existing)
+    conn.execute(
+        "UPDATE postback_groups SET max_attempts = ? WHERE name = ?", (max_attempts, group)
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one claim handed to a member."""
+
+    deliveries: list[Delivery]
+    dead_lettered: tuple[int, ...]
+    """Sequences of expired deliveries found on their last attempt and set aside."""
+    next_deadline_ms: int | None
+    """The earliest deadline still pending in the group: when to claim again."""
+    unacked: int
+    """Deliveries pending in the group after this claim."""
+    more: bool
+    """The scan stopped early; claim again at once."""
+
+
+def _dead_letter(
+    conn: sqlite3.Connection, group: str, seq: int, attempts: int, now_ms: int
+) -> None:
+    conn.execute(
+        "DELETE FROM postback_group_pending WHERE group_name = ? AND seq = ?", (group, seq)
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO postback_dead_letters (group_name, seq, attempts, dead_ms)"
+        " VALUES (?, ?, ?, ?)",
+        (group, seq, attempts, now_ms),
+    )
+    conn.execute(
+        "UPDATE postback_groups SET dead_lettered = dead_lettered + 1 WHERE name = ?", (group,)
+    )
+
+
+def _fetch(conn: sqlite3.Connection, seq: int) -> StoredPostback | None:
+    row = conn.execute(
+        f"SELECT {COLUMNS} FROM postbacks WHERE seq = ?",  # noqa: S608
+        (seq,),
+    ).fetchone()
+    return None if row is None else postback_row(row)
+
+
+def claim(
+    conn: sqlite3.Connection,
+    group: str,
+    member: str,
+    limit: int,
+    deadline_ms: int,
+    now_ms: int,
+) -> Claim:
+    """Hand up to ``limit`` deliveries to ``member``: expired or nacked ones first (their
+    attempt counted, or dead-lettered after the group's maximum), then new postbacks after
+    the group's position that pass its filter."""
+    row = conn.execute(
+        "SELECT filter_json, position, max_attempts FROM postback_groups WHERE name = ?", (group,)
+    ).fetchone()
+    if row is None:
+        return Claim([], (), None, 0, more=False)
+    flt, position, max_attempts = filter_from_json(row[0]), int(row[1]), int(row[2])
+    deliveries: list[Delivery] = []
+    dead: list[int] = []
+
+    while len(deliveries) < limit:
+        expired = conn.execute(
+            "SELECT seq, attempt FROM postback_group_pending"
+            " WHERE group_name = ? AND deadline_ms <= ? ORDER BY seq LIMIT ?",
+            (group, now_ms, limit - len(deliveries)),
+        ).fetchall()
+        if not expired:
+            break
+        for seq, attempt in expired:
+            postback = _fetch(conn, seq)
+            if postback is None:  # pruned meanwhile
+                conn.execute(
+                    "DELETE FROM postback_group_pending WHERE group_name = ? AND seq = ?",
+                    (group, seq),
+                )
+            elif attempt >= max_attempts:
+                _dead_letter(conn, group, seq, attempt, now_ms)
+                dead.append(seq)
+            else:
+                ack_id = secrets.token_urlsafe(12)
+                conn.execute(
+                    "UPDATE postback_group_pending SET attempt = ?, ack_id = ?, deadline_ms = ?,"
+                    " member = ? WHERE group_name = ? AND seq = ?",
+                    (attempt + 1, ack_id, deadline_ms, member, group, seq),
+                )
+                deliveries.append(Delivery(postback, ack_id, attempt + 1))
+
+    scanned = 0
+    more = False
+    while len(deliveries) < limit and not more:
+        page = read_page(conn, position)
+        if not page:
+            break
+        for postback in page:
+            position = postback.sequence
+            scanned += 1
+            if flt.matches(postback):
+                ack_id = secrets.token_urlsafe(12)
+                conn.execute(
+                    "INSERT INTO postback_group_pending"
+                    " (group_name, seq, ack_id, attempt, deadline_ms, member)"
+                    " VALUES (?, ?, ?, 1, ?, ?)",
+                    (group, postback.sequence, ack_id, deadline_ms, member),
+                )
+                deliveries.append(Delivery(postback, ack_id, 1))
+                if len(deliveries) >= limit:
+                    break
+            if scanned >= _SCAN_LIMIT:
+                more = True
+                break
+    conn.execute("UPDATE postback_groups SET position = ? WHERE name = ?", (position, group))
+
+    next_deadline, unacked = conn.execute(
+        "SELECT MIN(deadline_ms), COUNT(*) FROM postback_group_pending WHERE group_name = ?",
+        (group,),
+    ).fetchone()
+    return Claim(deliveries, tuple(dead), next_deadline, int(unacked), more)
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    """An ack's result plus what the in-process members need to hear."""
+
+    result: AckResult
+    settled: frozenset[str]
+    """Ack and nack ids no longer held by whoever they were delivered to."""
+    dead_lettered: tuple[int, ...]
+    """Sequences nacked on their last attempt and set aside."""
+    unacked: int
+    """Deliveries pending in the group after this call."""
+
+
+def ack(
+    conn: sqlite3.Connection,
+    group: str,
+    ack_ids: Sequence[str],
+    nack_ids: Sequence[str],
+    now_ms: int,
+) -> AckOutcome:
+    """Delete acknowledged deliveries; make nacked ones due at once (or dead-letter them
+    if that was their last attempt)."""
+    row = conn.execute(
+        "SELECT max_attempts FROM postback_groups WHERE name = ?", (group,)
+    ).fetchone()
+    if row is None:
+        return AckOutcome(AckResult(0, (*ack_ids, *nack_ids)), frozenset(), (), 0)
+    max_attempts = int(row[0])
+    settled: set[str] = set()
+    unknown: list[str] = []
+    dead: list[int] = []
+    for ack_id in ack_ids:
+        deleted = conn.execute(
+            "DELETE FROM postback_group_pending WHERE group_name = ? AND ack_id = ?",
+            (group, ack_id),
+        ).rowcount
+        if deleted:
+            settled.add(ack_id)
+        else:
+            unknown.append(ack_id)
+    for ack_id in nack_ids:
+        found = conn.execute(
+            "SELECT seq, attempt FROM postback_group_pending"
+            " WHERE group_name = ? AND ack_id = ? AND member IS NOT NULL",
+            (group, ack_id),
+        ).fetchone()
+        if found is None:
+            unknown.append(ack_id)
+            continue
+        seq, attempt = found
+        settled.add(ack_id)
+        if attempt >= max_attempts:
+            _dead_letter(conn, group, seq, attempt, now_ms)
+            dead.append(seq)
+        else:
+            conn.execute(
+                "UPDATE postback_group_pending SET deadline_ms = 0, member = NULL"
+                " WHERE group_name = ? AND seq = ?",
+                (group, seq),
+            )
+    (unacked,) = conn.execute(
+        "SELECT COUNT(*) FROM postback_group_pending WHERE group_name = ?", (group,)
+    ).fetchone()
+    return AckOutcome(
+        AckResult(len(settled), tuple(unknown)), frozenset(settled), tuple(dead), int(unacked)
+    )
+
+
+def group_info(conn: sqlite3.Connection, group: str) -> GroupInfo | None:
+    """The group's filter, unacknowledged count and dead-letter count."""
+    row = conn.execute(
+        "SELECT filter_json, dead_lettered FROM postback_groups WHERE name = ?", (group,)
+    ).fetchone()
+    if row is None:
+        return None
+    (unacked,) = conn.execute(
+        "SELECT COUNT(*) FROM postback_group_pending WHERE group_name = ?", (group,)
+    ).fetchone()
+    return GroupInfo(
+        name=group, filter=filter_from_json(row[0]), unacked=int(unacked), dead_lettered=int(row[1])
+    )

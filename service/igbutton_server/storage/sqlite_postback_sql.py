@@ -1,0 +1,206 @@
+"""The SQL of the SQLite postback engine: schema and one function per transaction step.
+
+Every function takes a connection and runs inside a transaction its caller opened (the
+writer's batch, or a reader's snapshot); none of them commits. Kept apart from the asyncio
+side (``sqlite_postbacks``) so the data rules can be read in one place; the consumer
+groups' steps are in ``sqlite_group_sql``.
+
+Tables (prefixed ``postback`` because the send path keeps its own tables in the same file):
+
+- ``postbacks``: the log. ``seq`` is AUTOINCREMENT so a sequence is never reused, even after
+  pruning the newest rows; one writer means sequences are also committed in order, so a
+  reader that has seen ``seq`` N has seen every committed row below it.
+- ``postback_groups``: one row per consumer group: its filter and ``position`` (the last
+  log sequence it has handed out or skipped).
+- ``postback_group_pending``: deliveries awaiting an ack, with attempt and deadline
+  (wall-clock ms, so they survive a restart). A nack sets the deadline to 0.
+- ``postback_dead_letters``: postbacks a group gave up on after its maximum attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from igbutton_server.storage.postbacks import (
+    AppendResult,
+    Filter,
+    NewPostback,
+    Start,
+    StartKind,
+    StoredPostback,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS postbacks (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id   TEXT    NOT NULL,
+    sender_id    TEXT    NOT NULL,
+    mid          TEXT    NOT NULL,
+    title        TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    tap_time_ms  INTEGER NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    raw_json     TEXT    NOT NULL,
+    UNIQUE (account_id, mid)
+);
+CREATE INDEX IF NOT EXISTS postbacks_received_ms ON postbacks (received_ms);
+CREATE TABLE IF NOT EXISTS postback_groups (
+    name          TEXT    PRIMARY KEY,
+    filter_json   TEXT    NOT NULL,
+    position      INTEGER NOT NULL,
+    max_attempts  INTEGER NOT NULL,
+    dead_lettered INTEGER NOT NULL DEFAULT 0,
+    created_ms    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS postback_group_pending (
+    group_name  TEXT    NOT NULL,
+    seq         INTEGER NOT NULL,
+    ack_id      TEXT    NOT NULL UNIQUE,
+    attempt     INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    member      TEXT,
+    PRIMARY KEY (group_name, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS postback_group_pending_deadline
+    ON postback_group_pending (group_name, deadline_ms);
+CREATE TABLE IF NOT EXISTS postback_dead_letters (
+    group_name TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL,
+    dead_ms    INTEGER NOT NULL,
+    PRIMARY KEY (group_name, seq)
+) WITHOUT ROWID;
+"""
+
+COLUMNS = "seq, account_id, sender_id, mid, title, payload, tap_time_ms, received_ms, raw_json"
+PAGE_SIZE = 256
+"""Rows read per query: what a cursor holds in memory at most."""
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables if they do not exist (idempotent)."""
+    conn.executescript(SCHEMA)
+
+
+def postback_row(row: tuple[object, ...]) -> StoredPostback:
+    seq, account, sender, mid, title, payload, tap_ms, received_ms, raw = row
+    assert isinstance(seq, int)
+    assert isinstance(tap_ms, int)
+    assert isinstance(received_ms, int)
+    return StoredPostback(
+        sequence=seq,
+        account_id=str(account),
+        sender_id=str(sender),
+        mid=str(mid),
+        title=str(title),
+        payload=str(payload),
+        tap_time_ms=tap_ms,
+        received_ms=received_ms,
+        raw_json=str(raw),
+    )
+
+
+def filter_to_json(flt: Filter) -> str:
+    """A canonical JSON form of a filter, to store with a group."""
+    return json.dumps(
+        {"account_ids": sorted(flt.account_ids), "payload_prefix": flt.payload_prefix},
+        sort_keys=True,
+    )
+
+
+def filter_from_json(text: str) -> Filter:
+    """The filter stored with a group."""
+    data = json.loads(text)
+    return Filter(frozenset(data["account_ids"]), data["payload_prefix"])
+
+
+# --- the log ---
+
+
+def append(
+    conn: sqlite3.Connection, postbacks: Sequence[NewPostback], now_ms: int
+) -> tuple[AppendResult, list[StoredPostback]]:
+    """Insert postbacks not yet in the log, keyed on (account_id, mid); also return the rows
+    stored, in sequence order, so live cursors can be served without reading them back."""
+    stored: list[StoredPostback] = []
+    for p in postbacks:
+        cursor = conn.execute(
+            "INSERT INTO postbacks (account_id, sender_id, mid, title, payload, tap_time_ms,"
+            " received_ms, raw_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (account_id, mid) DO NOTHING RETURNING seq",
+            (
+                p.account_id,
+                p.sender_id,
+                p.mid,
+                p.title,
+                p.payload,
+                p.tap_time_ms,
+                now_ms,
+                p.raw_json,
+            ),
+        )
+        row = cursor.fetchone()
+        if row is not None:
+            stored.append(
+                StoredPostback(
+                    sequence=int(row[0]),
+                    account_id=p.account_id,
+                    sender_id=p.sender_id,
+                    mid=p.mid,
+                    title=p.title,
+                    payload=p.payload,
+                    tap_time_ms=p.tap_time_ms,
+                    received_ms=now_ms,
+                    raw_json=p.raw_json,
+                )
+            )
+    return AppendResult(stored=len(stored), duplicates=len(postbacks) - len(stored)), stored
+
+
+def last_sequence(conn: sqlite3.Connection) -> int:
+    """The highest sequence ever assigned (0 for an empty log), pruned rows included."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'postbacks'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def read_page(conn: sqlite3.Connection, after: int, limit: int = PAGE_SIZE) -> list[StoredPostback]:
+    """Up to ``limit`` postbacks with a sequence above ``after``, in order."""
+    rows = conn.execute(
+        f"SELECT {COLUMNS} FROM postbacks WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
+        (after, limit),
+    ).fetchall()
+    return [postback_row(r) for r in rows]
+
+
+def start_cursor(conn: sqlite3.Connection, start: Start) -> int:
+    """The sequence a cursor starting at ``start`` has already 'seen'."""
+    if start.kind is StartKind.EARLIEST:
+        return 0
+    if start.kind is StartKind.AFTER_SEQUENCE:
+        return start.after_sequence
+    if start.kind is StartKind.SINCE_TIME:
+        row = conn.execute(
+            "SELECT MIN(seq) FROM postbacks WHERE received_ms >= ?", (start.since_ms,)
+        ).fetchone()
+        if row[0] is not None:
+            return int(row[0]) - 1
+    return last_sequence(conn)
+
+
+def prune(conn: sqlite3.Connection, older_than_ms: int, limit: int) -> int:
+    """Delete up to ``limit`` postbacks received before ``older_than_ms``, with their
+    group deliveries and dead letters."""
+    deleted = conn.execute(
+        "DELETE FROM postbacks WHERE seq IN"
+        " (SELECT seq FROM postbacks WHERE received_ms < ? ORDER BY seq LIMIT ?)",
+        (older_than_ms, limit),
+    ).rowcount
+    if deleted:
+        for table in ("postback_group_pending", "postback_dead_letters"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE NOT EXISTS"  # noqa: S608 - fixed table names
+                f" (SELECT 1 FROM postbacks p WHERE p.seq = {table}.seq)"
+            )
+    return deleted
