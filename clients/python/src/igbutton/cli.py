@@ -7,12 +7,10 @@ nothing to run, 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import os
-import runpy
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any, NoReturn
 
 from igbutton import __version__
@@ -20,9 +18,14 @@ from igbutton._channel import DEFAULT_TARGET
 
 DEFAULT_SANDBOX_URL = "http://127.0.0.1:8765"
 
+# The server distribution declares these commands as entry points (see its pyproject.toml):
+# the client reads the metadata and never imports the server by name, so the dependency
+# between the two distributions runs one way, server -> client.
+SERVER_COMMANDS_GROUP = "igbutton.server_commands"
+SERVER_DISTRIBUTION = "igbutton-server"
 _SERVER_COMMANDS = {
-    "serve": ("igbutton_server.main", "run the igbutton server (same options as igbutton-server)"),
-    "sandbox": ("igbutton_server.sandbox", "run only the local Instagram sandbox"),
+    "serve": "run the igbutton server (same options as igbutton-server)",
+    "sandbox": "run only the local Instagram sandbox",
 }
 
 _MAIN_EPILOG = """\
@@ -98,7 +101,7 @@ def _parser() -> _Parser:
     parser.add_argument("--version", action="version", version=f"igbutton {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for name, (_module, summary) in _SERVER_COMMANDS.items():
+    for name, summary in _SERVER_COMMANDS.items():
         # Handled before parsing (every argument goes to the server); listed here for --help.
         commands.add_parser(name, help=f"{summary}; see 'igbutton {name} --help'")
 
@@ -216,11 +219,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _installed(module: str) -> bool:
+def _server_entry_point(name: str) -> metadata.EntryPoint | None:
+    found = tuple(metadata.entry_points(group=SERVER_COMMANDS_GROUP, name=name))
+    return found[0] if found else None
+
+
+def _server_missing(name: str) -> str:
+    """The one line saying why ``igbutton NAME`` cannot run."""
     try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
+        metadata.distribution(SERVER_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return f"igbutton {name} needs the server: pip install {SERVER_DISTRIBUTION}"
+    # Installed before it declared its commands (an editable install keeps the metadata of
+    # the day it was made), so installing it again is the cure, not installing it.
+    return (
+        f"igbutton {name}: the installed {SERVER_DISTRIBUTION} declares no {name!r} command; "
+        f"reinstall it (in the igbutton repository: make venv)"
+    )
 
 
 def _announce_start(ports: Any) -> None:
@@ -235,27 +250,26 @@ def _announce_start(ports: Any) -> None:
 
 
 def _run_server_command(name: str, argv: list[str]) -> int:
-    """Hand every argument to the server's own entry point, imported only now."""
-    module, _summary = _SERVER_COMMANDS[name]
-    if not _installed(module):
-        print(
-            f"igbutton {name}: the igbutton server ({module}) is not installed here; "
-            "install igbutton-server, or run 'make venv' in the igbutton repository",
-            file=sys.stderr,
-        )
+    """Hand every argument to the server's own entry point, loaded only now."""
+    entry_point = _server_entry_point(name)
+    if entry_point is None:
+        print(_server_missing(name), file=sys.stderr)
         return 2
     if not {"-h", "--help"} & set(argv):
-        print(f"igbutton {name}: starting ({module}); Ctrl-C stops", file=sys.stderr, flush=True)
+        print(
+            f"igbutton {name}: starting ({entry_point.module}); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
+        server_main = entry_point.load()
         if name == "serve":
-            server_main = importlib.import_module(module)
-            code: int = server_main.main(argv, on_ready=_announce_start)
-            return code
-        sys.argv = [f"igbutton {name}", *argv]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-        return 0
+            code: int = server_main(argv, on_ready=_announce_start)
+        else:
+            code = server_main(argv)
     except KeyboardInterrupt:
         return 130
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from types import TracebackType
 from typing import Self, TypeVar
@@ -21,15 +21,8 @@ from typing import Self, TypeVar
 import grpc
 
 from igbutton import _channel, _requests
-from igbutton._channel import DEFAULT_TARGET, ChannelOptions, Tls
+from igbutton._base_client import DEFAULT_TIMEOUT, BaseClient
 from igbutton._requests import StartSpec, SubscribeOptions
-from igbutton._retry import (
-    DEFAULT_RECONNECT,
-    DEFAULT_RETRY,
-    Attempts,
-    ReconnectPolicy,
-    RetryPolicy,
-)
 from igbutton._subscription import (
     AsyncSubscription,
     OnDisconnect,
@@ -37,20 +30,20 @@ from igbutton._subscription import (
     SubscribeResponse,
 )
 from igbutton.buttons import Button, ButtonTemplate
-from igbutton.errors import IgButtonError, from_rpc_error
+from igbutton.errors import IgButtonError
 from igbutton.models import AckResult, Postback, SendResult, ValidationResult
 from igbutton.v1 import postback_service_pb2_grpc, send_service_pb2_grpc
+
+# DEFAULT_TIMEOUT stays importable from here, where it was first defined.
+__all__ = ["DEFAULT_TIMEOUT", "AsyncClient"]
 
 log = logging.getLogger("igbutton")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-DEFAULT_TIMEOUT = 30.0
-"""Seconds a unary call (with its retries) may take unless the client or call says otherwise."""
 
-
-class AsyncClient:
+class AsyncClient(BaseClient[grpc.aio.Channel]):
     """An asyncio client for SendService and PostbackService.
 
     ``target`` is ``host:port``. ``token`` is the caller's bearer token. ``tls`` is ``True``
@@ -60,35 +53,11 @@ class AsyncClient:
     Create the client inside the running event loop, and close it (``async with``).
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        tls: Tls | bool | None = None,
-        channel: grpc.aio.Channel | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        reconnect: ReconnectPolicy = DEFAULT_RECONNECT,
-        metadata: Sequence[tuple[str, str]] = (),
-        options: ChannelOptions = (),
-    ) -> None:
-        resolved = _channel.resolve_tls(tls)
-        self._owns_channel = channel is None
-        self._channel = channel or _channel.aio_channel(target, resolved, token, options)
-        self._metadata = _channel.call_metadata(
-            token, None if channel is not None else resolved, tuple(metadata)
-        )
-        self._timeout = timeout
-        self._retry = retry
-        self._reconnect = reconnect
-        self._send = send_service_pb2_grpc.SendServiceStub(self._channel)
-        self._postbacks = postback_service_pb2_grpc.PostbackServiceStub(self._channel)
+    _open_channel = staticmethod(_channel.aio_channel)
 
-    @property
-    def channel(self) -> grpc.aio.Channel:
-        """The underlying channel, for health checks and other services."""
-        return self._channel
+    def _open_stubs(self, channel: grpc.aio.Channel) -> None:
+        self._send = send_service_pb2_grpc.SendServiceStub(channel)
+        self._postbacks = postback_service_pb2_grpc.PostbackServiceStub(channel)
 
     async def close(self) -> None:
         """Close the channel (if this client created it); open calls are cancelled."""
@@ -256,18 +225,12 @@ class AsyncClient:
         safe: bool,
         request_id: str | None = None,
     ) -> Resp:
-        attempts = Attempts(self._retry, timeout if timeout is not None else self._timeout)
+        attempts = self._attempts(timeout)
         while True:
             try:
                 return await method(request, timeout=attempts.remaining(), metadata=self._metadata)
             except grpc.aio.AioRpcError as err:
-                error = from_rpc_error(err, request_id=request_id)
-                delay = attempts.next_delay(
-                    err.code(), safe_to_repeat=safe, server_hint=error.retry_after
-                )
-                if delay is None:
-                    raise error from err
-                log.info("retrying in %.2fs after %s", delay, error.describe())
+                delay = self._retry_delay(attempts, err, safe=safe, request_id=request_id)
                 await asyncio.sleep(delay)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from types import TracebackType
 from typing import Self, TypeVar
@@ -19,19 +19,11 @@ from typing import Self, TypeVar
 import grpc
 
 from igbutton import _channel, _requests
-from igbutton._channel import DEFAULT_TARGET, ChannelOptions, Tls
+from igbutton._base_client import BaseClient
 from igbutton._requests import StartSpec, SubscribeOptions
-from igbutton._retry import (
-    DEFAULT_RECONNECT,
-    DEFAULT_RETRY,
-    Attempts,
-    ReconnectPolicy,
-    RetryPolicy,
-)
 from igbutton._subscription import OnDisconnect, SubscribeRequest, Subscription, SyncStream
 from igbutton.buttons import Button, ButtonTemplate
-from igbutton.client import DEFAULT_TIMEOUT
-from igbutton.errors import IgButtonError, from_rpc_error
+from igbutton.errors import IgButtonError
 from igbutton.models import AckResult, Postback, SendResult, ValidationResult
 from igbutton.v1 import postback_service_pb2_grpc, send_service_pb2_grpc
 
@@ -41,7 +33,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class Client:
+class Client(BaseClient[grpc.Channel]):
     """A blocking client for SendService and PostbackService.
 
     ``target`` is ``host:port``. ``token`` is the caller's bearer token. ``tls`` is ``True``
@@ -51,35 +43,11 @@ class Client:
     Close the client when done (``with Client(...) as client``).
     """
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        token: str | None = None,
-        tls: Tls | bool | None = None,
-        channel: grpc.Channel | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retry: RetryPolicy = DEFAULT_RETRY,
-        reconnect: ReconnectPolicy = DEFAULT_RECONNECT,
-        metadata: Sequence[tuple[str, str]] = (),
-        options: ChannelOptions = (),
-    ) -> None:
-        resolved = _channel.resolve_tls(tls)
-        self._owns_channel = channel is None
-        self._channel = channel or _channel.sync_channel(target, resolved, token, options)
-        self._metadata = _channel.call_metadata(
-            token, None if channel is not None else resolved, tuple(metadata)
-        )
-        self._timeout = timeout
-        self._retry = retry
-        self._reconnect = reconnect
-        self._send = send_service_pb2_grpc.SendServiceStub(self._channel)
-        self._postbacks = postback_service_pb2_grpc.PostbackServiceStub(self._channel)
+    _open_channel = staticmethod(_channel.sync_channel)
 
-    @property
-    def channel(self) -> grpc.Channel:
-        """The underlying channel, for health checks and other services."""
-        return self._channel
+    def _open_stubs(self, channel: grpc.Channel) -> None:
+        self._send = send_service_pb2_grpc.SendServiceStub(channel)
+        self._postbacks = postback_service_pb2_grpc.PostbackServiceStub(channel)
 
     def close(self) -> None:
         """Close the channel (if this client created it); open calls are cancelled."""
@@ -246,7 +214,7 @@ class Client:
         safe: bool,
         request_id: str | None = None,
     ) -> Resp:
-        attempts = Attempts(self._retry, timeout if timeout is not None else self._timeout)
+        attempts = self._attempts(timeout)
         while True:
             try:
                 response: Resp = method(
@@ -254,11 +222,5 @@ class Client:
                 )
                 return response
             except grpc.RpcError as err:
-                error = from_rpc_error(err, request_id=request_id)
-                delay = attempts.next_delay(
-                    error.code, safe_to_repeat=safe, server_hint=error.retry_after
-                )
-                if delay is None:
-                    raise error from err
-                log.info("retrying in %.2fs after %s", delay, error.describe())
+                delay = self._retry_delay(attempts, err, safe=safe, request_id=request_id)
                 time.sleep(delay)
