@@ -181,8 +181,3 @@ def api_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, GroupFilterMismatch):
         return _group_filter_mismatch(exc)
     return None
-
-
-async def abort(context: grpc.aio.ServicerContext[object, object], error: ApiError) -> None:
-    """End the RPC with the error's status and details. Never returns normally."""
-    await context.abort_with_status(error.to_status())
