@@ -55,7 +55,7 @@ async def writes(request: bytes, context: Context) -> None:
     await context.write(b"written")
 
 
-_HANDLERS = {
+_HANDLERS: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
     "Crash": grpc.unary_unary_rpc_method_handler(crash),
     "CrashStream": grpc.unary_stream_rpc_method_handler(crash_stream),
     "RateLimitedStream": grpc.unary_stream_rpc_method_handler(rate_limited_stream),
@@ -84,17 +84,29 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
 
 
 def _unary(channel: grpc.aio.Channel, name: str) -> Callable[[], Awaitable[list[bytes]]]:
+    method: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        f"/{SERVICE}/{name}"
+    )
+
     async def call() -> list[bytes]:
-        return [await channel.unary_unary(f"/{SERVICE}/{name}")(b"", timeout=10)]
+        return [await method(b"", timeout=10)]
 
     return call
 
 
 def _stream(channel: grpc.aio.Channel, name: str) -> Callable[[], Awaitable[list[bytes]]]:
+    method = _stream_method(channel, name)
+
     async def call() -> list[bytes]:
-        return [item async for item in channel.unary_stream(f"/{SERVICE}/{name}")(b"", timeout=10)]
+        return [item async for item in method(b"", timeout=10)]
 
     return call
+
+
+def _stream_method(
+    channel: grpc.aio.Channel, name: str
+) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream(f"/{SERVICE}/{name}")
 
 
 def _rpcs(method: str, code: str) -> float:
@@ -127,7 +139,7 @@ async def test_an_unexpected_failure_is_internal_and_logged_once_with_its_trace(
 async def test_an_api_error_after_some_messages_reaches_the_caller_with_its_details(
     channel: grpc.aio.Channel,
 ) -> None:
-    call = channel.unary_stream(f"/{SERVICE}/RateLimitedStream")(b"", timeout=10)
+    call = _stream_method(channel, "RateLimitedStream")(b"", timeout=10)
     assert await call.read() == b"one"
     assert await call.read() == b"two"
     with pytest.raises(grpc.aio.AioRpcError) as raised:
