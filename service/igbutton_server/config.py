@@ -35,7 +35,8 @@ from pydantic_settings import (
 # Meta retired v20.0 on 2026-09-24; v21.0 to v26.0 are current (instagram-platform.md).
 DEFAULT_GRAPH_API_VERSION = "v25.0"
 _VERSION_RE = re.compile(r"^v\d+\.\d+$")
-_ACCOUNT_ID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+ACCOUNT_ID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
+"""An IG ID as igbutton accepts it, in configuration and in requests."""
 
 
 class ConfigError(Exception):
@@ -71,7 +72,7 @@ class Account(_Section):
     @field_validator("id")
     @classmethod
     def _check_id(cls, value: str) -> str:
-        if not _ACCOUNT_ID_RE.match(value):
+        if not ACCOUNT_ID_RE.match(value):
             raise ValueError("must be 1-64 letters, digits, '.', '_' or '-'")
         return value
 

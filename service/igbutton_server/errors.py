@@ -2,8 +2,9 @@
 
 Expected failures (bad input, Meta said no, a limit) are raised as :class:`ApiError`
 subclasses and reach the caller as a status with one ``google.rpc.ErrorInfo`` and, where
-they apply, ``google.rpc.BadRequest`` and ``google.rpc.RetryInfo``. Anything else is a bug:
-the servicer logs it with its trace and answers INTERNAL.
+they apply, ``google.rpc.BadRequest`` and ``google.rpc.RetryInfo``. Servicers only raise;
+the RPC middleware answers each call's failure through :func:`api_error`, and what that does
+not know is a bug: the middleware logs it with its trace and answers INTERNAL.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from igbutton.v1 import errors_pb2
+from igbutton_server.storage.postbacks import GroupFilterMismatch, StoreClosed
 
 ERROR_DOMAIN = "igbutton"
 _REASON_PREFIX = "ERROR_REASON_"
@@ -156,6 +158,26 @@ class ShuttingDown(ApiError):
         )
 
 
-async def abort(context: grpc.aio.ServicerContext[object, object], error: ApiError) -> None:
-    """End the RPC with the error's status and details. Never returns normally."""
-    await context.abort_with_status(error.to_status())
+def _group_filter_mismatch(exc: GroupFilterMismatch) -> InvalidRequest:
+    accounts = ", ".join(sorted(exc.existing.account_ids)) or "all"
+    prefix = exc.existing.payload_prefix or "(none)"
+    return InvalidRequest(
+        [
+            FieldViolation(
+                "group",
+                f"group {exc.group} exists with other filters: account_ids {accounts}, "
+                f"payload_prefix {prefix}; members of a group must use the same filters",
+            )
+        ]
+    )
+
+
+def api_error(exc: Exception) -> ApiError | None:
+    """The expected failure ``exc`` stands for, or None when it is a bug."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, StoreClosed):
+        return ShuttingDown()
+    if isinstance(exc, GroupFilterMismatch):
+        return _group_filter_mismatch(exc)
+    return None

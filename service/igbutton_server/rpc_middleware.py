@@ -1,4 +1,5 @@
-"""What runs around every RPC: a call id for the logs, caller authentication, metrics.
+"""What runs around every RPC: a call id for the logs, caller authentication, metrics, and
+the one place a servicer's failure becomes the call's status.
 
 It is applied once per method, when a servicer is registered, rather than through
 grpc.aio server interceptors. With any interceptor installed, grpc.aio runs a chain of
@@ -7,11 +8,17 @@ time: about 40 µs per call on the benchmark machine, a tenth of a send's server
 (docs/performance.md). Wrapped handlers keep grpc's registered-method fast path.
 
 Order, outermost first: call id and metrics (so refused calls are counted and logged
-with an id too), then authentication, then the servicer.
+with an id too), the failure's status, then authentication, then the servicer.
+
+Servicers raise: an :class:`~igbutton_server.errors.ApiError` (or a storage failure
+:func:`~igbutton_server.errors.api_error` knows) leaves as its status with details; any
+other exception is a bug, logged once with its trace and answered INTERNAL without its
+text. grpc's own abort (the call has its status already) and cancellation pass through.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 import time
@@ -20,7 +27,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from igbutton_server import auth, logs, metrics
+from igbutton_server import auth, errors, logs, metrics
 from igbutton_server.config import Caller
 
 log = logging.getLogger(__name__)
@@ -33,6 +40,24 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 def new_call_id() -> str:
     """16 hex digits; unique enough to find one call's lines, with no system call."""
     return f"{random.getrandbits(64):016x}"
+
+
+async def _answer(method: str, context: Context, exc: BaseException) -> None:
+    """End the call with the status for ``exc`` (abort raises); return if it is not ours."""
+    if not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
+        return
+    error = errors.api_error(exc)
+    if error is None:
+        log.error("RPC failed unexpectedly", exc_info=exc, extra={"method": method})
+        # The text of a bug is for the log: it may name internals the caller must not see.
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    await context.abort_with_status(error.to_status())
+
+
+def _code(failed: bool, context: Context) -> grpc.StatusCode:
+    if not failed:
+        return grpc.StatusCode.OK
+    return context.code() or grpc.StatusCode.UNKNOWN
 
 
 def _short(method: str) -> str:
@@ -72,8 +97,13 @@ class RpcMiddleware:
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            inner = handler.unary_stream
+            # A stream handler is an async generator or, in the reader/writer form (grpc's
+            # health Watch), a coroutine that writes through the context; grpc tells them
+            # apart by the function's kind, so the wrapper must be of the same kind.
+            streams = inspect.isasyncgenfunction(inner)
             return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(method, handler.unary_stream, check),
+                (self._unary_stream if streams else self._unary)(method, inner, check),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -89,16 +119,17 @@ class RpcMiddleware:
         async def unary(request: Any, context: Context) -> Any:
             token = logs.call_id.set(new_call_id())
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            failed = False
             try:
                 if check:
                     await identify(method, context)
                 return await inner(request, context)
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+            except BaseException as exc:
+                failed = True
+                await _answer(method, context, exc)
                 raise
             finally:
-                observed.observe(code, start)
+                observed.observe(_code(failed, context), start)
                 logs.call_id.reset(token)
 
         return unary
@@ -112,17 +143,18 @@ class RpcMiddleware:
             # may be finalised from another context when the server shuts down.
             logs.call_id.set(new_call_id())
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
+            failed = False
             try:
                 if check:
                     await identify(method, context)
                 async for item in inner(request, context):
                     yield item
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+            except BaseException as exc:
+                failed = True
+                await _answer(method, context, exc)
                 raise
             finally:
-                observed.observe(code, start)
+                observed.observe(_code(failed, context), start)
 
         return stream
 

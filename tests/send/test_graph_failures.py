@@ -367,5 +367,5 @@ async def test_unexpected_exception_is_logged_with_trace_and_internal(
         await stub.SendButtonTemplate(send_request(), timeout=10)
     assert caught.value.code() == C.INTERNAL
     assert "a bug" not in (caught.value.details() or "")  # internals stay in the log
-    [record] = [r for r in caplog.records if r.getMessage() == "send failed unexpectedly"]
+    [record] = [r for r in caplog.records if r.getMessage() == "RPC failed unexpectedly"]
     assert record.exc_info is not None

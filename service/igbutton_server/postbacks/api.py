@@ -19,14 +19,12 @@ from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc
 from igbutton_server import metrics
 from igbutton_server.auth import account_not_allowed, current_caller
 from igbutton_server.config import PostbackSettings
-from igbutton_server.errors import ApiError, FieldViolation, InvalidRequest, ShuttingDown, abort
+from igbutton_server.errors import ShuttingDown
 from igbutton_server.postbacks.requests import SubscribeSpec, check_ack_request, subscribe_spec
 from igbutton_server.storage.postbacks import (
     Delivery,
-    GroupFilterMismatch,
     GroupMember,
     PostbackStore,
-    StoreClosed,
     StoredPostback,
     Subscription,
 )
@@ -74,20 +72,6 @@ def _response(item: StoredPostback | Delivery) -> postback_service_pb2.Subscribe
     return postback_service_pb2.SubscribePostbacksResponse(postback=postback_message(item))
 
 
-def _filter_mismatch(exc: GroupFilterMismatch) -> InvalidRequest:
-    accounts = ", ".join(sorted(exc.existing.account_ids)) or "all"
-    prefix = exc.existing.payload_prefix or "(none)"
-    return InvalidRequest(
-        [
-            FieldViolation(
-                "group",
-                f"group {exc.group} exists with other filters: account_ids {accounts}, "
-                f"payload_prefix {prefix}; members of a group must use the same filters",
-            )
-        ]
-    )
-
-
 class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
     """The PostbackService servicer over a PostbackStore."""
 
@@ -121,19 +105,9 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
     ) -> AsyncIterator[postback_service_pb2.SubscribePostbacksResponse]:
         """Stream matching postbacks until the client cancels or the server stops."""
         if self._closing:
-            await abort(context, ShuttingDown())
-        try:
-            spec = subscribe_spec(request, self._settings, self._caller_accounts(context))
-            source = await self._open_source(spec)
-        except ApiError as err:
-            await abort(context, err)
-            raise  # not reached: abort raises
-        except GroupFilterMismatch as exc:
-            await abort(context, _filter_mismatch(exc))
-            raise
-        except StoreClosed:
-            await abort(context, ShuttingDown())
-            raise
+            raise ShuttingDown()
+        spec = subscribe_spec(request, self._settings, self._caller_accounts(context))
+        source = await self._open_source(spec)
         kind = "group" if spec.options is not None else "broadcast"
         self._open.add(source)
         metrics.SUBSCRIBERS.labels(kind=kind).inc()
@@ -152,7 +126,7 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
             metrics.SUBSCRIBERS.labels(kind=kind).dec()
             await source.close()
         # A source ends only when it or the store is closed: the server is stopping.
-        await abort(context, ShuttingDown())
+        raise ShuttingDown()
 
     async def _check_group_allowed(self, group: str, allowed: frozenset[str] | None) -> None:
         """A restricted caller may ack only in groups limited to its own accounts."""
@@ -173,16 +147,9 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         context: Context,
     ) -> postback_service_pb2.AckPostbacksResponse:
         """Acknowledge or nack deliveries of a group."""
-        try:
-            check_ack_request(request)
-            await self._check_group_allowed(request.group, self._caller_accounts(context))
-            result = await self._store.ack(request.group, request.ack_ids, request.nack_ids)
-        except ApiError as err:
-            await abort(context, err)
-            raise
-        except StoreClosed:
-            await abort(context, ShuttingDown())
-            raise
+        check_ack_request(request)
+        await self._check_group_allowed(request.group, self._caller_accounts(context))
+        result = await self._store.ack(request.group, request.ack_ids, request.nack_ids)
         return postback_service_pb2.AckPostbacksResponse(
             applied_count=result.applied, unknown_ack_ids=result.unknown
         )

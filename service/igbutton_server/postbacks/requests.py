@@ -7,16 +7,14 @@ Every broken rule is collected, so a caller learns all of them from one INVALID_
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from igbutton.v1 import postback_service_pb2
 from igbutton_server.auth import account_not_allowed
-from igbutton_server.config import PostbackSettings
+from igbutton_server.config import ACCOUNT_ID_RE, PostbackSettings
 from igbutton_server.errors import FieldViolation, InvalidRequest
 from igbutton_server.storage.postbacks import GROUP_NAME_RE, Filter, GroupOptions, Start
 
-_ACCOUNT_ID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 MAX_ACCOUNT_IDS = 1000
 MAX_PAYLOAD_PREFIX = 1000
 MIN_ACK_DEADLINE = 1.0
@@ -55,7 +53,7 @@ def _filter(
     if len(request.account_ids) > MAX_ACCOUNT_IDS:
         violations.append(FieldViolation("account_ids", f"at most {MAX_ACCOUNT_IDS} accounts"))
     for i, account in enumerate(request.account_ids):
-        if not _ACCOUNT_ID_RE.match(account):
+        if not ACCOUNT_ID_RE.match(account):
             violations.append(
                 FieldViolation(
                     f"account_ids[{i}]", "must be an IG ID: 1 to 64 letters, digits, '.', '_', '-'"
