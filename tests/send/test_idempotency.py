@@ -14,6 +14,7 @@ from igbutton_server.app import App
 from igbutton_server.sandbox import Fault, Sandbox
 from igbutton_server.send.idempotency import IdempotencyStore, SqliteIdempotencyStore, fingerprint
 from igbutton_server.send.outcome import SendResult, outcome_unknown
+from tests.conftest import SettingsFactory, open_idempotency_store_of
 from tests.send.conftest import ACCOUNT, RECIPIENT, AppFactory, details, send_request, stub_for
 
 RID = "123e4567-e89b-12d3-a456-426614174000"
@@ -177,15 +178,17 @@ async def test_send_abandoned_by_a_crashed_process_is_unknown(
 # --- The store interface, behaviour any backend must show. ---
 
 
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[IdempotencyStore]:
-    """Each IdempotencyStore implementation."""
-    sqlite = SqliteIdempotencyStore(tmp_path / "sub" / "dir" / "idem.db")
-    sqlite.open()
+@pytest.fixture
+async def store(
+    engine_settings: SettingsFactory, tmp_path: Path
+) -> AsyncIterator[IdempotencyStore]:
+    """The IdempotencyStore of each engine (SQLite in a folder it creates)."""
+    settings = engine_settings(storage={"sqlite_path": str(tmp_path / "sub" / "dir" / "idem.db")})
+    opened = await open_idempotency_store_of(settings)
     try:
-        yield sqlite
+        yield opened
     finally:
-        await sqlite.close()
+        await opened.close()
 
 
 async def test_store_claim_complete_get(store: IdempotencyStore) -> None:
@@ -222,6 +225,23 @@ async def test_store_expired_records_count_as_absent(store: IdempotencyStore) ->
     await store.complete("k", "fp", SendResult("r", "m"), ttl_seconds=0)
     assert await store.get("k") is None
     assert await store.claim("k", "other", lease_seconds=30, ttl_seconds=60) is None
+
+
+async def test_store_an_expired_claim_can_be_taken_over(store: IdempotencyStore) -> None:
+    assert await store.claim("k", "fp", lease_seconds=30, ttl_seconds=0) is None
+    assert await store.claim("k", "fp2", lease_seconds=30, ttl_seconds=60) is None
+    record = await store.get("k")
+    assert record is not None
+    assert record.fingerprint == "fp2"
+
+
+async def test_store_any_request_id_is_a_valid_key(store: IdempotencyStore) -> None:
+    request_ids = ("plain-ID_1", "with.dot", "sp ace", "ünïcode", "a/b", "=x")
+    for request_id in request_ids:
+        assert await store.claim(request_id, "fp", lease_seconds=30, ttl_seconds=60) is None
+    for request_id in request_ids:
+        record = await store.get(request_id)
+        assert record is not None, request_id
 
 
 async def test_sqlite_store_uses_wal_and_its_own_table(tmp_path: Path) -> None:
