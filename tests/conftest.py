@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from igbutton_server.app import App
 from igbutton_server.config import Settings
+from igbutton_server.send.idempotency import IdempotencyStore, SqliteIdempotencyStore
+from igbutton_server.storage.backends import open_idempotency_store
 from tests.nats_servers import NatsCluster, NatsServer
 
 SettingsFactory = Callable[..., Settings]
@@ -77,3 +85,116 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+# --- Storage engines: one ``engine`` fixture, parametrized over sqlite and nats. ---
+
+
+def on_engines(*names: str) -> pytest.MarkDecorator:
+    """Run a test (or, as ``pytestmark``, a module) on only these engines, e.g.
+    ``on_engines("sqlite")`` for a test that reads the SQLite file itself."""
+    return pytest.mark.parametrize("engine", names, indirect=True)
+
+
+def xfail_on_nats(reason: str, raises: type[BaseException]) -> pytest.MarkDecorator:
+    """Run a test on both engines, expecting it to fail on NATS with ``raises`` because of
+    the product defect ``reason`` names (strict: it fails loudly once the defect is fixed)."""
+    xfail = pytest.mark.xfail(strict=True, reason=reason, raises=raises)
+    nats_fails = pytest.param("nats", marks=xfail)
+    return pytest.mark.parametrize("engine", ["sqlite", nats_fails], indirect=True)
+
+
+def unique_nats_storage(servers: list[str], replicas: int = 1) -> dict[str, Any]:
+    """A ``storage`` settings section with stream and bucket names no other test uses; every
+    name JetStream gets from it (streams, KV buckets) contains ``nats.stream``'s tag."""
+    tag = uuid.uuid4().hex[:12]
+    return {
+        "backend": "nats",
+        "nats": {
+            "servers": servers,
+            "stream": f"T_{tag}",
+            "subject_prefix": f"t{tag}.postbacks",
+            "idempotency_bucket": f"idem_{tag}",
+            "replicas": replicas,
+        },
+    }
+
+
+async def remove_nats_streams(servers: list[str], tag: str) -> None:
+    """Delete every JetStream stream (KV buckets are streams too) whose name holds ``tag``."""
+    client = await nats.connect(servers)
+    try:
+        js = client.jetstream()
+        for info in await js.streams_info():
+            name = info.config.name
+            if name is not None and tag in name:
+                with contextlib.suppress(NotFoundError):
+                    await js.delete_stream(name)
+    finally:
+        await client.close()
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The storage engine a test runs on, as the ``storage`` section of its settings."""
+
+    name: str
+    """``sqlite`` or ``nats`` (the test id's suffix)."""
+    storage: dict[str, Any]
+    """The ``storage`` settings: the SQLite file in tmp_path, or the session nats-server
+    with stream and bucket names of this test's own (removed after it)."""
+
+    def env(self) -> dict[str, str]:
+        """The same settings as ``IGBUTTON_STORAGE__*`` variables, for a server process."""
+        variables: dict[str, str] = {}
+
+        def add(prefix: str, section: dict[str, Any]) -> None:
+            for key, value in section.items():
+                name = f"{prefix}__{key.upper()}"
+                if isinstance(value, dict):
+                    add(name, value)
+                elif isinstance(value, list):
+                    variables[name] = json.dumps(value)
+                else:
+                    variables[name] = str(value)
+
+        add("IGBUTTON_STORAGE", self.storage)
+        return variables
+
+
+@pytest.fixture(params=["sqlite", "nats"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    """Each storage engine in turn (test ids ``[sqlite]``, ``[nats]``)."""
+    if request.param == "sqlite":
+        yield Engine("sqlite", {"backend": "sqlite", "sqlite_path": str(tmp_path / "igbutton.db")})
+        return
+    assert request.param == "nats", request.param
+    server: NatsServer = request.getfixturevalue("nats_server")
+    # The SQLite file stays in tmp_path too, should anything open it on this engine.
+    storage = {**unique_nats_storage([server.url]), "sqlite_path": str(tmp_path / "igbutton.db")}
+    try:
+        yield Engine("nats", storage)
+    finally:
+        await remove_nats_streams([server.url], storage["nats"]["stream"])
+
+
+@pytest.fixture
+def engine_settings(make_settings: SettingsFactory, engine: Engine) -> SettingsFactory:
+    """Like ``make_settings``, on the test's ``engine``."""
+
+    def make(**overrides: Any) -> Settings:
+        storage = {**engine.storage, **overrides.pop("storage", {})}
+        return make_settings(storage=storage, **overrides)
+
+    return make
+
+
+async def open_idempotency_store_of(settings: Settings) -> IdempotencyStore:
+    """The idempotency store of ``settings``' engine, opened."""
+    store = await open_idempotency_store(settings)
+    if store is None:
+        # SQLite: built here until storage opens it (the send path builds its own today).
+        sqlite = SqliteIdempotencyStore(settings.storage.sqlite_path)
+        sqlite.open()
+        return sqlite
+    return store

@@ -133,13 +133,14 @@ AppFactory = Callable[..., Awaitable[App]]
 
 
 @pytest.fixture
-async def start_app(make_settings: SettingsFactory) -> AsyncIterator[AppFactory]:
-    """Start Apps with ``await start_app(**overrides)`` (same SQLite file each time unless
-    overridden); every App still running at the end is stopped."""
+async def start_app(engine_settings: SettingsFactory) -> AsyncIterator[AppFactory]:
+    """Start Apps with ``await start_app(**overrides)`` on the test's ``engine`` (the same
+    SQLite file, or the same streams, each time unless overridden); every App still running
+    at the end is stopped."""
     started: list[App] = []
 
     async def start(**overrides: Any) -> App:
-        instance = App(make_settings(**_merge(postback_overrides(), overrides)))
+        instance = App(engine_settings(**_merge(postback_overrides(), overrides)))
         await instance.start()
         started.append(instance)
         return instance

@@ -1,6 +1,6 @@
 """A real igbutton-server process killed with SIGKILL right after answering 200 loses nothing:
 the postbacks of every acknowledged delivery, and a group's unacknowledged deliveries, are
-there after a restart on the same SQLite file."""
+there after a restart on the same SQLite file, or the same JetStream streams."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pytest
 
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
+from tests.conftest import Engine
 from tests.postbacks.conftest import SECRET, Stream, WebhookClient, postbacks
 from tests.postbacks.test_streams import ack, seconds
 
@@ -32,8 +33,9 @@ pytestmark = pytest.mark.slow
 class ServerProcess:
     """``python -m igbutton_server`` on loopback port 0, configured by environment variables."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, engine: Engine) -> None:
         self.workdir = workdir
+        self.engine = engine
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
         self.runs = 0
@@ -48,9 +50,9 @@ class ServerProcess:
                 "IGBUTTON_WEBHOOK__HOST": "127.0.0.1",
                 "IGBUTTON_WEBHOOK__PORT": "0",
                 "IGBUTTON_WEBHOOK__APP_SECRETS": json.dumps([SECRET.decode()]),
-                "IGBUTTON_STORAGE__SQLITE_PATH": str(self.workdir / "igbutton.db"),
                 "IGBUTTON_SANDBOX__ENABLED": "false",
                 "IGBUTTON_LOG__FORMAT": "text",
+                **self.engine.env(),
             }
         )
         return env
@@ -96,9 +98,9 @@ class ServerProcess:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server process, killed at the end whatever happens."""
-    process = ServerProcess(tmp_path)
+def server(tmp_path: Path, engine: Engine) -> Iterator[ServerProcess]:
+    """A server process on the test's engine, killed at the end whatever happens."""
+    process = ServerProcess(tmp_path, engine)
     try:
         yield process
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 from igbutton_server.postbacks.retention import RetentionPruner
 from igbutton_server.storage.postbacks import Filter, GroupOptions, Start
 from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
+from tests.conftest import on_engines
 from tests.postbacks.conftest import AppFactory, eventually, store_of
 from tests.postbacks.test_store_contract import new, next_of
 
@@ -44,6 +45,7 @@ async def test_prune_once_removes_only_expired_postbacks_and_their_deliveries(
         await store.close()
 
 
+@on_engines("sqlite")  # it writes old postbacks into the SQLite file itself
 async def test_the_app_prunes_in_the_background(start_app: AppFactory, tmp_path: Path) -> None:
     path = tmp_path / "igbutton.db"
     store = await SqlitePostbackStore.open(path)

@@ -11,8 +11,8 @@ import pytest
 
 from igbutton.v1 import postback_service_pb2_grpc
 from igbutton_server.app import App
+from igbutton_server.storage.backends import open_postback_store
 from igbutton_server.storage.postbacks import AppendResult, Filter, NewPostback, Start
-from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
 from tests.postbacks.conftest import (
     AppFactory,
     Stream,
@@ -77,7 +77,7 @@ async def test_stop_finishes_deliveries_being_stored_before_the_store_closes(
     assert (status, answer["stored"]) == (200, 1)
     await stopping
 
-    reopened = await SqlitePostbackStore.open(app.settings.storage.sqlite_path)
+    reopened = await open_postback_store(app.settings)
     try:
         cursor = await reopened.subscribe(Filter(), Start.earliest())
         assert (await asyncio.wait_for(anext(cursor), 15)).mid == "in-flight"

@@ -1,7 +1,7 @@
-"""The PostbackStore contract, run against every engine (``engine`` fixture params).
+"""The PostbackStore contract, run on every engine (the ``engine`` fixture's params).
 
-These tests use only the interface in igbutton_server/storage/postbacks.py, so a new engine (NATS
-JetStream) passes them by adding itself to ``ENGINES`` below. Deadlines here are short
+These tests use only the interface in igbutton_server/storage/postbacks.py and open stores
+through ``open_postback_store``, so every engine passes one suite. Deadlines here are short
 (fractions of a second): the store accepts any; the gRPC API enforces its 1 s minimum. All
 members of one group use the same ack deadline and max attempts (see GroupOptions).
 """
@@ -12,12 +12,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
 from prometheus_client import REGISTRY
 
+from igbutton_server.storage.backends import open_postback_store
 from igbutton_server.storage.postbacks import (
     Delivery,
     Filter,
@@ -29,26 +29,21 @@ from igbutton_server.storage.postbacks import (
     StoreClosed,
     StoredPostback,
 )
-from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
+from tests.conftest import SettingsFactory
 from tests.postbacks.conftest import WAIT, eventually
 
 T = TypeVar("T")
 Reopen = Callable[[], Awaitable[PostbackStore]]
 
-ENGINES = ["sqlite"]
 
-
-@pytest.fixture(params=ENGINES)
-async def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Reopen]:
+@pytest.fixture
+async def reopen(engine_settings: SettingsFactory) -> AsyncIterator[Reopen]:
     """Opens the engine on the same underlying data each time (a restart)."""
+    settings = engine_settings()
     opened: list[PostbackStore] = []
 
     async def open_store() -> PostbackStore:
-        store: PostbackStore
-        if request.param == "sqlite":
-            store = await SqlitePostbackStore.open(tmp_path / "postbacks.db")
-        else:  # pragma: no cover - engines are added to ENGINES above
-            raise AssertionError(request.param)
+        store = await open_postback_store(settings)
         opened.append(store)
         return store
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,22 +12,7 @@ from nats.js.errors import NotFoundError
 from igbutton_server.config import Settings
 from igbutton_server.storage.nats_connection import NatsLayout
 from igbutton_server.storage.nats_postbacks import NatsPostbackStore
-from tests.conftest import SettingsFactory
-
-
-def unique_nats_storage(servers: list[str], replicas: int = 1) -> dict[str, Any]:
-    """A ``storage`` settings section with stream and bucket names no other test uses."""
-    tag = uuid.uuid4().hex[:12]
-    return {
-        "backend": "nats",
-        "nats": {
-            "servers": servers,
-            "stream": f"T_{tag}",
-            "subject_prefix": f"t{tag}.postbacks",
-            "idempotency_bucket": f"idem_{tag}",
-            "replicas": replicas,
-        },
-    }
+from tests.conftest import SettingsFactory, unique_nats_storage
 
 
 def nats_test_settings(

@@ -1,5 +1,6 @@
-"""The IdempotencyStore behaviour (tests/send/test_idempotency.py) on a NATS KV bucket, plus
-what only a shared store shows: replicas racing on one request_id."""
+"""What only the NATS IdempotencyStore shows: replicas racing on one request_id, and
+request_ids that are not valid KV keys. The contract every engine passes is in
+tests/send/test_idempotency.py."""
 
 from __future__ import annotations
 
@@ -9,25 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from igbutton_server.config import Settings
-from igbutton_server.send.idempotency import IdempotencyStore
 from igbutton_server.send.outcome import SendResult
 from igbutton_server.storage.nats_idempotency import NatsIdempotencyStore, bucket_key
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
-from tests.send.test_idempotency import (  # the store-level contract
-    test_store_claim_complete_get,
-    test_store_expired_records_count_as_absent,
-    test_store_keeps_errors,
-    test_store_release_forgets_only_pending_claims,
-)
 from tests.storage.nats_fixtures import nats_test_settings, removing_layout
-
-__all__ = [
-    "test_store_claim_complete_get",
-    "test_store_expired_records_count_as_absent",
-    "test_store_keeps_errors",
-    "test_store_release_forgets_only_pending_claims",
-]
 
 
 @pytest.fixture
@@ -38,16 +25,6 @@ async def nats_settings(
     settings = nats_test_settings(make_settings, [nats_server.url])
     async with removing_layout(settings):
         yield settings
-
-
-@pytest.fixture
-async def store(nats_settings: Settings) -> AsyncIterator[IdempotencyStore]:
-    """The NATS store (overrides the contract module's SQLite fixture)."""
-    opened = await NatsIdempotencyStore.open(nats_settings)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_replicas_racing_on_one_request_id_have_one_winner(nats_settings: Settings) -> None:
@@ -69,16 +46,6 @@ async def test_replicas_racing_on_one_request_id_have_one_winner(nats_settings: 
             await replica.close()
 
 
-async def test_an_expired_claim_can_be_taken_over(store: IdempotencyStore) -> None:
-    assert await store.claim("k", "fp", lease_seconds=30, ttl_seconds=0) is None
-    assert await store.claim("k", "fp2", lease_seconds=30, ttl_seconds=60) is None
-    record = await store.get("k")
-    assert record is not None
-    assert record.fingerprint == "fp2"
-
-
-async def test_any_request_id_is_a_valid_key(store: IdempotencyStore) -> None:
-    for request_id in ("plain-ID_1", "with.dot", "sp ace", "ünïcode", "a/b", "=x"):
-        assert await store.claim(request_id, "fp", lease_seconds=30, ttl_seconds=60) is None
+def test_distinct_request_ids_get_distinct_bucket_keys() -> None:
     keys = {bucket_key(k) for k in ("with.dot", "=x", "x")}
     assert len(keys) == 3
