@@ -12,7 +12,7 @@ import pytest
 from igbutton.v1 import postback_service_pb2_grpc
 from igbutton_server.app import App
 from igbutton_server.storage.postbacks import AppendResult, Filter, NewPostback, Start
-from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
+from igbutton_server.storage.sqlite.postbacks import SqlitePostbackStore
 from tests.postbacks.conftest import (
     AppFactory,
     Stream,

@@ -29,7 +29,7 @@ from igbutton_server.storage.postbacks import (
     StoreClosed,
     StoredPostback,
 )
-from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
+from igbutton_server.storage.sqlite.postbacks import SqlitePostbackStore
 from tests.postbacks.conftest import WAIT, eventually
 
 T = TypeVar("T")

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from igbutton_server.storage import nats_tail
-from igbutton_server.storage.nats_cursor import NatsSubscription
-from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+from igbutton_server.storage.nats import _tail as nats_tail
+from igbutton_server.storage.nats._cursor import NatsSubscription
+from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 from igbutton_server.storage.postbacks import Filter, Start, StoredPostback
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer

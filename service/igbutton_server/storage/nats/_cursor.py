@@ -1,6 +1,6 @@
 """A broadcast subscription on JetStream: the process's shared tail, or a consumer of its own.
 
-A cursor whose position is inside the shared tail (``nats_tail``: the newest postbacks, read
+A cursor whose position is inside the shared tail (``nats._tail``: the newest postbacks, read
 and decoded once per process) reads it by index and filters in memory. Otherwise (a start
 before the tail, or a reader that fell more than the tail's size behind) it reads an
 ordered, ephemeral consumer of its own in pages until its position reaches the tail, then
@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 from nats.js import api
 from nats.js.errors import Error as JetStreamError
 
-from igbutton_server.storage.nats_codec import decode
-from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.nats._codec import decode
+from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
 from igbutton_server.storage.postbacks import Filter, Start, StartKind, StoredPostback
 
 if TYPE_CHECKING:
-    from igbutton_server.storage.nats_connection import NatsConnection
-    from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+    from igbutton_server.storage.nats._connection import NatsConnection
+    from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 
 log = logging.getLogger(__name__)
 

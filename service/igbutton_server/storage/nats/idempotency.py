@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 from igbutton_server.config import Settings
 from igbutton_server.send.idempotency import Record
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
-from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_ATTEMPTS = 5

@@ -1,7 +1,7 @@
 """The scale-out postback engine: the PostbackStore contract on NATS JetStream.
 
 Many igbutton replicas share one log: a webhook stored by replica A reaches a subscriber
-on replica B, and a group's members may sit on any replica (see ``nats_groups``).
+on replica B, and a group's members may sit on any replica (see ``nats._groups``).
 
 **Stored once.** Each postback is published on its own subject, ``<prefix>.<account>.<mid>``,
 with ``Nats-Expected-Last-Subject-Sequence: 0``: the stream leader accepts it only if no
@@ -36,11 +36,11 @@ from nats.js.errors import APIError, NotFoundError
 
 from igbutton_server import metrics
 from igbutton_server.config import Settings
-from igbutton_server.storage.nats_codec import encode
-from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE, NatsConnection
-from igbutton_server.storage.nats_cursor import NatsSubscription as BroadcastCursor
-from igbutton_server.storage.nats_cursor import deliver_policy
-from igbutton_server.storage.nats_groups import (
+from igbutton_server.storage.nats._codec import encode
+from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.nats._cursor import NatsSubscription as BroadcastCursor
+from igbutton_server.storage.nats._cursor import deliver_policy
+from igbutton_server.storage.nats._groups import (
     FILTER_METADATA_KEY,
     AckLedger,
     ExpiredDeadLetters,
@@ -50,7 +50,7 @@ from igbutton_server.storage.nats_groups import (
     filter_from_metadata,
     filter_to_metadata,
 )
-from igbutton_server.storage.nats_tail import SharedTail
+from igbutton_server.storage.nats._tail import SharedTail
 from igbutton_server.storage.postbacks import (
     AckResult,
     AppendResult,

@@ -19,8 +19,6 @@ from pathlib import Path
 
 from igbutton_server import metrics
 from igbutton_server.storage import dead_letters
-from igbutton_server.storage import sqlite_group_sql as groups
-from igbutton_server.storage import sqlite_postback_sql as sql
 from igbutton_server.storage.postbacks import (
     AckResult,
     AppendResult,
@@ -33,7 +31,9 @@ from igbutton_server.storage.postbacks import (
     StoreClosed,
     StoredPostback,
 )
-from igbutton_server.storage.sqlite_threads import SqliteReaders, SqliteWriter
+from igbutton_server.storage.sqlite import _group_sql as groups
+from igbutton_server.storage.sqlite import _postback_sql as sql
+from igbutton_server.storage.sqlite._threads import SqliteReaders, SqliteWriter
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from nats.js.kv import KeyValue
 
 from igbutton_server import metrics
 from igbutton_server.storage import dead_letters
-from igbutton_server.storage.nats_codec import AckReply, decode
-from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE
-from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.nats._codec import AckReply, decode
+from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE
+from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
 from igbutton_server.storage.postbacks import (
     GROUP_NAME_RE,
     AckResult,
@@ -55,8 +55,8 @@ from igbutton_server.storage.postbacks import (
 )
 
 if TYPE_CHECKING:
-    from igbutton_server.storage.nats_connection import NatsConnection
-    from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+    from igbutton_server.storage.nats._connection import NatsConnection
+    from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 
 log = logging.getLogger(__name__)
 
