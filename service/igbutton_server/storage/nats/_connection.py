@@ -137,6 +137,10 @@ class NatsConnection:
         self.js: JetStreamContext = client.jetstream()
         self.layout = NatsLayout.from_settings(settings)
         self.settings = settings
+        self.closing = False
+        """Set by the store that owns the connection when it starts closing: the cursors and
+        group members reading through it end, and leave their server-side clean-up (their
+        ephemeral consumers, unhanded deliveries) to JetStream's own timers."""
 
     @classmethod
     async def open(

@@ -27,7 +27,7 @@ from nats.js.errors import Error as JetStreamError
 
 from igbutton_server.storage.nats._codec import decode
 from igbutton_server.storage.nats._connection import NatsConnection
-from igbutton_server.storage.nats._cursor import add_reader
+from igbutton_server.storage.nats._consumers import add_reader
 from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
 from igbutton_server.storage.postbacks import Start, StoredPostback
 
