@@ -12,8 +12,10 @@ import pytest
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 from igbutton_server.app import App
 from igbutton_server.sandbox import Fault, Sandbox
-from igbutton_server.send.idempotency import IdempotencyStore, SqliteIdempotencyStore, fingerprint
+from igbutton_server.send.idempotency import fingerprint
 from igbutton_server.send.outcome import SendResult, outcome_unknown
+from igbutton_server.storage.idempotency import IdempotencyStore
+from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
 from tests.send.conftest import ACCOUNT, RECIPIENT, AppFactory, details, send_request, stub_for
 
 RID = "123e4567-e89b-12d3-a456-426614174000"

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from igbutton_server.config import Settings
-from igbutton_server.send.idempotency import IdempotencyStore
 from igbutton_server.send.outcome import SendResult
+from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.nats.idempotency import NatsIdempotencyStore, bucket_key
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
