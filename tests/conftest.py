@@ -17,8 +17,6 @@ from nats.js.errors import NotFoundError
 
 from igbutton_server.app import App
 from igbutton_server.config import Settings
-from igbutton_server.send.idempotency import IdempotencyStore, SqliteIdempotencyStore
-from igbutton_server.storage.backends import open_idempotency_store
 from tests.nats_servers import NatsCluster, NatsServer
 
 SettingsFactory = Callable[..., Settings]
@@ -187,14 +185,3 @@ def engine_settings(make_settings: SettingsFactory, engine: Engine) -> SettingsF
         return make_settings(storage=storage, **overrides)
 
     return make
-
-
-async def open_idempotency_store_of(settings: Settings) -> IdempotencyStore:
-    """The idempotency store of ``settings``' engine, opened."""
-    store = await open_idempotency_store(settings)
-    if store is None:
-        # SQLite: built here until storage opens it (the send path builds its own today).
-        sqlite = SqliteIdempotencyStore(settings.storage.sqlite_path)
-        sqlite.open()
-        return sqlite
-    return store

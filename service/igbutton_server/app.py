@@ -27,9 +27,8 @@ from igbutton_server.postbacks.retention import RetentionPruner
 from igbutton_server.postbacks.webhook import Webhook
 from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
 from igbutton_server.sandbox import Sandbox
-from igbutton_server.send import SendPath
-from igbutton_server.send.idempotency import IdempotencyStore
-from igbutton_server.storage.backends import open_idempotency_store, open_postback_store
+from igbutton_server.send.path import SendPath
+from igbutton_server.storage.backends import Storage, open_storage
 from igbutton_server.storage.postbacks import PostbackStore
 
 log = logging.getLogger(__name__)
@@ -87,6 +86,12 @@ class App:
         """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
         self.send: SendPath | None = None
         """The send path's parts, once SendService is registered."""
+        self.postback_store: PostbackStore | None = None
+        """The postback log, once storage is open (tests reach it here)."""
+        self._storage: Storage | None = None
+        self._pruner: RetentionPruner | None = None
+        self._postback_api: PostbackApi | None = None
+        self._webhook_runner: web.AppRunner | None = None
         self._ready = False
         self._stop_requested = asyncio.Event()
         self._stop_task: asyncio.Task[None] | None = None
@@ -206,7 +211,7 @@ class App:
 
     # --- Extension points. Each belongs to one part of the service. ---
 
-    # Sandbox (service/sandbox/).
+    # Sandbox (igbutton_server/sandbox/).
     async def _start_sandbox(self) -> None:
         """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
         sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
@@ -226,15 +231,11 @@ class App:
         if self.sandbox is not None:
             await self.sandbox.stop()
 
-    # Storage (service/storage/): postback log, groups, idempotency records.
-    postback_store: PostbackStore | None = None
-    _idempotency_store: IdempotencyStore | None = None
-    _pruner: RetentionPruner | None = None
-
+    # Storage (igbutton_server/storage/): postback log, groups, idempotency records.
     async def _start_storage(self) -> None:
         """Open the configured storage backend."""
-        self.postback_store = await open_postback_store(self.settings)
-        self._idempotency_store = await open_idempotency_store(self.settings)
+        self._storage = await open_storage(self.settings)
+        self.postback_store = self._storage.postbacks
         self._pruner = RetentionPruner(
             self.postback_store,
             retention=self.settings.postbacks.retention_seconds,
@@ -246,13 +247,14 @@ class App:
         """Close the storage backend after every user of it stopped."""
         if self._pruner is not None:
             await self._pruner.stop()
-        if self.postback_store is not None:
-            await self.postback_store.close()
+        if self._storage is not None:
+            await self._storage.close()
 
-    # Send path (service/send/).
+    # Send path (igbutton_server/send/).
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
-        self.send = SendPath(self.settings, store=self._idempotency_store)
+        assert self._storage is not None
+        self.send = SendPath(self.settings, store=self._storage.idempotency)
         self.send.register(server)
 
     async def _stop_send(self) -> None:
@@ -260,10 +262,7 @@ class App:
         if self.send is not None:
             await self.send.close()
 
-    # Postback path (service/postbacks/).
-    _postback_api: PostbackApi | None = None
-    _webhook_runner: web.AppRunner | None = None
-
+    # Postback path (igbutton_server/postbacks/).
     def _add_postback_service(self, server: grpc.aio.Server) -> None:
         """Register PostbackService."""
         assert self.postback_store is not None

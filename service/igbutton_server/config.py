@@ -260,7 +260,7 @@ class NatsSettings(_Section):
     stream: str = "IGBUTTON_POSTBACKS"
     """JetStream stream holding the postback log."""
     subject_prefix: str = "igbutton.postbacks"
-    """Subject prefix; events go to ``<prefix>.<account>``."""
+    """Subject prefix; each postback is published on ``<prefix>.<account>.<mid>``."""
     idempotency_bucket: str = "igbutton_idempotency"
     """KV bucket for idempotency records."""
     replicas: int = Field(default=1, ge=1, le=5)

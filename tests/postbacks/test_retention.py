@@ -8,7 +8,7 @@ from pathlib import Path
 
 from igbutton_server.postbacks.retention import RetentionPruner
 from igbutton_server.storage.postbacks import Filter, GroupOptions, Start
-from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
+from igbutton_server.storage.sqlite.postbacks import SqlitePostbackStore
 from tests.conftest import on_engines
 from tests.postbacks.conftest import AppFactory, eventually, store_of
 from tests.postbacks.test_store_contract import new, next_of

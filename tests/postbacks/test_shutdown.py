@@ -11,7 +11,7 @@ import pytest
 
 from igbutton.v1 import postback_service_pb2_grpc
 from igbutton_server.app import App
-from igbutton_server.storage.backends import open_postback_store
+from igbutton_server.storage.backends import open_storage
 from igbutton_server.storage.postbacks import AppendResult, Filter, NewPostback, Start
 from tests.postbacks.conftest import (
     AppFactory,
@@ -77,9 +77,9 @@ async def test_stop_finishes_deliveries_being_stored_before_the_store_closes(
     assert (status, answer["stored"]) == (200, 1)
     await stopping
 
-    reopened = await open_postback_store(app.settings)
+    reopened = await open_storage(app.settings)
     try:
-        cursor = await reopened.subscribe(Filter(), Start.earliest())
+        cursor = await reopened.postbacks.subscribe(Filter(), Start.earliest())
         assert (await asyncio.wait_for(anext(cursor), 15)).mid == "in-flight"
     finally:
         await reopened.close()

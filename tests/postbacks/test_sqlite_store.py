@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from igbutton_server.storage.postbacks import Filter, NewPostback, Start
-from igbutton_server.storage.sqlite_postback_sql import PAGE_SIZE
-from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
-from igbutton_server.storage.sqlite_threads import SqliteWriter
+from igbutton_server.storage.sqlite._postback_sql import PAGE_SIZE
+from igbutton_server.storage.sqlite._threads import SqliteWriter
+from igbutton_server.storage.sqlite.postbacks import SqlitePostbackStore
 from tests.postbacks.test_store_contract import new, next_of
 
 
@@ -107,7 +107,7 @@ async def test_a_live_subscriber_is_served_from_memory(
 async def test_a_cursor_behind_the_memory_tail_reads_the_log_without_a_gap(
     store: SqlitePostbackStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("igbutton_server.storage.sqlite_postbacks._TAIL_SIZE", 4)
+    monkeypatch.setattr("igbutton_server.storage.sqlite.postbacks._TAIL_SIZE", 4)
     for i in range(10):
         await store.append([new(i)])
     sub = await store.subscribe(Filter(), Start.earliest())

@@ -1,7 +1,7 @@
 """The PostbackStore contract, run on every engine (the ``engine`` fixture's params).
 
 These tests use only the interface in igbutton_server/storage/postbacks.py and open stores
-through ``open_postback_store``, so every engine passes one suite. Deadlines here are short
+through ``open_storage``, so every engine passes one suite. Deadlines here are short
 (fractions of a second): the store accepts any; the gRPC API enforces its 1 s minimum. All
 members of one group use the same ack deadline and max attempts (see GroupOptions).
 """
@@ -17,7 +17,7 @@ from typing import TypeVar
 import pytest
 from prometheus_client import REGISTRY
 
-from igbutton_server.storage.backends import open_postback_store
+from igbutton_server.storage.backends import Storage, open_storage
 from igbutton_server.storage.postbacks import (
     Delivery,
     Filter,
@@ -40,16 +40,16 @@ Reopen = Callable[[], Awaitable[PostbackStore]]
 async def reopen(engine_settings: SettingsFactory) -> AsyncIterator[Reopen]:
     """Opens the engine on the same underlying data each time (a restart)."""
     settings = engine_settings()
-    opened: list[PostbackStore] = []
+    opened: list[Storage] = []
 
     async def open_store() -> PostbackStore:
-        store = await open_postback_store(settings)
-        opened.append(store)
-        return store
+        storage = await open_storage(settings)
+        opened.append(storage)
+        return storage.postbacks
 
     yield open_store
-    for store in opened:
-        await store.close()
+    for storage in opened:
+        await storage.close()
 
 
 @pytest.fixture

@@ -15,9 +15,12 @@ import pytest
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 from igbutton_server.app import App
 from igbutton_server.sandbox import Fault, Sandbox
-from igbutton_server.send.idempotency import IdempotencyStore, SqliteIdempotencyStore, fingerprint
+from igbutton_server.send.idempotency import fingerprint
 from igbutton_server.send.outcome import SendResult, outcome_unknown
-from tests.conftest import SettingsFactory, open_idempotency_store_of, xfail_on_nats
+from igbutton_server.storage.backends import open_storage
+from igbutton_server.storage.idempotency import IdempotencyStore
+from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
+from tests.conftest import SettingsFactory, xfail_on_nats
 from tests.send.conftest import ACCOUNT, RECIPIENT, AppFactory, details, send_request, stub_for
 
 RID = "123e4567-e89b-12d3-a456-426614174000"
@@ -214,11 +217,11 @@ async def store(
 ) -> AsyncIterator[IdempotencyStore]:
     """The IdempotencyStore of each engine (SQLite in a folder it creates)."""
     settings = engine_settings(storage={"sqlite_path": str(tmp_path / "sub" / "dir" / "idem.db")})
-    opened = await open_idempotency_store_of(settings)
+    storage = await open_storage(settings)
     try:
-        yield opened
+        yield storage.idempotency
     finally:
-        await opened.close()
+        await storage.close()
 
 
 async def test_store_claim_complete_get(store: IdempotencyStore) -> None:

@@ -10,8 +10,8 @@ import nats
 from nats.js.errors import NotFoundError
 
 from igbutton_server.config import Settings
-from igbutton_server.storage.nats_connection import NatsLayout
-from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+from igbutton_server.storage.nats._connection import NatsLayout
+from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 from tests.conftest import SettingsFactory, unique_nats_storage
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from igbutton_server.config import Settings
 from igbutton_server.send.outcome import SendResult
-from igbutton_server.storage.nats_idempotency import NatsIdempotencyStore, bucket_key
+from igbutton_server.storage.nats.idempotency import NatsIdempotencyStore, bucket_key
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
 from tests.storage.nats_fixtures import nats_test_settings, removing_layout

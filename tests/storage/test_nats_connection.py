@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from igbutton_server.storage.nats_connection import (
+from igbutton_server.storage.nats._connection import (
     DUPLICATE_WINDOW_SECONDS,
     NatsConnection,
     NatsLayout,

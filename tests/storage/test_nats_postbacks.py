@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from igbutton_server.storage import nats_postbacks
-from igbutton_server.storage.nats_codec import encode
-from igbutton_server.storage.nats_postbacks import APPEND_TIMEOUT_SECONDS, NatsPostbackStore
+from igbutton_server.storage.nats import postbacks as nats_postbacks
+from igbutton_server.storage.nats._codec import encode
+from igbutton_server.storage.nats.postbacks import APPEND_TIMEOUT_SECONDS, NatsPostbackStore
 from igbutton_server.storage.postbacks import Filter, GroupOptions, Start
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer

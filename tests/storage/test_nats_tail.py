@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from igbutton_server.storage import nats_tail
-from igbutton_server.storage.nats_cursor import NatsSubscription
-from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+from igbutton_server.storage.nats import _tail as nats_tail
+from igbutton_server.storage.nats._cursor import BroadcastCursor
+from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 from igbutton_server.storage.postbacks import Filter, Start, StoredPostback
 from tests.conftest import SettingsFactory
 from tests.nats_servers import NatsServer
@@ -41,7 +41,7 @@ def mids(items: list[StoredPostback]) -> list[str]:
     return [p.mid for p in items]
 
 
-def on_tail(sub: NatsSubscription) -> bool:
+def on_tail(sub: BroadcastCursor) -> bool:
     return sub._index is not None and sub._inbox is None
 
 

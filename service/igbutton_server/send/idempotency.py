@@ -1,7 +1,7 @@
 """request_id idempotency (AIP-155): one send per request_id, its outcome replayed.
 
-:class:`IdempotencyStore` is the storage interface (SQLite here; a NATS KV store can
-implement the same four operations). :class:`IdempotentSends` is the logic on top:
+:class:`IdempotentSends` is the logic on top of the storage interface
+(``igbutton_server.storage.idempotency``, one store per engine):
 concurrent duplicates in one process wait on the first call's in-memory future, the first
 call claims the request_id in the store, and its outcome is kept for the TTL unless it is a
 failure the caller may retry (Meta did not act). A send that may have reached Meta is
@@ -14,32 +14,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol, TypeVar
 
 import grpc
 
 from igbutton.v1 import errors_pb2
 from igbutton_server.errors import ApiError
-from igbutton_server.send.outcome import (
-    Outcome,
-    SendResult,
-    SendTracker,
-    dump_outcome,
-    is_final,
-    load_outcome,
-    outcome_unknown,
-)
+from igbutton_server.send.outcome import Outcome, SendResult, SendTracker, is_final, outcome_unknown
+from igbutton_server.storage.idempotency import IdempotencyStore, Record
 
 log = logging.getLogger(__name__)
 
 R = errors_pb2.ErrorReason
-T = TypeVar("T")
 
 # How long past its caller's deadline a claim stays "in progress" before a repeat treats
 # the first attempt as dead (crashed mid-send) and answers SEND_OUTCOME_UNKNOWN.
@@ -54,45 +42,6 @@ def fingerprint(account_id: str, body_json: str) -> str:
     digest.update(b"\0")
     digest.update(body_json.encode())
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Record:
-    """What a store holds for one request_id."""
-
-    fingerprint: str
-    outcome: Outcome | None
-    """None while the first call is still sending."""
-    lease_expires_at: float
-    """Wall-clock time after which a pending record is presumed abandoned."""
-
-
-class IdempotencyStore(Protocol):
-    """Durable request_id records with a time to live. Expired records count as absent."""
-
-    async def get(self, key: str) -> Record | None:
-        """The record for the request_id, if any."""
-        ...
-
-    async def claim(
-        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
-    ) -> Record | None:
-        """Create a pending record. None when created (the caller sends); else the existing one."""
-        ...
-
-    async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
-    ) -> None:
-        """Keep the outcome of the request_id for ``ttl_seconds``."""
-        ...
-
-    async def release(self, key: str) -> None:
-        """Forget a pending claim (nothing was sent, or the failure is retryable)."""
-        ...
-
-    async def close(self) -> None:
-        """Release the store's resources."""
-        ...
 
 
 def request_id_reused(key: str) -> ApiError:
@@ -237,147 +186,3 @@ class IdempotentSends:
                     metadata={"requestId": key},
                 )
             record = found
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS idempotency (
-    request_id       TEXT PRIMARY KEY,
-    fingerprint      TEXT NOT NULL,
-    outcome          TEXT,
-    lease_expires_at REAL NOT NULL,
-    expires_at       REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idempotency_expires_at ON idempotency (expires_at);
-"""
-
-_PRUNE_EVERY_SECONDS = 60.0
-
-
-class SqliteIdempotencyStore:
-    """IdempotencyStore in the table ``idempotency`` of a SQLite file (WAL mode).
-
-    One connection, used only from one dedicated thread, so the event loop never
-    blocks on the disk. Other parts of igbutton keep their own tables in the same file.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="idempotency-db")
-        self._db: sqlite3.Connection | None = None
-        self._last_prune = 0.0
-
-    def open(self) -> None:
-        """Open (and create) the database. Blocks; call at start-up."""
-        self._executor.submit(self._open).result()
-
-    def _open(self) -> None:
-        if self._db is not None:
-            return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, timeout=10.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a claim must be on disk before Meta is called, or a crash could send twice.
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def call() -> T:
-            self._open()
-            assert self._db is not None
-            return fn(self._db)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
-
-    async def get(self, key: str) -> Record | None:
-        """See IdempotencyStore.get."""
-        now = time.time()
-
-        def read(db: sqlite3.Connection) -> Record | None:
-            row = db.execute(
-                "SELECT fingerprint, outcome, lease_expires_at FROM idempotency "
-                "WHERE request_id = ? AND expires_at > ?",
-                (key, now),
-            ).fetchone()
-            return _record(row)
-
-        return await self._run(read)
-
-    async def claim(
-        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
-    ) -> Record | None:
-        """See IdempotencyStore.claim."""
-        now = time.time()
-
-        def write(db: sqlite3.Connection) -> Record | None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if now - self._last_prune > _PRUNE_EVERY_SECONDS:
-                    db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
-                    self._last_prune = now
-                else:
-                    db.execute(
-                        "DELETE FROM idempotency WHERE request_id = ? AND expires_at <= ?",
-                        (key, now),
-                    )
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO idempotency VALUES (?, ?, NULL, ?, ?)",
-                    (key, fingerprint, now + lease_seconds, now + ttl_seconds),
-                ).rowcount
-                row = None
-                if inserted == 0:
-                    row = db.execute(
-                        "SELECT fingerprint, outcome, lease_expires_at FROM idempotency "
-                        "WHERE request_id = ?",
-                        (key,),
-                    ).fetchone()
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return _record(row)
-
-        return await self._run(write)
-
-    async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
-    ) -> None:
-        """See IdempotencyStore.complete."""
-        now = time.time()
-        text = dump_outcome(outcome)
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) "
-                "DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, "
-                "expires_at = excluded.expires_at",
-                (key, fingerprint, text, now, now + ttl_seconds),
-            )
-
-        await self._run(write)
-
-    async def release(self, key: str) -> None:
-        """See IdempotencyStore.release."""
-
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM idempotency WHERE request_id = ? AND outcome IS NULL", (key,))
-
-        await self._run(write)
-
-    async def close(self) -> None:
-        """Close the connection and stop the thread."""
-
-        def shut(_: sqlite3.Connection | None = None) -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
-        self._executor.shutdown(wait=True)
-
-
-def _record(row: tuple[str, str | None, float] | None) -> Record | None:
-    if row is None:
-        return None
-    fp, outcome, lease = row
-    return Record(fp, load_outcome(outcome) if outcome is not None else None, lease)

@@ -1,27 +1,53 @@
-"""Opens the storage engines the configuration names (``storage.backend``)."""
+"""Opens the storage engine the configuration names (``storage.backend``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from igbutton_server.config import Settings
-from igbutton_server.send.idempotency import IdempotencyStore
+from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.postbacks import PostbackStore
-from igbutton_server.storage.sqlite_postbacks import SqlitePostbackStore
+from igbutton_server.storage.sqlite import idempotency as sqlite_idempotency
+from igbutton_server.storage.sqlite import postbacks as sqlite_postbacks
+from igbutton_server.storage.sqlite.file import SqliteFile
 
 
-async def open_postback_store(settings: Settings) -> PostbackStore:
-    """The postback log of ``settings.storage.backend``, ready to use."""
+@dataclass(frozen=True)
+class Storage:
+    """The stores of one backend, opened together."""
+
+    postbacks: PostbackStore
+    """The postback log and consumer groups."""
+    idempotency: IdempotencyStore
+    """The send path's request_id records."""
+
+    async def close(self) -> None:
+        """Close both stores (after every user of them stopped)."""
+        await self.idempotency.close()
+        await self.postbacks.close()
+
+
+async def open_storage(settings: Settings) -> Storage:
+    """The stores of ``settings.storage.backend``, ready to use. On SQLite both live in one
+    file and share its writer thread, so concurrent claims and appends share commits."""
     if settings.storage.backend == "nats":
-        from igbutton_server.storage.nats_postbacks import NatsPostbackStore
+        from igbutton_server.storage.nats.idempotency import NatsIdempotencyStore
+        from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 
-        return await NatsPostbackStore.open(settings)
-    return await SqlitePostbackStore.open(settings.storage.sqlite_path)
-
-
-async def open_idempotency_store(settings: Settings) -> IdempotencyStore | None:
-    """The shared request_id store of the backend; None means the send path's own
-    default (SQLite, in the same file as the postback log)."""
-    if settings.storage.backend == "nats":
-        from igbutton_server.storage.nats_idempotency import NatsIdempotencyStore
-
-        return await NatsIdempotencyStore.open(settings)
-    return None
+        postbacks: PostbackStore = await NatsPostbackStore.open(settings)
+        try:
+            return Storage(postbacks, await NatsIdempotencyStore.open(settings))
+        except BaseException:
+            await postbacks.close()
+            raise
+    file = SqliteFile(
+        settings.storage.sqlite_path,
+        (sqlite_postbacks.create_schema, sqlite_idempotency.create_schema),
+    )
+    idempotency = sqlite_idempotency.SqliteIdempotencyStore(file)
+    try:
+        postbacks = await sqlite_postbacks.SqlitePostbackStore.open(file)
+    except BaseException:
+        await idempotency.close()
+        raise
+    return Storage(postbacks, idempotency)

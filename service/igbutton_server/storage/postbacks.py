@@ -1,7 +1,7 @@
 """The postback log and consumer groups, as every storage engine must provide them.
 
 This module is engine-neutral: it names the operations and their guarantees, and the
-values that cross the boundary. ``sqlite_postbacks`` implements it on one SQLite file;
+values that cross the boundary. ``sqlite.postbacks`` implements it on one SQLite file;
 a NATS JetStream engine implements the same contract for many replicas. The mapping
 the JetStream engine follows is noted on each operation, so both keep one behaviour:
 

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 
-from igbutton_server.storage.nats_codec import AckReply
+from igbutton_server.storage.nats._codec import AckReply
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import logging
 
 from nats.js.errors import Error as JetStreamError
 
-from igbutton_server.storage.nats_codec import decode
-from igbutton_server.storage.nats_connection import NatsConnection
-from igbutton_server.storage.nats_cursor import add_reader
-from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.nats._codec import decode
+from igbutton_server.storage.nats._connection import NatsConnection
+from igbutton_server.storage.nats._consumers import add_reader
+from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
 from igbutton_server.storage.postbacks import Start, StoredPostback
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,4 @@
-"""request_id records in a NATS KV bucket: the IdempotencyStore of the send path, shared by
-every replica.
+"""request_id records in a NATS KV bucket: the IdempotencyStore every replica shares.
 
 A claim is a KV ``create`` (a publish with ``Nats-Expected-Last-Subject-Sequence``), which
 the stream leader applies atomically: of two replicas racing on one request_id exactly one
@@ -23,9 +22,9 @@ from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from igbutton_server.config import Settings
-from igbutton_server.send.idempotency import Record
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
-from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.idempotency import Record
+from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_ATTEMPTS = 5

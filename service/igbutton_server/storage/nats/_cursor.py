@@ -1,6 +1,6 @@
 """A broadcast subscription on JetStream: the process's shared tail, or a consumer of its own.
 
-A cursor whose position is inside the shared tail (``nats_tail``: the newest postbacks, read
+A cursor whose position is inside the shared tail (``nats._tail``: the newest postbacks, read
 and decoded once per process) reads it by index and filters in memory. Otherwise (a start
 before the tail, or a reader that fell more than the tail's size behind) it reads an
 ordered, ephemeral consumer of its own in pages until its position reaches the tail, then
@@ -21,72 +21,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
-import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from nats.js import api
 from nats.js.errors import Error as JetStreamError
 
-from igbutton_server.storage.nats_codec import decode
-from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.nats._codec import decode
+from igbutton_server.storage.nats._connection import NatsConnection
+from igbutton_server.storage.nats._consumers import add_reader
+from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.nats._tail import SharedTail
 from igbutton_server.storage.postbacks import Filter, Start, StartKind, StoredPostback
-
-if TYPE_CHECKING:
-    from igbutton_server.storage.nats_connection import NatsConnection
-    from igbutton_server.storage.nats_postbacks import NatsPostbackStore
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 256
 """Messages requested at once: what a cursor holds in memory at most."""
-INACTIVE_THRESHOLD_SECONDS = 60.0
-"""An ephemeral consumer nobody pulls from for this long is removed by the server."""
 
 
-def deliver_policy(start: Start) -> api.ConsumerConfig:
-    """The consumer settings that begin reading the log at ``start``."""
-    if start.kind is StartKind.EARLIEST or (
-        start.kind is StartKind.SINCE_TIME and start.since_ms <= 0
-    ):
-        return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
-    if start.kind is StartKind.AFTER_SEQUENCE:
-        return api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start.after_sequence + 1,
-        )
-    if start.kind is StartKind.SINCE_TIME:
-        return api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=datetime.datetime.fromtimestamp(start.since_ms / 1000, tz=datetime.UTC),
-        )
-    return api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
-
-
-async def add_reader(
-    conn: NatsConnection, prefix: str, start: Start, account_ids: frozenset[str]
-) -> str:
-    """Create an ephemeral consumer that reads the log from ``start`` without acks (memory
-    storage, one replica), as broadcast cursors and the shared tail do; return its name."""
-    name = f"{prefix}_{uuid.uuid4().hex}"
-    config = deliver_policy(start)
-    config.name = name
-    config.ack_policy = api.AckPolicy.NONE
-    config.filter_subjects = conn.layout.account_subjects(account_ids)
-    config.mem_storage = True
-    config.num_replicas = 1
-    config.inactive_threshold = INACTIVE_THRESHOLD_SECONDS
-    await conn.js.add_consumer(conn.layout.stream, config)
-    return name
-
-
-class NatsSubscription:
+class BroadcastCursor:
     """See PostbackStore.subscribe. Build with :meth:`open`."""
 
-    def __init__(self, store: NatsPostbackStore, flt: Filter, start: Start) -> None:
-        self._store = store
-        self._tail = store.tail
+    def __init__(
+        self,
+        conn: NatsConnection,
+        tail: SharedTail,
+        flt: Filter,
+        start: Start,
+        on_close: Callable[[BroadcastCursor], None],
+    ) -> None:
+        self._conn = conn
+        self._tail = tail
+        self._on_close = on_close
         self._filter = flt
         self._start = start
         self._consumer = ""
@@ -98,19 +64,27 @@ class NatsSubscription:
         self._closed = False
 
     @classmethod
-    async def open(cls, store: NatsPostbackStore, flt: Filter, start: Start) -> NatsSubscription:
-        """Fix the start: at the shared tail if it holds it, else on a consumer of its own."""
-        await store.tail.acquire()
+    async def open(
+        cls,
+        conn: NatsConnection,
+        tail: SharedTail,
+        flt: Filter,
+        start: Start,
+        on_close: Callable[[BroadcastCursor], None],
+    ) -> BroadcastCursor:
+        """Fix the start: at the shared tail if it holds it, else on a consumer of its own.
+        ``on_close`` is told when the cursor closes."""
+        await tail.acquire()
         try:
             if start.kind is StartKind.LATEST:
                 # "Latest" means latest now, wherever the shared reader has got to.
-                info = await store.conn.js.stream_info(store.conn.layout.stream)
+                info = await conn.js.stream_info(conn.layout.stream)
                 start = Start.after(info.state.last_seq)
-            cursor = cls(store, flt, start)
+            cursor = cls(conn, tail, flt, start, on_close)
             if not cursor._attach():
                 await cursor._create()
         except BaseException:
-            store.tail.release()
+            tail.release()
             raise
         return cursor
 
@@ -130,7 +104,7 @@ class NatsSubscription:
         self._tail.unlisten(self._event)
 
     async def _create(self) -> None:
-        conn = self._store.conn
+        conn = self._conn
         name = await add_reader(conn, "b", self._start, self._filter.account_ids)
         self._consumer = name
         self._consumer_seq = 0
@@ -142,19 +116,17 @@ class NatsSubscription:
         old, self._inbox = self._inbox, None
         if old is not None:
             await old.close()
-        if self._consumer and not self._store.closed:
+        if self._consumer and not self._conn.closing:
             with contextlib.suppress(JetStreamError, TimeoutError, OSError):
-                await self._store.conn.js.delete_consumer(
-                    self._store.conn.layout.stream, self._consumer
-                )
+                await self._conn.js.delete_consumer(self._conn.layout.stream, self._consumer)
         self._consumer = ""
 
-    def __aiter__(self) -> NatsSubscription:
+    def __aiter__(self) -> BroadcastCursor:
         return self
 
     async def __anext__(self) -> StoredPostback:
         while True:
-            if self._closed or self._store.closed:
+            if self._closed or self._conn.closing:
                 raise StopAsyncIteration
             if self._index is not None:
                 found = self._from_tail()
@@ -226,5 +198,5 @@ class NatsSubscription:
         self._detach()
         self._tail.release()
         self._event.set()
-        self._store.forget(self)
+        self._on_close(self)
         await self._drop_consumer()

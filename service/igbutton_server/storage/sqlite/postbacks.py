@@ -1,6 +1,7 @@
 """The embedded postback engine: the PostbackStore contract on one SQLite file.
 
-Writes go through the single writer thread (group commit), reads through the reader pool.
+Writes go through the file's single writer thread (group commit), reads through its reader
+pool; both are shared with the other stores in the file (``file``).
 Cursors and group members live on the event loop and are woken by the store when something
 they wait for happens (an append, an ack or nack in their group); deadlines are waited for
 with a timeout, never by polling.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 import uuid
 from collections import deque
@@ -19,8 +21,6 @@ from pathlib import Path
 
 from igbutton_server import metrics
 from igbutton_server.storage import dead_letters
-from igbutton_server.storage import sqlite_group_sql as groups
-from igbutton_server.storage import sqlite_postback_sql as sql
 from igbutton_server.storage.postbacks import (
     AckResult,
     AppendResult,
@@ -33,16 +33,23 @@ from igbutton_server.storage.postbacks import (
     StoreClosed,
     StoredPostback,
 )
-from igbutton_server.storage.sqlite_threads import SqliteReaders, SqliteWriter
+from igbutton_server.storage.sqlite import _group_sql as groups
+from igbutton_server.storage.sqlite import _postback_sql as sql
+from igbutton_server.storage.sqlite.file import SqliteFile
 
 log = logging.getLogger(__name__)
 
 _PRUNE_BATCH = 5000
-# Postbacks kept in memory after they are committed, so that live subscribers (the common
-# case: at the tail of the log) are served without a read per wake-up. With 10 subscribers
-# at 500 postbacks/s that saves 5,000 reads a second through the reader threads.
-_TAIL_SIZE = 4096
 """Rows one prune transaction deletes, so pruning never blocks appends for long."""
+_TAIL_SIZE = 4096
+"""Postbacks kept in memory after they are committed, so that live subscribers (the common
+case: at the tail of the log) are served without a read per wake-up. With 10 subscribers
+at 500 postbacks/s that saves 5,000 reads a second through the reader threads."""
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the postback tables if they do not exist (idempotent)."""
+    sql.create_schema(conn)
 
 
 def _now_ms() -> int:
@@ -52,10 +59,11 @@ def _now_ms() -> int:
 class SqlitePostbackStore:
     """PostbackStore on SQLite (WAL, synchronous=FULL). Build with :meth:`open`."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._writer = SqliteWriter(path, sql.create_schema)
-        self._readers = SqliteReaders(path)
+    def __init__(self, file: SqliteFile) -> None:
+        file.attach()
+        self._file = file
+        self._writer = file.writer
+        self._readers = file.readers
         self._cursors: set[_SqliteSubscription] = set()
         self._members: dict[str, set[_SqliteGroupMember]] = {}
         self._closed = False
@@ -64,19 +72,26 @@ class SqlitePostbackStore:
         """Every postback with a sequence above this is in the log and in ``_tail``."""
 
     @classmethod
-    async def open(cls, path: Path) -> SqlitePostbackStore:
-        """Create the file's folder and tables if needed and start the threads."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        store = cls(path)
-        await store._writer.start()
-        # Before any append: everything committed from now on also lands in the tail.
-        store._tail_floor = await store._writer.run(sql.last_sequence)
+    async def open(cls, file: SqliteFile | Path) -> SqlitePostbackStore:
+        """The store on a shared :class:`SqliteFile` (opened with :func:`create_schema`
+        among its schemas), or on a file of its own at a path. Creates the file's folder and
+        tables if needed and starts the threads."""
+        if isinstance(file, Path):
+            file = SqliteFile(file, (create_schema,))
+        store = cls(file)
+        try:
+            await file.start()
+            # Before any append: everything committed from now on also lands in the tail.
+            store._tail_floor = await store._writer.run(sql.last_sequence)
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     @property
     def commits(self) -> int:
-        """Write transactions committed so far (several appends may share one)."""
-        return self._writer.commits
+        """Write transactions of the file committed so far (several appends may share one)."""
+        return self._file.commits
 
     def unready_reason(self) -> str | None:
         """None while open."""
@@ -222,8 +237,7 @@ class SqlitePostbackStore:
         for members in list(self._members.values()):
             for member in list(members):
                 await member.close()
-        await self._writer.close()
-        await self._readers.close()
+        await self._file.release()
 
 
 class _SqliteSubscription:

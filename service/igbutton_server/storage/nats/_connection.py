@@ -5,12 +5,12 @@ configuration (retention, TTL, replicas) without a separate migration step:
 
 - the postback log, a stream on ``<prefix>.<account>.<mid>``; one subject per postback
   lets a single conditional publish (``Nats-Expected-Last-Subject-Sequence: 0``) store
-  each postback once for as long as it is retained (see ``nats_postbacks``);
+  each postback once for as long as it is retained (see ``nats.postbacks``);
 - the dead letters, a stream that captures JetStream's MAX_DELIVERIES advisories for the
   log's consumers and igbutton's own record of a nack on the last attempt (one message per
   dead-lettered delivery);
 - the delivery ledger, a KV bucket holding each group's current delivery attempt per
-  postback, so an ack id can be checked from any replica (see ``nats_groups``);
+  postback, so an ack id can be checked from any replica (see ``nats._groups``);
 - the idempotency records, a KV bucket whose entries expire after the idempotency TTL.
 """
 
@@ -137,6 +137,10 @@ class NatsConnection:
         self.js: JetStreamContext = client.jetstream()
         self.layout = NatsLayout.from_settings(settings)
         self.settings = settings
+        self.closing = False
+        """Set by the store that owns the connection when it starts closing: the cursors and
+        group members reading through it end, and leave their server-side clean-up (their
+        ephemeral consumers, unhanded deliveries) to JetStream's own timers."""
 
     @classmethod
     async def open(

@@ -31,9 +31,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
@@ -43,9 +42,9 @@ from nats.js.kv import KeyValue
 
 from igbutton_server import metrics
 from igbutton_server.storage import dead_letters
-from igbutton_server.storage.nats_codec import AckReply, decode
-from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE
-from igbutton_server.storage.nats_pull import HEARTBEAT_SECONDS, PullInbox
+from igbutton_server.storage.nats._codec import AckReply, decode
+from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
 from igbutton_server.storage.postbacks import (
     GROUP_NAME_RE,
     AckResult,
@@ -53,10 +52,6 @@ from igbutton_server.storage.postbacks import (
     Filter,
     GroupOptions,
 )
-
-if TYPE_CHECKING:
-    from igbutton_server.storage.nats_connection import NatsConnection
-    from igbutton_server.storage.nats_postbacks import NatsPostbackStore
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +216,13 @@ class AckOutcome:
 
 
 async def ack_group(
-    store: NatsPostbackStore, group: str, ack_ids: Sequence[str], nack_ids: Sequence[str]
+    conn: NatsConnection,
+    ledger: AckLedger,
+    group: str,
+    ack_ids: Sequence[str],
+    nack_ids: Sequence[str],
 ) -> AckOutcome:
     """See PostbackStore.ack."""
-    conn = store.conn
     every = (*ack_ids, *nack_ids)
     try:
         consumer = consumer_name(group)
@@ -239,15 +237,15 @@ async def ack_group(
         if reply is None or reply.stream != conn.layout.stream or reply.consumer != consumer:
             return None
         async with gate:
-            current = await store.ledger.current(consumer, reply.stream_seq)
+            current = await ledger.current(consumer, reply.stream_seq)
             if current is None or current[0] != reply.delivered:
                 return None
-            if not await store.ledger.settle(consumer, reply.stream_seq, current[1]):
+            if not await ledger.settle(consumer, reply.stream_seq, current[1]):
                 return None
             if not nack:
                 await conn.client.request(reply.subject, b"+ACK", timeout=_ACK_TIMEOUT_SECONDS)
             elif max_deliver > 0 and reply.delivered >= max_deliver:
-                await _dead_letter_nacked(store, consumer, reply)
+                await _dead_letter_nacked(conn, consumer, reply)
                 dead_letters.report(group, (reply.stream_seq,), "nacked on its last attempt")
             else:
                 await conn.client.request(reply.subject, b"-NAK", timeout=_ACK_TIMEOUT_SECONDS)
@@ -261,8 +259,7 @@ async def ack_group(
     return AckOutcome(AckResult(len(settled), unknown), settled)
 
 
-async def _dead_letter_nacked(store: NatsPostbackStore, consumer: str, reply: AckReply) -> None:
-    conn = store.conn
+async def _dead_letter_nacked(conn: NatsConnection, consumer: str, reply: AckReply) -> None:
     record = {
         "stream": reply.stream,
         "consumer": consumer,
@@ -293,13 +290,17 @@ class NatsGroupMember:
 
     def __init__(
         self,
-        store: NatsPostbackStore,
+        conn: NatsConnection,
+        ledger: AckLedger,
         group: str,
         flt: Filter,
         options: GroupOptions,
         ack_wait: float,
+        on_close: Callable[[NatsGroupMember], None],
     ) -> None:
-        self._store = store
+        self._conn = conn
+        self._ledger = ledger
+        self._on_close = on_close
         self.group = group
         self.consumer = consumer_name(group)
         self._filter = flt
@@ -308,26 +309,26 @@ class NatsGroupMember:
         self._held: dict[int, _Held] = {}
         """Stream sequence -> delivery handed out and not yet settled or expired."""
         self._event = asyncio.Event()
-        self._inbox = PullInbox(
-            store.conn.client, store.conn.layout.stream, self.consumer, self._event.set
-        )
+        self._inbox = PullInbox(conn.client, conn.layout.stream, self.consumer, self._event.set)
         self._watch: NatsSubscription | None = None
         self._closed = False
 
     @classmethod
     async def open(
         cls,
-        store: NatsPostbackStore,
+        conn: NatsConnection,
+        ledger: AckLedger,
         group: str,
         flt: Filter,
         options: GroupOptions,
         ack_wait: float,
+        on_close: Callable[[NatsGroupMember], None],
     ) -> NatsGroupMember:
-        """Start pulling for the group."""
-        member = cls(store, group, flt, options, ack_wait)
+        """Start pulling for the group; ``on_close`` is told when the member leaves."""
+        member = cls(conn, ledger, group, flt, options, ack_wait, on_close)
         await member._inbox.open()
-        member._watch = await store.conn.client.subscribe(
-            store.ledger.watch_subject(member.consumer), cb=member._on_ledger
+        member._watch = await conn.client.subscribe(
+            ledger.watch_subject(member.consumer), cb=member._on_ledger
         )
         return member
 
@@ -351,7 +352,7 @@ class NatsGroupMember:
 
     async def __anext__(self) -> Delivery:
         while True:
-            if self._closed or self._store.closed:
+            if self._closed or self._conn.closing:
                 raise StopAsyncIteration
             self._event.clear()
             wake_at = await self._tend(time.monotonic())
@@ -391,7 +392,7 @@ class NatsGroupMember:
         if reply is None:
             return None
         postback = decode(msg, reply)
-        client = self._store.conn.client
+        client = self._conn.client
         if not self._filter.matches(postback):
             await client.publish(reply.subject, b"+ACK")  # not this group's: done with it
             return None
@@ -411,7 +412,7 @@ class NatsGroupMember:
         return Delivery(postback, ack_id_of(reply), reply.delivered)
 
     async def _consumer_deleted(self) -> bool:
-        conn = self._store.conn
+        conn = self._conn
         try:
             await conn.js.consumer_info(conn.layout.stream, self.consumer)
         except NotFoundError:
@@ -427,7 +428,7 @@ class NatsGroupMember:
         delay = 0.1
         while True:
             try:
-                await self._store.ledger.record(self.consumer, reply.stream_seq, reply.delivered)
+                await self._ledger.record(self.consumer, reply.stream_seq, reply.delivered)
                 return True
             except Exception as exc:
                 if self._closed or time.monotonic() + delay > give_up:
@@ -440,7 +441,7 @@ class NatsGroupMember:
         """Free the slots of expired deliveries, and make JetStream's timer follow this
         member's own deadline where it differs from the group's AckWait. Returns when to
         look again."""
-        client = self._store.conn.client
+        client = self._conn.client
         wait = self._ack_wait
         shorter = self._options.ack_deadline < wait
         wake_at: float | None = None
@@ -468,7 +469,7 @@ class NatsGroupMember:
             return
         self._closed = True
         self._event.set()
-        self._store.forget(self)
+        self._on_close(self)
         # Unsubscribing withdraws the outstanding pull requests (the server checks interest).
         await self._inbox.close()
         if self._watch is not None:
@@ -476,8 +477,8 @@ class NatsGroupMember:
                 await self._watch.unsubscribe()
         unhanded = list(self._inbox.messages)
         self._inbox.messages.clear()
-        if not self._store.closed:
+        if not self._conn.closing:
             for msg in unhanded:  # received but never handed out: let another member have it
                 if msg.reply:
                     with contextlib.suppress(Exception):
-                        await self._store.conn.client.publish(msg.reply, b"-NAK")
+                        await self._conn.client.publish(msg.reply, b"-NAK")

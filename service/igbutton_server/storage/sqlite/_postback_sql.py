@@ -2,8 +2,8 @@
 
 Every function takes a connection and runs inside a transaction its caller opened (the
 writer's batch, or a reader's snapshot); none of them commits. Kept apart from the asyncio
-side (``sqlite_postbacks``) so the data rules can be read in one place; the consumer
-groups' steps are in ``sqlite_group_sql``.
+side (``postbacks``) so the data rules can be read in one place; the consumer
+groups' steps are in ``_group_sql``.
 
 Tables (prefixed ``postback`` because the send path keeps its own tables in the same file):
 

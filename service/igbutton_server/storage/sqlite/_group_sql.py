@@ -1,6 +1,6 @@
 """The SQL of the SQLite engine's consumer groups: join, claim, ack, inspect.
 
-Same rules as ``sqlite_postback_sql``: each function runs inside its caller's transaction.
+Same rules as ``_postback_sql``: each function runs inside its caller's transaction.
 A claim hands a member expired or nacked deliveries first (counting the attempt, or
 dead-lettering after the group's maximum), then new postbacks after the group's position.
 """
@@ -21,7 +21,7 @@ from igbutton_server.storage.postbacks import (
     Start,
     StoredPostback,
 )
-from igbutton_server.storage.sqlite_postback_sql import (
+from igbutton_server.storage.sqlite._postback_sql import (
     COLUMNS,
     PAGE_SIZE,
     filter_from_json,

@@ -1,7 +1,7 @@
 """The scale-out postback engine: the PostbackStore contract on NATS JetStream.
 
 Many igbutton replicas share one log: a webhook stored by replica A reaches a subscriber
-on replica B, and a group's members may sit on any replica (see ``nats_groups``).
+on replica B, and a group's members may sit on any replica (see ``nats._groups``).
 
 **Stored once.** Each postback is published on its own subject, ``<prefix>.<account>.<mid>``,
 with ``Nats-Expected-Last-Subject-Sequence: 0``: the stream leader accepts it only if no
@@ -36,11 +36,11 @@ from nats.js.errors import APIError, NotFoundError
 
 from igbutton_server import metrics
 from igbutton_server.config import Settings
-from igbutton_server.storage.nats_codec import encode
-from igbutton_server.storage.nats_connection import WRONG_LAST_SEQUENCE, NatsConnection
-from igbutton_server.storage.nats_cursor import NatsSubscription as BroadcastCursor
-from igbutton_server.storage.nats_cursor import deliver_policy
-from igbutton_server.storage.nats_groups import (
+from igbutton_server.storage.nats._codec import encode
+from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.nats._consumers import deliver_policy
+from igbutton_server.storage.nats._cursor import BroadcastCursor
+from igbutton_server.storage.nats._groups import (
     FILTER_METADATA_KEY,
     AckLedger,
     ExpiredDeadLetters,
@@ -50,7 +50,7 @@ from igbutton_server.storage.nats_groups import (
     filter_from_metadata,
     filter_to_metadata,
 )
-from igbutton_server.storage.nats_tail import SharedTail
+from igbutton_server.storage.nats._tail import SharedTail
 from igbutton_server.storage.postbacks import (
     AckResult,
     AppendResult,
@@ -171,7 +171,11 @@ class NatsPostbackStore:
         self.tail = SharedTail(conn)
         """The newest postbacks, read once for every broadcast cursor of this process."""
         self._members: dict[str, set[NatsGroupMember]] = {}
-        self.closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self.conn.closing
 
     def unready_reason(self) -> str | None:
         """None while open and connected to NATS (the client reconnects on its own)."""
@@ -286,7 +290,7 @@ class NatsPostbackStore:
     async def subscribe(self, flt: Filter, start: Start) -> BroadcastCursor:
         """See PostbackStore.subscribe."""
         self._check_open()
-        cursor = await BroadcastCursor.open(self, flt, start)
+        cursor = await BroadcastCursor.open(self.conn, self.tail, flt, start, self.forget)
         self._cursors.add(cursor)
         return cursor
 
@@ -321,7 +325,13 @@ class NatsPostbackStore:
             info.config.max_deliver = options.max_attempts
             info = await self.conn.js.add_consumer(layout.stream, info.config)
         member = await NatsGroupMember.open(
-            self, group, flt, options, ack_wait=info.config.ack_wait or options.ack_deadline
+            self.conn,
+            self.ledger,
+            group,
+            flt,
+            options,
+            ack_wait=info.config.ack_wait or options.ack_deadline,
+            on_close=self.forget,
         )
         self._members.setdefault(group, set()).add(member)
         metrics.GROUPS.set(len(self._members))
@@ -350,7 +360,7 @@ class NatsPostbackStore:
     async def ack(self, group: str, ack_ids: Sequence[str], nack_ids: Sequence[str]) -> AckResult:
         """See PostbackStore.ack."""
         self._check_open()
-        outcome = await ack_group(self, group, ack_ids, nack_ids)
+        outcome = await ack_group(self.conn, self.ledger, group, ack_ids, nack_ids)
         for member in self._members.get(group, ()):
             member.settle(outcome.settled)
         return outcome.result
@@ -391,7 +401,7 @@ class NatsPostbackStore:
         """See PostbackStore.close."""
         if self.closed:
             return
-        self.closed = True
+        self.conn.closing = True
         for cursor in list(self._cursors):
             await cursor.close()
         for members in list(self._members.values()):

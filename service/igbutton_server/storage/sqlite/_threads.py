@@ -30,7 +30,7 @@ T = TypeVar("T")
 _MAX_BATCH = 512
 """Jobs per transaction; bounds how long one commit holds the write lock."""
 _BUSY_TIMEOUT_MS = 10_000
-"""Other processes' connections to the same file (the send path's) may hold the lock."""
+"""Other processes' connections to the same file may hold the lock."""
 
 
 def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
@@ -79,8 +79,12 @@ class SqliteWriter:
 
     async def start(self) -> None:
         """Open the connection, run ``setup`` (the schema) and start taking jobs."""
+        await asyncio.to_thread(self.start_blocking)
+
+    def start_blocking(self) -> None:
+        """:meth:`start` for synchronous start-up code. Blocks."""
         self._thread.start()
-        await asyncio.to_thread(self._started.wait)
+        self._started.wait()
         if self._start_error is not None:
             raise self._start_error
 
@@ -96,6 +100,8 @@ class SqliteWriter:
         """
         if self._closed:
             raise StoreClosed("the store is closed")
+        if not self._started.is_set():
+            raise RuntimeError("the SQLite writer was not started")  # a job would wait forever
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(work, future, loop, on_commit))
@@ -107,7 +113,8 @@ class SqliteWriter:
             return
         self._closed = True
         self._queue.put(None)
-        await asyncio.to_thread(self._thread.join)
+        if self._thread.ident is not None:  # never started: nothing to wait for
+            await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
         try:

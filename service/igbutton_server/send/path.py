@@ -1,0 +1,43 @@
+"""The send path's parts for one App, wired together.
+
+:class:`SendPath` builds and owns the parts for one App: one Graph client (one pooled HTTP
+session) and one rate limiter, on the idempotency store the App opened with its storage.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from igbutton.v1 import send_service_pb2_grpc
+from igbutton_server.config import Settings
+from igbutton_server.send.api import SendServiceServicer
+from igbutton_server.send.graph_client import GraphClient
+from igbutton_server.send.idempotency import IdempotentSends
+from igbutton_server.send.ratelimit import AccountRateLimiter
+from igbutton_server.storage.idempotency import IdempotencyStore
+
+
+class SendPath:
+    """Everything SendService needs, built from the settings."""
+
+    def __init__(self, settings: Settings, store: IdempotencyStore) -> None:
+        self.settings = settings
+        self.limiter = AccountRateLimiter(
+            settings.rate_limit.per_account_per_second,
+            settings.rate_limit.burst,
+            rates={a.id: a.rate_per_second for a in settings.accounts if a.rate_per_second},
+        )
+        self.graph = GraphClient(
+            settings.graph, self.limiter, secrets=[a.token() for a in settings.accounts]
+        )
+        self.store = store
+        self.sends = IdempotentSends(store, settings.idempotency.ttl_seconds)
+        self.servicer = SendServiceServicer(settings, self.graph, self.sends)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add SendService to the gRPC server."""
+        send_service_pb2_grpc.add_SendServiceServicer_to_server(self.servicer, server)
+
+    async def close(self) -> None:
+        """Close the HTTP session (after in-flight sends finished); the store is the App's."""
+        await self.graph.close()

@@ -1,0 +1,1 @@
+"""The embedded engine: every store on one SQLite file (a single replica)."""

@@ -1,0 +1,145 @@
+"""request_id records in the table ``idempotency`` of the SQLite file: the IdempotencyStore
+of a single process.
+
+Claims, outcomes and releases are jobs of the file's one writer thread, so concurrent claims
+share a transaction and its fsync with each other and with postback appends. The writer
+answers a job only after its transaction committed with ``synchronous=FULL``: a claim is on
+disk before the send path calls Meta, so a crash cannot send twice. Reads use the reader
+pool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
+from igbutton_server.storage.idempotency import Record
+from igbutton_server.storage.sqlite.file import SqliteFile
+
+_STATEMENTS = (
+    """CREATE TABLE IF NOT EXISTS idempotency (
+    request_id       TEXT PRIMARY KEY,
+    fingerprint      TEXT NOT NULL,
+    outcome          TEXT,
+    lease_expires_at REAL NOT NULL,
+    expires_at       REAL NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS idempotency_expires_at ON idempotency (expires_at)",
+)
+
+_PRUNE_EVERY_SECONDS = 60.0
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the table if it does not exist (idempotent)."""
+    for statement in _STATEMENTS:
+        conn.execute(statement)
+
+
+class SqliteIdempotencyStore:
+    """IdempotencyStore on a SQLite file (WAL, synchronous=FULL).
+
+    Given a :class:`SqliteFile` (opened with :func:`create_schema` among its schemas) it
+    shares that file's threads; given a path it opens a file of its own. Call :meth:`open`
+    before use.
+    """
+
+    def __init__(self, file: SqliteFile | Path) -> None:
+        if isinstance(file, Path):
+            file = SqliteFile(file, (create_schema,))
+        self._file = file
+        file.attach()
+        self._last_prune = 0.0
+        """When the writer last removed every expired record (only the writer touches it)."""
+
+    def open(self) -> None:
+        """Start the file's threads and create the table if not done yet. Blocks; call at
+        start-up, so a bad path stops the process with a clear error."""
+        self._file.start_blocking()
+
+    @property
+    def commits(self) -> int:
+        """Write transactions of the file committed so far (claims may share one)."""
+        return self._file.commits
+
+    async def get(self, key: str) -> Record | None:
+        """See IdempotencyStore.get."""
+        now = time.time()
+
+        def read(db: sqlite3.Connection) -> Record | None:
+            row = db.execute(
+                "SELECT fingerprint, outcome, lease_expires_at FROM idempotency "
+                "WHERE request_id = ? AND expires_at > ?",
+                (key, now),
+            ).fetchone()
+            return _record(row)
+
+        return await self._file.readers.run(read)
+
+    async def claim(
+        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
+    ) -> Record | None:
+        """See IdempotencyStore.claim."""
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> Record | None:
+            if now - self._last_prune > _PRUNE_EVERY_SECONDS:
+                db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+                self._last_prune = now
+            else:
+                db.execute(
+                    "DELETE FROM idempotency WHERE request_id = ? AND expires_at <= ?",
+                    (key, now),
+                )
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO idempotency VALUES (?, ?, NULL, ?, ?)",
+                (key, fingerprint, now + lease_seconds, now + ttl_seconds),
+            ).rowcount
+            if inserted:
+                return None
+            row = db.execute(
+                "SELECT fingerprint, outcome, lease_expires_at FROM idempotency "
+                "WHERE request_id = ?",
+                (key,),
+            ).fetchone()
+            return _record(row)
+
+        return await self._file.writer.run(write)
+
+    async def complete(
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+    ) -> None:
+        """See IdempotencyStore.complete."""
+        now = time.time()
+        text = dump_outcome(outcome)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) "
+                "DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, "
+                "expires_at = excluded.expires_at",
+                (key, fingerprint, text, now, now + ttl_seconds),
+            )
+
+        await self._file.writer.run(write)
+
+    async def release(self, key: str) -> None:
+        """See IdempotencyStore.release."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM idempotency WHERE request_id = ? AND outcome IS NULL", (key,))
+
+        await self._file.writer.run(write)
+
+    async def close(self) -> None:
+        """Let go of the file (its threads stop with the last store using it)."""
+        await self._file.release()
+
+
+def _record(row: tuple[str, str | None, float] | None) -> Record | None:
+    if row is None:
+        return None
+    fp, outcome, lease = row
+    return Record(fp, load_outcome(outcome) if outcome is not None else None, lease)

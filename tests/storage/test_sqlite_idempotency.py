@@ -1,0 +1,114 @@
+"""The SQLite idempotency store on the file's shared writer: group commit, one writer thread
+per file, and a claim that is durable once the claim call returns."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from igbutton_server.storage.backends import open_storage
+from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
+from igbutton_server.storage.sqlite.postbacks import SqlitePostbackStore
+from tests.conftest import SettingsFactory
+from tests.postbacks.test_store_contract import new
+
+CLAIMS = 50
+
+CHILD = """
+import asyncio, sys
+from igbutton_server.config import Settings
+from igbutton_server.storage.backends import open_storage
+
+async def main() -> None:
+    settings = Settings.load(storage={"sqlite_path": sys.argv[1]}, sandbox={"enabled": True})
+    storage = await open_storage(settings)
+    claimed = await storage.idempotency.claim("rid", "fp", lease_seconds=300, ttl_seconds=600)
+    assert claimed is None
+    print("claimed", flush=True)
+    await asyncio.Event().wait()  # killed here, before any close could flush anything
+
+asyncio.run(main())
+"""
+
+
+def writer_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "sqlite-writer")
+
+
+async def test_concurrent_claims_share_commits(tmp_path: Path) -> None:
+    store = SqliteIdempotencyStore(tmp_path / "idem.db")
+    store.open()
+    try:
+        before = store.commits
+        results = await asyncio.gather(
+            *(store.claim(f"k{i}", "fp", lease_seconds=30, ttl_seconds=60) for i in range(CLAIMS))
+        )
+        assert results == [None] * CLAIMS
+        assert 0 < store.commits - before < CLAIMS
+        for i in range(CLAIMS):
+            record = await store.get(f"k{i}")
+            assert record is not None
+            assert record.outcome is None
+    finally:
+        await store.close()
+
+
+async def test_sqlite_storage_has_one_writer_for_claims_and_appends(
+    make_settings: SettingsFactory,
+) -> None:
+    before = writer_threads()
+    storage = await open_storage(make_settings())
+    try:
+        postbacks, idempotency = storage.postbacks, storage.idempotency
+        assert isinstance(postbacks, SqlitePostbackStore)
+        assert isinstance(idempotency, SqliteIdempotencyStore)
+        assert writer_threads() == before + 1
+        commits = postbacks.commits
+        await asyncio.gather(
+            *(postbacks.append([new(i)]) for i in range(CLAIMS)),
+            *(
+                idempotency.claim(f"k{i}", "fp", lease_seconds=30, ttl_seconds=60)
+                for i in range(CLAIMS)
+            ),
+        )
+        # The two stores count the same writer's transactions, fewer than their jobs.
+        assert idempotency.commits == postbacks.commits
+        assert 0 < postbacks.commits - commits < 2 * CLAIMS
+    finally:
+        await storage.close()
+    assert writer_threads() == before
+
+
+async def test_a_claim_survives_a_kill_right_after_it_returned(tmp_path: Path) -> None:
+    path = tmp_path / "igbutton.db"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CHILD,
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(child.stdout.readline(), timeout=30)
+        assert line == b"claimed\n"
+        child.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(child.wait(), timeout=30) == -signal.SIGKILL
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+
+    reopened = SqliteIdempotencyStore(path)
+    reopened.open()
+    try:
+        record = await reopened.get("rid")
+    finally:
+        await reopened.close()
+    assert record is not None
+    assert record.fingerprint == "fp"
+    assert record.outcome is None  # still pending: a repeat must not send again
