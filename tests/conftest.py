@@ -94,14 +94,6 @@ def on_engines(*names: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("engine", names, indirect=True)
 
 
-def xfail_on_nats(reason: str, raises: type[BaseException]) -> pytest.MarkDecorator:
-    """Run a test on both engines, expecting it to fail on NATS with ``raises`` because of
-    the product defect ``reason`` names (strict: it fails loudly once the defect is fixed)."""
-    xfail = pytest.mark.xfail(strict=True, reason=reason, raises=raises)
-    nats_fails = pytest.param("nats", marks=xfail)
-    return pytest.mark.parametrize("engine", ["sqlite", nats_fails], indirect=True)
-
-
 def unique_nats_storage(servers: list[str], replicas: int = 1) -> dict[str, Any]:
     """A ``storage`` settings section with stream and bucket names no other test uses; every
     name JetStream gets from it (streams, KV buckets) contains ``nats.stream``'s tag."""

@@ -20,15 +20,10 @@ from igbutton_server.send.outcome import SendResult, outcome_unknown
 from igbutton_server.storage.backends import open_storage
 from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
-from tests.conftest import SettingsFactory, xfail_on_nats
+from tests.conftest import SettingsFactory
 from tests.send.conftest import ACCOUNT, RECIPIENT, AppFactory, details, send_request, stub_for
 
 RID = "123e4567-e89b-12d3-a456-426614174000"
-RECLAIM_AFTER_RELEASE = (
-    "NatsIdempotencyStore._latest reads a deleted key's revision as 0 (nats-py's KeyValue.get "
-    "raises KeyNotFoundError, not KeyDeletedError, for a delete marker), so a released "
-    "request_id cannot be claimed again until the marker expires"
-)
 
 
 @pytest.fixture
@@ -138,7 +133,6 @@ async def test_final_failure_is_replayed(
     assert len(sandbox.received) == 1
 
 
-@xfail_on_nats(RECLAIM_AFTER_RELEASE, raises=grpc.aio.AioRpcError)  # INTERNAL
 async def test_retryable_failure_is_not_kept(start_app: AppFactory) -> None:
     app = await start_app(graph={"max_attempts": 1})
     assert app.sandbox is not None
@@ -254,7 +248,6 @@ async def test_store_release_forgets_only_pending_claims(store: IdempotencyStore
     assert await store.get("done") is not None
 
 
-@xfail_on_nats(RECLAIM_AFTER_RELEASE, raises=OSError)  # "keeps changing"
 async def test_store_a_released_claim_can_be_claimed_again(store: IdempotencyStore) -> None:
     assert await store.claim("k", "fp", lease_seconds=30, ttl_seconds=60) is None
     await store.release("k")

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from nats.js import api
-from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError
+from nats.js.errors import APIError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from igbutton_server.config import Settings
@@ -61,10 +61,11 @@ class NatsIdempotencyStore:
         """The stored value (None if absent or deleted) and the revision to write after."""
         try:
             entry = await self._bucket.get(bucket_key(key))
-        except KeyNotFoundError:
-            return None, 0
-        except KeyDeletedError as deleted:
-            return None, deleted.entry.revision or 0
+        except KeyNotFoundError as missing:
+            # nats-py reports a delete marker as KeyNotFoundError carrying the marker's entry
+            # (KeyDeletedError exists but get() does not raise it): its revision is the one a
+            # new claim must write after, or the claim fails until the marker expires.
+            return None, (missing.entry.revision or 0) if missing.entry is not None else 0
         if not entry.value:
             return None, entry.revision or 0
         value: dict[str, Any] = json.loads(entry.value)
