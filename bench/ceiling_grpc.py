@@ -27,8 +27,8 @@ class TrivialSendService(send_service_pb2_grpc.SendServiceServicer):
 
     async def SendButtonTemplate(
         self,
-        request: send_service_pb2.SendButtonTemplateRequest,
-        context: grpc.aio.ServicerContext[
+        _request: send_service_pb2.SendButtonTemplateRequest,
+        _context: grpc.aio.ServicerContext[
             send_service_pb2.SendButtonTemplateRequest, send_service_pb2.SendButtonTemplateResponse
         ],
     ) -> send_service_pb2.SendButtonTemplateResponse:
@@ -36,7 +36,7 @@ class TrivialSendService(send_service_pb2_grpc.SendServiceServicer):
 
     async def ValidateButtonTemplate(
         self,
-        request: send_service_pb2.ValidateButtonTemplateRequest,
+        _request: send_service_pb2.ValidateButtonTemplateRequest,
         context: grpc.aio.ServicerContext[
             send_service_pb2.ValidateButtonTemplateRequest,
             send_service_pb2.ValidateButtonTemplateResponse,

@@ -51,8 +51,23 @@ def write_json(results: dict[str, Any], path: Path) -> None:
 def chart(results: dict[str, Any], path: Path) -> None:
     """Send throughput and latency by concurrency, postback latency and throughput."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    _chart_send(results, *axes[0])
+    _chart_postbacks(results, *axes[1])
+    meta = results.get("meta", {})
+    fig.suptitle(
+        f"igbutton bench '{meta.get('label')}' ({meta.get('plan')}) {meta.get('started_at', '')}"
+        f" on {meta.get('cpu_count')} cores, load avg at start {meta.get('loadavg_start')}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _chart_send(results: dict[str, Any], ax_tput: Any, ax_lat: Any) -> None:
+    """The top row: send throughput and latency by concurrency, one line per target."""
     runs = results.get("send", {}).get("runs", [])
-    ax_tput, ax_lat = axes[0]
     for target in _send_targets(runs):
         mine = sorted((r for r in runs if r["target"] == target), key=lambda r: r["concurrency"])
         if not mine:
@@ -90,7 +105,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
 
-    ax_e2e, ax_store = axes[1]
+
+def _chart_postbacks(results: dict[str, Any], ax_e2e: Any, ax_store: Any) -> None:
+    """The bottom row: postback end-to-end latency by case, stored events/s by batch."""
     postbacks = results.get("postbacks", {})
     labels: list[str] = []
     p50: list[float] = []
@@ -125,16 +142,6 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.grid(True, axis="y", alpha=0.3)
         if not ax.has_data():
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-    meta = results.get("meta", {})
-    fig.suptitle(
-        f"igbutton bench '{meta.get('label')}' ({meta.get('plan')}) {meta.get('started_at', '')}"
-        f" on {meta.get('cpu_count')} cores, load avg at start {meta.get('loadavg_start')}",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -201,8 +208,10 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
     lines = [
         "### Send",
         "",
-        "| path | callers | calls/s (spread) | p50 ms | p90 ms | p99 ms | server CPU % "
-        "| CPU µs per call: server / whole machine | server peak RSS MB | all cores busy % |",
+        (
+            "| path | callers | calls/s (spread) | p50 ms | p90 ms | p99 ms | server CPU % "
+            "| CPU µs per call: server / whole machine | server peak RSS MB | all cores busy % |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for target in _send_targets(send.get("runs", [])):
@@ -243,47 +252,63 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _postback_tables(results: dict[str, Any]) -> list[str]:
-    postbacks = results.get("postbacks", {})
-    backends = ["sqlite", "nats"]
-
-    def cell(backend: str, case: str, kind: str) -> str:
-        data = postbacks.get(backend, {})
-        if "skipped" in data:
-            return "n/a"
-        rows = data.get("throughput" if case.startswith("max-") else "cases", [])
-        run = next((r for r in rows if r.get("case") == case), None)
-        if run is None:
-            return "–"
-        lat = run["subscribers"]["latency"]
-        if kind == "stored":
-            return _fmt(run["events_per_s"], 0)
-        if kind == "e2e":
-            got = run["subscribers"]
-            lost = f", {got['missing']} missing" if got["missing"] else ""
-            return f"{_fmt(lat['p50_ms'])} / {_fmt(lat['p99_ms'])}{lost}"
-        rss = _fmt(run["usage"]["server"]["peak_rss_mb"], 1)
-        storage = run["usage"].get("storage")
-        return f"{rss} (+{_fmt(storage['peak_rss_mb'], 1)} nats-server)" if storage else rss
-
+def _postback_cases(postbacks: dict[str, Any], backends: list[str]) -> list[str]:
+    """Every case any backend ran, in the order first seen."""
     cases: list[str] = []
     for backend in backends:
         for key in ("throughput", "cases"):
             for run in postbacks.get(backend, {}).get(key, []):
                 if run.get("case") not in cases:
                     cases.append(run["case"])
+    return cases
+
+
+def _postback_cell(postbacks: dict[str, Any], backend: str, case: str, kind: str) -> str:
+    """One cell of the postback table: ``kind`` is stored, e2e or rss."""
+    data = postbacks.get(backend, {})
+    if "skipped" in data:
+        return "n/a"
+    rows = data.get("throughput" if case.startswith("max-") else "cases", [])
+    run = next((r for r in rows if r.get("case") == case), None)
+    if run is None:
+        return "–"
+    lat = run["subscribers"]["latency"]
+    if kind == "stored":
+        return _fmt(run["events_per_s"], 0)
+    if kind == "e2e":
+        got = run["subscribers"]
+        lost = f", {got['missing']} missing" if got["missing"] else ""
+        return f"{_fmt(lat['p50_ms'])} / {_fmt(lat['p99_ms'])}{lost}"
+    rss = _fmt(run["usage"]["server"]["peak_rss_mb"], 1)
+    storage = run["usage"].get("storage")
+    return f"{rss} (+{_fmt(storage['peak_rss_mb'], 1)} nats-server)" if storage else rss
+
+
+def _postback_tables(results: dict[str, Any]) -> list[str]:
+    postbacks = results.get("postbacks", {})
+    backends = ["sqlite", "nats"]
+    cases = _postback_cases(postbacks, backends)
     lines = ["### Postbacks", ""]
     if cases:
         lines += [
-            "`max-bN`: closed loop, deliveries of N, one subscriber. `subsK-bN-rR`: K broadcast "
-            "subscribers (`groupK`: one K-member group), deliveries of N, R events/s offered.",
+            (
+                "`max-bN`: closed loop, deliveries of N, one subscriber. `subsK-bN-rR`: K "
+                "broadcast subscribers (`groupK`: one K-member group), deliveries of N, "
+                "R events/s offered."
+            ),
             "",
-            "| case | SQLite stored ev/s | SQLite e2e p50 / p99 ms | SQLite peak RSS MB "
-            "| NATS stored ev/s | NATS e2e p50 / p99 ms | NATS peak RSS MB |",
+            (
+                "| case | SQLite stored ev/s | SQLite e2e p50 / p99 ms | SQLite peak RSS MB "
+                "| NATS stored ev/s | NATS e2e p50 / p99 ms | NATS peak RSS MB |"
+            ),
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
     for case in cases:
-        cells = [cell(b, case, k) for b in backends for k in ("stored", "e2e", "rss")]
+        cells = [
+            _postback_cell(postbacks, b, case, k)
+            for b in backends
+            for k in ("stored", "e2e", "rss")
+        ]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
     for backend in backends:
         data = postbacks.get(backend, {})
@@ -320,9 +345,11 @@ def _knob_table(all_results: list[dict[str, Any]]) -> list[str]:
     lines = [
         "### Runs by server knobs",
         "",
-        "| run (label, started, commit) | igbutton target | uvloop | workers "
-        "| best calls/s | gRPC ceiling calls/s | ratio | added p50 ms "
-        "| stored ev/s (b1 / b50) | e2e p99 ms (10 subs) |",
+        (
+            "| run (label, started, commit) | igbutton target | uvloop | workers "
+            "| best calls/s | gRPC ceiling calls/s | ratio | added p50 ms "
+            "| stored ev/s (b1 / b50) | e2e p99 ms (10 subs) |"
+        ),
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in all_results:
@@ -365,8 +392,10 @@ def _busy_warning(meta: dict[str, Any]) -> list[str]:
     if load <= 0.5 * (meta.get("cpu_count") or 1):
         return []
     return [
-        f"**The machine was busy when this run started (1-minute load average {load:.2f} on "
-        f"{meta.get('cpu_count')} cores): treat these numbers as preliminary and noisy.**",
+        (
+            f"**The machine was busy when this run started (1-minute load average {load:.2f} on "
+            f"{meta.get('cpu_count')} cores): treat these numbers as preliminary and noisy.**"
+        ),
         "",
     ]
 
@@ -377,10 +406,12 @@ def summary_markdown(main: dict[str, Any], all_results: list[dict[str, Any]]) ->
     lines = [
         BEGIN,
         "",
-        f"Run `{meta['label']}` ({meta['plan']} plan), {meta['started_at']}, commit "
-        f"`{meta['commit']}`, {meta['cpu_count']} cores ({meta['cpu_model']}), load average "
-        f"{meta['loadavg_start']} at the start. Results: `bench/results/{meta['label']}.json`, "
-        f"chart: `bench/results/{meta['label']}.png`.",
+        (
+            f"Run `{meta['label']}` ({meta['plan']} plan), {meta['started_at']}, commit "
+            f"`{meta['commit']}`, {meta['cpu_count']} cores ({meta['cpu_model']}), load average "
+            f"{meta['loadavg_start']} at the start. Results: `bench/results/{meta['label']}.json`, "
+            f"chart: `bench/results/{meta['label']}.png`."
+        ),
         "",
         *_busy_warning(meta),
         f"![benchmark chart](../bench/results/{meta['label']}.png)",

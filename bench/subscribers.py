@@ -131,6 +131,17 @@ def _done(score: Score, expect: int, group: bool) -> bool:
     return min(score.per_stream, default=0) >= expect
 
 
+async def _drain(args: argparse.Namespace, score: Score, expect: int) -> None:
+    """Wait until every expected postback arrived, or none did for ``args.quiet`` seconds."""
+    score.last_receipt = time.monotonic()
+    while not _done(score, expect, bool(args.group)):
+        if time.monotonic() - score.last_receipt > args.quiet:
+            break
+        score.progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(score.progress.wait(), 0.5)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     """Subscribe, wait for the drain command, and return the result record."""
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -161,13 +172,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     expect = int(command.get("expect", 0))
     drain_start = time.monotonic()
     if not args.idle:
-        score.last_receipt = time.monotonic()
-        while not _done(score, expect, bool(args.group)):
-            if time.monotonic() - score.last_receipt > args.quiet:
-                break
-            score.progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(score.progress.wait(), 0.5)
+        await _drain(args, score, expect)
     drain_s = time.monotonic() - drain_start
     for call in calls:
         call.cancel()

@@ -23,7 +23,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self.changed = asyncio.Event()
 
     async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+        self, request: trace_service_pb2.ExportTraceServiceRequest, _context: object
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource in request.resource_spans:
             for scope in resource.scope_spans:
@@ -79,5 +79,6 @@ async def test_rpc_and_graph_spans_are_exported_when_configured(
             await sink.changed.wait()
 
 
-async def test_tracing_is_off_by_default(app: App) -> None:
+@pytest.mark.usefixtures("app")
+async def test_tracing_is_off_by_default() -> None:
     assert tracing.graph_span("1", 1) is tracing._NOOP

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None
     try:
         event_loop.run(serve(settings, args.ports_file, on_ready), settings.event_loop)
     except OSError as exc:
-        log.error("cannot start: %s", exc)
+        # An operator's problem (a port taken, a path not writable): the message, no traceback.
+        log.error("cannot start: %s", exc)  # noqa: TRY400
         return 1
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -120,20 +121,32 @@ def record_usage_headers(account: str, app_usage: str | None, business_usage: st
     """Export Meta's usage headers as gauges; a malformed header is logged, never raised."""
     try:
         if app_usage:
-            for field, value in json.loads(app_usage).items():
-                if isinstance(value, int | float):
-                    APP_USAGE.labels(account, field).set(value)
+            _record_app_usage(account, app_usage)
         if business_usage:
-            for business_id, entries in json.loads(business_usage).items():
-                for entry in entries if isinstance(entries, list) else []:
-                    kind = str(entry.get("type", ""))
-                    for field in ("call_count", "total_cputime", "total_time"):
-                        if isinstance(entry.get(field), int | float):
-                            BUSINESS_USAGE.labels(account, business_id, kind, field).set(
-                                entry[field]
-                            )
-                    regain = entry.get("estimated_time_to_regain_access")
-                    if isinstance(regain, int | float):
-                        BUSINESS_REGAIN.labels(account, business_id, kind).set(regain)
+            _record_business_usage(account, business_usage)
     except (ValueError, AttributeError, TypeError):
         log.warning("ignored a malformed Graph usage header", extra={"account": account})
+
+
+def _record_app_usage(account: str, header: str) -> None:
+    """X-App-Usage: one JSON object of numeric fields."""
+    for field, value in json.loads(header).items():
+        if isinstance(value, int | float):
+            APP_USAGE.labels(account, field).set(value)
+
+
+def _record_business_usage(account: str, header: str) -> None:
+    """X-Business-Use-Case-Usage: a list of usage entries per business id."""
+    for business_id, entries in json.loads(header).items():
+        for entry in entries if isinstance(entries, list) else []:
+            _record_business_entry(account, business_id, entry)
+
+
+def _record_business_entry(account: str, business_id: str, entry: Any) -> None:
+    kind = str(entry.get("type", ""))
+    for field in ("call_count", "total_cputime", "total_time"):
+        if isinstance(entry.get(field), int | float):
+            BUSINESS_USAGE.labels(account, business_id, kind, field).set(entry[field])
+    regain = entry.get("estimated_time_to_regain_access")
+    if isinstance(regain, int | float):
+        BUSINESS_REGAIN.labels(account, business_id, kind).set(regain)

@@ -8,21 +8,29 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from igbutton_server.config import TracingSettings
 
-_tracer: Any = None  # an opentelemetry Tracer once configured
-_provider_holder: list[Any] = []  # the TracerProvider, so shutdown() can flush it
+
+@dataclass
+class _Installed:
+    """What :func:`configure` installed, for this process."""
+
+    tracer: Any = None  # an opentelemetry Tracer once configured
+    provider: Any = None  # its TracerProvider, so shutdown() can flush it
+
+
+_installed = _Installed()
 
 
 def configure(settings: TracingSettings) -> list[grpc.aio.ServerInterceptor]:
     """Install the tracer provider and return the server interceptors to add (none when off)."""
-    global _tracer
     if settings.otlp_endpoint is None:
-        _tracer = None
+        _installed.tracer = None
         return []
     # Imported here so a process without tracing never loads the SDK.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -38,24 +46,23 @@ def configure(settings: TracingSettings) -> list[grpc.aio.ServerInterceptor]:
     )
     exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint, insecure=settings.insecure)
     provider.add_span_processor(BatchSpanProcessor(exporter))
-    _tracer = provider.get_tracer("igbutton")
-    _provider_holder[:] = [provider]
+    _installed.tracer = provider.get_tracer("igbutton")
+    _installed.provider = provider
     interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(tracer_provider=provider)
     return [interceptor]
 
 
 def shutdown() -> None:
     """Flush and stop the exporter, if tracing was on."""
-    global _tracer
-    for provider in _provider_holder:
-        provider.shutdown()
-    _provider_holder.clear()
-    _tracer = None
+    if _installed.provider is not None:
+        _installed.provider.shutdown()
+    _installed.provider = None
+    _installed.tracer = None
 
 
 @contextlib.contextmanager
 def _span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
-    with _tracer.start_as_current_span(name, attributes=attributes) as span:
+    with _installed.tracer.start_as_current_span(name, attributes=attributes) as span:
         yield span
 
 
@@ -64,7 +71,7 @@ _NOOP = contextlib.nullcontext(None)
 
 def graph_span(account_id: str, attempt: int) -> contextlib.AbstractContextManager[Any]:
     """A client span around one Graph API attempt (the no-op context when tracing is off)."""
-    if _tracer is None:
+    if _installed.tracer is None:
         return _NOOP
     return _span(
         "graph.send_message",

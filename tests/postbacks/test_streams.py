@@ -117,9 +117,7 @@ async def test_filters_by_account_and_payload_prefix(
     assert mids(await both.take(2)) == ["f1", "f5"]
 
 
-async def test_start_positions(
-    app: App, stub: Stub, streams: Streams, webhook: WebhookClient
-) -> None:
+async def test_start_positions(stub: Stub, streams: Streams, webhook: WebhookClient) -> None:
     await webhook.deliver(*postbacks("old", 3))
     latest = await streams(stub)  # the default
     explicit_latest = await streams(stub, position=pb.START_POSITION_LATEST)

@@ -128,7 +128,7 @@ async def test_signature_over_reserialised_json_is_refused(
 
 
 async def test_either_configured_secret_is_accepted_during_rotation(
-    app: App, webhook: WebhookClient
+    webhook: WebhookClient,
 ) -> None:
     assert (await webhook.post(delivery(postback_item("old")), secret=SECRET))[0] == 200
     assert (await webhook.post(delivery(postback_item("new")), secret=ROTATED_SECRET))[0] == 200

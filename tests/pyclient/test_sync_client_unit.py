@@ -71,7 +71,7 @@ def in_background(fn: Callable[[], T]) -> Future[T]:
         if future.set_running_or_notify_cancel():
             try:
                 future.set_result(fn())
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the test through the future
                 future.set_exception(exc)
 
     threading.Thread(target=run, daemon=True).start()

@@ -342,7 +342,7 @@ async def test_connection_refused_is_retried_then_unavailable(
 
 
 async def test_success_after_meta_answers_without_message_id_is_unknown(
-    app: App, stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
 ) -> None:
     """A 2xx without a message id: Meta acted, but igbutton cannot say what happened."""
     sandbox.add_fault(Fault(kind="http_status", http_status=200))

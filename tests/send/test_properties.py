@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from igbutton.v1 import button_template_pb2 as bt
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
-from igbutton_server.app import App
 from igbutton_server.config import Settings
 from igbutton_server.errors import InvalidRequest
 from igbutton_server.sandbox import Sandbox, graph_rules
@@ -144,7 +143,6 @@ _PROPERTY = settings(
 @_PROPERTY
 @given(request=_requests)
 async def test_everything_that_fails_validation_is_rejected_before_any_http_call(
-    app: App,
     stub: send_service_pb2_grpc.SendServiceStub,
     sandbox: Sandbox,
     request: send_service_pb2.SendButtonTemplateRequest,
@@ -161,7 +159,6 @@ async def test_everything_that_fails_validation_is_rejected_before_any_http_call
 @_PROPERTY
 @given(request=_likely_valid)
 async def test_everything_that_passes_validation_is_sent_and_accepted(
-    app: App,
     stub: send_service_pb2_grpc.SendServiceStub,
     sandbox: Sandbox,
     request: send_service_pb2.SendButtonTemplateRequest,

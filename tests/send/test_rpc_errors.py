@@ -23,34 +23,34 @@ SECRET = "secret internals"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-async def crash(request: bytes, context: Context) -> bytes:
+async def crash(_request: bytes, _context: Context) -> bytes:
     raise RuntimeError(SECRET)
 
 
-async def crash_stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
+async def crash_stream(_request: bytes, _context: Context) -> AsyncIterator[bytes]:
     yield b"first"
     raise RuntimeError(SECRET)
 
 
-async def rate_limited_stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
+async def rate_limited_stream(_request: bytes, _context: Context) -> AsyncIterator[bytes]:
     yield b"one"
     yield b"two"
     raise RateLimited("slow down", retry_after=1.5, metadata={"accountId": "17841"})
 
 
-async def store_closed(request: bytes, context: Context) -> bytes:
+async def store_closed(_request: bytes, _context: Context) -> bytes:
     raise StoreClosed
 
 
-async def filter_mismatch(request: bytes, context: Context) -> bytes:
+async def filter_mismatch(_request: bytes, _context: Context) -> bytes:
     raise GroupFilterMismatch("workers", Filter(frozenset({"17841"}), "order:"))
 
 
-async def aborts(request: bytes, context: Context) -> bytes:
+async def aborts(_request: bytes, context: Context) -> bytes:
     await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
-async def writes(request: bytes, context: Context) -> None:
+async def writes(_request: bytes, context: Context) -> None:
     # The reader/writer form of a server stream, as grpc's own health Watch is written.
     await context.write(b"written")
 
@@ -171,8 +171,10 @@ async def test_a_group_filter_mismatch_is_an_invalid_request_naming_the_filters(
     assert got.violations == [
         (
             "group",
-            "group workers exists with other filters: account_ids 17841, "
-            "payload_prefix order:; members of a group must use the same filters",
+            (
+                "group workers exists with other filters: account_ids 17841, "
+                "payload_prefix order:; members of a group must use the same filters"
+            ),
         )
     ]
 

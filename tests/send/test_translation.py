@@ -8,14 +8,14 @@ import grpc
 
 from igbutton.v1 import button_template_pb2 as bt
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
-from igbutton_server.app import SANDBOX_ACCESS_TOKEN, App
+from igbutton_server.app import SANDBOX_ACCESS_TOKEN
 from igbutton_server.config import DEFAULT_GRAPH_API_VERSION
 from igbutton_server.sandbox import Sandbox
 from tests.send.conftest import ACCOUNT, RECIPIENT, SEED_BODY, AppFactory, send_request, stub_for
 
 
 async def test_seed_example_reaches_meta_exactly(
-    app: App, stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
 ) -> None:
     reply = await stub.SendButtonTemplate(send_request(), timeout=10)
 
@@ -56,7 +56,7 @@ async def test_human_agent_tag_adds_messaging_type_and_tag(
 
 
 async def test_validate_returns_the_exact_request_without_sending(
-    app: App, stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
+    stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
 ) -> None:
     request = send_service_pb2.ValidateButtonTemplateRequest(
         recipient_id=RECIPIENT, template=send_request().template

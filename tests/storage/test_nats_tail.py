@@ -31,7 +31,9 @@ def small_tail(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def open_store(
-    make_settings: SettingsFactory, nats_server: NatsServer, small_tail: None
+    make_settings: SettingsFactory,
+    nats_server: NatsServer,
+    small_tail: None,  # noqa: ARG001 - for its patch: marks (usefixtures) do not apply to fixtures
 ) -> AsyncIterator[OpenStore]:
     async with store_opener(nats_test_settings(make_settings, [nats_server.url])) as opener:
         yield opener
@@ -151,13 +153,14 @@ async def _reachable(store: NatsPostbackStore) -> bool:
         return False
     try:
         await asyncio.wait_for(store.conn.js.stream_info(store.conn.layout.stream), 1)
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever fails, the server is not reachable yet
         return False
     return True
 
 
+@pytest.mark.usefixtures("small_tail")
 async def test_the_shared_reader_survives_a_server_restart(
-    make_settings: SettingsFactory, restartable_server: NatsServer, small_tail: None
+    make_settings: SettingsFactory, restartable_server: NatsServer
 ) -> None:
     settings = nats_test_settings(make_settings, [restartable_server.url])
     store = await NatsPostbackStore.open(settings)

@@ -50,6 +50,14 @@ class ParsedDelivery:
 
 def parse_delivery(body: bytes) -> ParsedDelivery:
     """Parse a webhook body, or raise MalformedDelivery."""
+    parsed = ParsedDelivery()
+    for entry in _entries(body):
+        _parse_entry(entry, parsed)
+    return parsed
+
+
+def _entries(body: bytes) -> list[Any]:
+    """The ``entry`` list of a webhook body, or raise MalformedDelivery."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
@@ -59,29 +67,31 @@ def parse_delivery(body: bytes) -> ParsedDelivery:
     entries = document.get("entry")
     if not isinstance(entries, list):
         raise MalformedDelivery("the body has no entry list")
-    parsed = ParsedDelivery()
-    for entry in entries:
-        if not isinstance(entry, dict):
-            parsed.skipped["invalid_entry"] += 1
+    return entries
+
+
+def _parse_entry(entry: object, parsed: ParsedDelivery) -> None:
+    """Add one entry's postbacks to ``parsed`` and count what it skips."""
+    if not isinstance(entry, dict):
+        parsed.skipped["invalid_entry"] += 1
+        return
+    changes = entry.get("changes")
+    if isinstance(changes, list):
+        parsed.skipped["changes"] += len(changes)
+    messaging = entry.get("messaging", [])
+    if not isinstance(messaging, list):
+        parsed.skipped["invalid_entry"] += 1
+        return
+    for item in messaging:
+        kind = _kind(item)
+        if kind != "postback":
+            parsed.skipped[kind] += 1
             continue
-        changes = entry.get("changes")
-        if isinstance(changes, list):
-            parsed.skipped["changes"] += len(changes)
-        messaging = entry.get("messaging", [])
-        if not isinstance(messaging, list):
-            parsed.skipped["invalid_entry"] += 1
-            continue
-        for item in messaging:
-            kind = _kind(item)
-            if kind != "postback":
-                parsed.skipped[kind] += 1
-                continue
-            postback = _postback(item, entry)
-            if postback is None:
-                parsed.skipped["invalid_postback"] += 1
-            else:
-                parsed.postbacks.append(postback)
-    return parsed
+        postback = _postback(item, entry)
+        if postback is None:
+            parsed.skipped["invalid_postback"] += 1
+        else:
+            parsed.postbacks.append(postback)
 
 
 def _kind(item: object) -> str:
@@ -109,7 +119,7 @@ def _text(value: object) -> str | None:
 
 def _id(value: object) -> str | None:
     text = _text(value)
-    return text if text else None
+    return text or None
 
 
 def _time_ms(*candidates: object) -> int:

@@ -45,11 +45,26 @@ async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
 
 def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
     """Serve the control API for ``sandbox`` on ``app``."""
+    control = _Control(sandbox)
+    app.router.add_get("/_sandbox/healthz", control.healthz)
+    app.router.add_get("/_sandbox/messages", control.messages)
+    app.router.add_post("/_sandbox/faults", control.add_fault)
+    app.router.add_get("/_sandbox/faults", control.list_faults)
+    app.router.add_delete("/_sandbox/faults", control.clear_faults)
+    app.router.add_post("/_sandbox/reset", control.reset)
+    app.router.add_post("/_sandbox/tap", control.tap)
 
-    async def healthz(_: web.Request) -> web.Response:
+
+class _Control:
+    """The control API's handlers, one per route, on one sandbox."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def messages(_: web.Request) -> web.Response:
+    async def messages(self, _: web.Request) -> web.Response:
         listing = [
             {
                 "message_id": r.message_id,
@@ -61,51 +76,41 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
                 "path": r.path,
                 "received_at": r.received_at,
             }
-            for r in sandbox.received
+            for r in self._sandbox.received
         ]
         return web.json_response({"messages": listing})
 
-    async def add_fault(request: web.Request) -> web.Response:
+    async def add_fault(self, request: web.Request) -> web.Response:
         data = await _json_object(request)
         if isinstance(data, web.Response):
             return data
-        unknown = sorted(set(data) - _FAULT_FIELDS)
-        if unknown:
-            return _error(400, f"unknown fault fields: {', '.join(unknown)}")
-        try:
-            fault = _FAULT_ADAPTER.validate_python(data)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'fault'}: {e['msg']}" for e in exc.errors()
-            )
-            return _error(400, f"invalid fault: {problems}")
-        sandbox.add_fault(fault)
+        fault = _parse_fault(data)
+        if isinstance(fault, web.Response):
+            return fault
+        self._sandbox.add_fault(fault)
         return web.Response(status=204)
 
-    async def list_faults(_: web.Request) -> web.Response:
-        listing = [{**asdict(fault), "remaining": left} for fault, left in sandbox.faults()]
+    async def list_faults(self, _: web.Request) -> web.Response:
+        listing = [{**asdict(fault), "remaining": left} for fault, left in self._sandbox.faults()]
         return web.json_response({"faults": listing})
 
-    async def clear_faults(_: web.Request) -> web.Response:
-        sandbox.clear_faults()
+    async def clear_faults(self, _: web.Request) -> web.Response:
+        self._sandbox.clear_faults()
         return web.Response(status=204)
 
-    async def reset(_: web.Request) -> web.Response:
-        sandbox.reset()
+    async def reset(self, _: web.Request) -> web.Response:
+        self._sandbox.reset()
         return web.Response(status=204)
 
-    async def tap(request: web.Request) -> web.Response:
+    async def tap(self, request: web.Request) -> web.Response:
         data = await _json_object(request)
         if isinstance(data, web.Response):
             return data
-        message_id = data.get("message_id")
-        index = data.get("button_index", 0)
-        if not isinstance(message_id, str) or not message_id:
-            return _error(400, "message_id (a non-empty string) is required")
-        if not isinstance(index, int) or isinstance(index, bool):
-            return _error(400, "button_index must be an integer")
+        args = _tap_args(data)
+        if isinstance(args, web.Response):
+            return args
         try:
-            result = await sandbox.tap(message_id, index)
+            result = await self._sandbox.tap(*args)
         except LookupError as exc:
             return _error(404, str(exc.args[0]) if exc.args else "unknown message")
         except ValueError as exc:
@@ -122,10 +127,28 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
             }
         )
 
-    app.router.add_get("/_sandbox/healthz", healthz)
-    app.router.add_get("/_sandbox/messages", messages)
-    app.router.add_post("/_sandbox/faults", add_fault)
-    app.router.add_get("/_sandbox/faults", list_faults)
-    app.router.add_delete("/_sandbox/faults", clear_faults)
-    app.router.add_post("/_sandbox/reset", reset)
-    app.router.add_post("/_sandbox/tap", tap)
+
+def _parse_fault(data: dict[str, Any]) -> Fault | web.Response:
+    """The Fault a POST /faults body describes, or the 400 response saying what is wrong."""
+    unknown = sorted(set(data) - _FAULT_FIELDS)
+    if unknown:
+        return _error(400, f"unknown fault fields: {', '.join(unknown)}")
+    try:
+        return _FAULT_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'fault'}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(400, f"invalid fault: {problems}")
+
+
+def _tap_args(data: dict[str, Any]) -> tuple[str, int] | web.Response:
+    """(message_id, button_index) of a POST /tap body, or the 400 response saying what is
+    wrong."""
+    message_id = data.get("message_id")
+    index = data.get("button_index", 0)
+    if not isinstance(message_id, str) or not message_id:
+        return _error(400, "message_id (a non-empty string) is required")
+    if not isinstance(index, int) or isinstance(index, bool):
+        return _error(400, "button_index must be an integer")
+    return message_id, index

@@ -79,7 +79,7 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         )
 
     async def ValidateButtonTemplate(
-        self, request: send_service_pb2.ValidateButtonTemplateRequest, context: Context
+        self, request: send_service_pb2.ValidateButtonTemplateRequest, _context: Context
     ) -> send_service_pb2.ValidateButtonTemplateResponse:
         """Validate without sending; return the Graph request that would be made."""
         _, graph_request = self._prepare(request)

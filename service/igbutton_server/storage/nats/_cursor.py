@@ -143,21 +143,29 @@ class BroadcastCursor:
             if inbox is None or inbox.gone:
                 await self._recover()
                 continue
-            self._event.clear()
-            while (taken := inbox.take_next(self._consumer_seq)) is not None:
-                msg, reply = taken
-                self._consumer_seq = reply.consumer_seq
-                self._start = Start.after(reply.stream_seq)
-                postback = decode(msg, reply)
-                if self._filter.matches(postback):
-                    return postback
-            if inbox.gone:
-                continue
-            inbox.check_alive()
-            if inbox.outstanding <= PAGE_SIZE // 2:
-                await inbox.pull(PAGE_SIZE - inbox.outstanding)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+            found = await self._from_consumer(inbox)
+            if found is not None:
+                return found
+
+    async def _from_consumer(self, inbox: PullInbox) -> StoredPostback | None:
+        """The next matching postback its own consumer has delivered; None after asking for
+        the next page and waiting for it (or when the consumer is gone)."""
+        self._event.clear()
+        while (taken := inbox.take_next(self._consumer_seq)) is not None:
+            msg, reply = taken
+            self._consumer_seq = reply.consumer_seq
+            self._start = Start.after(reply.stream_seq)
+            postback = decode(msg, reply)
+            if self._filter.matches(postback):
+                return postback
+        if inbox.gone:
+            return None
+        inbox.check_alive()
+        if inbox.outstanding <= PAGE_SIZE // 2:
+            await inbox.pull(PAGE_SIZE - inbox.outstanding)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+        return None
 
     def _from_tail(self) -> StoredPostback | None:
         """The next matching postback in the ring; None to wait (or, detached, to read a

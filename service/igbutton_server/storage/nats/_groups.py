@@ -195,7 +195,7 @@ class ExpiredDeadLetters:
             current = await self._ledger.current(consumer, stream_seq)
             if current is not None and current[0] == deliveries:
                 await self._ledger.settle(consumer, stream_seq, current[1])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the dead letter is reported regardless
             log.warning("cannot settle a dead-lettered delivery in the ledger: %s", exc)
         dead_letters.report(group, (stream_seq,), "its last attempt expired")
 
@@ -417,7 +417,7 @@ class NatsGroupMember:
             await conn.js.consumer_info(conn.layout.stream, self.consumer)
         except NotFoundError:
             return True
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any other failure: not known to be deleted
             log.info("group %s consumer unreachable: %s", self.group, exc)
         return False
 
@@ -430,7 +430,7 @@ class NatsGroupMember:
             try:
                 await self._ledger.record(self.consumer, reply.stream_seq, reply.delivered)
                 return True
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever failed, retry, then give it back
                 if self._closed or time.monotonic() + delay > give_up:
                     log.warning("cannot record a delivery (%s); it goes back to the group", exc)
                     return False

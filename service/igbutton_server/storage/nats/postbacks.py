@@ -159,6 +159,36 @@ class _Outcome:
             self.duplicates += 1
 
 
+def _needs_retry(
+    postback: NewPostback, future: asyncio.Future[dict[str, object]], outcome: _Outcome
+) -> bool:
+    """Count one publish's answer in ``outcome``; True if it is to be published again.
+    Raises if JetStream refused it for good."""
+    if future.cancelled():
+        outcome.unanswered.add((postback.account_id, postback.mid))
+        return True
+    error = future.exception()
+    if isinstance(error, _Retry):
+        return True
+    if error is not None:
+        raise error
+    answer = future.result()
+    if "error" in answer:
+        err = answer["error"]
+        assert isinstance(err, dict)
+        if err.get("err_code") in WRONG_LAST_SEQUENCE:
+            outcome.already_stored(postback)  # in the log, however long ago
+        elif int(err.get("code", 0)) >= 500:
+            return True
+        else:
+            raise OSError(f"NATS refused a postback: {err.get('description')}")
+    elif answer.get("duplicate"):
+        outcome.already_stored(postback)
+    else:
+        outcome.stored += 1
+    return False
+
+
 class NatsPostbackStore:
     """PostbackStore on NATS JetStream. Build with :meth:`open`."""
 
@@ -231,9 +261,28 @@ class NatsPostbackStore:
         self, batch: list[NewPostback], outcome: _Outcome, deadline: float
     ) -> list[NewPostback]:
         """Publish every postback once; return those to try again."""
+        futures = await self._publish_each(batch, outcome)
+        if futures is None:
+            return batch
+        if futures:
+            wait = min(max(deadline - time.monotonic(), 0.05), PUBACK_WAIT_SECONDS)
+            _, late = await asyncio.wait(futures, timeout=wait)
+            if late:
+                log.info("no PubAck in time for %d postbacks; publishing them again", len(late))
+            self._publisher.forget(list(late))
+        return [
+            postback
+            for postback, future in zip(batch, futures, strict=True)
+            if _needs_retry(postback, future, outcome)
+        ]
+
+    async def _publish_each(
+        self, batch: list[NewPostback], outcome: _Outcome
+    ) -> list[asyncio.Future[dict[str, object]]] | None:
+        """Publish every postback, in order, without waiting for the PubAcks: their futures,
+        or None if the connection failed (then the whole batch is to be tried again)."""
         layout = self.conn.layout
         futures: list[asyncio.Future[dict[str, object]]] = []
-        retry: list[NewPostback] = []
         for postback in batch:
             try:
                 futures.append(
@@ -253,39 +302,8 @@ class NatsPostbackStore:
                 # before it went down may have been stored.
                 outcome.unanswered.update((p.account_id, p.mid) for p in batch[: len(futures)])
                 self._publisher.forget(futures)
-                return batch
-        if futures:
-            wait = min(max(deadline - time.monotonic(), 0.05), PUBACK_WAIT_SECONDS)
-            _, late = await asyncio.wait(futures, timeout=wait)
-            if late:
-                log.info("no PubAck in time for %d postbacks; publishing them again", len(late))
-            self._publisher.forget(list(late))
-        for postback, future in zip(batch, futures, strict=True):
-            if future.cancelled():
-                outcome.unanswered.add((postback.account_id, postback.mid))
-                retry.append(postback)
-                continue
-            error = future.exception()
-            if isinstance(error, _Retry):
-                retry.append(postback)
-                continue
-            if error is not None:
-                raise error
-            answer = future.result()
-            if "error" in answer:
-                err = answer["error"]
-                assert isinstance(err, dict)
-                if err.get("err_code") in WRONG_LAST_SEQUENCE:
-                    outcome.already_stored(postback)  # in the log, however long ago
-                elif int(err.get("code", 0)) >= 500:
-                    retry.append(postback)
-                else:
-                    raise OSError(f"NATS refused a postback: {err.get('description')}")
-            elif answer.get("duplicate"):
-                outcome.already_stored(postback)
-            else:
-                outcome.stored += 1
-        return retry
+                return None
+        return futures
 
     async def subscribe(self, flt: Filter, start: Start) -> BroadcastCursor:
         """See PostbackStore.subscribe."""
@@ -294,7 +312,8 @@ class NatsPostbackStore:
         self._cursors.add(cursor)
         return cursor
 
-    async def prune(self, older_than_ms: int) -> int:
+    # The argument keeps its name: PostbackStore.prune may be called with it by keyword.
+    async def prune(self, older_than_ms: int) -> int:  # noqa: ARG002
         """See PostbackStore.prune: the stream's max_age expires postbacks on its own."""
         self._check_open()
         return 0

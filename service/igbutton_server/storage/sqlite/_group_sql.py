@@ -121,7 +121,48 @@ def claim(
     flt, position, max_attempts = filter_from_json(row[0]), int(row[1]), int(row[2])
     deliveries: list[Delivery] = []
     dead: list[int] = []
+    _claim_expired(
+        conn,
+        group,
+        member,
+        deliveries,
+        dead,
+        limit=limit,
+        max_attempts=max_attempts,
+        deadline_ms=deadline_ms,
+        now_ms=now_ms,
+    )
+    more = _claim_new(
+        conn,
+        group,
+        member,
+        flt,
+        deliveries,
+        position=position,
+        limit=limit,
+        deadline_ms=deadline_ms,
+    )
+    next_deadline, unacked = conn.execute(
+        "SELECT MIN(deadline_ms), COUNT(*) FROM postback_group_pending WHERE group_name = ?",
+        (group,),
+    ).fetchone()
+    return Claim(deliveries, tuple(dead), next_deadline, int(unacked), more)
 
+
+def _claim_expired(
+    conn: sqlite3.Connection,
+    group: str,
+    member: str,
+    deliveries: list[Delivery],
+    dead: list[int],
+    *,
+    limit: int,
+    max_attempts: int,
+    deadline_ms: int,
+    now_ms: int,
+) -> None:
+    """Add expired or nacked deliveries to ``deliveries`` (up to ``limit``), their attempt
+    counted; those past the group's maximum attempts are dead-lettered into ``dead``."""
     while len(deliveries) < limit:
         expired = conn.execute(
             "SELECT seq, attempt FROM postback_group_pending"
@@ -129,7 +170,7 @@ def claim(
             (group, now_ms, limit - len(deliveries)),
         ).fetchall()
         if not expired:
-            break
+            return
         for seq, attempt in expired:
             postback = _fetch(conn, seq)
             if postback is None:  # pruned meanwhile
@@ -149,6 +190,21 @@ def claim(
                 )
                 deliveries.append(Delivery(postback, ack_id, attempt + 1))
 
+
+def _claim_new(
+    conn: sqlite3.Connection,
+    group: str,
+    member: str,
+    flt: Filter,
+    deliveries: list[Delivery],
+    *,
+    position: int,
+    limit: int,
+    deadline_ms: int,
+) -> bool:
+    """Add new postbacks after the group's ``position`` that pass its filter to
+    ``deliveries`` (up to ``limit``) and move the position past what was scanned. True if
+    the scan stopped at its limit (there may be more)."""
     scanned = 0
     more = False
     while len(deliveries) < limit and not more:
@@ -173,12 +229,7 @@ def claim(
                 more = True
                 break
     conn.execute("UPDATE postback_groups SET position = ? WHERE name = ?", (position, group))
-
-    next_deadline, unacked = conn.execute(
-        "SELECT MIN(deadline_ms), COUNT(*) FROM postback_group_pending WHERE group_name = ?",
-        (group,),
-    ).fetchone()
-    return Claim(deliveries, tuple(dead), next_deadline, int(unacked), more)
+    return more
 
 
 @dataclass(frozen=True)

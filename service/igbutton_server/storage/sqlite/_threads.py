@@ -120,7 +120,7 @@ class SqliteWriter:
         try:
             conn = connect(self._path, readonly=False)
             self._setup(conn)
-        except BaseException as exc:  # reported to start()
+        except BaseException as exc:  # noqa: BLE001 - reported to start(), which raises it
             self._start_error = exc
             self._started.set()
             return
@@ -156,7 +156,7 @@ class SqliteWriter:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.work(conn)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - handed to the job's caller
                     # A job's own failure (a bug, or a constraint) must not sink the batch.
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")

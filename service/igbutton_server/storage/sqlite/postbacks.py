@@ -137,7 +137,9 @@ class SqlitePostbackStore:
         self._cursors.add(cursor)
         return cursor
 
-    async def _read_page(self, after: int) -> list[StoredPostback]:
+    async def read_page(self, after: int) -> list[StoredPostback]:
+        """The next page of the log after ``after``, from the tail in memory when it holds
+        it. For this module's subscriptions; not part of PostbackStore."""
         if after >= self._tail_floor:
             return self._tail_page(after)
         return await self._readers.run(lambda conn: sql.read_page(conn, after))
@@ -184,9 +186,9 @@ class SqlitePostbackStore:
         metrics.GROUPS.set(len(self._members))
         return member
 
-    async def _claim(
-        self, member: _SqliteGroupMember, limit: int, deadline_ms: int
-    ) -> groups.Claim:
+    async def claim(self, member: _SqliteGroupMember, limit: int, deadline_ms: int) -> groups.Claim:
+        """Claim up to ``limit`` deliveries for ``member`` until ``deadline_ms``. For this
+        module's group members; not part of PostbackStore."""
         claim = await self._writer.run(
             lambda conn: groups.claim(conn, member.group, member.id, limit, deadline_ms, _now_ms())
         )
@@ -216,7 +218,9 @@ class SqlitePostbackStore:
         self._check_open()
         return await self._readers.run(lambda conn: groups.group_info(conn, group))
 
-    def _forget(self, cursor: _SqliteSubscription | _SqliteGroupMember) -> None:
+    def forget(self, cursor: _SqliteSubscription | _SqliteGroupMember) -> None:
+        """A subscription or group member closed: stop waking it. For this module's
+        cursors; not part of PostbackStore."""
         if isinstance(cursor, _SqliteSubscription):
             self._cursors.discard(cursor)
         else:
@@ -265,7 +269,7 @@ class _SqliteSubscription:
             # Cleared before reading, so an append that lands during the read wakes us.
             self._wake.clear()
             try:
-                page = await self._store._read_page(self._position)
+                page = await self._store.read_page(self._position)
             except StoreClosed:
                 raise StopAsyncIteration from None
             if page:
@@ -280,7 +284,7 @@ class _SqliteSubscription:
         self._closed = True
         self._buffer.clear()
         self._wake.set()
-        self._store._forget(self)
+        self._store.forget(self)
 
 
 class _SqliteGroupMember:
@@ -326,7 +330,7 @@ class _SqliteGroupMember:
             if free > 0:
                 deadline_ms = now_ms + int(self.options.ack_deadline * 1000)
                 try:
-                    claim = await self._store._claim(self, free, deadline_ms)
+                    claim = await self._store.claim(self, free, deadline_ms)
                 except StoreClosed:
                     raise StopAsyncIteration from None
                 for delivery in claim.deliveries:
@@ -349,4 +353,4 @@ class _SqliteGroupMember:
         self._closed = True
         self._buffer.clear()
         self._wake.set()
-        self._store._forget(self)
+        self._store.forget(self)
