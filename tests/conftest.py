@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,22 @@ from igbutton_server.config import Settings
 from tests.nats_servers import NatsCluster, NatsServer
 
 SettingsFactory = Callable[..., Settings]
+AppFactory = Callable[..., Awaitable[App]]
+
+
+@contextlib.asynccontextmanager
+async def starting_apps(settings: SettingsFactory) -> AsyncIterator[AppFactory]:
+    """``await start(**overrides)`` starts an App on ``settings(**overrides)``; every App it
+    started is stopped on exit (App.stop is idempotent, so a test may stop one itself)."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> App:
+            app = App(settings(**overrides))
+            stack.push_async_callback(app.stop)
+            await app.start()
+            return app
+
+        yield start
 
 
 @pytest.fixture

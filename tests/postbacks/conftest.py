@@ -17,6 +17,7 @@ import pytest
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
 from igbutton_server.app import App
+from igbutton_server.config import Settings
 from igbutton_server.postbacks.webhook import SIGNATURE_HEADER, sign
 from igbutton_server.storage.postbacks import (
     Filter,
@@ -25,7 +26,7 @@ from igbutton_server.storage.postbacks import (
     Start,
     StoredPostback,
 )
-from tests.conftest import SettingsFactory
+from tests.conftest import AppFactory, SettingsFactory, starting_apps
 
 T = TypeVar("T")
 
@@ -129,25 +130,17 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-AppFactory = Callable[..., Awaitable[App]]
-
-
 @pytest.fixture
 async def start_app(engine_settings: SettingsFactory) -> AsyncIterator[AppFactory]:
     """Start Apps with ``await start_app(**overrides)`` on the test's ``engine`` (the same
     SQLite file, or the same streams, each time unless overridden); every App still running
     at the end is stopped."""
-    started: list[App] = []
 
-    async def start(**overrides: Any) -> App:
-        instance = App(engine_settings(**_merge(postback_overrides(), overrides)))
-        await instance.start()
-        started.append(instance)
-        return instance
+    def settings(**overrides: Any) -> Settings:
+        return engine_settings(**_merge(postback_overrides(), overrides))
 
-    yield start
-    for instance in reversed(started):
-        await instance.stop()
+    async with starting_apps(settings) as start:
+        yield start
 
 
 @pytest.fixture

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from igbutton_server.app import App
-from tests.conftest import SettingsFactory
-
-AppFactory = Callable[..., Awaitable[App]]
+from tests.conftest import AppFactory, SettingsFactory, starting_apps
 
 
 @pytest.fixture
 async def start_app(make_settings: SettingsFactory) -> AsyncIterator[AppFactory]:
     """Start Apps with setting overrides; every one still running is stopped at the end."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(**overrides: Any) -> App:
-            app = App(make_settings(**overrides))
-            stack.push_async_callback(app.stop)
-            await app.start()
-            return app
-
+    async with starting_apps(make_settings) as start:
         yield start
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from igbutton.v1 import (
 )
 from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
 from igbutton_server.sandbox import Sandbox
-from tests.conftest import SettingsFactory
+from tests.conftest import AppFactory, SettingsFactory, starting_apps
 
 ACCOUNT = SANDBOX_ACCOUNT_ID
 RECIPIENT = "1234567890123456"
@@ -111,20 +111,10 @@ def details(error: grpc.aio.AioRpcError) -> Details:
     )
 
 
-AppFactory = Callable[..., Awaitable[App]]
-
-
 @pytest.fixture
 async def start_app(make_settings: SettingsFactory) -> AsyncIterator[AppFactory]:
     """Start Apps with setting overrides; every one is stopped at the end of the test."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(**overrides: Any) -> App:
-            app = App(make_settings(**overrides))
-            stack.push_async_callback(app.stop)
-            await app.start()
-            return app
-
+    async with starting_apps(make_settings) as start:
         yield start
 
 

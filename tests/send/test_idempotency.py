@@ -4,10 +4,8 @@ every engine; and the IdempotencyStore contract every engine passes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -20,7 +18,7 @@ from igbutton_server.send.outcome import SendResult, outcome_unknown
 from igbutton_server.storage.backends import open_storage
 from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, starting_apps
 from tests.send.conftest import ACCOUNT, RECIPIENT, AppFactory, details, send_request, stub_for
 
 RID = "123e4567-e89b-12d3-a456-426614174000"
@@ -30,14 +28,7 @@ RID = "123e4567-e89b-12d3-a456-426614174000"
 async def start_app(engine_settings: SettingsFactory) -> AsyncIterator[AppFactory]:
     """Start Apps on the test's ``engine`` (the same SQLite file, or the same KV bucket, each
     time); every one is stopped at the end of the test."""
-    async with contextlib.AsyncExitStack() as stack:
-
-        async def start(**overrides: Any) -> App:
-            app = App(engine_settings(**overrides))
-            stack.push_async_callback(app.stop)
-            await app.start()
-            return app
-
+    async with starting_apps(engine_settings) as start:
         yield start
 
 
