@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from igbutton.v1 import errors_pb2
+from igbutton_server import logs
 from igbutton_server.config import Caller
 from igbutton_server.errors import ApiError
 
@@ -76,6 +77,8 @@ class CallerAuth:
         self._callers = [
             (c, _digest(c.token.get_secret_value() if c.token else "")) for c in callers
         ]
+        # Anyone who reaches the port can cause this line: at most a few a minute.
+        self._refusals = logs.RateLimitedLog(log)
 
     @property
     def enabled(self) -> bool:
@@ -101,7 +104,12 @@ class CallerAuth:
         """Record the call's caller, or end the call UNAUTHENTICATED (abort raises)."""
         caller = self.identify(context.invocation_metadata())
         if caller is None:
-            log.info("caller not authenticated", extra={"method": method})
+            self._refusals.log(
+                logging.INFO,
+                "caller_unauthenticated",
+                "caller not authenticated",
+                extra={"method": method},
+            )
             await context.abort_with_status(_UNAUTHENTICATED.to_status())
         # The call's own task: the servicer it runs next sees this value.
         current_caller.set(caller)

@@ -11,8 +11,11 @@ process with a message naming the setting.
 
 from __future__ import annotations
 
+import contextvars
+import json
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -27,9 +30,10 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
+    SettingsError,
 )
 
 # Meta retired v20.0 on 2026-09-24; v21.0 to v26.0 are current (instagram-platform.md).
@@ -39,8 +43,33 @@ ACCOUNT_ID_RE = re.compile(r"^[0-9A-Za-z_.-]{1,64}$")
 """An IG ID as igbutton accepts it, in configuration and in requests."""
 
 
+CONFIG_FILE_VARIABLE = "IGBUTTON_CONFIG_FILE"
+"""The environment variable naming the TOML configuration file."""
+
+
 class ConfigError(Exception):
-    """The configuration is invalid; the message names every bad setting."""
+    """The configuration is invalid; the message, one line, names every bad setting."""
+
+
+# The file given to Settings.load (``--config``); it wins over IGBUTTON_CONFIG_FILE.
+_config_file: contextvars.ContextVar[tuple[Path, str] | None] = contextvars.ContextVar(
+    "config_file", default=None
+)
+
+
+def _read_config_file(path: Path, named_by: str) -> dict[str, Any]:
+    """The TOML file's settings; a file that was named must exist, be readable and parse."""
+    where = f"config file {path} (named by {named_by})"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text: byte {exc.start}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
 
 
 def _read_secret_file(path: Path, what: str) -> str:
@@ -400,22 +429,33 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("IGBUTTON_CONFIG_FILE")
-        if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        named = _config_file.get()
+        if named is None and os.environ.get(CONFIG_FILE_VARIABLE):
+            named = (Path(os.environ[CONFIG_FILE_VARIABLE]), CONFIG_FILE_VARIABLE)
+        if named is not None:
+            # Read here, not by pydantic-settings' TOML source: that one takes a missing
+            # file for an empty one, and a misspelt name would drop every setting in it.
+            values = _read_config_file(*named)
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=values))
         return tuple(sources)
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
-        """Read and validate the configuration, or raise ConfigError naming each problem."""
-        if config_file is not None:
-            if not config_file.is_file():
-                raise ConfigError(f"config file {config_file} does not exist")
-            os.environ["IGBUTTON_CONFIG_FILE"] = str(config_file)
+        """Read and validate the configuration, or raise ConfigError naming each problem.
+
+        ``config_file`` (``--config``) wins over ``IGBUTTON_CONFIG_FILE``; a file named
+        either way that is missing, unreadable or not TOML is an error, as is an
+        environment variable that should hold JSON and does not.
+        """
+        token = _config_file.set(None if config_file is None else (config_file, "--config"))
         try:
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
+        except SettingsError as exc:
+            raise ConfigError(_describe_source_error(exc)) from None
+        finally:
+            _config_file.reset(token)
 
     def account(self, account_id: str) -> Account | None:
         """The configured account with this IG ID, if any."""
@@ -423,9 +463,23 @@ class Settings(BaseSettings):
 
 
 def _describe(exc: ValidationError) -> str:
-    lines = ["invalid configuration:"]
+    problems = []
     for err in exc.errors(include_url=False, include_input=False):
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         env = "IGBUTTON_" + "__".join(str(p) for p in err["loc"] if isinstance(p, str)).upper()
-        lines.append(f"  {where} ({env}): {err['msg']}")
-    return "\n".join(lines)
+        problems.append(f"{where} ({env}): {err['msg']}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def _describe_source_error(exc: SettingsError) -> str:
+    """Name the environment variable pydantic-settings could not parse as JSON."""
+    cause = exc.__cause__
+    if isinstance(cause, json.JSONDecodeError):
+        names = sorted(
+            name
+            for name, value in os.environ.items()
+            if name.upper().startswith("IGBUTTON_") and value == cause.doc
+        )
+        if names:
+            return f"{' and '.join(names)}: not valid JSON ({cause})"
+    return f"invalid configuration: {exc}" + (f" ({cause})" if cause is not None else "")

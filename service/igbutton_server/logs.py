@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from igbutton_server.config import LogSettings
@@ -53,3 +56,88 @@ def configure(settings: LogSettings) -> None:
     root.setLevel(settings.level)
     # aiohttp logs every request at INFO; that is metrics' job, not the log's.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+@dataclass
+class _Window:
+    start: float
+    logged: int = 0
+    suppressed: int = 0
+    level: int = logging.NOTSET
+    summary_due: asyncio.TimerHandle | None = None
+
+
+class RateLimitedLog:
+    """At most ``limit`` lines of one kind per ``interval`` seconds, for lines a client can
+    cause at will (refused calls and webhooks), so a flood cannot flood the log.
+
+    Lines over the limit are counted, not written; one line "suppressed K similar lines"
+    reports them when the interval ends (a timer on the running event loop) or, outside an
+    event loop, with the kind's next line. Every line carries ``kind``. Kinds are a few
+    fixed names chosen by the code, never values from a request: each keeps a window.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        limit: int = 10,
+        interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._limit = limit
+        self._interval = interval
+        self._clock = clock
+        self._windows: dict[str, _Window] = {}
+
+    def log(
+        self,
+        level: int,
+        kind: str,
+        msg: str,
+        *args: object,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        """Log ``msg % args`` at ``level`` unless ``kind`` is over its limit."""
+        if not self._logger.isEnabledFor(level):
+            return
+        now = self._clock()
+        window = self._windows.get(kind)
+        if window is not None and now - window.start >= self._interval:
+            self._summarise(kind)
+            window = None
+        if window is None:
+            window = self._windows[kind] = _Window(start=now)
+        if window.logged < self._limit:
+            window.logged += 1
+            self._logger.log(level, msg, *args, extra={"kind": kind, **(extra or {})})
+            return
+        window.suppressed += 1
+        window.level = max(window.level, level)
+        if window.summary_due is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no event loop: the kind's next line reports them
+            delay = max(0.0, window.start + self._interval - now)
+            # An empty context: the summary is no one call's line (no call_id).
+            window.summary_due = loop.call_later(
+                delay, self._summarise, kind, context=contextvars.Context()
+            )
+
+    def _summarise(self, kind: str) -> None:
+        window = self._windows.pop(kind, None)
+        if window is None:
+            return
+        if window.summary_due is not None:
+            window.summary_due.cancel()
+        if window.suppressed:
+            self._logger.log(
+                window.level,
+                "suppressed %d similar lines (%s) in %.0f s",
+                window.suppressed,
+                kind,
+                self._interval,
+                extra={"kind": kind, "suppressed": window.suppressed},
+            )

@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC core writes its own plain-text lines to stderr ("I1201 ... ssl_transport_security.cc
+# ... Handshake failed" for each failed TLS handshake, "E... add_port.cc" ...). The installed
+# grpcio logs through absl and offers no hook to route them into logging; it reads
+# GRPC_VERBOSITY once, when grpc is imported (setting it later does nothing). So, unless the
+# operator asks for gRPC's logs or traces, it is silenced here, before any grpc import, and
+# stderr carries only igbutton's lines. (ERROR would still let plain-text lines through.)
+if not os.environ.get("GRPC_VERBOSITY") and not os.environ.get("GRPC_TRACE"):
+    os.environ["GRPC_VERBOSITY"] = "NONE"
+
 import argparse
 import asyncio
 import json

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from igbutton_server import metrics
+from igbutton_server import logs, metrics
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
 from igbutton_server.storage.postbacks import PostbackStore
@@ -57,6 +57,8 @@ class Webhook:
         self._settings = settings
         self._store = store
         self._secrets = settings.secrets()
+        # Refusals are caused by whoever reaches the port: at most a few lines a minute each.
+        self._refusals = logs.RateLimitedLog(log)
         token = settings.verify_token
         self._verify_token = None if token is None else token.get_secret_value().encode()
         if settings.allow_unsigned:
@@ -89,7 +91,9 @@ class Webhook:
             log.info("webhook verification handshake accepted")
             return web.Response(text=challenge)
         metrics.WEBHOOKS.labels(result="handshake_denied").inc()
-        log.warning("webhook verification handshake refused")
+        self._refusals.log(
+            logging.WARNING, "handshake_denied", "webhook verification handshake refused"
+        )
         return _error(403, "verification failed")
 
     async def receive(self, request: web.Request) -> web.Response:
@@ -98,25 +102,31 @@ class Webhook:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             metrics.WEBHOOKS.labels(result="too_large").inc()
-            log.warning("webhook body over webhook.max_body_bytes refused")
+            self._refusals.log(
+                logging.WARNING, "too_large", "webhook body over webhook.max_body_bytes refused"
+            )
             return _error(413, "body too large")
 
         if not self._settings.allow_unsigned:
             header = request.headers.get(SIGNATURE_HEADER)
             if header is None:
                 metrics.WEBHOOKS.labels(result="unsigned").inc()
-                log.warning("unsigned webhook POST refused")
+                self._refusals.log(logging.WARNING, "unsigned", "unsigned webhook POST refused")
                 return _error(401, "signature required")
             if not signature_matches(body, header, self._secrets):
                 metrics.WEBHOOKS.labels(result="bad_signature").inc()
-                log.warning("webhook POST with a wrong signature refused")
+                self._refusals.log(
+                    logging.WARNING, "bad_signature", "webhook POST with a wrong signature refused"
+                )
                 return _error(403, "invalid signature")
 
         try:
             delivery = parse_delivery(body)
         except MalformedDelivery as exc:
             metrics.WEBHOOKS.labels(result="malformed").inc()
-            log.warning("malformed webhook delivery refused: %s", exc)
+            self._refusals.log(
+                logging.WARNING, "malformed", "malformed webhook delivery refused: %.200s", exc
+            )
             return _error(400, str(exc))
 
         for kind, count in delivery.skipped.items():
