@@ -240,6 +240,7 @@ class App:
             self.postback_store,
             retention=self.settings.postbacks.retention_seconds,
             interval=self.settings.postbacks.prune_interval_seconds,
+            group_idle_retention=self.settings.postbacks.group_idle_retention_seconds,
         )
         self._pruner.start()
 

@@ -336,6 +336,12 @@ class PostbackSettings(_Section):
     """Deliveries before an unacknowledged postback is dead-lettered."""
     default_max_unacked: int = Field(default=100, ge=1, le=10000)
     """Per-member cap on unacknowledged postbacks when a subscription sets none."""
+    max_groups_per_caller: int = Field(default=100, ge=1, le=100_000)
+    """Most consumer groups one caller (in open mode: everyone) may have; joining a new
+    group beyond it is refused with RESOURCE_EXHAUSTED."""
+    group_idle_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    """A group with no member connected that nobody joined or acknowledged in for this
+    long is deleted (checked every ``prune_interval_seconds``)."""
 
 
 class SandboxSettings(_Section):

@@ -19,7 +19,12 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from igbutton.v1 import errors_pb2
-from igbutton_server.storage.postbacks import GroupFilterMismatch, StoreClosed
+from igbutton_server.storage.postbacks import (
+    GroupFilterMismatch,
+    StoreClosed,
+    TooManyGroups,
+    split_group_key,
+)
 
 ERROR_DOMAIN = "igbutton"
 _REASON_PREFIX = "ERROR_REASON_"
@@ -159,16 +164,35 @@ class ShuttingDown(ApiError):
 
 
 def _group_filter_mismatch(exc: GroupFilterMismatch) -> InvalidRequest:
+    # The group is of the caller's own scope (the API joins only there), so its filters
+    # are the caller's own; the message names the group as the caller did, not its key.
     accounts = ", ".join(sorted(exc.existing.account_ids)) or "all"
     prefix = exc.existing.payload_prefix or "(none)"
+    name = split_group_key(exc.group)[1]
     return InvalidRequest(
         [
             FieldViolation(
                 "group",
-                f"group {exc.group} exists with other filters: account_ids {accounts}, "
+                f"group {name} exists with other filters: account_ids {accounts}, "
                 f"payload_prefix {prefix}; members of a group must use the same filters",
             )
         ]
+    )
+
+
+def _too_many_groups(exc: TooManyGroups) -> ApiError:
+    name = split_group_key(exc.group)[1]
+    description = (
+        f"group {name} not created: this caller has {exc.limit} groups already, the most "
+        "postbacks.max_groups_per_caller allows; reuse a group, or wait until an idle "
+        "one is removed (postbacks.group_idle_retention_seconds)"
+    )
+    return ApiError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        R.ERROR_REASON_INVALID_REQUEST,
+        description,
+        metadata={"limit": str(exc.limit)},
+        violations=[FieldViolation("group", description)],
     )
 
 
@@ -180,4 +204,6 @@ def api_error(exc: Exception) -> ApiError | None:
         return ShuttingDown()
     if isinstance(exc, GroupFilterMismatch):
         return _group_filter_mismatch(exc)
+    if isinstance(exc, TooManyGroups):
+        return _too_many_groups(exc)
     return None

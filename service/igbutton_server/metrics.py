@@ -2,10 +2,14 @@
 
 Label values are bounded sets (method names, status codes, Graph error codes, configured
 account ids); nothing a caller controls freely becomes a label, and no token ever does.
+Group labels are store group keys (``[<scope>/]<name>``) of groups that exist: each scope
+holds at most ``postbacks.max_groups_per_caller`` groups, and a group's series are removed
+with it (``forget_group``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -115,6 +119,13 @@ REDELIVERIES = Counter(
     "Group deliveries sent again (ack deadline passed or nack), per group.",
     ["group"],
 )
+
+
+def forget_group(group: str) -> None:
+    """Remove a deleted group's series (its unacked, dead-letter and redelivery counts)."""
+    for metric in (UNACKED, DEAD_LETTERED, REDELIVERIES):
+        with contextlib.suppress(KeyError):
+            metric.remove(group)
 
 
 def record_usage_headers(account: str, app_usage: str | None, business_usage: str | None) -> None:

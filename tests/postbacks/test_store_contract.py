@@ -28,6 +28,9 @@ from igbutton_server.storage.postbacks import (
     Start,
     StoreClosed,
     StoredPostback,
+    TooManyGroups,
+    caller_scope,
+    group_key,
 )
 from tests.conftest import SettingsFactory
 from tests.postbacks.conftest import WAIT, eventually
@@ -461,3 +464,103 @@ async def test_group_state_survives_a_restart(reopen: Reopen) -> None:
     after = await take(member, 3)
     by_mid = {d.postback.mid: d.attempt for d in after}
     assert by_mid == {"m4": 1, "m2": 2, "m3": 2}
+
+
+# --- group scopes, limits and deletion ---
+
+
+def unacked_metric(group: str) -> float | None:
+    """The unacked gauge of ``group``, or None when it has no series."""
+    return REGISTRY.get_sample_value("igbutton_postbacks_unacked", {"group": group})
+
+
+def fresh_scope() -> str:
+    """A scope no other test uses (the metric registry is process-global)."""
+    return caller_scope(f"caller-{uuid.uuid4()}")
+
+
+async def test_each_scope_has_its_own_group_names(store: PostbackStore) -> None:
+    a, b = group_key(fresh_scope(), "g"), group_key(fresh_scope(), "g")
+    a_filter = Filter(account_ids=frozenset({"acct-a"}))
+    b_filter = Filter(account_ids=frozenset({"acct-b"}), payload_prefix="B:")
+    a_member = await store.join_group(a, a_filter, Start.latest(), options())
+    b_member = await store.join_group(b, b_filter, Start.latest(), options())  # not refused
+    await store.append([new(1, account="acct-a"), new(2, account="acct-b", payload="B:2")])
+    assert (await next_of(a_member)).postback.mid == "m1"
+    assert (await next_of(b_member)).postback.mid == "m2"  # never A's m1
+    with pytest.raises(GroupFilterMismatch) as caught:
+        await store.join_group(b, Filter(), Start.latest(), options())
+    assert caught.value.existing == b_filter  # its own scope's filter, nothing of A's
+    info_a, info_b = await store.group_info(a), await store.group_info(b)
+    assert info_a is not None
+    assert info_a.filter == a_filter
+    assert info_b is not None
+    assert info_b.filter == b_filter
+    assert await store.group_info("g") is None  # the open scope has none of them
+
+
+async def test_a_scope_holds_at_most_max_groups(store: PostbackStore) -> None:
+    scope, other = fresh_scope(), fresh_scope()
+    for name in ("g1", "g2"):
+        await store.join_group(group_key(scope, name), Filter(), Start.latest(), options(), 2)
+    with pytest.raises(TooManyGroups):
+        await store.join_group(group_key(scope, "g3"), Filter(), Start.latest(), options(), 2)
+    assert await store.group_info(group_key(scope, "g3")) is None
+    # An existing group may always be joined, and other scopes have their own count.
+    await store.join_group(group_key(scope, "g1"), Filter(), Start.latest(), options(), 2)
+    await store.join_group(group_key(other, "g1"), Filter(), Start.latest(), options(), 2)
+    await store.join_group("g1", Filter(), Start.latest(), options(), 2)
+    await store.join_group("g2", Filter(), Start.latest(), options(), 2)
+    with pytest.raises(TooManyGroups):
+        await store.join_group("g3", Filter(), Start.latest(), options(), 2)
+    # Deleting one makes room.
+    assert await store.delete_group(group_key(scope, "g2"))
+    await store.join_group(group_key(scope, "g3"), Filter(), Start.latest(), options(), 2)
+
+
+async def test_delete_group_removes_it_and_ends_its_members(store: PostbackStore) -> None:
+    group = group_key(fresh_scope(), "doomed")
+    member = await store.join_group(group, Filter(), Start.latest(), options(ack_deadline=60))
+    await store.append([new(1)])
+    held = await next_of(member)
+    await store.group_info(group)  # every engine has set the gauge by now
+    assert unacked_metric(group) == 1
+    assert await store.delete_group(group)
+    with pytest.raises(StopAsyncIteration):
+        await next_of(member)
+    assert await store.group_info(group) is None
+    assert unacked_metric(group) is None  # its series went with it
+    assert not await store.delete_group(group)
+    # Made again under the same name it starts afresh: nothing pending, old ids unknown.
+    again = await store.join_group(group, Filter(), Start.latest(), options())
+    assert (await store.ack(group, [held.ack_id], [])).unknown == (held.ack_id,)
+    await store.append([new(2)])
+    assert (await next_of(again)).postback.mid == "m2"
+    info = await store.group_info(group)
+    assert info is not None
+    assert (info.unacked, info.dead_lettered) == (1, 0)
+
+
+async def test_acks_for_a_group_that_does_not_exist_leave_no_metric(store: PostbackStore) -> None:
+    group = group_key(fresh_scope(), "made-up")
+    assert (await store.ack(group, ["x"], [])).unknown == ("x",)
+    assert unacked_metric(group) is None
+
+
+async def test_idle_groups_are_deleted_and_groups_in_use_are_not(store: PostbackStore) -> None:
+    scope = fresh_scope()
+    busy, idle = group_key(scope, "busy"), group_key(scope, "idle")
+    member = await store.join_group(busy, Filter(), Start.latest(), options())
+    left = await store.join_group(idle, Filter(), Start.latest(), options())
+    await left.close()
+    now_ms = int(time.time() * 1000)
+    # Nothing was idle a minute ago: both were joined since.
+    assert await store.delete_idle_groups(now_ms - 60_000) == []
+    # Idle since a moment from now: every group without a member.
+    deleted = await store.delete_idle_groups(now_ms + 1000)
+    assert idle in deleted
+    assert busy not in deleted
+    assert await store.group_info(idle) is None
+    assert await store.group_info(busy) is not None
+    await store.append([new(1)])
+    assert (await next_of(member)).postback.mid == "m1"

@@ -5,6 +5,11 @@ exists), so a client that waits for it knows every later postback will reach it.
 only ever ends because the client cancels or the server stops; the latter ends it with
 UNAVAILABLE / SHUTTING_DOWN so clients reconnect (after_sequence for broadcast, the same
 group name for groups).
+
+Group names are the caller's own: the store keys a group by the caller's scope and the
+name (``group_key``), so two callers may each have a group "orders" and neither sees,
+blocks or learns of the other's. In open mode (no callers configured) everyone shares one
+scope, whose keys are the bare names groups had before scopes.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from igbutton_server.storage.postbacks import (
     PostbackStore,
     StoredPostback,
     Subscription,
+    caller_scope,
+    group_key,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,16 @@ def authenticated_caller_accounts(_: Context) -> frozenset[str] | None:
     if caller is None or "*" in caller.accounts:
         return None
     return frozenset(caller.accounts)
+
+
+CallerScope = Callable[[Context], str | None]
+"""The calling service's group scope; None is the shared scope of open mode."""
+
+
+def authenticated_caller_scope(_: Context) -> str | None:
+    """The group scope of the caller service.auth identified (None in open mode)."""
+    caller = current_caller.get()
+    return None if caller is None else caller_scope(caller.name)
 
 
 def postback_message(postback: StoredPostback) -> postback_service_pb2.Postback:
@@ -80,10 +97,12 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         store: PostbackStore,
         settings: PostbackSettings,
         caller_accounts: CallerAccounts = authenticated_caller_accounts,
+        caller_scope: CallerScope = authenticated_caller_scope,
     ) -> None:
         self._store = store
         self._settings = settings
         self._caller_accounts = caller_accounts
+        self._caller_scope = caller_scope
         self._open: set[Subscription | GroupMember] = set()
         self._closing = False
 
@@ -93,10 +112,18 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         for source in list(self._open):
             await source.close()
 
-    async def _open_source(self, spec: SubscribeSpec) -> Subscription | GroupMember:
+    async def _open_source(
+        self, spec: SubscribeSpec, scope: str | None
+    ) -> Subscription | GroupMember:
         if spec.options is None:
             return await self._store.subscribe(spec.filter, spec.start)
-        return await self._store.join_group(spec.group, spec.filter, spec.start, spec.options)
+        return await self._store.join_group(
+            group_key(scope, spec.group),
+            spec.filter,
+            spec.start,
+            spec.options,
+            max_groups=self._settings.max_groups_per_caller,
+        )
 
     async def SubscribePostbacks(
         self,
@@ -107,7 +134,7 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         if self._closing:
             raise ShuttingDown()
         spec = subscribe_spec(request, self._settings, self._caller_accounts(context))
-        source = await self._open_source(spec)
+        source = await self._open_source(spec, self._caller_scope(context))
         kind = "group" if spec.options is not None else "broadcast"
         self._open.add(source)
         metrics.SUBSCRIBERS.labels(kind=kind).inc()
@@ -129,7 +156,8 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
         raise ShuttingDown()
 
     async def _check_group_allowed(self, group: str, allowed: frozenset[str] | None) -> None:
-        """A restricted caller may ack only in groups limited to its own accounts."""
+        """A restricted caller may ack only in groups limited to its own accounts (its own
+        groups are, unless its accounts were narrowed since the group was made)."""
         if allowed is None:
             return
         info = await self._store.group_info(group)
@@ -148,8 +176,9 @@ class PostbackApi(postback_service_pb2_grpc.PostbackServiceServicer):
     ) -> postback_service_pb2.AckPostbacksResponse:
         """Acknowledge or nack deliveries of a group."""
         check_ack_request(request)
-        await self._check_group_allowed(request.group, self._caller_accounts(context))
-        result = await self._store.ack(request.group, request.ack_ids, request.nack_ids)
+        group = group_key(self._caller_scope(context), request.group)
+        await self._check_group_allowed(group, self._caller_accounts(context))
+        result = await self._store.ack(group, request.ack_ids, request.nack_ids)
         return postback_service_pb2.AckPostbacksResponse(
             applied_count=result.applied, unknown_ack_ids=result.unknown
         )

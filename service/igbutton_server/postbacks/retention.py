@@ -1,4 +1,5 @@
-"""Removes postbacks older than the retention period, in the background."""
+"""Removes postbacks older than the retention period, and idle consumer groups, in the
+background."""
 
 from __future__ import annotations
 
@@ -13,12 +14,21 @@ log = logging.getLogger(__name__)
 
 
 class RetentionPruner:
-    """Every ``interval`` seconds, prune postbacks received more than ``retention`` ago."""
+    """Every ``interval`` seconds, prune postbacks received more than ``retention`` ago and
+    delete groups idle for more than ``group_idle_retention`` (no member connected, nobody
+    joined or acknowledged in them)."""
 
-    def __init__(self, store: PostbackStore, retention: float, interval: float) -> None:
+    def __init__(
+        self,
+        store: PostbackStore,
+        retention: float,
+        interval: float,
+        group_idle_retention: float | None = None,
+    ) -> None:
         self._store = store
         self._retention = retention
         self._interval = interval
+        self._group_idle_retention = group_idle_retention
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -33,10 +43,21 @@ class RetentionPruner:
             log.info("pruned postbacks past the retention", extra={"removed": removed})
         return removed
 
+    async def sweep_groups_once(self) -> list[str]:
+        """Delete the idle groups now; return their keys."""
+        if self._group_idle_retention is None:
+            return []
+        idle_since_ms = int((time.time() - self._group_idle_retention) * 1000)
+        deleted = await self._store.delete_idle_groups(idle_since_ms)
+        if deleted:
+            log.info("deleted idle consumer groups", extra={"groups": deleted})
+        return deleted
+
     async def _run(self) -> None:
         while True:
             try:
                 await self.prune_once()
+                await self.sweep_groups_once()
             except StoreClosed:
                 return
             except Exception:  # keep pruning later; a failure here loses no data

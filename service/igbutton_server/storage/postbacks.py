@@ -25,6 +25,7 @@ letters, redeliveries and unacknowledged counts through ``igbutton_server.metric
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,34 @@ from typing import Protocol, Self, runtime_checkable
 
 GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 """What a consumer group name may look like (the proto documents the same)."""
+GROUP_SCOPE_RE = re.compile(r"^[0-9a-f]{16}$")
+"""What a group scope looks like: a caller's own namespace of group names."""
+GROUP_KEY_RE = re.compile(r"^(?:[0-9a-f]{16}/)?[A-Za-z0-9._-]{1,64}$")
+"""What the store's key of a group looks like: ``[<scope>/]<name>`` (see ``group_key``)."""
+
+
+def caller_scope(caller_name: str) -> str:
+    """The group scope of a configured caller: a hash of its name, so every caller has a
+    namespace of its own whose key is safe in any engine's names (a NATS consumer name,
+    a KV key) and stays the same when the caller's token is rotated."""
+    return hashlib.sha256(caller_name.encode()).hexdigest()[:16]
+
+
+def group_key(scope: str | None, name: str) -> str:
+    """The store's key of group ``name`` in ``scope``; None is the one shared scope of
+    open mode (no callers configured), whose keys are the bare names, as before scopes."""
+    if not GROUP_NAME_RE.match(name) or (scope is not None and not GROUP_SCOPE_RE.match(scope)):
+        raise ValueError(f"invalid group {name!r} in scope {scope!r}")
+    return name if scope is None else f"{scope}/{name}"
+
+
+def split_group_key(key: str) -> tuple[str | None, str]:
+    """(scope, name) of a group key; raises ValueError for anything ``group_key`` never
+    returns."""
+    if not GROUP_KEY_RE.match(key):
+        raise ValueError(f"invalid group key {key!r}")
+    scope, _, name = key.rpartition("/")
+    return scope or None, name
 
 
 @dataclass(frozen=True)
@@ -193,12 +222,24 @@ class StoreClosed(Exception):
 
 
 class GroupFilterMismatch(Exception):
-    """A member tried to join a group with filters other than the group's own."""
+    """A member tried to join a group with filters other than the group's own.
+
+    ``group`` is the group's key; the group and its filters are of the joining member's
+    own scope, so telling them to that member reveals nothing of another caller's."""
 
     def __init__(self, group: str, existing: Filter) -> None:
         super().__init__(f"group {group} exists with other filters")
         self.group = group
         self.existing = existing
+
+
+class TooManyGroups(Exception):
+    """Joining would create a group in a scope that already holds its most groups."""
+
+    def __init__(self, group: str, limit: int) -> None:
+        super().__init__(f"group {group} not created: its scope holds {limit} groups already")
+        self.group = group
+        self.limit = limit
 
 
 @runtime_checkable
@@ -257,15 +298,23 @@ class PostbackStore(Protocol):
         ...
 
     async def join_group(
-        self, group: str, flt: Filter, start: Start, options: GroupOptions
+        self,
+        group: str,
+        flt: Filter,
+        start: Start,
+        options: GroupOptions,
+        max_groups: int | None = None,
     ) -> GroupMember:
-        """Join (creating if needed) a consumer group.
+        """Join (creating if needed) a consumer group; ``group`` is a ``group_key``.
 
         ``flt`` and ``start`` define a new group; an existing group keeps its position and
-        raises GroupFilterMismatch if ``flt`` differs from its own. Each postback goes to
-        one member at a time; unacknowledged ones are redelivered to any member when
-        their deadline passes, up to ``options.max_attempts`` deliveries in all. The
-        group's position and unacknowledged deliveries survive a restart.
+        raises GroupFilterMismatch if ``flt`` differs from its own. A new group is refused
+        with TooManyGroups when its scope already holds ``max_groups`` groups (None: no
+        limit); on JetStream the count is read before the create, so joins racing on
+        several replicas may overshoot it by as many as race. Each postback goes to one
+        member at a time; unacknowledged ones are redelivered to any member when their
+        deadline passes, up to ``options.max_attempts`` deliveries in all. The group's
+        position and unacknowledged deliveries survive a restart.
         """
         ...
 
@@ -278,6 +327,19 @@ class PostbackStore(Protocol):
 
     async def group_info(self, group: str) -> GroupInfo | None:
         """The group's state, or None if no such group exists."""
+        ...
+
+    async def delete_group(self, group: str) -> bool:
+        """Remove the group and all it holds: position, unacknowledged deliveries, dead-letter
+        records (on JetStream: the durable consumer, its ledger entries and dead letters)
+        and its metric series. Its members, on any replica, end (StopAsyncIteration, as on
+        close; a client that joins again creates it afresh). The postbacks stay in the
+        log. True if the group existed."""
+        ...
+
+    async def delete_idle_groups(self, idle_since_ms: int) -> list[str]:
+        """Delete (as ``delete_group``) every group that has no member connected and that
+        nobody joined or acknowledged in since ``idle_since_ms``; return their keys."""
         ...
 
     def unready_reason(self) -> str | None:

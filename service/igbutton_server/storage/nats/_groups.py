@@ -1,8 +1,10 @@
 """Consumer groups on JetStream: one durable pull consumer per group, and an ack ledger.
 
-A group is the durable consumer ``g_<group>`` (explicit ack, ``AckWait`` = ack deadline,
-``MaxDeliver`` = max attempts, filter subjects = the accounts); its filter is kept in the
-consumer's metadata so a member joining with other filters is refused. Members on any
+A group is a durable consumer (explicit ack, ``AckWait`` = ack deadline, ``MaxDeliver`` =
+max attempts, filter subjects = the accounts) named after its key (``consumer_name``:
+``g_<name>`` in the shared scope of open mode, ``c_<scope>_<name>`` in a caller's); its
+filter is kept in the consumer's metadata so a member joining with other filters is
+refused, and so is the time of the last join, for the idle sweep. Members on any
 replica pull from it; each asks for no more than its free ``max_unacked`` slots.
 
 **Ack ids work from any replica.** An ack id is the tail of the delivery's ``$JS.ACK``
@@ -46,16 +48,19 @@ from igbutton_server.storage.nats._codec import AckReply, decode
 from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
 from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
 from igbutton_server.storage.postbacks import (
-    GROUP_NAME_RE,
+    GROUP_KEY_RE,
     AckResult,
     Delivery,
     Filter,
     GroupOptions,
+    split_group_key,
 )
 
 log = logging.getLogger(__name__)
 
 FILTER_METADATA_KEY = "igbutton_filter"
+JOINED_METADATA_KEY = "igbutton_joined_ms"
+"""Consumer metadata: wall-clock ms of the group's last join (for the idle sweep)."""
 _ACK_TIMEOUT_SECONDS = 5.0
 _ACK_CONCURRENCY = 64
 _MARKER_TTL = "60"
@@ -64,19 +69,50 @@ _KV_OPERATION = "KV-Operation"
 
 
 def consumer_name(group: str) -> str:
-    """The durable consumer of a group. Group names never hold ``=``, so this is
-    injective, and the result is a valid consumer name and KV key token."""
-    if not GROUP_NAME_RE.match(group):
-        raise ValueError(f"invalid group name {group!r}")
-    return "g_" + group.replace(".", "=")
+    """The durable consumer of a group key. Group names never hold ``=`` and a scope is
+    16 hex digits, so this is injective, and the result is a valid consumer name and KV
+    key token. Keys of the shared scope keep the names groups had before scopes."""
+    scope, name = split_group_key(group)  # raises ValueError for a malformed key
+    token = name.replace(".", "=")
+    return f"g_{token}" if scope is None else f"c_{scope}_{token}"
+
+
+def scope_prefix(scope: str | None) -> str:
+    """What the consumer names of a scope's groups start with."""
+    return "g_" if scope is None else f"c_{scope}_"
 
 
 def group_of(consumer: str) -> str | None:
-    """The group whose durable consumer this is, or None if it is not a group's."""
-    group = consumer[2:].replace("=", ".")
-    if not consumer.startswith("g_") or not GROUP_NAME_RE.match(group):
+    """The group key whose durable consumer this is, or None if it is not a group's."""
+    if consumer.startswith("g_"):
+        group = consumer[2:].replace("=", ".")
+    elif consumer.startswith("c_") and consumer[18:19] == "_":
+        group = f"{consumer[2:18]}/{consumer[19:].replace('=', '.')}"
+    else:
+        return None
+    if not GROUP_KEY_RE.match(group):
         return None
     return group if consumer_name(group) == consumer else None
+
+
+async def group_consumers(conn: NatsConnection, prefix: str = "") -> list[str]:
+    """The names of the log's group consumers starting with ``prefix`` (all groups: "")."""
+    names: list[str] = []
+    offset = 0
+    while True:
+        reply = await conn.client.request(
+            f"$JS.API.CONSUMER.NAMES.{conn.layout.stream}",
+            json.dumps({"offset": offset}).encode(),
+            timeout=_ACK_TIMEOUT_SECONDS,
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            APIError.from_error(answer["error"])  # raises
+        page = [str(n) for n in answer.get("consumers") or ()]
+        names.extend(n for n in page if n.startswith(prefix) and group_of(n) is not None)
+        offset += len(page)
+        if not page or offset >= int(answer.get("total", 0)):
+            return names
 
 
 def filter_to_metadata(flt: Filter) -> str:

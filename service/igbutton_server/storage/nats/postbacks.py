@@ -42,6 +42,7 @@ from igbutton_server.storage.nats._consumers import deliver_policy
 from igbutton_server.storage.nats._cursor import BroadcastCursor
 from igbutton_server.storage.nats._groups import (
     FILTER_METADATA_KEY,
+    JOINED_METADATA_KEY,
     AckLedger,
     ExpiredDeadLetters,
     NatsGroupMember,
@@ -49,6 +50,9 @@ from igbutton_server.storage.nats._groups import (
     consumer_name,
     filter_from_metadata,
     filter_to_metadata,
+    group_consumers,
+    group_of,
+    scope_prefix,
 )
 from igbutton_server.storage.nats._tail import SharedTail
 from igbutton_server.storage.postbacks import (
@@ -61,6 +65,8 @@ from igbutton_server.storage.postbacks import (
     NewPostback,
     Start,
     StoreClosed,
+    TooManyGroups,
+    split_group_key,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,14 @@ waiting out the whole append deadline would fail a delivery that a new publish s
 once; publishing twice is safe (Nats-Msg-Id and the expected subject sequence)."""
 _CONSUMER_EXISTS = 10148
 _API_TIMEOUT_SECONDS = 5.0
+
+
+def _last_active_ms(info: api.ConsumerInfo) -> int:
+    """Wall-clock ms of a group consumer's latest creation, join, delivery or ack."""
+    times = [info.created, *(s.last_active for s in (info.delivered, info.ack_floor) if s)]
+    latest = max((int(t.timestamp() * 1000) for t in times if t is not None), default=0)
+    noted = (info.config.metadata or {}).get(JOINED_METADATA_KEY, "")
+    return max(latest, int(noted) if noted.isdigit() else 0)
 
 
 class _Retry(Exception):
@@ -321,12 +335,18 @@ class NatsPostbackStore:
     # --- consumer groups ---
 
     async def join_group(
-        self, group: str, flt: Filter, start: Start, options: GroupOptions
+        self,
+        group: str,
+        flt: Filter,
+        start: Start,
+        options: GroupOptions,
+        max_groups: int | None = None,
     ) -> NatsGroupMember:
         """See PostbackStore.join_group."""
         self._check_open()
         layout = self.conn.layout
         consumer = consumer_name(group)
+        joined = {JOINED_METADATA_KEY: str(int(time.time() * 1000))}
         config = deliver_policy(start)
         config.durable_name = consumer
         config.ack_policy = api.AckPolicy.EXPLICIT
@@ -334,14 +354,23 @@ class NatsPostbackStore:
         config.max_deliver = options.max_attempts
         config.max_ack_pending = -1  # members cap themselves (max_unacked)
         config.filter_subjects = layout.account_subjects(flt.account_ids)
-        config.metadata = {FILTER_METADATA_KEY: filter_to_metadata(flt)}
-        info = await self._create_consumer(consumer, config)
+        config.metadata = {FILTER_METADATA_KEY: filter_to_metadata(flt), **joined}
+        info = await self._existing_consumer(consumer)
+        created = info is None
+        if info is None:
+            if max_groups is not None:
+                scope = scope_prefix(split_group_key(group)[0])
+                if len(await group_consumers(self.conn, scope)) >= max_groups:
+                    raise TooManyGroups(group, max_groups)
+            info = await self._create_consumer(consumer, config)
         existing = filter_from_metadata((info.config.metadata or {}).get(FILTER_METADATA_KEY))
         if existing != flt:
             raise GroupFilterMismatch(group, existing)
-        if info.config.max_deliver != options.max_attempts:
-            # As with SQLite, the latest member's max attempts applies to the group.
+        if not created or info.config.max_deliver != options.max_attempts:
+            # As with SQLite, the latest member's max attempts applies to the group; the
+            # join's time is noted for the idle sweep (one consumer update per join).
             info.config.max_deliver = options.max_attempts
+            info.config.metadata = {**(info.config.metadata or {}), **joined}
             info = await self.conn.js.add_consumer(layout.stream, info.config)
         member = await NatsGroupMember.open(
             self.conn,
@@ -355,6 +384,13 @@ class NatsPostbackStore:
         self._members.setdefault(group, set()).add(member)
         metrics.GROUPS.set(len(self._members))
         return member
+
+    async def _existing_consumer(self, name: str) -> api.ConsumerInfo | None:
+        try:
+            info: api.ConsumerInfo = await self.conn.js.consumer_info(self.conn.layout.stream, name)
+        except NotFoundError:
+            return None
+        return info
 
     async def _create_consumer(self, name: str, config: api.ConsumerConfig) -> api.ConsumerInfo:
         """Create the durable consumer only if it does not exist (never update it here:
@@ -403,6 +439,47 @@ class NatsPostbackStore:
             unacked=info.num_ack_pending or 0,
             dead_lettered=sum((dead.state.subjects or {}).values()),
         )
+
+    async def delete_group(self, group: str) -> bool:
+        """See PostbackStore.delete_group."""
+        self._check_open()
+        layout = self.conn.layout
+        consumer = consumer_name(group)
+        try:
+            await self.conn.js.delete_consumer(layout.stream, consumer)
+            existed = True
+        except NotFoundError:
+            existed = False
+        # Then what the consumer leaves behind, so a group made again under the same name
+        # starts clean (and an old ack id cannot match a new delivery).
+        await self.conn.js.purge_stream(
+            f"KV_{layout.delivery_bucket}", subject=self.ledger.watch_subject(consumer)
+        )
+        await self.conn.js.purge_stream(
+            layout.dead_letter_stream, subject=layout.dead_letter_filter(consumer)
+        )
+        for member in list(self._members.pop(group, ())):
+            await member.close()
+        metrics.GROUPS.set(len(self._members))
+        metrics.forget_group(group)
+        return existed
+
+    async def delete_idle_groups(self, idle_since_ms: int) -> list[str]:
+        """See PostbackStore.delete_idle_groups. A member connected on any replica keeps a
+        pull request waiting while it has room for more; activity is the latest of the
+        group's creation, last join (consumer metadata), last delivery and last ack."""
+        self._check_open()
+        deleted: list[str] = []
+        for consumer in await group_consumers(self.conn):
+            group = group_of(consumer)
+            info = await self._existing_consumer(consumer)
+            if group is None or info is None or group in self._members:
+                continue
+            if (info.num_waiting or 0) > 0:
+                continue
+            if _last_active_ms(info) < idle_since_ms and await self.delete_group(group):
+                deleted.append(group)
+        return deleted
 
     def forget(self, source: BroadcastCursor | NatsGroupMember) -> None:
         """A cursor or member closed."""

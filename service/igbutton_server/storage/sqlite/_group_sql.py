@@ -20,6 +20,8 @@ from igbutton_server.storage.postbacks import (
     GroupInfo,
     Start,
     StoredPostback,
+    TooManyGroups,
+    split_group_key,
 )
 from igbutton_server.storage.sqlite._postback_sql import (
     COLUMNS,
@@ -43,24 +45,70 @@ def join_group(
     start: Start,
     max_attempts: int,
     now_ms: int,
+    max_groups: int | None,
 ) -> None:
-    """Create the group at ``start``, or check an existing group's filter."""
+    """Create the group at ``start`` (unless its scope holds ``max_groups`` already), or
+    check an existing group's filter."""
     row = conn.execute(
         "SELECT filter_json FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
+        if max_groups is not None and count_groups(conn, split_group_key(group)[0]) >= max_groups:
+            raise TooManyGroups(group, max_groups)
         conn.execute(
-            "INSERT INTO postback_groups (name, filter_json, position, max_attempts, created_ms)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (group, filter_to_json(flt), start_cursor(conn, start), max_attempts, now_ms),
+            "INSERT INTO postback_groups"
+            " (name, filter_json, position, max_attempts, created_ms, active_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (group, filter_to_json(flt), start_cursor(conn, start), max_attempts, now_ms, now_ms),
         )
         return
     existing = filter_from_json(row[0])
     if existing != flt:
         raise GroupFilterMismatch(group, existing)
     conn.execute(
-        "UPDATE postback_groups SET max_attempts = ? WHERE name = ?", (max_attempts, group)
+        "UPDATE postback_groups SET max_attempts = ?, active_ms = ? WHERE name = ?",
+        (max_attempts, now_ms, group),
     )
+
+
+def count_groups(conn: sqlite3.Connection, scope: str | None) -> int:
+    """How many groups the scope holds (None: the shared scope of open mode)."""
+    if scope is None:
+        query = "SELECT COUNT(*) FROM postback_groups WHERE instr(name, '/') = 0"
+        (count,) = conn.execute(query).fetchone()
+    else:
+        # Keys of a scope are "<scope>/<name>": a range of the primary key.
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM postback_groups WHERE name > ? AND name < ?",
+            (f"{scope}/", f"{scope}0"),
+        ).fetchone()
+    return int(count)
+
+
+def touch(conn: sqlite3.Connection, group_keys: Sequence[str], now_ms: int) -> None:
+    """Note activity in these groups (their last member left), for the idle sweep."""
+    conn.executemany(
+        "UPDATE postback_groups SET active_ms = ? WHERE name = ?",
+        [(now_ms, group) for group in group_keys],
+    )
+
+
+def idle_groups(conn: sqlite3.Connection, idle_since_ms: int) -> list[str]:
+    """Groups nobody joined, acked in or left since ``idle_since_ms``."""
+    rows = conn.execute(
+        "SELECT name FROM postback_groups WHERE active_ms < ? ORDER BY name", (idle_since_ms,)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def delete_group(conn: sqlite3.Connection, group: str) -> bool:
+    """Remove the group with its deliveries and dead letters; False if there was none."""
+    for table in ("postback_group_pending", "postback_dead_letters"):
+        conn.execute(
+            f"DELETE FROM {table} WHERE group_name = ?",  # noqa: S608 - fixed table names
+            (group,),
+        )
+    return conn.execute("DELETE FROM postback_groups WHERE name = ?", (group,)).rowcount > 0
 
 
 @dataclass(frozen=True)
@@ -241,8 +289,8 @@ class AckOutcome:
     """Ack and nack ids no longer held by whoever they were delivered to."""
     dead_lettered: tuple[int, ...]
     """Sequences nacked on their last attempt and set aside."""
-    unacked: int
-    """Deliveries pending in the group after this call."""
+    unacked: int | None
+    """Deliveries pending in the group after this call; None if there is no such group."""
 
 
 def ack(
@@ -258,8 +306,9 @@ def ack(
         "SELECT max_attempts FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
-        return AckOutcome(AckResult(0, (*ack_ids, *nack_ids)), frozenset(), (), 0)
+        return AckOutcome(AckResult(0, (*ack_ids, *nack_ids)), frozenset(), (), None)
     max_attempts = int(row[0])
+    conn.execute("UPDATE postback_groups SET active_ms = ? WHERE name = ?", (now_ms, group))
     settled: set[str] = set()
     unknown: list[str] = []
     dead: list[int] = []

@@ -10,8 +10,9 @@ Tables (prefixed ``postback`` because the send path keeps its own tables in the 
 - ``postbacks``: the log. ``seq`` is AUTOINCREMENT so a sequence is never reused, even after
   pruning the newest rows; one writer means sequences are also committed in order, so a
   reader that has seen ``seq`` N has seen every committed row below it.
-- ``postback_groups``: one row per consumer group: its filter and ``position`` (the last
-  log sequence it has handed out or skipped).
+- ``postback_groups``: one row per consumer group, keyed by its ``group_key``: its filter,
+  ``position`` (the last log sequence it has handed out or skipped) and ``active_ms`` (the
+  last join, ack or member leaving, for the idle-group sweep).
 - ``postback_group_pending``: deliveries awaiting an ack, with attempt and deadline
   (wall-clock ms, so they survive a restart). A nack sets the deadline to 0.
 - ``postback_dead_letters``: postbacks a group gave up on after its maximum attempts.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Sequence
 
 from igbutton_server.storage.postbacks import (
@@ -52,7 +54,8 @@ CREATE TABLE IF NOT EXISTS postback_groups (
     position      INTEGER NOT NULL,
     max_attempts  INTEGER NOT NULL,
     dead_lettered INTEGER NOT NULL DEFAULT 0,
-    created_ms    INTEGER NOT NULL
+    created_ms    INTEGER NOT NULL,
+    active_ms     INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS postback_group_pending (
     group_name  TEXT    NOT NULL,
@@ -80,8 +83,17 @@ PAGE_SIZE = 256
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create the tables if they do not exist (idempotent)."""
+    """Create the tables if they do not exist (idempotent), and add what a file made by
+    an earlier version lacks."""
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(postback_groups)")}
+    if "active_ms" not in columns:
+        conn.execute("ALTER TABLE postback_groups ADD COLUMN active_ms INTEGER NOT NULL DEFAULT 0")
+    # Groups from before the idle sweep (0: every group made since sets it) count as
+    # active now: a full idle retention passes before any of them may be removed.
+    conn.execute(
+        "UPDATE postback_groups SET active_ms = ? WHERE active_ms = 0", (int(time.time() * 1000),)
+    )
 
 
 def postback_row(row: tuple[object, ...]) -> StoredPostback:

@@ -32,6 +32,7 @@ from igbutton_server.storage.postbacks import (
     Start,
     StoreClosed,
     StoredPostback,
+    split_group_key,
 )
 from igbutton_server.storage.sqlite import _group_sql as groups
 from igbutton_server.storage.sqlite import _postback_sql as sql
@@ -174,12 +175,20 @@ class SqlitePostbackStore:
     # --- consumer groups ---
 
     async def join_group(
-        self, group: str, flt: Filter, start: Start, options: GroupOptions
+        self,
+        group: str,
+        flt: Filter,
+        start: Start,
+        options: GroupOptions,
+        max_groups: int | None = None,
     ) -> _SqliteGroupMember:
         """See PostbackStore.join_group."""
         self._check_open()
+        split_group_key(group)  # raises ValueError for a key no scope gives
         await self._writer.run(
-            lambda conn: groups.join_group(conn, group, flt, start, options.max_attempts, _now_ms())
+            lambda conn: groups.join_group(
+                conn, group, flt, start, options.max_attempts, _now_ms(), max_groups
+            )
         )
         member = _SqliteGroupMember(self, group, options)
         self._members.setdefault(group, set()).add(member)
@@ -192,7 +201,8 @@ class SqlitePostbackStore:
         claim = await self._writer.run(
             lambda conn: groups.claim(conn, member.group, member.id, limit, deadline_ms, _now_ms())
         )
-        metrics.UNACKED.labels(group=member.group).set(claim.unacked)
+        if member.group in self._members:  # not for a group deleted meanwhile
+            metrics.UNACKED.labels(group=member.group).set(claim.unacked)
         redelivered = sum(1 for d in claim.deliveries if d.attempt > 1)
         if redelivered:
             metrics.REDELIVERIES.labels(group=member.group).inc(redelivered)
@@ -206,6 +216,8 @@ class SqlitePostbackStore:
         outcome = await self._writer.run(
             lambda conn: groups.ack(conn, group, acks, nacks, _now_ms())
         )
+        if outcome.unacked is None:
+            return outcome.result  # no such group: no metric series for a name made up
         metrics.UNACKED.labels(group=group).set(outcome.unacked)
         dead_letters.report(group, outcome.dead_lettered, "nacked on its last attempt")
         for member in self._members.get(group, ()):
@@ -218,18 +230,45 @@ class SqlitePostbackStore:
         self._check_open()
         return await self._readers.run(lambda conn: groups.group_info(conn, group))
 
-    def forget(self, cursor: _SqliteSubscription | _SqliteGroupMember) -> None:
-        """A subscription or group member closed: stop waking it. For this module's
-        cursors; not part of PostbackStore."""
-        if isinstance(cursor, _SqliteSubscription):
-            self._cursors.discard(cursor)
-        else:
-            members = self._members.get(cursor.group)
-            if members is not None:
-                members.discard(cursor)
-                if not members:
-                    del self._members[cursor.group]
-                    metrics.GROUPS.set(len(self._members))
+    async def delete_group(self, group: str) -> bool:
+        """See PostbackStore.delete_group."""
+        self._check_open()
+        existed = await self._writer.run(lambda conn: groups.delete_group(conn, group))
+        for member in list(self._members.pop(group, ())):
+            await member.close()
+        metrics.GROUPS.set(len(self._members))
+        metrics.forget_group(group)
+        return existed
+
+    async def delete_idle_groups(self, idle_since_ms: int) -> list[str]:
+        """See PostbackStore.delete_idle_groups. One process owns the file, so the groups
+        with a member connected are the ones with a member in this store."""
+        self._check_open()
+        idle = await self._readers.run(lambda conn: groups.idle_groups(conn, idle_since_ms))
+        # A group with a member here is in use, whatever its active_ms says.
+        return [g for g in idle if g not in self._members and await self.delete_group(g)]
+
+    def forget(self, cursor: _SqliteSubscription) -> None:
+        """A subscription closed: stop waking it. For this module's cursors; not part of
+        PostbackStore."""
+        self._cursors.discard(cursor)
+
+    async def leave(self, member: _SqliteGroupMember) -> None:
+        """A group member closed: stop waking it; when it was the group's last, note the
+        time (the idle sweep counts from it). For this module's members; not part of
+        PostbackStore."""
+        members = self._members.get(member.group)
+        if members is None or member not in members:
+            return
+        members.discard(member)
+        if members:
+            return
+        del self._members[member.group]
+        metrics.GROUPS.set(len(self._members))
+        if not self._closed:
+            group, now_ms = member.group, _now_ms()
+            with contextlib.suppress(StoreClosed):
+                await self._writer.run(lambda conn: groups.touch(conn, [group], now_ms))
 
     async def close(self) -> None:
         """See PostbackStore.close."""
@@ -238,6 +277,9 @@ class SqlitePostbackStore:
         self._closed = True
         for cursor in list(self._cursors):
             await cursor.close()
+        live, now_ms = list(self._members), _now_ms()
+        with contextlib.suppress(Exception):  # best effort: only shortens an idle window
+            await self._writer.run(lambda conn: groups.touch(conn, live, now_ms))
         for members in list(self._members.values()):
             for member in list(members):
                 await member.close()
@@ -353,4 +395,4 @@ class _SqliteGroupMember:
         self._closed = True
         self._buffer.clear()
         self._wake.set()
-        self._store.forget(self)
+        await self._store.leave(self)
