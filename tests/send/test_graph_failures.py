@@ -315,6 +315,26 @@ async def test_deadline_shorter_than_the_backoff_is_not_slept_past(
     assert len(app.sandbox.received) == 1
 
 
+async def test_slow_answers_seen_earlier_keep_a_late_retry_from_starting(
+    start_app: AppFactory,
+) -> None:
+    """The process's answer times count, not only this call's: after Meta answered in 0.6 s,
+    a retry with under 0.5 s left is not started even though this call's failure was quick."""
+    app = await start_app()
+    assert app.sandbox is not None
+    app.sandbox.add_fault(Fault(kind="slow", delay_seconds=0.6))
+    async with stub_for(app) as stub:
+        await stub.SendButtonTemplate(send_request(), timeout=10)
+        app.sandbox.add_fault(Fault(kind="graph_error", code=2))
+        app.sandbox.add_fault(Fault(kind="slow", delay_seconds=0.6))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(), timeout=0.5)
+    got = details(caught.value)
+    assert (got.code, got.reason) == (C.UNAVAILABLE, "GRAPH_UNAVAILABLE")
+    assert len(app.sandbox.received) == 2
+    assert app.sandbox.pending_faults == 1  # the slow answer was never asked for
+
+
 def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
