@@ -7,7 +7,8 @@ Retries happen only when Meta surely did not act on the request:
 - a Graph rate-limit code (4, 17, 32, 341, 613, 80001, 80002, 80006), after holding the
   whole account back in the rate limiter for Meta's estimate or the backoff;
 - an HTTP 503 or 429 without a Graph error body: a proxy or Meta's edge refusing the
-  request before it was processed.
+  request before it was processed (a 429 holds the account for its ``Retry-After``,
+  delay-seconds or HTTP-date, or the backoff).
 
 Everything else that happens after the request was written is ambiguous and never
 retried: a timeout, a dropped connection, an HTTP 500/502/504 without a Graph error (a
@@ -25,8 +26,11 @@ request_id's lifetime); without the retry the caller gets the last retryable err
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -350,7 +354,7 @@ class GraphClient:
             raise _AttemptFailed(mapped.error, mapped.retry, "graph_error", str(graph_error.code))
         metadata = {"httpStatus": str(status)}
         if status == 429:
-            wait = _seconds(retry_after_header) or self._backoff_cap(attempt)
+            wait = retry_after_seconds(retry_after_header) or self._backoff_cap(attempt)
             return self._raise(
                 ApiError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -420,11 +424,23 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)[:_MAX_ANSWER_BYTES]
 
 
-def _seconds(header: str | None) -> float | None:
+def retry_after_seconds(header: str | None, now: float | None = None) -> float | None:
+    """Seconds until a ``Retry-After`` header's time: delay-seconds or an HTTP-date (RFC 9110).
+
+    ``now`` is a Unix time (the current time by default). None when the header is absent,
+    unreadable, or names no time in the future.
+    """
     if header is None:
         return None
+    text = header.strip()
     try:
-        value = float(header)
+        value = float(text)
     except ValueError:
-        return None
-    return value if value > 0 else None
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, origin unknown"
+            when = when.replace(tzinfo=datetime.UTC)
+        value = when.timestamp() - (time.time() if now is None else now)
+    return value if value > 0 and math.isfinite(value) else None
