@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import socket
@@ -15,6 +16,7 @@ import pytest
 from igbutton.v1 import send_service_pb2_grpc
 from igbutton_server.app import App
 from igbutton_server.sandbox import Fault, Sandbox
+from igbutton_server.send.graph_client import retry_after_seconds
 from tests.send.conftest import ACCOUNT, AppFactory, details, send_request, stub_for
 
 C = grpc.StatusCode
@@ -169,6 +171,59 @@ async def test_meta_throttle_holds_the_account_back(start_app: AppFactory, code:
     assert len(app.sandbox.received) == 1
 
 
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+async def test_retry_after_of_a_429_sets_the_hold_and_retry_info(
+    start_app: AppFactory, form: str
+) -> None:
+    """Retry-After comes as delay-seconds or as an HTTP-date (RFC 9110); both are honoured."""
+    app = await start_app(graph={**FAST_RETRY, "max_attempts": 2})
+    assert app.sandbox is not None
+    retry_after = (
+        "30" if form == "seconds" else email.utils.formatdate(time.time() + 30, usegmt=True)
+    )
+    app.sandbox.add_fault(
+        Fault(kind="http_status", http_status=429, headers={"Retry-After": retry_after}, count=2)
+    )
+    async with stub_for(app) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(), timeout=5)
+        first = details(caught.value)
+        # The next caller is held back by the same wait, without reaching Meta.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(), timeout=5)
+        second = details(caught.value)
+    assert (first.code, first.reason) == (C.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+    assert first.retry_delay == pytest.approx(30, abs=1.5)  # an HTTP-date has 1 s resolution
+    assert (second.code, second.reason) == (C.RESOURCE_EXHAUSTED, "RATE_LIMITED")
+    assert second.retry_delay is not None
+    assert 25 < second.retry_delay <= 31
+    assert len(app.sandbox.received) == 1
+
+
+NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("30", 30.0),
+        (" 2.5 ", 2.5),
+        ("Fri, 15 Jan 2027 08:00:30 GMT", 30.0),
+        ("Fri, 15 Jan 2027 08:01:00 -0000", 60.0),  # RFC 5322's "UTC, origin unknown"
+        ("Fri, 15 Jan 2027 09:00:30 +0100", 30.0),
+        ("Fri, 15 Jan 2027 07:59:00 GMT", None),  # in the past
+        ("0", None),
+        ("-5", None),
+        ("nan", None),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_forms(header: str | None, seconds: float | None) -> None:
+    assert retry_after_seconds(header, now=NOW) == seconds
+
+
 @pytest.mark.parametrize(
     ("http_status", "retried", "status", "reason"),
     [
@@ -313,6 +368,26 @@ async def test_deadline_shorter_than_the_backoff_is_not_slept_past(
     assert details(caught.value).reason == "GRAPH_UNAVAILABLE"
     assert elapsed < 1.5
     assert len(app.sandbox.received) == 1
+
+
+async def test_slow_answers_seen_earlier_keep_a_late_retry_from_starting(
+    start_app: AppFactory,
+) -> None:
+    """The process's answer times count, not only this call's: after Meta answered in 0.6 s,
+    a retry with under 0.5 s left is not started even though this call's failure was quick."""
+    app = await start_app()
+    assert app.sandbox is not None
+    app.sandbox.add_fault(Fault(kind="slow", delay_seconds=0.6))
+    async with stub_for(app) as stub:
+        await stub.SendButtonTemplate(send_request(), timeout=10)
+        app.sandbox.add_fault(Fault(kind="graph_error", code=2))
+        app.sandbox.add_fault(Fault(kind="slow", delay_seconds=0.6))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(), timeout=0.5)
+    got = details(caught.value)
+    assert (got.code, got.reason) == (C.UNAVAILABLE, "GRAPH_UNAVAILABLE")
+    assert len(app.sandbox.received) == 2
+    assert app.sandbox.pending_faults == 1  # the slow answer was never asked for
 
 
 def _closed_port() -> int:

@@ -137,6 +137,30 @@ async def test_retryable_failure_is_not_kept(start_app: AppFactory) -> None:
     assert len(app.sandbox.received) == 2
 
 
+async def test_retry_the_deadline_cannot_hold_is_not_started(start_app: AppFactory) -> None:
+    """Each attempt takes 0.6 s of a 1 s deadline and Meta did not act: a second attempt
+    would be cut off after it was written and burn the request_id as SEND_OUTCOME_UNKNOWN.
+    igbutton answers the transient error instead, and the request_id stays usable."""
+    app = await start_app()
+    assert app.sandbox is not None
+    app.sandbox.add_fault(
+        Fault(kind="graph_error", code=2, is_transient=True, delay_seconds=0.6, count=4)
+    )
+    async with stub_for(app) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SendButtonTemplate(send_request(request_id=RID), timeout=1.0)
+        got = details(caught.value)
+        assert (got.code, got.reason) == (grpc.StatusCode.UNAVAILABLE, "GRAPH_UNAVAILABLE")
+        assert got.metadata["graphCode"] == "2"
+        assert len(app.sandbox.received) == 1  # the second attempt was never started
+
+        app.sandbox.clear_faults()  # Meta is healthy again
+        reply = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+    assert reply.message_id
+    assert len(app.sandbox.received) == 2
+    assert [r.message_id for r in app.sandbox.received if r.accepted] == [reply.message_id]
+
+
 async def test_unknown_outcome_is_kept_so_a_retry_never_sends_twice(
     stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
 ) -> None:

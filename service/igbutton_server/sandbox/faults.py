@@ -21,8 +21,9 @@ class Fault:
     """One injected failure, applied to the next ``count`` matching sends.
 
     - ``graph_error``: answer ``http_status`` with Meta's error JSON (``code``,
-      ``subcode``, ``message``, ``is_transient``) and ``headers``.
-    - ``http_status``: answer ``http_status`` with a non-JSON (HTML) body and ``headers``.
+      ``subcode``, ``message``, ``is_transient``) and ``headers``, after ``delay_seconds``.
+    - ``http_status``: answer ``http_status`` with a non-JSON (HTML) body and ``headers``,
+      after ``delay_seconds``.
     - ``slow``: wait ``delay_seconds`` after reading the request, then process it normally
       (Meta acted, but answered late).
     - ``drop``: close the connection after reading the request, without answering.
@@ -37,6 +38,7 @@ class Fault:
     http_status: int = 400
     message: str = ""
     delay_seconds: float = 0.0
+    """How long to wait before answering (``slow``, ``graph_error``, ``http_status``)."""
     headers: dict[str, str] = field(default_factory=dict)
     is_transient: bool | None = None
 

@@ -247,14 +247,14 @@ class Sandbox:
         if fault is not None:
             if fault.kind == "drop":
                 return self._drop(request)
-            if fault.kind == "slow":
+            if fault.delay_seconds:  # "slow", or an error answered late
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), fault.delay_seconds)
-            elif fault.kind == "graph_error":
+            if fault.kind == "graph_error":
                 error = fault.graph_error()
                 record.status = error.http_status
                 return _error_response(error)
-            elif fault.kind == "http_status":
+            if fault.kind == "http_status":
                 record.status = fault.http_status
                 return web.Response(
                     status=fault.http_status,

@@ -7,20 +7,30 @@ Retries happen only when Meta surely did not act on the request:
 - a Graph rate-limit code (4, 17, 32, 341, 613, 80001, 80002, 80006), after holding the
   whole account back in the rate limiter for Meta's estimate or the backoff;
 - an HTTP 503 or 429 without a Graph error body: a proxy or Meta's edge refusing the
-  request before it was processed.
+  request before it was processed (a 429 holds the account for its ``Retry-After``,
+  delay-seconds or HTTP-date, or the backoff).
 
 Everything else that happens after the request was written is ambiguous and never
 retried: a timeout, a dropped connection, an HTTP 500/502/504 without a Graph error (a
 gateway that lost or timed out on its upstream, which may still send the message), or a
 2xx without a message id. Those end as SEND_OUTCOME_UNKNOWN. No retry sleeps past the
 caller's deadline, and a cancelled call cancels the HTTP request.
+
+A retry is started only when the time left can hold its backoff plus a whole attempt: the
+longest of this call's attempts so far, the process's moving average of Graph answer
+times, and a floor. A retry cut off by the deadline after it was written would turn "Meta
+did not act" (retryable, the request_id released) into SEND_OUTCOME_UNKNOWN (kept for the
+request_id's lifetime); without the retry the caller gets the last retryable error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -52,6 +62,15 @@ _MAX_ANSWER_BYTES = 1 << 20
 _REDACTED = "[redacted]"
 _USER_AGENT = "igbutton"
 _MAX_CACHED_URLS = 1024
+
+# The least time a Graph attempt is expected to take when nothing slower was seen: a TLS
+# round trip to Meta plus its work on a send is rarely under 0.1 s, and an attempt that
+# failed at once (connection refused) says nothing about how long a written one takes.
+_MIN_ATTEMPT_SECONDS = 0.1
+# Weight of the newest answer time in the moving average (about the last 10 answers).
+_ANSWER_TIME_WEIGHT = 0.2
+# Outcomes of attempts that Meta (or a proxy in front of it) answered.
+_ANSWERED = frozenset({"ok", "graph_error", "http_error"})
 
 
 class _AttemptFailed(Exception):
@@ -88,6 +107,8 @@ class GraphClient:
         self._rand = rand
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, yarl.URL] = {}
+        self._answer_seconds: float | None = None
+        """Moving average of how long the Graph API takes to answer an attempt."""
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -128,9 +149,14 @@ class GraphClient:
         start before the deadline.
         """
         attempt = 0
+        longest = 0.0  # this call's slowest attempt so far
+        last_error: ApiError | None = None
         while True:
             attempt += 1
             await self._acquire(request.account_id, deadline)
+            if last_error is not None and not self._attempt_fits(longest, 0.0, deadline):
+                # The rate limiter's wait used up the time the retry needed.
+                raise last_error
             tracker.attempts = attempt
             # Earlier attempts were answered (Meta did not act) or they would not be retried.
             tracker.written = False
@@ -139,7 +165,8 @@ class GraphClient:
                 with tracing.graph_span(request.account_id, attempt):
                     result = await self._attempt(request, token, deadline, tracker, attempt)
             except _AttemptFailed as failed:
-                _observe(failed.outcome, failed.graph_code, started)
+                elapsed = self._observe(failed.outcome, failed.graph_code, started)
+                longest = max(longest, elapsed)
                 error, retry = failed.error, failed.retry
                 log.debug(
                     "graph attempt failed",
@@ -157,15 +184,35 @@ class GraphClient:
                     self._limiter.hold(request.account_id, delay)
                 else:
                     delay = self._rand() * self._backoff_cap(attempt)  # full jitter
-                if time.monotonic() + delay >= deadline:
+                if not self._attempt_fits(longest, delay, deadline):
+                    log.debug(
+                        "no time left for another graph attempt",
+                        extra={"account_id": request.account_id, "attempt": attempt},
+                    )
                     raise error from None
+                last_error = error
                 metrics.GRAPH_RETRIES.labels(retry.value).inc()
                 if retry is Retry.TRANSIENT:
                     await asyncio.sleep(delay)
                 # THROTTLE: the next acquire() waits out the hold.
             else:
-                _observe("ok", "", started)
+                self._observe("ok", "", started)
                 return result
+
+    def _attempt_fits(self, longest: float, delay: float, deadline: float) -> bool:
+        """Whether an attempt started after ``delay`` can plausibly end before ``deadline``."""
+        expected = max(_MIN_ATTEMPT_SECONDS, longest, self._answer_seconds or 0.0)
+        return time.monotonic() + delay + expected < deadline
+
+    def _observe(self, outcome: str, graph_code: str, started: float) -> float:
+        """Record an attempt's metrics and, if it was answered, its answer time; its duration."""
+        elapsed = _observe(outcome, graph_code, started)
+        if outcome in _ANSWERED:
+            average = self._answer_seconds
+            self._answer_seconds = (
+                elapsed if average is None else average + _ANSWER_TIME_WEIGHT * (elapsed - average)
+            )
+        return elapsed
 
     async def _acquire(self, account_id: str, deadline: float) -> None:
         started = time.monotonic()
@@ -307,7 +354,7 @@ class GraphClient:
             raise _AttemptFailed(mapped.error, mapped.retry, "graph_error", str(graph_error.code))
         metadata = {"httpStatus": str(status)}
         if status == 429:
-            wait = _seconds(retry_after_header) or self._backoff_cap(attempt)
+            wait = retry_after_seconds(retry_after_header) or self._backoff_cap(attempt)
             return self._raise(
                 ApiError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -354,14 +401,15 @@ _OK_CALLS = metrics.GRAPH_CALLS.labels("ok", "")
 _OK_LATENCY = metrics.GRAPH_LATENCY.labels("ok")
 
 
-def _observe(outcome: str, graph_code: str, started: float) -> None:
+def _observe(outcome: str, graph_code: str, started: float) -> float:
     elapsed = time.perf_counter() - started
     if outcome == "ok" and not graph_code:
         _OK_CALLS.inc()
         _OK_LATENCY.observe(elapsed)
-        return
+        return elapsed
     metrics.GRAPH_CALLS.labels(outcome, graph_code).inc()
     metrics.GRAPH_LATENCY.labels(outcome).observe(elapsed)
+    return elapsed
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
@@ -376,11 +424,23 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)[:_MAX_ANSWER_BYTES]
 
 
-def _seconds(header: str | None) -> float | None:
+def retry_after_seconds(header: str | None, now: float | None = None) -> float | None:
+    """Seconds until a ``Retry-After`` header's time: delay-seconds or an HTTP-date (RFC 9110).
+
+    ``now`` is a Unix time (the current time by default). None when the header is absent,
+    unreadable, or names no time in the future.
+    """
     if header is None:
         return None
+    text = header.strip()
     try:
-        value = float(header)
+        value = float(text)
     except ValueError:
-        return None
-    return value if value > 0 else None
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # "-0000": RFC 5322's "UTC, origin unknown"
+            when = when.replace(tzinfo=datetime.UTC)
+        value = when.timestamp() - (time.time() if now is None else now)
+    return value if value > 0 and math.isfinite(value) else None
