@@ -5,6 +5,15 @@ subclasses and reach the caller as a status with one ``google.rpc.ErrorInfo`` an
 they apply, ``google.rpc.BadRequest`` and ``google.rpc.RetryInfo``. Servicers only raise;
 the RPC middleware answers each call's failure through :func:`api_error`, and what that does
 not know is a bug: the middleware logs it with its trace and answers INTERNAL.
+
+Every status is bounded so that a default client can read it. A gRPC client refuses
+trailers above 16 KiB all together, and already above 8 KiB it refuses some of them at
+random (grpc's soft limit, ``grpc.max_metadata_size``), answering RESOURCE_EXHAUSTED instead
+of the real error. The details (``grpc-status-details-bin``, counted decoded) are kept within
+:data:`DETAILS_MAX_BYTES` and the message (``grpc-message``, percent-encoded: up to three
+bytes per UTF-8 byte) within :data:`MESSAGE_MAX_BYTES`: 7 KiB at worst. Each string is cut
+to its limit and then ends with :data:`TRUNCATED`; BadRequest keeps the violations that fit,
+then one (with an empty field) saying how many were left out.
 """
 
 from __future__ import annotations
@@ -28,6 +37,49 @@ from igbutton_server.storage.postbacks import (
 
 ERROR_DOMAIN = "igbutton"
 _REASON_PREFIX = "ERROR_REASON_"
+
+TRUNCATED = "…[truncated]"
+"""Ends a string that igbutton cut to its limit."""
+MESSAGE_MAX_BYTES = 1024
+"""The status message, in UTF-8 bytes."""
+DETAILS_MAX_BYTES = 4096
+"""The serialized google.rpc.Status, message and every detail included."""
+METADATA_MAX_BYTES = 1536
+"""ErrorInfo's metadata entries together (UTF-8 of keys and values)."""
+METADATA_KEY_MAX_CHARS = 64
+METADATA_VALUE_MAX_CHARS = 256
+VIOLATIONS_MAX = 20
+FIELD_MAX_CHARS = 128
+DESCRIPTION_MAX_CHARS = 256
+
+
+def bounded(text: str, max_chars: int, max_bytes: int | None = None) -> str:
+    """``text``, or its start ending in :data:`TRUNCATED`, within ``max_chars`` code points
+    and, if given, ``max_bytes`` bytes of UTF-8."""
+    if len(text) <= max_chars and (max_bytes is None or len(text.encode()) <= max_bytes):
+        return text
+    cut = text[: max(max_chars - len(TRUNCATED), 0)]
+    if max_bytes is not None:
+        room = max(max_bytes - len(TRUNCATED.encode()), 0)
+        cut = cut.encode()[:room].decode(errors="ignore")
+    return cut + TRUNCATED
+
+
+def bounded_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """ErrorInfo metadata within METADATA_MAX_BYTES, each key and value cut to its limit.
+
+    Entries are kept in order; the first that does not fit ends the list.
+    """
+    kept: dict[str, str] = {}
+    room = METADATA_MAX_BYTES
+    for key, value in metadata.items():
+        short_key = bounded(key, METADATA_KEY_MAX_CHARS)
+        short_value = bounded(value, METADATA_VALUE_MAX_CHARS)
+        room -= len(short_key.encode()) + len(short_value.encode())
+        if room < 0:
+            break
+        kept[short_key] = short_value
+    return kept
 
 
 def reason_name(reason: errors_pb2.ErrorReason.ValueType) -> str:
@@ -62,21 +114,18 @@ class ApiError(Exception):
 
     def to_status(self) -> grpc.Status:
         """The gRPC status with its AIP-193 details packed in."""
+        message = bounded(self.message, MESSAGE_MAX_BYTES, MESSAGE_MAX_BYTES)
         details: list[any_pb2.Any] = []
         info = error_details_pb2.ErrorInfo(
-            reason=reason_name(self.reason), domain=ERROR_DOMAIN, metadata=dict(self.metadata)
+            reason=reason_name(self.reason),
+            domain=ERROR_DOMAIN,
+            metadata=bounded_metadata(self.metadata),
         )
         details.append(_pack(info))
         if self.violations:
-            bad = error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in self.violations
-                ]
-            )
-            details.append(_pack(bad))
+            # What is left of the budget once the rest is packed.
+            used = len(message.encode()) + info.ByteSize() + _RESERVE_BYTES
+            details.append(_pack(_bad_request(self.violations, DETAILS_MAX_BYTES - used)))
         if self.retry_after is not None:
             delay = max(self.retry_after, 0.0)
             seconds = math.floor(delay)
@@ -86,9 +135,34 @@ class ApiError(Exception):
                 )
             )
             details.append(_pack(retry))
-        status = status_pb2.Status(code=_CODES[self.code], message=self.message, details=details)
+        status = status_pb2.Status(code=_CODES[self.code], message=message, details=details)
         converted: grpc.Status = rpc_status.to_status(status)
         return converted
+
+
+# The Status's code and framing, the Any wrappers with their type URLs, the RetryInfo and
+# the closing "N more violations" entry, with room to spare.
+_RESERVE_BYTES = 320
+
+
+def _bad_request(violations: Sequence[FieldViolation], budget: int) -> error_details_pb2.BadRequest:
+    """The first violations that fit ``budget`` bytes, then one saying how many were left out."""
+    bad = error_details_pb2.BadRequest()
+    for index, violation in enumerate(violations):
+        entry = error_details_pb2.BadRequest.FieldViolation(
+            field=bounded(violation.field, FIELD_MAX_CHARS),
+            description=bounded(violation.description, DESCRIPTION_MAX_CHARS),
+        )
+        cost = entry.ByteSize() + 3  # tag and length of the repeated field
+        if index >= VIOLATIONS_MAX or cost > budget:
+            left = len(violations) - index
+            bad.field_violations.add(
+                field="", description=f"{left} more violation{'s' if left > 1 else ''} not shown"
+            )
+            break
+        budget -= cost
+        bad.field_violations.append(entry)
+    return bad
 
 
 def _pack(

@@ -12,7 +12,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from igbutton_server.errors import RateLimited
+from igbutton.v1 import errors_pb2
+from igbutton_server.errors import (
+    DETAILS_MAX_BYTES,
+    TRUNCATED,
+    ApiError,
+    FieldViolation,
+    InvalidRequest,
+    RateLimited,
+)
 from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
 from igbutton_server.storage.postbacks import Filter, GroupFilterMismatch, StoreClosed
 from tests.send.conftest import AppFactory, details
@@ -38,6 +46,25 @@ async def rate_limited_stream(_request: bytes, _context: Context) -> AsyncIterat
     raise RateLimited("slow down", retry_after=1.5, metadata={"accountId": "17841"})
 
 
+# Four UTF-8 bytes each, and percent-encoded three times that in grpc-message.
+HUGE = "\N{GRINNING FACE}" * 2_000
+
+
+async def huge_invalid_request(_request: bytes, _context: Context) -> bytes:
+    raise InvalidRequest([FieldViolation(HUGE, HUGE)] * 1_000)
+
+
+async def huge_api_error(_request: bytes, _context: Context) -> bytes:
+    raise ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        errors_pb2.ERROR_REASON_GRAPH_ERROR,
+        HUGE,
+        metadata={f"key{i}{HUGE}": HUGE for i in range(100)},
+        violations=[FieldViolation("x", "y")] * 50,
+        retry_after=2.0,
+    )
+
+
 async def store_closed(_request: bytes, _context: Context) -> bytes:
     raise StoreClosed
 
@@ -60,6 +87,8 @@ _HANDLERS: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
     "CrashStream": grpc.unary_stream_rpc_method_handler(crash_stream),
     "RateLimitedStream": grpc.unary_stream_rpc_method_handler(rate_limited_stream),
     "StoreClosed": grpc.unary_unary_rpc_method_handler(store_closed),
+    "HugeInvalidRequest": grpc.unary_unary_rpc_method_handler(huge_invalid_request),
+    "HugeApiError": grpc.unary_unary_rpc_method_handler(huge_api_error),
     "FilterMismatch": grpc.unary_unary_rpc_method_handler(filter_mismatch),
     "Aborts": grpc.unary_unary_rpc_method_handler(aborts),
     "Writes": grpc.unary_stream_rpc_method_handler(writes),
@@ -150,6 +179,44 @@ async def test_an_api_error_after_some_messages_reaches_the_caller_with_its_deta
     assert got.reason == "RATE_LIMITED"
     assert got.metadata == {"accountId": "17841"}
     assert got.retry_delay == 1.5
+
+
+@pytest.mark.parametrize("name", ["HugeInvalidRequest", "HugeApiError"])
+async def test_every_error_fits_a_default_clients_metadata_limit(
+    channel: grpc.aio.Channel, name: str
+) -> None:
+    # A default client refuses trailers above 16 KiB, and some above 8 KiB at random
+    # (grpc's soft limit): many calls, so an error near the soft limit shows.
+    for _ in range(30):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await _unary(channel, name)()
+        got = details(raised.value)
+        assert got.code is not grpc.StatusCode.RESOURCE_EXHAUSTED, got.message
+        raw = dict(raised.value.trailing_metadata() or ())["grpc-status-details-bin"]
+        assert isinstance(raw, bytes)
+        assert len(raw) <= DETAILS_MAX_BYTES
+        assert len(got.message.encode()) <= 1024
+        assert got.message.endswith(TRUNCATED)
+    assert got.reason in ("INVALID_REQUEST", "GRAPH_ERROR")
+    if name == "HugeInvalidRequest":
+        assert got.code is grpc.StatusCode.INVALID_ARGUMENT
+        shown, (last_field, last_description) = got.violations[:-1], got.violations[-1]
+        assert 1 <= len(shown) <= 20
+        assert all(f.endswith(TRUNCATED) and d.endswith(TRUNCATED) for f, d in shown)
+        assert (last_field, last_description) == (
+            "",
+            f"{1_000 - len(shown)} more violations not shown",
+        )
+    else:
+        assert got.code is grpc.StatusCode.FAILED_PRECONDITION
+        assert got.retry_delay == 2.0
+        assert got.metadata
+        assert all(len(k) <= 64 and len(v) <= 256 for k, v in got.metadata.items())
+        assert all(v.endswith(TRUNCATED) for v in got.metadata.values())
+        assert got.violations[-1] == (
+            "",
+            f"{50 - len(got.violations) + 1} more violations not shown",
+        )
 
 
 async def test_a_closed_store_is_shutting_down(channel: grpc.aio.Channel) -> None:

@@ -204,6 +204,49 @@ async def test_no_token_in_logs_or_errors(
         assert secret not in text
 
 
+def _database_bytes(folder: Path) -> bytes:
+    """The SQLite store's files (database and write-ahead log), raw."""
+    return b"".join(path.read_bytes() for path in sorted(folder.glob("igbutton.db*")))
+
+
+async def test_graph_error_fields_are_redacted_and_bounded_for_the_caller_and_the_store(
+    start_app: AppFactory, tmp_path: Path
+) -> None:
+    app = await start_app(accounts=[{"id": ACCOUNT, "access_token": ACCESS_TOKEN}])
+    assert app.sandbox is not None
+    # Meta echoing the token in every field it sends, with a 200 KB trace id.
+    app.sandbox.add_fault(
+        Fault(
+            kind="graph_error",
+            code=100,
+            message=f"bad token {ACCESS_TOKEN}",
+            fbtrace_id=f"A{ACCESS_TOKEN}" + "x" * 200_000,
+            error_type=f"OAuthException ({ACCESS_TOKEN})",
+        )
+    )
+    request = send_request(request_id="5f0c1a1e-redacted-and-bounded")
+    seen = []
+    async with stub_for(app) as stub:
+        for _ in range(2):  # the second is the stored outcome, replayed
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SendButtonTemplate(request, timeout=10)
+            seen.append(details(caught.value))
+    assert len(app.sandbox.received) == 1
+    assert seen[0] == seen[1]
+    got = seen[1]
+    assert (got.code, got.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "GRAPH_INVALID_PARAMETER")
+    assert got.metadata["fbtraceId"].startswith("A[redacted]xxx")
+    assert got.metadata["fbtraceId"].endswith("…[truncated]")
+    assert len(got.metadata["fbtraceId"]) == 256
+    assert got.metadata["graphType"] == "OAuthException ([redacted])"
+    assert got.message == "Graph API error 100: (#100) bad token [redacted]"
+    assert ACCESS_TOKEN not in repr(got)
+    stored = _database_bytes(tmp_path)
+    assert b"A[redacted]xxx" in stored  # the outcome is in the file...
+    assert ACCESS_TOKEN.encode() not in stored  # ...without the token
+    assert b"x" * 300 not in stored
+
+
 async def test_reflection_stays_open_with_caller_tokens(start_app: AppFactory) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 

@@ -132,6 +132,52 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
         "template.buttons[0].url.url",
     ),
     (
+        "url-userinfo",
+        {"template": _template(buttons=[_url_button("http://user:pass@example.com/")])},
+        "template.buttons[0].url.url",
+    ),
+    (
+        "url-userinfo-phishing",
+        {"template": _template(buttons=[_url_button("https://good.com@evil.com/login")])},
+        "template.buttons[0].url.url",
+    ),
+    (
+        "url-userinfo-empty",
+        {"template": _template(buttons=[_url_button("https://@evil.com/")])},
+        "template.buttons[0].url.url",
+    ),
+    ("url-at-in-path", {"template": _template(buttons=[_url_button("https://e.com/@me")])}, None),
+    (
+        "url-at-in-query",
+        {"template": _template(buttons=[_url_button("https://e.com/?to=a@b.com#x@y")])},
+        None,
+    ),
+    ("text-zero-width", {"template": _template(text="\u200b\u200b")}, "template.text"),
+    ("text-bom", {"template": _template(text="\ufeff")}, "template.text"),
+    (
+        "text-invisible-mix",
+        {"template": _template(text="\u200b \u2060\u00ad\u200d\u200e\u3000\n\u2028")},
+        "template.text",
+    ),
+    ("text-hangul-filler", {"template": _template(text="\u3164\u3164")}, "template.text"),
+    ("text-braille-blank", {"template": _template(text="\u2800")}, "template.text"),
+    ("text-visible-and-zero-width", {"template": _template(text="a\u200b")}, None),
+    (
+        "title-zero-width",
+        {"template": _template(buttons=[_postback_button("p", title="\u200b\ufeff")])},
+        "template.buttons[0].title",
+    ),
+    (
+        "title-combining-only",
+        {"template": _template(buttons=[_postback_button("p", title="\u0301\ufe0f")])},
+        "template.buttons[0].title",
+    ),
+    (
+        "title-emoji-with-selector",
+        {"template": _template(buttons=[_postback_button("p", title="\u2764\ufe0f")])},
+        None,
+    ),
+    (
         "action-unset",
         {"template": _template(buttons=[bt.Button(title="Nothing")])},
         "template.buttons[0].action",
@@ -226,10 +272,10 @@ async def test_every_violation_is_reported_at_once(
     template = bt.ButtonTemplate(
         text="a" * 641,
         buttons=[
-            _postback_button("ok"),
+            _postback_button("p" * 1001),
             _url_button("notaurl", title="x" * 21),
             bt.Button(title=""),
-            _postback_button("p" * 1001),
+            bt.Button(title=""),  # beyond the third: only counted
         ],
     )
     request = send_request(
@@ -244,11 +290,11 @@ async def test_every_violation_is_reported_at_once(
         "recipient_id",
         "template.text",
         "template.buttons",
+        "template.buttons[0].postback.payload",
         "template.buttons[1].title",
         "template.buttons[1].url.url",
         "template.buttons[2].title",
         "template.buttons[2].action",
-        "template.buttons[3].postback.payload",
         "request_id",
     ]
     assert all(description for _, description in got.violations)

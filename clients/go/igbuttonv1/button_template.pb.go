@@ -77,13 +77,24 @@ func (MessageTag) EnumDescriptor() ([]byte, []int) {
 // Instagram renders it as a single message. Every limit below is checked by
 // igbutton before anything reaches Meta; a request that breaks any of them is
 // answered with INVALID_ARGUMENT and a google.rpc.BadRequest listing every
-// violation at once.
+// violation at once (at most 20, each cut to 256 characters; a last one with
+// an empty field says how many more there were).
+//
+// "Visible" below means: at least one character that is not invisible.
+// Invisible are the Unicode categories Cc, Cf, Cn, Cs, Zs, Zl, Zp, Mn and Me
+// (controls; format characters such as U+200B ZERO WIDTH SPACE, U+200D, U+2060
+// and U+FEFF; unassigned code points; spaces and separators; combining marks,
+// variation selectors among them), and the blank-drawn U+115F, U+1160, U+3164,
+// U+FFA0 (Hangul fillers) and U+2800 (blank braille pattern).
 type ButtonTemplate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The text shown above the buttons. Required; 1 to 640 characters
-	// (Unicode code points, not bytes: 640 emoji are allowed).
+	// (Unicode code points, not bytes: 640 emoji are allowed), with a visible
+	// character.
 	Text string `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
-	// The buttons, in display order. Required; 1 to 3 buttons.
+	// The buttons, in display order. Required; 1 to 3 buttons. With more, the
+	// count is the one violation reported for them, and only the first 3
+	// buttons are checked further.
 	Buttons       []*Button `protobuf:"bytes,2,rep,name=buttons,proto3" json:"buttons,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -136,7 +147,8 @@ func (x *ButtonTemplate) GetButtons() []*Button {
 // One button: a title and exactly one action.
 type Button struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The label on the button. Required; 1 to 20 characters (Unicode code points).
+	// The label on the button. Required; 1 to 20 characters (Unicode code
+	// points), with a visible character.
 	Title string `protobuf:"bytes,1,opt,name=title,proto3" json:"title,omitempty"`
 	// What tapping the button does. Exactly one must be set.
 	//
@@ -233,8 +245,9 @@ func (*Button_Postback) isButton_Action() {}
 // Opens a URL in the in-app browser.
 type UrlAction struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The page to open. Required; an absolute http or https URL with a host;
-	// at most 2048 characters.
+	// The page to open. Required; an absolute http or https URL with a host and
+	// without user information (no `user:password@` or `good.com@` before the
+	// host, the classic phishing form); at most 2048 characters.
 	Url           string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

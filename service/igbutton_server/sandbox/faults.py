@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from igbutton_server.sandbox.graph_rules import GraphError, graph_error
+from igbutton_server.sandbox.graph_rules import ERROR_TYPE, GraphError, graph_error
 
 FaultKind = Literal["graph_error", "http_status", "slow", "drop"]
 
@@ -21,7 +21,8 @@ class Fault:
     """One injected failure, applied to the next ``count`` matching sends.
 
     - ``graph_error``: answer ``http_status`` with Meta's error JSON (``code``,
-      ``subcode``, ``message``, ``is_transient``) and ``headers``, after ``delay_seconds``.
+      ``subcode``, ``message``, ``is_transient``, and ``fbtrace_id`` and ``error_type``
+      when set) and ``headers``, after ``delay_seconds``.
     - ``http_status``: answer ``http_status`` with a non-JSON (HTML) body and ``headers``,
       after ``delay_seconds``.
     - ``slow``: wait ``delay_seconds`` after reading the request, then process it normally
@@ -41,6 +42,10 @@ class Fault:
     """How long to wait before answering (``slow``, ``graph_error``, ``http_status``)."""
     headers: dict[str, str] = field(default_factory=dict)
     is_transient: bool | None = None
+    fbtrace_id: str = ""
+    """Empty: a fresh one, as Meta sends."""
+    error_type: str = ""
+    """Empty: the sandbox's usual ``IGApiException``."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("graph_error", "http_status", "slow", "drop"):
@@ -60,6 +65,8 @@ class Fault:
             subcode=self.subcode,
             is_transient=self.is_transient,
             headers=dict(self.headers),
+            fbtrace_id=self.fbtrace_id,
+            type=self.error_type or ERROR_TYPE,
         )
 
 

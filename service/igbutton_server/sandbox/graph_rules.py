@@ -68,22 +68,25 @@ class GraphError:
     user_msg: str = ""
     is_transient: bool | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    fbtrace_id: str = ""
+    """Empty: a fresh one for each answer."""
+    type: str = ERROR_TYPE
 
     def body(self) -> dict[str, Any]:
-        """The JSON body Meta would answer, with a fresh ``fbtrace_id``.
+        """The JSON body Meta would answer, with a fresh ``fbtrace_id`` unless one is set.
 
         ``error_subcode`` is present only when there is one, as with Meta.
         """
         error: dict[str, Any] = {
             "message": self.message,
-            "type": ERROR_TYPE,
+            "type": self.type,
             "code": self.code,
         }
         if self.subcode is not None:
             error["error_subcode"] = self.subcode
         error["error_user_title"] = self.user_title
         error["error_user_msg"] = self.user_msg
-        error["fbtrace_id"] = new_fbtrace_id()
+        error["fbtrace_id"] = self.fbtrace_id or new_fbtrace_id()
         if self.is_transient is not None:
             error["is_transient"] = self.is_transient
         return {"error": error}

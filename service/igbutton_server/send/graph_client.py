@@ -349,7 +349,7 @@ class GraphClient:
                 graph_error,
                 status,
                 retry_after=wait,
-                safe_message=self.redact(graph_error.message)[:500],
+                redact=self.redact,
             )
             raise _AttemptFailed(mapped.error, mapped.retry, "graph_error", str(graph_error.code))
         metadata = {"httpStatus": str(status)}

@@ -4,22 +4,32 @@ The table follows instagram-platform.md ("Errors from the Graph API"): branch on
 first and on ``error_subcode`` only within a code (subcode 1545041 means different things
 under different codes). Every mapped error carries one ErrorInfo with the metadata keys
 ``graphCode``, ``graphSubcode``, ``fbtraceId`` and ``graphType`` (those Meta sent).
+
+Every string copied from Meta's answer (the message, ``fbtrace_id``, ``type``) goes through
+the caller's ``redact`` (Meta may echo an access token anywhere) and is then bounded:
+:data:`MESSAGE_MAX_CHARS` for the message, :data:`FIELD_MAX_CHARS` for each metadata value,
+a cut one ending with :data:`~igbutton_server.errors.TRUNCATED`.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from igbutton.v1 import errors_pb2
-from igbutton_server.errors import ApiError
+from igbutton_server.errors import ApiError, bounded
 
 R = errors_pb2.ErrorReason
+
+MESSAGE_MAX_CHARS = 500
+"""Meta's message, as quoted in the status message."""
+FIELD_MAX_CHARS = 256
+"""Each other string from Meta (``fbtrace_id``, ``type``), as an ErrorInfo metadata value."""
 
 
 class Retry(enum.Enum):
@@ -174,21 +184,23 @@ def map_graph_error(
     http_status: int,
     *,
     retry_after: float | None,
-    safe_message: str,
+    redact: Callable[[str], str],
 ) -> MappedError:
     """The ApiError for a Graph error answer.
 
     ``retry_after`` goes into RetryInfo for rate limits (Meta's regain-access time or the
-    client's backoff). ``safe_message`` is Meta's message with any secret already removed.
+    client's backoff). ``redact`` removes every secret from a string Meta sent; it is
+    applied before the string is cut, so no part of a secret survives the cut.
     """
     rule = rule_for(error)
     metadata = {"graphCode": str(error.code), "httpStatus": str(http_status)}
     if error.subcode is not None:
         metadata["graphSubcode"] = str(error.subcode)
     if error.fbtrace_id:
-        metadata["fbtraceId"] = error.fbtrace_id
+        metadata["fbtraceId"] = bounded(redact(error.fbtrace_id), FIELD_MAX_CHARS)
     if error.type:
-        metadata["graphType"] = error.type
+        metadata["graphType"] = bounded(redact(error.type), FIELD_MAX_CHARS)
+    safe_message = bounded(redact(error.message), MESSAGE_MAX_CHARS)
     where = f"{error.code}/{error.subcode}" if error.subcode is not None else str(error.code)
     text = f"Graph API error {where}: {safe_message}" if safe_message else f"Graph API {where}"
     api_error = ApiError(

@@ -2,12 +2,17 @@
 
 All violations of one request are collected and raised together as one
 :class:`~service.errors.InvalidRequest`, each at its proto field path
-(``template.buttons[2].title``), so a caller fixes everything in one round trip.
+(``template.buttons[2].title``), so a caller fixes everything in one round trip. Only the
+first :data:`BUTTONS_MAX` buttons are checked: a request with more has that one violation
+for the count, however many buttons it carries (a 2 MB request holds a million empty ones).
+
+A text or title must have a visible character: one that is not :func:`invisible`.
 """
 
 from __future__ import annotations
 
 import string
+import unicodedata
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +35,15 @@ REQUEST_ID_MAX = 36
 
 _PRINTABLE_ASCII = frozenset(string.ascii_letters + string.digits + string.punctuation)
 _URL_FORBIDDEN = frozenset(' \t\r\n\x0b\x0c\x00"<>\\^`{|}')
+
+# Controls, format characters (zero-width space and joiners, word joiner, BOM, bidi marks,
+# soft hyphen), separators (spaces, line and paragraph separators), combining marks (which
+# draw nothing without a base letter, variation selectors among them), unassigned and
+# surrogate code points.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+# Letters and symbols that fonts draw as blank: the Hangul fillers and the blank braille
+# pattern, favourites for "empty" names and messages.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 SendRequest = (
     send_service_pb2.SendButtonTemplateRequest | send_service_pb2.ValidateButtonTemplateRequest
@@ -148,7 +162,8 @@ def _check_template(
         violations.append(
             FieldViolation("template.buttons", f"at most {BUTTONS_MAX} buttons, got {count}")
         )
-    for index, button in enumerate(template.buttons):
+    # Never more than BUTTONS_MAX: the count's violation says enough about the rest.
+    for index, button in enumerate(template.buttons[:BUTTONS_MAX]):
         _check_button(button, f"template.buttons[{index}]", violations)
 
 
@@ -181,9 +196,23 @@ def _check_text(value: str, path: str, limit: int, violations: list[FieldViolati
         violations.append(FieldViolation(path, "required"))
     elif len(value) > limit:
         violations.append(FieldViolation(path, f"at most {limit} characters, got {len(value)}"))
-    elif value.isspace():
-        # Meta rejects a blank text or title; whitespace alone renders as nothing.
-        violations.append(FieldViolation(path, "must not be blank"))
+    elif all(invisible(char) for char in value):
+        # Meta rejects a blank text or title; invisible characters alone render as nothing.
+        violations.append(
+            FieldViolation(
+                path, "must have a visible character, not only spaces or zero-width characters"
+            )
+        )
+
+
+def invisible(char: str) -> bool:
+    """Whether the character shows nothing on its own.
+
+    Unicode categories Cc, Cf, Cn, Cs, Z* and Mn/Me (controls, format characters such as
+    U+200B and U+FEFF, unassigned code points, separators, combining marks), and the blank
+    glyphs U+115F, U+1160, U+3164, U+FFA0 (Hangul fillers) and U+2800 (blank braille).
+    """
+    return char in _BLANK_GLYPHS or unicodedata.category(char) in _INVISIBLE_CATEGORIES
 
 
 def url_problem(url: str) -> str | None:
@@ -203,4 +232,7 @@ def url_problem(url: str) -> str | None:
         return "must be an absolute http or https URL"
     if not parts.hostname:
         return "must have a host"
+    if "@" in parts.netloc:
+        # https://good.com@evil.com opens evil.com: user information only serves to mislead.
+        return "must not contain user information (user:password@ before the host)"
     return None

@@ -54,7 +54,15 @@ class ButtonTemplate(_message.Message):
     Instagram renders it as a single message. Every limit below is checked by
     igbutton before anything reaches Meta; a request that breaks any of them is
     answered with INVALID_ARGUMENT and a google.rpc.BadRequest listing every
-    violation at once.
+    violation at once (at most 20, each cut to 256 characters; a last one with
+    an empty field says how many more there were).
+
+    "Visible" below means: at least one character that is not invisible.
+    Invisible are the Unicode categories Cc, Cf, Cn, Cs, Zs, Zl, Zp, Mn and Me
+    (controls; format characters such as U+200B ZERO WIDTH SPACE, U+200D, U+2060
+    and U+FEFF; unassigned code points; spaces and separators; combining marks,
+    variation selectors among them), and the blank-drawn U+115F, U+1160, U+3164,
+    U+FFA0 (Hangul fillers) and U+2800 (blank braille pattern).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -63,11 +71,15 @@ class ButtonTemplate(_message.Message):
     BUTTONS_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The text shown above the buttons. Required; 1 to 640 characters
-    (Unicode code points, not bytes: 640 emoji are allowed).
+    (Unicode code points, not bytes: 640 emoji are allowed), with a visible
+    character.
     """
     @_builtins.property
     def buttons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Button]:
-        """The buttons, in display order. Required; 1 to 3 buttons."""
+        """The buttons, in display order. Required; 1 to 3 buttons. With more, the
+        count is the one violation reported for them, and only the first 3
+        buttons are checked further.
+        """
 
     def __init__(
         self,
@@ -93,7 +105,9 @@ class Button(_message.Message):
     URL_FIELD_NUMBER: _builtins.int
     POSTBACK_FIELD_NUMBER: _builtins.int
     title: _builtins.str
-    """The label on the button. Required; 1 to 20 characters (Unicode code points)."""
+    """The label on the button. Required; 1 to 20 characters (Unicode code
+    points), with a visible character.
+    """
     @_builtins.property
     def url(self) -> Global___UrlAction:
         """Opens a web page in Instagram's in-app browser (Graph type `web_url`)."""
@@ -129,8 +143,9 @@ class UrlAction(_message.Message):
 
     URL_FIELD_NUMBER: _builtins.int
     url: _builtins.str
-    """The page to open. Required; an absolute http or https URL with a host;
-    at most 2048 characters.
+    """The page to open. Required; an absolute http or https URL with a host and
+    without user information (no `user:password@` or `good.com@` before the
+    host, the classic phishing form); at most 2048 characters.
     """
     def __init__(
         self,

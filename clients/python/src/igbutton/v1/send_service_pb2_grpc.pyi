@@ -34,7 +34,10 @@ class SendServiceStub:
     Graph errors the metadata keys graphCode, graphSubcode and fbtraceId),
     google.rpc.BadRequest for invalid input and google.rpc.RetryInfo when rate
     limited. Only UNAVAILABLE is safe to retry, and for sends only with the same
-    request_id.
+    request_id. Every error fits a default client's trailer limits: the message
+    is at most 1 KiB and the details 4 KiB; a string cut to its limit ends with
+    "…[truncated]" (metadata values 256 characters). What comes from a Graph
+    error has every account token replaced by "[redacted]".
     """
 
     @_typing.overload
@@ -62,7 +65,10 @@ class SendServiceAsyncStub(SendServiceStub):
     Graph errors the metadata keys graphCode, graphSubcode and fbtraceId),
     google.rpc.BadRequest for invalid input and google.rpc.RetryInfo when rate
     limited. Only UNAVAILABLE is safe to retry, and for sends only with the same
-    request_id.
+    request_id. Every error fits a default client's trailer limits: the message
+    is at most 1 KiB and the details 4 KiB; a string cut to its limit ends with
+    "…[truncated]" (metadata values 256 characters). What comes from a Graph
+    error has every account token replaced by "[redacted]".
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -86,7 +92,10 @@ class SendServiceServicer(metaclass=_abc_1.ABCMeta):
     Graph errors the metadata keys graphCode, graphSubcode and fbtraceId),
     google.rpc.BadRequest for invalid input and google.rpc.RetryInfo when rate
     limited. Only UNAVAILABLE is safe to retry, and for sends only with the same
-    request_id.
+    request_id. Every error fits a default client's trailer limits: the message
+    is at most 1 KiB and the details 4 KiB; a string cut to its limit ends with
+    "…[truncated]" (metadata values 256 characters). What comes from a Graph
+    error has every account token replaced by "[redacted]".
     """
 
     @_abc_1.abstractmethod

@@ -18,21 +18,32 @@ export const file_igbutton_v1_button_template: GenFile = /*@__PURE__*/
  * Instagram renders it as a single message. Every limit below is checked by
  * igbutton before anything reaches Meta; a request that breaks any of them is
  * answered with INVALID_ARGUMENT and a google.rpc.BadRequest listing every
- * violation at once.
+ * violation at once (at most 20, each cut to 256 characters; a last one with
+ * an empty field says how many more there were).
+ *
+ * "Visible" below means: at least one character that is not invisible.
+ * Invisible are the Unicode categories Cc, Cf, Cn, Cs, Zs, Zl, Zp, Mn and Me
+ * (controls; format characters such as U+200B ZERO WIDTH SPACE, U+200D, U+2060
+ * and U+FEFF; unassigned code points; spaces and separators; combining marks,
+ * variation selectors among them), and the blank-drawn U+115F, U+1160, U+3164,
+ * U+FFA0 (Hangul fillers) and U+2800 (blank braille pattern).
  *
  * @generated from message igbutton.v1.ButtonTemplate
  */
 export type ButtonTemplate = Message<"igbutton.v1.ButtonTemplate"> & {
   /**
    * The text shown above the buttons. Required; 1 to 640 characters
-   * (Unicode code points, not bytes: 640 emoji are allowed).
+   * (Unicode code points, not bytes: 640 emoji are allowed), with a visible
+   * character.
    *
    * @generated from field: string text = 1;
    */
   text: string;
 
   /**
-   * The buttons, in display order. Required; 1 to 3 buttons.
+   * The buttons, in display order. Required; 1 to 3 buttons. With more, the
+   * count is the one violation reported for them, and only the first 3
+   * buttons are checked further.
    *
    * @generated from field: repeated igbutton.v1.Button buttons = 2;
    */
@@ -53,7 +64,8 @@ export const ButtonTemplateSchema: GenMessage<ButtonTemplate> = /*@__PURE__*/
  */
 export type Button = Message<"igbutton.v1.Button"> & {
   /**
-   * The label on the button. Required; 1 to 20 characters (Unicode code points).
+   * The label on the button. Required; 1 to 20 characters (Unicode code
+   * points), with a visible character.
    *
    * @generated from field: string title = 1;
    */
@@ -98,8 +110,9 @@ export const ButtonSchema: GenMessage<Button> = /*@__PURE__*/
  */
 export type UrlAction = Message<"igbutton.v1.UrlAction"> & {
   /**
-   * The page to open. Required; an absolute http or https URL with a host;
-   * at most 2048 characters.
+   * The page to open. Required; an absolute http or https URL with a host and
+   * without user information (no `user:password@` or `good.com@` before the
+   * host, the classic phishing form); at most 2048 characters.
    *
    * @generated from field: string url = 1;
    */

@@ -183,7 +183,10 @@ export const ValidateButtonTemplateResponseSchema: GenMessage<ValidateButtonTemp
  * Graph errors the metadata keys graphCode, graphSubcode and fbtraceId),
  * google.rpc.BadRequest for invalid input and google.rpc.RetryInfo when rate
  * limited. Only UNAVAILABLE is safe to retry, and for sends only with the same
- * request_id.
+ * request_id. Every error fits a default client's trailer limits: the message
+ * is at most 1 KiB and the details 4 KiB; a string cut to its limit ends with
+ * "…[truncated]" (metadata values 256 characters). What comes from a Graph
+ * error has every account token replaced by "[redacted]".
  *
  * @generated from service igbutton.v1.SendService
  */
