@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from nats.js.errors import Error as JetStreamError
 
+from igbutton_server.storage._events import wait_event
 from igbutton_server.storage.nats._codec import decode
 from igbutton_server.storage.nats._connection import NatsConnection
 from igbutton_server.storage.nats._consumers import add_reader
@@ -163,8 +164,7 @@ class BroadcastCursor:
         inbox.check_alive()
         if inbox.outstanding <= PAGE_SIZE // 2:
             await inbox.pull(PAGE_SIZE - inbox.outstanding)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+        await wait_event(self._event, HEARTBEAT_SECONDS)
         return None
 
     def _from_tail(self) -> StoredPostback | None:
@@ -195,8 +195,7 @@ class BroadcastCursor:
         except (JetStreamError, TimeoutError, OSError) as exc:
             # NATS may be electing a leader or reconnecting: try again shortly.
             log.warning("cannot recreate broadcast consumer: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS)
+            await wait_event(self._event, HEARTBEAT_SECONDS)
 
     async def close(self) -> None:
         """See Subscription.close."""

@@ -44,6 +44,7 @@ from nats.js.kv import KeyValue
 
 from igbutton_server import metrics
 from igbutton_server.storage import dead_letters
+from igbutton_server.storage._events import wait_event
 from igbutton_server.storage.nats._codec import AckReply, decode
 from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
 from igbutton_server.storage.nats._pull import HEARTBEAT_SECONDS, PullInbox
@@ -404,8 +405,7 @@ class NatsGroupMember:
                 # Only unreachable for now (its leader moving after a node was lost).
                 self._inbox.gone = False
                 self._inbox.outstanding = 0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._event.wait(), HEARTBEAT_SECONDS / 4)
+                await wait_event(self._event, HEARTBEAT_SECONDS / 4)
                 continue
             self._inbox.check_alive()
             free = self._options.max_unacked - len(self._held)
@@ -420,8 +420,7 @@ class NatsGroupMember:
             timeout = HEARTBEAT_SECONDS
             if wake_at is not None:
                 timeout = min(timeout, max(wake_at - time.monotonic(), 0.001))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout)
+            await wait_event(self._event, timeout)
 
     async def _accept(self, msg: Msg) -> Delivery | None:
         reply = AckReply.parse(msg.reply or "")

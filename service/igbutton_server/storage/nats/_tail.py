@@ -25,6 +25,7 @@ import logging
 
 from nats.js.errors import Error as JetStreamError
 
+from igbutton_server.storage._events import wait_event
 from igbutton_server.storage.nats._codec import decode
 from igbutton_server.storage.nats._connection import NatsConnection
 from igbutton_server.storage.nats._consumers import add_reader
@@ -195,8 +196,7 @@ class SharedTail:
 
     async def _pause(self) -> None:
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), HEARTBEAT_SECONDS)
+        await wait_event(self._wake, HEARTBEAT_SECONDS)
 
     async def _step(self) -> None:
         inbox = self._inbox
@@ -220,8 +220,7 @@ class SharedTail:
         if inbox.outstanding <= READ_BATCH // 2:
             await inbox.pull(READ_BATCH - inbox.outstanding)
         if not inbox.messages:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), HEARTBEAT_SECONDS)
+            await wait_event(self._wake, HEARTBEAT_SECONDS)
 
     def _add(self, postback: StoredPostback) -> None:
         slot = self.end % self._size

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from igbutton_server import metrics
 from igbutton_server.storage import dead_letters
+from igbutton_server.storage._events import wait_event
 from igbutton_server.storage.postbacks import (
     AckResult,
     AppendResult,
@@ -386,8 +387,7 @@ class _SqliteGroupMember:
             if self._closed:
                 raise StopAsyncIteration
             timeout = None if wait_until is None else max(wait_until - _now_ms() + 1, 1) / 1000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
         return self._buffer.popleft()
 
     async def close(self) -> None:
