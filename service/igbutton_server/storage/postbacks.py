@@ -34,10 +34,26 @@ from typing import Protocol, Self, runtime_checkable
 GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 """What a consumer group name may look like (the proto documents the same)."""
 
+MAX_ID_BYTES = 512
+"""The longest account id, sender id or mid (UTF-8 bytes) a postback may have. Meta's ids
+are short: IG ids and IGSIDs are about 17 digits, mids base64 strings of 100 to 200
+characters. On NATS the bound keeps a subject ``<prefix>.<account>.<mid>`` (ids base64-
+encoded when not plain) far below the server's 4 KiB protocol line."""
+
+MAX_RAW_JSON_BYTES = 64 * 1024
+"""The largest ``messaging`` item (``raw_json``, UTF-8 bytes) a postback may have. Meta's
+items are a few hundred bytes (a payload is at most 1,000 characters, a title 20); the
+stored record (raw item plus its fields, at most about three times this) stays far below
+NATS's default ``max_payload`` of 1 MiB."""
+
 
 @dataclass(frozen=True)
 class NewPostback:
-    """A postback parsed from a webhook, not yet stored."""
+    """A postback parsed from a webhook, not yet stored.
+
+    Its ids are at most MAX_ID_BYTES and its ``raw_json`` at most MAX_RAW_JSON_BYTES long
+    (the webhook skips larger items); an engine may refuse a larger one.
+    """
 
     account_id: str
     """The Instagram account (IG ID) whose message was tapped."""
