@@ -300,6 +300,12 @@ class PostbackStore(Protocol):
         """None while the store can take appends, else a short reason (for /readyz)."""
         ...
 
+    def unhealthy_reason(self) -> str | None:
+        """None unless the store cannot recover on its own and the process should be
+        restarted, else a short reason (for /healthz). A passing outage (NATS restarting,
+        a leader election) is only unready."""
+        ...
+
     async def prune(self, older_than_ms: int) -> int:
         """Remove postbacks received before ``older_than_ms`` (and their group
         deliveries); return how many were removed. Engines with native expiry
