@@ -121,7 +121,9 @@ class App:
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
         self.ports.http = await self._serve_http(
-            build_ops_app(self._readiness), self.settings.http.host, self.settings.http.port
+            build_ops_app(self._readiness, self._liveness),
+            self.settings.http.host,
+            self.settings.http.port,
         )
         await self._start_webhook()
         for name in ("", *_SERVICE_NAMES):
@@ -178,6 +180,11 @@ class App:
             return "starting or stopping"
         if self.postback_store is not None:
             return self.postback_store.unready_reason()
+        return None
+
+    async def _liveness(self) -> str | None:
+        if self.postback_store is not None:
+            return self.postback_store.unhealthy_reason()
         return None
 
     def _bind_grpc(self, server: grpc.aio.Server) -> int:

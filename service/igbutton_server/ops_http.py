@@ -9,13 +9,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when ready, else a short reason."""
+LivenessCheck = Callable[[], Awaitable[str | None]]
+"""Returns None while the process can still recover on its own, else a short reason."""
 
 
-def build_ops_app(readiness: ReadinessCheck) -> web.Application:
-    """An aiohttp app serving /healthz, /readyz and /metrics."""
+def build_ops_app(readiness: ReadinessCheck, liveness: LivenessCheck) -> web.Application:
+    """An aiohttp app serving /healthz (503 when the process should be restarted), /readyz
+    (503 while it cannot take work) and /metrics."""
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        problem = await liveness()
+        if problem is None:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "unhealthy", "reason": problem}, status=503)
 
     async def readyz(_: web.Request) -> web.Response:
         problem = await readiness()

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
+from igbutton_server.storage.postbacks import MAX_ID_BYTES, MAX_RAW_JSON_BYTES
 from tests.postbacks.conftest import ACCOUNT, postback_item
 
 
@@ -71,6 +72,28 @@ def test_a_postback_without_usable_identity_or_fields_is_skipped(change: object)
     parsed = parse_delivery(body(item, postback_item("m2")))
     assert [p.mid for p in parsed.postbacks] == ["m2"]
     assert parsed.skipped == {"invalid_postback": 1}
+
+
+@pytest.mark.parametrize("field", ["mid", "sender", "account"])
+def test_an_id_over_the_bound_is_skipped_as_oversized(field: str) -> None:
+    # Bytes, not characters: three-byte characters reach the bound at a third the length.
+    ok = "\u20ac" * (MAX_ID_BYTES // 3)
+    too_long = ok + "x" * (MAX_ID_BYTES - len(ok.encode()) + 1)
+    kwargs = {"mid": "m1", "sender": "s", "account": ACCOUNT}
+    parsed = parse_delivery(body(postback_item(**{**kwargs, field: ok})))
+    assert len(parsed.postbacks) == 1
+    parsed = parse_delivery(body(postback_item(**{**kwargs, field: too_long}), postback_item("m2")))
+    assert [p.mid for p in parsed.postbacks] == ["m2"]
+    assert parsed.skipped == {"oversized": 1}
+
+
+def test_an_item_over_the_bound_is_skipped_as_oversized() -> None:
+    for field in ("payload", "title", "extra"):
+        item = postback_item("m1")
+        item["postback"][field] = "x" * MAX_RAW_JSON_BYTES
+        parsed = parse_delivery(body(item, postback_item("m2")))
+        assert [p.mid for p in parsed.postbacks] == ["m2"]
+        assert parsed.skipped == {"oversized": 1}
 
 
 def test_a_lone_surrogate_is_not_stored_as_text() -> None:

@@ -11,6 +11,7 @@ import pytest
 from igbutton_server import metrics
 from igbutton_server.app import App
 from igbutton_server.postbacks.webhook import sign
+from igbutton_server.storage.postbacks import MAX_ID_BYTES, MAX_RAW_JSON_BYTES
 from tests.postbacks.conftest import (
     ACCOUNT,
     ROTATED_SECRET,
@@ -220,6 +221,50 @@ async def test_non_postback_items_are_skipped_and_counted(app: App, webhook: Web
         "invalid_item": 1,
     }
     assert metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind="read")._value.get() == before + 1
+
+
+async def test_oversized_postbacks_are_skipped_and_the_rest_stored(
+    app: App, webhook: WebhookClient
+) -> None:
+    # On NATS a 4,100-character mid made a subject over the server's 4 KiB protocol line:
+    # the server dropped the connection, the client closed for good and every later
+    # delivery failed; a 2 MB payload was refused on every retry.
+    long_id = "9" * (MAX_ID_BYTES + 1)
+    items = [
+        postback_item("before"),
+        postback_item("m" * 4100),
+        postback_item("long-sender", sender=long_id),
+        postback_item("long-account", account=long_id),
+        postback_item("big", payload="x" * 2_000_000),
+        postback_item("after"),
+    ]
+    before = metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind="oversized")._value.get()
+    (status, answer), stored = await appended_during(app, webhook.post(delivery(*items)))
+    assert (status, answer) == (200, {"stored": 2, "duplicates": 0, "skipped": {"oversized": 4}})
+    assert [p.mid for p in stored] == ["before", "after"]
+    assert metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind="oversized")._value.get() == before + 4
+    # The replica carries on.
+    answer, stored = await appended_during(app, webhook.deliver(postback_item("later")))
+    assert [p.mid for p in stored] == ["later"]
+
+
+async def test_postbacks_at_the_bounds_are_stored(app: App, webhook: WebhookClient) -> None:
+    plain = "7" * MAX_ID_BYTES
+    wide = "\u00e9" * (MAX_ID_BYTES // 2)  # two UTF-8 bytes each; base64 in a NATS subject
+    item = postback_item(wide, account=wide, sender=plain, payload="")
+    compact = {"separators": (",", ":"), "ensure_ascii": False}  # as the raw JSON is kept
+    room = MAX_RAW_JSON_BYTES - len(json.dumps(item, **compact).encode())
+    item["postback"]["payload"] = "p" * room
+    largest = postback_item(plain, account=plain, sender=plain)
+    answer, stored = await appended_during(app, webhook.deliver(item, largest))
+    assert answer == {"stored": 2, "duplicates": 0, "skipped": {}}
+    assert [(p.mid, p.account_id, len(p.raw_json.encode())) for p in stored] == [
+        (wide, wide, MAX_RAW_JSON_BYTES),
+        (plain, plain, len(json.dumps(largest, **compact))),
+    ]
+    # Both are recognised again: dedupe holds for the longest ids too.
+    again = await webhook.deliver(item, largest)
+    assert (again["stored"], again["duplicates"]) == (0, 2)
 
 
 async def test_postback_fields_and_raw_json_are_kept(app: App, webhook: WebhookClient) -> None:

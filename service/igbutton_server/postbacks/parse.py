@@ -4,9 +4,10 @@ A delivery is rejected (400, nothing stored) only when it is not a JSON object w
 ``entry`` list: then nothing in it can be trusted. Inside a valid envelope every item is
 judged alone: a postback becomes a NewPostback; anything else (messages, reads, reactions,
 ``changes`` from other webhook fields) is skipped and counted; a postback missing what
-identifies it (mid, sender, account) is skipped as ``invalid_postback`` rather than failing
-the batch, because Meta would retry a failed batch for 36 hours and then drop its good items
-too.
+identifies it (mid, sender, account) is skipped as ``invalid_postback``, and one whose ids
+or item are longer than the log takes (``MAX_ID_BYTES``, ``MAX_RAW_JSON_BYTES``) as
+``oversized``, rather than failing the batch, because Meta would retry a failed batch for 36
+hours and then drop its good items too.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from igbutton_server.storage.postbacks import NewPostback
+from igbutton_server.storage.postbacks import MAX_ID_BYTES, MAX_RAW_JSON_BYTES, NewPostback
 
 _MAX_TIME_MS = 253_402_300_799_999
 """9999-12-31T23:59:59.999Z, the largest time a protobuf Timestamp holds."""
@@ -88,8 +89,8 @@ def _parse_entry(entry: object, parsed: ParsedDelivery) -> None:
             parsed.skipped[kind] += 1
             continue
         postback = _postback(item, entry)
-        if postback is None:
-            parsed.skipped["invalid_postback"] += 1
+        if isinstance(postback, str):
+            parsed.skipped[postback] += 1
         else:
             parsed.postbacks.append(postback)
 
@@ -146,10 +147,11 @@ def _raw_json(item: dict[str, Any]) -> str:
     return raw
 
 
-def _postback(item: dict[str, Any], entry: dict[str, Any]) -> NewPostback | None:
+def _postback(item: dict[str, Any], entry: dict[str, Any]) -> NewPostback | str:
+    """The postback of a ``messaging`` item, or the kind it is skipped as."""
     body = item["postback"]
     if not isinstance(body, dict):
-        return None
+        return "invalid_postback"
     mid = _id(body.get("mid"))
     sender = _get_id(item.get("sender"))
     # The account is the recipient of the tap; entry.id names it too.
@@ -157,11 +159,15 @@ def _postback(item: dict[str, Any], entry: dict[str, Any]) -> NewPostback | None
     title = _text(body.get("title", ""))
     payload = _text(body.get("payload", ""))
     if mid is None or sender is None or account is None or title is None or payload is None:
-        return None
+        return "invalid_postback"
+    if any(len(i.encode()) > MAX_ID_BYTES for i in (mid, sender, account)):
+        return "oversized"
     try:
         raw = _raw_json(item)
     except (ValueError, RecursionError):
-        return None
+        return "invalid_postback"
+    if len(raw.encode()) > MAX_RAW_JSON_BYTES:
+        return "oversized"  # title and payload are part of it, so bounded too
     return NewPostback(
         account_id=account,
         sender_id=sender,

@@ -63,10 +63,26 @@ def split_group_key(key: str) -> tuple[str | None, str]:
     scope, _, name = key.rpartition("/")
     return scope or None, name
 
+MAX_ID_BYTES = 512
+"""The longest account id, sender id or mid (UTF-8 bytes) a postback may have. Meta's ids
+are short: IG ids and IGSIDs are about 17 digits, mids base64 strings of 100 to 200
+characters. On NATS the bound keeps a subject ``<prefix>.<account>.<mid>`` (ids base64-
+encoded when not plain) far below the server's 4 KiB protocol line."""
+
+MAX_RAW_JSON_BYTES = 64 * 1024
+"""The largest ``messaging`` item (``raw_json``, UTF-8 bytes) a postback may have. Meta's
+items are a few hundred bytes (a payload is at most 1,000 characters, a title 20); the
+stored record (raw item plus its fields, at most about three times this) stays far below
+NATS's default ``max_payload`` of 1 MiB."""
+
 
 @dataclass(frozen=True)
 class NewPostback:
-    """A postback parsed from a webhook, not yet stored."""
+    """A postback parsed from a webhook, not yet stored.
+
+    Its ids are at most MAX_ID_BYTES and its ``raw_json`` at most MAX_RAW_JSON_BYTES long
+    (the webhook skips larger items); an engine may refuse a larger one.
+    """
 
     account_id: str
     """The Instagram account (IG ID) whose message was tapped."""
@@ -344,6 +360,12 @@ class PostbackStore(Protocol):
 
     def unready_reason(self) -> str | None:
         """None while the store can take appends, else a short reason (for /readyz)."""
+        ...
+
+    def unhealthy_reason(self) -> str | None:
+        """None unless the store cannot recover on its own and the process should be
+        restarted, else a short reason (for /healthz). A passing outage (NATS restarting,
+        a leader election) is only unready."""
         ...
 
     async def prune(self, older_than_ms: int) -> int:

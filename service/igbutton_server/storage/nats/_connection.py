@@ -12,15 +12,24 @@ configuration (retention, TTL, replicas) without a separate migration step:
 - the delivery ledger, a KV bucket holding each group's current delivery attempt per
   postback, so an ack id can be checked from any replica (see ``nats._groups``);
 - the idempotency records, a KV bucket whose entries expire after the idempotency TTL.
+
+nats-py reconnects a dropped connection on its own, but closes its client for good on any
+protocol error from the server other than a stale connection (e.g. a line over the server's
+limit). A NatsConnection then opens a new client and tells its store, which rebuilds what
+lived on the old one; until then the store is not ready, and if that takes longer than
+``revive_window`` it is not healthy either (so an orchestrator restarts the process).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import re
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats
@@ -40,6 +49,13 @@ The window only makes an immediate retry cheap (answered from memory)."""
 
 CONNECT_WINDOW_SECONDS = 30.0
 """How long start-up keeps trying to reach NATS (it may still be starting beside us)."""
+
+REVIVE_WINDOW_SECONDS = 30.0
+"""How long a connection whose client closed may take to open a new one before its store
+reports itself unhealthy (/healthz 503). It keeps trying after that."""
+
+REVIVE_ATTEMPT_SECONDS = 5.0
+"""How long one attempt to open a new client may take."""
 
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 """JetStream's "wrong last sequence" error codes (the second without the sequence, as a
@@ -129,7 +145,9 @@ class NatsConnection:
     """A JetStream client for one store (the postback log, or the idempotency records).
 
     Build with :meth:`open`, then ensure the layout the store needs. Each store owns its
-    connection, so closing one never cuts the other off.
+    connection, so closing one never cuts the other off. ``client`` and ``js`` are replaced
+    when the client closes on its own (see the module's docstring): read them from here
+    each time, never keep them.
     """
 
     def __init__(self, client: NatsClient, settings: Settings) -> None:
@@ -141,13 +159,84 @@ class NatsConnection:
         """Set by the store that owns the connection when it starts closing: the cursors and
         group members reading through it end, and leave their server-side clean-up (their
         ephemeral consumers, unhanded deliveries) to JetStream's own timers."""
+        self.revive_window = REVIVE_WINDOW_SECONDS
+        """See REVIVE_WINDOW_SECONDS."""
+        self.revivals = 0
+        """How many times a closed client was replaced by a new one."""
+        self.on_lost: Callable[[], None] = _nothing
+        """Called at once when the client closes on its own."""
+        self.on_revived: Callable[[], Awaitable[None]] = _nothing_async
+        """Awaited when a new client replaced it, before the connection counts as usable."""
+        self._lost_at: float | None = None
+        self._reviving: asyncio.Task[None] | None = None
+        self._shut = False
 
     @classmethod
     async def open(
         cls, settings: Settings, connect_window: float = CONNECT_WINDOW_SECONDS
     ) -> NatsConnection:
         """Connect, retrying for ``connect_window`` seconds."""
-        return cls(await _connect(settings, connect_window), settings)
+        current: list[NatsConnection] = []
+
+        async def closed(client: NatsClient) -> None:
+            if current:
+                current[0].note_client_closed(client)
+
+        conn = cls(await _connect(settings, connect_window, closed), settings)
+        current.append(conn)
+        return conn
+
+    def note_client_closed(self, client: NatsClient) -> None:
+        """Called when a client of this connection closed: if it was the current one and
+        not closed by us, open a new one."""
+        if self._shut or self.closing or client is not self.client or self._lost_at is not None:
+            return
+        log.error("the NATS client closed (%s); opening a new one", client.last_error)
+        self._lost_at = time.monotonic()
+        self.on_lost()
+        self._reviving = asyncio.create_task(self._revive(), name="nats-revive")
+
+    async def _revive(self) -> None:
+        delay = 0.5
+        while not (self._shut or self.closing):
+
+            async def closed(client: NatsClient) -> None:
+                self.note_client_closed(client)
+
+            try:
+                client = await _connect(self.settings, REVIVE_ATTEMPT_SECONDS, closed)
+            except OSError as exc:
+                log.warning("cannot open a new NATS client yet: %s", exc)
+                await asyncio.sleep(delay)  # a backoff between attempts
+                delay = min(delay * 2, REVIVE_ATTEMPT_SECONDS)
+                continue
+            if self._shut or self.closing:
+                await client.close()
+                return
+            self.client, self.js = client, client.jetstream()
+            try:
+                await self.on_revived()
+            except Exception:  # the store is rebuilt as far as it goes; its parts retry
+                log.exception("rebuilding the store on the new NATS client failed")
+            self.revivals += 1
+            self._lost_at = None
+            log.warning("a new NATS client replaced the closed one")
+            return
+
+    @property
+    def lost(self) -> bool:
+        """Whether the client closed on its own and no new one is in use yet."""
+        return self._lost_at is not None
+
+    def unhealthy_reason(self) -> str | None:
+        """None unless the client closed and no new one could be opened within
+        ``revive_window`` seconds (a disconnect the client is repairing is not counted)."""
+        if self._lost_at is None:
+            return None
+        lost_for = time.monotonic() - self._lost_at
+        if lost_for <= self.revive_window:
+            return None
+        return f"the NATS client closed {lost_for:.0f} s ago and no new one could be opened"
 
     async def ensure_postback_layout(self) -> KeyValue:
         """Create or update the log, dead-letter stream and delivery ledger; return the
@@ -169,6 +258,10 @@ class NatsConnection:
         )
         return self._bucket(self.layout.idempotency_bucket)
 
+    def bucket(self, name: str) -> KeyValue:
+        """A KV bucket that exists, on the current client."""
+        return self._bucket(name)
+
     def _bucket(self, name: str) -> KeyValue:
         # Built directly: js.key_value() first asks for the stream's info, which a cluster
         # may not answer yet right after creating it.
@@ -177,10 +270,16 @@ class NatsConnection:
     @property
     def connected(self) -> bool:
         """Whether the client is connected right now (it reconnects on its own)."""
-        return bool(self.client.is_connected)
+        return bool(self.client.is_connected) and self._lost_at is None
 
     async def close(self) -> None:
         """Flush what is buffered and close the connection."""
+        self._shut = True
+        reviving, self._reviving = self._reviving, None
+        if reviving is not None:
+            reviving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reviving
         if self.client.is_closed:
             return
         try:
@@ -301,7 +400,17 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def _connect(settings: Settings, window: float) -> NatsClient:
+def _nothing() -> None:
+    pass
+
+
+async def _nothing_async() -> None:
+    pass
+
+
+async def _connect(
+    settings: Settings, window: float, on_closed: Callable[[NatsClient], Awaitable[None]]
+) -> NatsClient:
     nats_settings = settings.storage.nats
 
     async def on_error(exc: Exception) -> None:
@@ -313,6 +422,9 @@ async def _connect(settings: Settings, window: float) -> NatsClient:
 
     async def on_reconnected() -> None:
         log.info("reconnected to NATS")
+
+    async def on_closed_cb() -> None:
+        await on_closed(client)
 
     # With unlimited reconnects nats-py also retries the first connect forever; the
     # window bounds it so a wrong URL stops the start with a clear message.
@@ -333,6 +445,7 @@ async def _connect(settings: Settings, window: float) -> NatsClient:
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                closed_cb=on_closed_cb,
             ),
             timeout=window,
         )

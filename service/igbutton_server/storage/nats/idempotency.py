@@ -45,6 +45,11 @@ class NatsIdempotencyStore:
         self._conn = conn
         self._bucket = bucket
         self._prefix = f"$KV.{conn.layout.idempotency_bucket}."
+        conn.on_revived = self._on_revived
+
+    async def _on_revived(self) -> None:
+        """The client closed and a new one replaced it: read the bucket through that one."""
+        self._bucket = self._conn.bucket(self._conn.layout.idempotency_bucket)
 
     @classmethod
     async def open(cls, settings: Settings) -> NatsIdempotencyStore:

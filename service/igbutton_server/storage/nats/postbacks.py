@@ -16,6 +16,10 @@ window, stores it twice.
 An append is answered only after every publish got its PubAck, i.e. the postback is stored
 on a majority of the stream's replicas. Transient failures (a leader election, a node
 going away) are retried within a bound; publishing again is safe for the reason above.
+While the client is disconnected an append waits at most DISCONNECTED_APPEND_SECONDS for it
+to reconnect; once the client has closed (see ``nats._connection``) appends fail at once
+until a new client replaced it. A postback too large for one NATS message or subject is
+refused before anything is written (the webhook never sends one: see MAX_ID_BYTES).
 """
 
 from __future__ import annotations
@@ -79,6 +83,11 @@ PUBACK_WAIT_SECONDS = 3.0
 lost with a connection that drops after the publish was written (a node restarting), and
 waiting out the whole append deadline would fail a delivery that a new publish stores at
 once; publishing twice is safe (Nats-Msg-Id and the expected subject sequence)."""
+DISCONNECTED_APPEND_SECONDS = 5.0
+"""How long an append waits for a disconnected client to reconnect before it fails."""
+MAX_SUBJECT_BYTES = 3072
+"""The longest subject published: NATS refuses a protocol line over 4 KiB by closing the
+connection, and the line also holds the reply subject and sizes."""
 _CONSUMER_EXISTS = 10148
 _API_TIMEOUT_SECONDS = 5.0
 
@@ -93,6 +102,10 @@ def _last_active_ms(info: api.ConsumerInfo) -> int:
 
 class _Retry(Exception):
     """A publish failed in a way a retry may cure."""
+
+
+class NatsClientClosed(OSError):
+    """The NATS client closed; a new one is being opened (the append is not stored)."""
 
 
 class _Publisher:
@@ -141,6 +154,13 @@ class _Publisher:
             self._waiting.pop(token, None)
             raise
         return future
+
+    def fail_all(self, error: Exception) -> None:
+        """End every wait with ``error`` (the client closed: no answer will come)."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
 
     def forget(self, futures: Sequence[asyncio.Future[dict[str, object]]]) -> None:
         """Stop waiting for these (timed out)."""
@@ -215,6 +235,41 @@ class NatsPostbackStore:
         self.tail = SharedTail(conn)
         """The newest postbacks, read once for every broadcast cursor of this process."""
         self._members: dict[str, set[NatsGroupMember]] = {}
+        self._ending: set[asyncio.Task[None]] = set()
+        conn.on_lost = self._on_lost
+        conn.on_revived = self._on_revived
+
+    def _on_lost(self) -> None:
+        """The client closed: what waits on it fails now, and the streams reading through it
+        end (UNAVAILABLE: clients resume from their last sequence, or rejoin their group)."""
+        self._publisher.fail_all(NatsClientClosed("the NATS client closed"))
+        task = asyncio.create_task(self._end_readers(), name="nats-end-readers")
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _end_readers(self) -> None:
+        for cursor in list(self._cursors):
+            await cursor.close()
+        for members in list(self._members.values()):
+            for member in list(members):
+                await member.close()
+
+    async def _on_revived(self) -> None:
+        """Rebuild on the new client what lived on the closed one."""
+        await asyncio.gather(*self._ending)
+        self.ledger = AckLedger(self.conn, self.conn.bucket(self.conn.layout.delivery_bucket))
+        await self._dead_letters.close()
+        self._dead_letters = ExpiredDeadLetters(self.conn, self.ledger)
+        await self._publisher.close()
+        self._publisher = _Publisher(self.conn)
+        await self._publisher.open()
+        await self._dead_letters.open()
+
+    def unhealthy_reason(self) -> str | None:
+        """See PostbackStore.unhealthy_reason."""
+        if self.closed:
+            return None
+        return self.conn.unhealthy_reason()
 
     @property
     def closed(self) -> bool:
@@ -259,17 +314,41 @@ class NatsPostbackStore:
             else:
                 seen.add(key)
                 batch.append(postback)
+        for postback in batch:
+            self._check_fits(postback)
         outcome = _Outcome()
         deadline = time.monotonic() + APPEND_TIMEOUT_SECONDS
         delay = 0.05
         while batch:
+            deadline = self._check_connection(deadline)
             batch = await self._publish_round(batch, outcome, deadline)
             if batch:
+                deadline = self._check_connection(deadline)
                 if time.monotonic() + delay >= deadline:
                     raise OSError(f"NATS did not store {len(batch)} postbacks in time")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         return AppendResult(outcome.stored, outcome.duplicates + repeated)
+
+    def _check_fits(self, postback: NewPostback) -> None:
+        """Raise ValueError if the postback cannot be one NATS message: publishing it would
+        fail on every retry, or make the server close the connection."""
+        subject = self.conn.layout.postback_subject(postback.account_id, postback.mid)
+        if len(subject.encode()) > MAX_SUBJECT_BYTES:
+            raise ValueError(f"a postback's subject is over {MAX_SUBJECT_BYTES} bytes")
+        size = len(encode(postback)) + len(postback.account_id) + len(postback.mid) + 512
+        limit = self.conn.client.max_payload  # the server's, from its INFO
+        if size > limit:  # the body, plus room for the headers
+            raise ValueError(f"a postback of {size} bytes is over NATS's max_payload ({limit})")
+
+    def _check_connection(self, deadline: float) -> float:
+        """The append's deadline, shortened while disconnected; raises if the client closed."""
+        self._check_open()
+        if self.conn.lost or self.conn.client.is_closed:
+            raise NatsClientClosed("the NATS client closed; a new one is being opened")
+        if self.conn.connected:
+            return deadline
+        return min(deadline, time.monotonic() + DISCONNECTED_APPEND_SECONDS)
 
     async def _publish_round(
         self, batch: list[NewPostback], outcome: _Outcome, deadline: float

@@ -99,6 +99,10 @@ class SqlitePostbackStore:
         """None while open."""
         return "postback store closed" if self._closed else None
 
+    def unhealthy_reason(self) -> str | None:
+        """None: a SQLite store has nothing to recover (a failing disk fails each append)."""
+        return None
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreClosed("the postback store is closed")
