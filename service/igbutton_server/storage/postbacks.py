@@ -63,6 +63,7 @@ def split_group_key(key: str) -> tuple[str | None, str]:
     scope, _, name = key.rpartition("/")
     return scope or None, name
 
+
 MAX_ID_BYTES = 512
 """The longest account id, sender id or mid (UTF-8 bytes) a postback may have. Meta's ids
 are short: IG ids and IGSIDs are about 17 digits, mids base64 strings of 100 to 200

@@ -235,6 +235,9 @@ class NatsPostbackStore:
         self.tail = SharedTail(conn)
         """The newest postbacks, read once for every broadcast cursor of this process."""
         self._members: dict[str, set[NatsGroupMember]] = {}
+        self._deletions = 0
+        """Groups this store deleted so far; a group_info read that a deletion overtook
+        leaves the metrics alone."""
         self._ending: set[asyncio.Task[None]] = set()
         conn.on_lost = self._on_lost
         conn.on_revived = self._on_revived
@@ -503,6 +506,7 @@ class NatsPostbackStore:
         """See PostbackStore.group_info."""
         self._check_open()
         layout = self.conn.layout
+        deletions = self._deletions
         try:
             consumer = consumer_name(group)
             info = await self.conn.js.consumer_info(layout.stream, consumer)
@@ -511,7 +515,10 @@ class NatsPostbackStore:
         dead = await self.conn.js.stream_info(
             layout.dead_letter_stream, subjects_filter=layout.dead_letter_filter(consumer)
         )
-        metrics.UNACKED.labels(group=group).set(info.num_ack_pending or 0)
+        # A deletion while this read was on its way removed the group's series: setting the
+        # gauge now would bring back a series for a group that no longer exists.
+        if deletions == self._deletions:
+            metrics.UNACKED.labels(group=group).set(info.num_ack_pending or 0)
         return GroupInfo(
             name=group,
             filter=filter_from_metadata((info.config.metadata or {}).get(FILTER_METADATA_KEY)),
@@ -540,6 +547,7 @@ class NatsPostbackStore:
         for member in list(self._members.pop(group, ())):
             await member.close()
         metrics.GROUPS.set(len(self._members))
+        self._deletions += 1
         metrics.forget_group(group)
         return existed
 
