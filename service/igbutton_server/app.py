@@ -21,6 +21,8 @@ from pydantic import SecretStr
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from igbutton_server import tracing
 from igbutton_server.config import Account, Settings
+from igbutton_server.grpc_options import server_options
+from igbutton_server.health import HealthServicer
 from igbutton_server.ops_http import build_ops_app
 from igbutton_server.postbacks.api import PostbackApi
 from igbutton_server.postbacks.retention import RetentionPruner
@@ -80,7 +82,7 @@ class App:
         self.settings = settings
         self.ports = Ports()
         self._grpc: grpc.aio.Server | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
         self._sites = _Sites()
         self.sandbox: Sandbox | None = None
         """The in-process sandbox, when ``settings.sandbox.enabled`` (tests reach it here)."""
@@ -103,10 +105,7 @@ class App:
         await self._start_storage()
         self._grpc = grpc.aio.server(
             interceptors=tracing.configure(self.settings.tracing) or None,
-            options=[
-                ("grpc.max_concurrent_streams", self.settings.grpc.max_concurrent_streams),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=server_options(self.settings.grpc),
         )
         # Generated add_*_to_server functions register through the middleware.
         services: Any = Registrar(self._grpc, RpcMiddleware(self.settings.callers))

@@ -221,7 +221,27 @@ class GrpcSettings(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """How long in-flight calls may finish after SIGTERM."""
     max_concurrent_streams: int = Field(default=1000, ge=1)
-    """Most concurrent streams per HTTP/2 connection."""
+    """Most concurrent streams per HTTP/2 connection; a client queues the ones beyond it."""
+    max_pending_rpcs: int = Field(default=20000, ge=2)
+    """Calls the transport accepted but the event loop has not picked up yet. Past half of
+    it grpc refuses new calls at random (more as it fills), at it every one; refused calls
+    end CANCELLED. grpc's own 1000 and 3000 cut bursts of reconnecting subscribers."""
+    keepalive_time_seconds: float = Field(default=30.0, gt=0)
+    """Ping each connection after this long without a read, calls or not, so that load
+    balancers' idle timeouts do not cut quiet streams."""
+    keepalive_timeout_seconds: float = Field(default=20.0, gt=0)
+    """Close a connection whose peer has not answered a ping within this long, ending its
+    streams: a client gone without a FIN does not keep its streams open."""
+    min_client_ping_interval_seconds: float = Field(default=5.0, gt=0)
+    """Shortest interval between client pings that is not a strike (two strikes: GOAWAY
+    ENHANCE_YOUR_CALM "too_many_pings"), with calls or without. grpc's default is 5 min; this
+    lets clients ping every 10 s, a common keepalive behind load balancers."""
+    max_connection_age_seconds: float | None = Field(default=None, gt=0)
+    """Send GOAWAY to a connection this old (with 10 % jitter) so clients reconnect and
+    spread over new replicas after a scale-up; None (default): never."""
+    max_connection_age_grace_seconds: float = Field(default=300.0, ge=0)
+    """After that GOAWAY, how long the connection's calls may go on before it is closed;
+    streams cut then end UNAVAILABLE and clients resume them on a new connection."""
 
 
 class HttpSettings(_Section):

@@ -19,11 +19,13 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.clients.toolchains import require
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
@@ -114,17 +116,6 @@ def _wait_for_ports(proc: subprocess.Popen[bytes], ports_file: Path, log: Path) 
     pytest.fail(f"igbutton-server not ready after {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
 
 
-def _require(tools: Sequence[str], install: str) -> None:
-    """Skip (or, with IGBUTTON_REQUIRE_TOOLCHAINS=1, fail) when a toolchain is missing."""
-    missing = [name for name in tools if shutil.which(name) is None]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not found on PATH: install {install} to run this round trip"
-    if os.environ.get("IGBUTTON_REQUIRE_TOOLCHAINS") == "1":
-        pytest.fail(f"{message} (IGBUTTON_REQUIRE_TOOLCHAINS=1 forbids skipping)")
-    pytest.skip(message)
-
-
 def _run(command: list[str], cwd: Path, server: Server) -> str:
     """Run a client's test command; fail with its output and the server's log unless it passes."""
     started = time.monotonic()
@@ -152,7 +143,7 @@ def _run(command: list[str], cwd: Path, server: Server) -> str:
 
 @pytest.mark.timeout(900)
 def test_go_client_round_trip(request: pytest.FixtureRequest) -> None:
-    _require(["go"], "Go 1.26 or newer")
+    require(["go"], "Go 1.26 or newer")
     server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     output = _run(["go", "test", "-count=1", "-v", "./..."], CLIENTS / "go", server)
     # The suite skips itself without the environment: make sure it really ran here.
@@ -161,7 +152,7 @@ def test_go_client_round_trip(request: pytest.FixtureRequest) -> None:
 
 @pytest.mark.timeout(900)
 def test_typescript_client_round_trip(request: pytest.FixtureRequest) -> None:
-    _require(["node", "npm"], "Node.js 20 or newer with npm")
+    require(["node", "npm"], "Node.js 20 or newer with npm")
     server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     ts = CLIENTS / "typescript"
     if not (ts / "node_modules" / ".installed").exists():
@@ -173,7 +164,7 @@ def test_typescript_client_round_trip(request: pytest.FixtureRequest) -> None:
 
 @pytest.mark.timeout(900)
 def test_java_client_round_trip(request: pytest.FixtureRequest) -> None:
-    _require(["java", "mvn"], "a JDK 17 or newer and Maven 3.8 or newer")
+    require(["java", "mvn"], "a JDK 17 or newer and Maven 3.8 or newer")
     server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     java = CLIENTS / "java"
     _run(["mvn", "-B", "-q", "test"], java, server)

@@ -91,7 +91,8 @@ class Attempts:
 
 @dataclass(frozen=True)
 class ReconnectPolicy:
-    """How a subscription reconnects after UNAVAILABLE (server restart, lost connection).
+    """How a subscription reconnects after UNAVAILABLE (server restart, lost connection) or a
+    CANCELLED from the server (no room for the call, as in a burst of reconnects).
 
     Delays grow like :class:`RetryPolicy`'s and start over once an event arrives.
     """

@@ -1,4 +1,5 @@
-"""Subscription iterators that reconnect after UNAVAILABLE and resume where they left off.
+"""Subscription iterators that reconnect after UNAVAILABLE (or a CANCELLED they did not
+cause) and resume where they left off.
 
 A broadcast subscription remembers the last sequence it yielded and resumes with
 ``after_sequence`` set to it, so a reconnect loses nothing and repeats nothing. If nothing was
@@ -32,6 +33,12 @@ SubscribeRequest = postback_service_pb2.SubscribePostbacksRequest
 SubscribeResponse = postback_service_pb2.SubscribePostbacksResponse
 OnDisconnect = Callable[[IgButtonError, float], None]
 """Called with the error and the delay before the next attempt, each time a stream is lost."""
+
+
+_RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+"""Stream endings worth a reconnect. CANCELLED reaches here only from the server's side
+(a stream this subscription cancels ends it instead): grpc cancels new calls it has no room
+for, as when every subscriber reconnects at once after a restart."""
 
 
 class _Cursor:
@@ -85,7 +92,7 @@ class _Reconnects:
         """The delay before reconnecting, or raise the typed error when we must not."""
         typed = from_rpc_error(error)
         self._failures += 1
-        if typed.code is not grpc.StatusCode.UNAVAILABLE or self._policy.gives_up(self._failures):
+        if typed.code not in _RECONNECT_CODES or self._policy.gives_up(self._failures):
             self._on_fatal()  # the subscription is over: later reads end the iteration
             raise typed from error
         delay = self._policy.delay(self._failures)
@@ -98,7 +105,8 @@ class _Reconnects:
 class AsyncSubscription:
     """An async iterator of :class:`Postback` events; use ``async with`` or :meth:`aclose`.
 
-    Reconnects after UNAVAILABLE with growing delays and resumes where it left off.
+    Reconnects after UNAVAILABLE, or a CANCELLED it did not cause, with growing delays and
+    resumes where it left off.
     Other errors end the iteration with the typed :class:`IgButtonError`.
     """
 
@@ -224,7 +232,8 @@ class SyncStream(Protocol):
 class Subscription:
     """An iterator of :class:`Postback` events; use ``with`` or :meth:`close`.
 
-    Reconnects after UNAVAILABLE with growing delays and resumes where it left off.
+    Reconnects after UNAVAILABLE, or a CANCELLED it did not cause, with growing delays and
+    resumes where it left off.
     Other errors end the iteration with the typed :class:`IgButtonError`. :meth:`close` may be
     called from another thread to end a blocked iteration.
     """

@@ -138,8 +138,9 @@ class AsyncClient(BaseClient[grpc.aio.Channel]):
         ``"latest"`` (default), ``"earliest"`` or a timezone-aware datetime; or
         ``after_sequence`` resumes after a sequence you saw. With ``group`` the members of the
         group share the postbacks and each must be acknowledged (:meth:`ack`, or use
-        :meth:`consume`). The iterator reconnects after UNAVAILABLE and resumes without a gap
-        or a duplicate; ``on_disconnect(error, delay)`` is told each time.
+        :meth:`consume`). The iterator reconnects after UNAVAILABLE (or a CANCELLED from the
+        server) and resumes without a gap or a duplicate; ``on_disconnect(error, delay)`` is
+        told each time.
         """
         options = SubscribeOptions(
             account_ids=tuple(account_ids),

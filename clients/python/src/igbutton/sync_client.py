@@ -125,8 +125,8 @@ class Client(BaseClient[grpc.Channel]):
         """Stream postbacks: ``for postback in client.subscribe(...)``.
 
         The arguments are those of :meth:`igbutton.AsyncClient.subscribe`. The iterator
-        reconnects after UNAVAILABLE and resumes without a gap or a duplicate; call
-        ``close()`` on it (from any thread) to stop.
+        reconnects after UNAVAILABLE (or a CANCELLED from the server) and resumes without a
+        gap or a duplicate; call ``close()`` on it (from any thread) to stop.
         """
         options = SubscribeOptions(
             account_ids=tuple(account_ids),
