@@ -19,7 +19,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from igbutton.v1 import errors_pb2
-from igbutton_server.storage.postbacks import GroupFilterMismatch, StoreClosed
+from igbutton_server.storage.postbacks import (
+    GroupFilterMismatch,
+    StorageUnavailable,
+    StoreClosed,
+)
 
 ERROR_DOMAIN = "igbutton"
 _REASON_PREFIX = "ERROR_REASON_"
@@ -178,6 +182,8 @@ def api_error(exc: Exception) -> ApiError | None:
         return exc
     if isinstance(exc, StoreClosed):
         return ShuttingDown()
+    if isinstance(exc, StorageUnavailable):
+        return ApiError(grpc.StatusCode.UNAVAILABLE, R.ERROR_REASON_STORAGE_UNAVAILABLE, str(exc))
     if isinstance(exc, GroupFilterMismatch):
         return _group_filter_mismatch(exc)
     return None

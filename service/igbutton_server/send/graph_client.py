@@ -131,6 +131,7 @@ class GraphClient:
         while True:
             attempt += 1
             await self._acquire(request.account_id, deadline)
+            await tracker.about_to_write()
             tracker.attempts = attempt
             # Earlier attempts were answered (Meta did not act) or they would not be retried.
             tracker.written = False

@@ -94,8 +94,8 @@ class SqlitePostbackStore:
         return self._file.commits
 
     def unready_reason(self) -> str | None:
-        """None while open."""
-        return "postback store closed" if self._closed else None
+        """None while open and the file takes writes, else why not."""
+        return "postback store closed" if self._closed else self._file.unready_reason()
 
     def _check_open(self) -> None:
         if self._closed:
