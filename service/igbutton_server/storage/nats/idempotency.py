@@ -28,14 +28,20 @@ import time
 import uuid
 from typing import Any
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
-from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError
 from nats.js.kv import KeyValue
 
 from igbutton_server.config import Settings
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
 from igbutton_server.storage.idempotency import ClaimLost, Record
-from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.nats._connection import (
+    CONNECT_WINDOW_SECONDS,
+    WRONG_LAST_SEQUENCE,
+    NatsConnection,
+)
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_ATTEMPTS = 5
@@ -74,7 +80,7 @@ class NatsIdempotencyStore:
         try:
             bucket = await conn.ensure_idempotency_layout()
             store = cls(conn, bucket)
-            await store._beat()  # before the first claim: our claims are never dead on arrival
+            await store._first_beat()
         except BaseException:
             await conn.close()
             raise
@@ -88,6 +94,23 @@ class NatsIdempotencyStore:
             json.dumps({"at": now}).encode(),
             headers={api.Header.MSG_TTL: str(math.ceil(OWNER_DEAD_SECONDS * 2))},
         )
+
+    async def _first_beat(self) -> None:
+        """The first heartbeat, before any claim (so none of ours looks dead on arrival). A
+        bucket just created in a cluster may not answer for a few seconds: retry a while."""
+        deadline = time.monotonic() + CONNECT_WINDOW_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                await self._beat()
+            except (NoRespondersError, NoStreamResponseError, NatsTimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("idempotency bucket not ready for the heartbeat (%r); retrying", exc)
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _beat_forever(self) -> None:
         while True:

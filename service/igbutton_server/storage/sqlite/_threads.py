@@ -145,6 +145,7 @@ class SqliteWriter:
 
     def _open(self) -> sqlite3.Connection | None:
         """The write connection with the schema in place; None after reporting why not."""
+        conn: sqlite3.Connection | None = None
         try:
             conn = connect(self._path, readonly=False)
             self._setup(conn)
@@ -160,6 +161,8 @@ class SqliteWriter:
             self._start_error = exc
         else:
             return conn
+        if conn is not None:
+            conn.close()
         self._started.set()
         return None
 
