@@ -177,8 +177,9 @@ class App:
     async def _readiness(self) -> str | None:
         if not self._ready:
             return "starting or stopping"
-        if self.postback_store is not None:
-            return self.postback_store.unready_reason()
+        if self._storage is not None:
+            storage = self._storage
+            return storage.postbacks.unready_reason() or storage.idempotency.unready_reason()
         return None
 
     async def _liveness(self) -> str | None:
