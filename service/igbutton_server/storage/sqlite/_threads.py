@@ -127,6 +127,10 @@ class SqliteWriter:
             raise StoreClosed("the store is closed")
         if not self._started.is_set():
             raise RuntimeError("the SQLite writer was not started")  # a job would wait forever
+        if self._start_error is not None:
+            # The thread reported why it could not open the file and ended: nobody would
+            # ever take the job (a store closing after a failed start writes one).
+            raise StoreClosed(f"the SQLite store did not open: {self._start_error}")
         if self._gone:
             raise StorageUnavailable(f"SQLite store unavailable: {self.problem}")
         loop = asyncio.get_running_loop()
