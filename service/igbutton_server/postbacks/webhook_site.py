@@ -6,7 +6,8 @@ webhook.py):
 - at most ``webhook.max_connections`` are open at once; one over the cap is closed as soon as
   it is accepted, before anything is read from it;
 - a client has ``webhook.header_timeout_seconds`` from connecting, and from its first byte
-  after an answer, to send a whole request head; then the connection is closed;
+  after an answer (the rest of a refused body counts as such), to send a whole request head;
+  then the connection is closed;
 - a POST's body has ``webhook.body_timeout_seconds`` (enforced where it is read, webhook.py);
 - an idle kept-alive connection is closed after ``webhook.keepalive_timeout_seconds``
   (aiohttp's ``keepalive_timeout``, which also closes a request head left unfinished then);
