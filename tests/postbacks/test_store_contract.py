@@ -9,6 +9,7 @@ members of one group use the same ack deadline and max attempts (see GroupOption
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -266,7 +267,9 @@ async def test_unacked_delivery_is_redelivered_after_its_deadline(store: Postbac
     await store.append([new(1)])
     first = await next_of(member)
     assert first.attempt == 1
-    again = await next_of(member)  # nobody acked: back after 0.3 s
+    # Nobody acked: back after 0.3 s, to another member (the first one is stalled).
+    other = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=0.3))
+    again = await next_of(other)
     assert (again.postback.mid, again.attempt) == ("m1", 2)
     assert again.ack_id != first.ack_id
     stale = await store.ack("g", [first.ack_id], [])
@@ -309,15 +312,19 @@ def dead_letter_lines(caplog: pytest.LogCaptureFixture, group: str) -> list[tupl
 async def test_dead_letter_after_max_attempts(
     store: PostbackStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    member = await store.join_group(
-        "g", Filter(), Start.latest(), options(ack_deadline=0.2, max_attempts=3)
-    )
+    opts = options(ack_deadline=0.2, max_attempts=3)
     await store.append([new(1)])
-    attempts = [await next_of(member) for _ in range(3)]
+    attempts: list[Delivery] = []
+    for _ in range(3):  # each attempt to a client that reconnects after letting it expire
+        member = await store.join_group("g", Filter(), Start.earliest(), opts)
+        attempts.append(await next_of(member))
+        await member.close()
     assert [d.attempt for d in attempts] == [1, 2, 3]
+    member = await store.join_group("g", Filter(), Start.earliest(), opts)
     await store.append([new(2)])
     after = await next_of(member)  # m1 is not delivered a fourth time
     assert (after.postback.mid, after.attempt) == ("m2", 1)
+    await store.ack("g", [after.ack_id], [])
 
     async def dead_lettered() -> bool:
         info = await store.group_info("g")
@@ -365,11 +372,15 @@ async def test_every_dead_letter_is_counted_once_in_the_metric(store: PostbackSt
     # The registry is process-global: a group name of its own, and before/after values.
     group = f"dlq-{uuid.uuid4().hex[:8]}"
     before = dead_letter_metric(group)
-    member = await store.join_group(
-        group, Filter(), Start.latest(), options(ack_deadline=0.2, max_attempts=2)
-    )
+    opts = options(ack_deadline=0.2, max_attempts=2)
+    member = await store.join_group(group, Filter(), Start.latest(), opts)
     await store.append([new(1), new(2)])
-    expired = [await next_of(member) for _ in range(4)]  # never acked
+    expired = await take(member, 2)  # never acked: the member is stalled, and reconnects
+    for _ in range(2):
+        await member.close()
+        member = await store.join_group(group, Filter(), Start.latest(), opts)
+        if len(expired) < 4:
+            expired += await take(member, 2)
     assert sorted((d.postback.mid, d.attempt) for d in expired) == [
         ("m1", 1),
         ("m1", 2),
@@ -461,7 +472,10 @@ async def test_group_state_survives_a_restart(reopen: Reopen) -> None:
     store = await reopen()
     await store.append([new(4)])
     member = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=0.5))
-    after = await take(member, 3)
+    after: list[Delivery] = []
+    for _ in range(3):  # acked as they come: a member that lets one expire gets no more
+        after.append(await next_of(member))
+        await store.ack("g", [after[-1].ack_id], [])
     by_mid = {d.postback.mid: d.attempt for d in after}
     assert by_mid == {"m4": 1, "m2": 2, "m3": 2}
 
@@ -564,3 +578,85 @@ async def test_idle_groups_are_deleted_and_groups_in_use_are_not(store: Postback
     assert await store.group_info(busy) is not None
     await store.append([new(1)])
     assert (await next_of(member)).postback.mid == "m1"
+
+
+# --- stalled members (a delivery expired unacknowledged) ---
+
+
+async def test_hung_members_do_not_burn_the_attempts_meant_for_a_live_one(
+    store: PostbackStore,
+) -> None:
+    # Each hung member holds one delivery; the live one has room for all.
+    hung = [
+        await store.join_group(
+            "g", Filter(), Start.latest(), options(ack_deadline=1.0, max_unacked=1)
+        )
+        for _ in range(6)
+    ]
+    live = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=1.0))
+    await store.append([new(i) for i in range(20)])
+
+    async def hang(member: AsyncIterator[Delivery]) -> None:
+        # Takes what it is given and never acks: a frozen client whose stream the server
+        # still writes into.
+        async for _ in member:
+            pass
+
+    acked: dict[str, int] = {}
+
+    async def work() -> None:
+        async for delivery in live:
+            if (await store.ack("g", [delivery.ack_id], [])).applied:
+                acked[delivery.postback.mid] = delivery.attempt
+            if len(acked) == 20:
+                return
+
+    hanging = [asyncio.create_task(hang(m)) for m in hung]
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(work(), WAIT)
+    finally:
+        for task in hanging:
+            task.cancel()
+        await asyncio.gather(*hanging, return_exceptions=True)
+    assert sorted(acked) == sorted(f"m{i}" for i in range(20)), "each reached the live member"
+    info = await store.group_info("g")
+    assert info is not None
+    assert (info.dead_lettered, info.unacked) == (0, 0)
+
+
+async def test_a_member_that_let_a_delivery_expire_gets_nothing_until_it_acks(
+    store: PostbackStore,
+) -> None:
+    member = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=0.3))
+    await store.append([new(1)])
+    first = await next_of(member)
+    with pytest.raises(TimeoutError):  # m1 expired after 0.3 s and is not redelivered here
+        await next_of(member, 1.0)
+    await store.append([new(2)])
+    with pytest.raises(TimeoutError):  # nor anything new
+        await next_of(member, 1.0)
+    # Slow but alive: its late ack still applies (nobody else took m1), and work resumes.
+    late = await store.ack("g", [first.ack_id], [])
+    assert late.applied == 1
+    resumed = await next_of(member)
+    assert (resumed.postback.mid, resumed.attempt) == ("m2", 1)
+
+
+async def test_a_late_ack_of_a_delivery_redelivered_elsewhere_revives_the_member(
+    store: PostbackStore,
+) -> None:
+    opts = options(ack_deadline=0.3)
+    slow = await store.join_group("g", Filter(), Start.latest(), opts)
+    await store.append([new(1)])
+    first = await next_of(slow)
+    other = await store.join_group("g", Filter(), Start.latest(), opts)
+    again = await next_of(other)  # after m1's deadline: the slow member is stalled
+    assert (again.postback.mid, again.attempt) == ("m1", 2)
+    assert (await store.ack("g", [again.ack_id], [])).applied == 1
+    await other.close()
+    late = await store.ack("g", [first.ack_id], [])  # too late, yet it shows life
+    assert late.unknown == (first.ack_id,)
+    await store.append([new(2)])
+    resumed = await next_of(slow)
+    assert (resumed.postback.mid, resumed.attempt) == ("m2", 1)

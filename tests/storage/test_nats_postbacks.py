@@ -86,10 +86,15 @@ async def test_a_member_keeps_its_own_longer_deadline(open_store: OpenStore) -> 
     member = await store.join_group("g", Filter(), Start.latest(), longer)
     await store.append([new(1)])
     first = await next_of(member)
-    # JetStream would redeliver after 0.3 s; the member keeps it in progress until 1.5 s.
+    # JetStream would redeliver after 0.3 s; the member keeps it in progress until 1.5 s,
+    # then it goes to another member (the first one let it expire: it is stalled).
+    other = await store.join_group("g", Filter(), Start.latest(), longer)
+    tending = asyncio.create_task(anext(member))  # iterated, as the API does: it tends
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(anext(member), 1.0)
-    again = await next_of(member)
+        await asyncio.wait_for(anext(other), 1.0)
+    again = await next_of(other)
+    tending.cancel()
+    await asyncio.gather(tending, return_exceptions=True)
     assert (again.postback.mid, again.attempt) == ("m1", 2)
     assert first.attempt == 1
 
@@ -100,7 +105,8 @@ async def test_a_dead_letter_is_counted_once_across_replicas(open_store: OpenSto
     group = f"dlq-{uuid.uuid4().hex[:8]}"
     before = dead_letter_metric(group)
     options = GroupOptions(ack_deadline=0.2, max_unacked=10, max_attempts=2)
-    member = await replicas[0].join_group(group, Filter(), Start.latest(), options)
+    creator = await replicas[0].join_group(group, Filter(), Start.latest(), options)
+    await creator.close()  # the group exists from here on
 
     async def counted(expected: int) -> bool:
         assert dead_letter_metric(group) - before <= expected, "counted more than once"
@@ -108,11 +114,21 @@ async def test_a_dead_letter_is_counted_once_across_replicas(open_store: OpenSto
 
     for i in (1, 2):  # the second also gives the replicas time to miscount the first
         await replicas[1].append([new(i)])
-        assert [(await next_of(member)).attempt for _ in range(2)] == [1, 2]  # never acked
-        looking = asyncio.create_task(next_of(member))  # dead-lettered when it pulls
+        # Never acked: each attempt to a member of its own (one that let a delivery
+        # expire is stalled), left open so no request of a closed one is outstanding.
+        members = []
+        for _ in range(2):
+            members.append(await replicas[0].join_group(group, Filter(), Start.latest(), options))
+            assert (await next_of(members[-1])).attempt == len(members)
+        members.append(await replicas[0].join_group(group, Filter(), Start.latest(), options))
+        looking = asyncio.create_task(next_of(members[-1]))  # dead-lettered when it pulls
         await eventually(functools.partial(counted, i))
         looking.cancel()
         await asyncio.gather(looking, return_exceptions=True)
+        for member in members:
+            await member.close()
+        # Their pull requests are withdrawn (unsubscribed) before the next append.
+        await replicas[0].conn.client.flush()
     for store in replicas:
         await store.conn.client.flush()
     assert dead_letter_metric(group) - before == 2

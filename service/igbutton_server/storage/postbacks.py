@@ -13,7 +13,8 @@ dedupe (account, mid)  ``Nats-Msg-Id`` = account + mid, duplicate window >= Meta
 broadcast              an ordered consumer from the requested start
                        (deliver policy all / new / by_start_sequence / by_start_time)
 group                  a durable pull consumer: explicit ack, ``AckWait``, ``MaxDeliver``;
-                       each member fetches at most its free ``max_unacked`` slots
+                       each member fetches at most its free ``max_unacked`` slots, none
+                       while stalled (see GroupMember)
 nack                   ``Nak()`` (redelivered at once)
 dead letter            ``MaxDeliver`` reached (the MAX_DELIVERIES advisory is counted)
 =====================  ================================================================
@@ -291,6 +292,21 @@ class GroupMember(Protocol):
     A member holds at most ``max_unacked`` unexpired, unacknowledged deliveries; it gets
     more as acks arrive or its deliveries expire. Closing a member does not release its
     deliveries: like a crashed member's, they are redelivered once their deadline passes.
+
+    **Stalled members.** A member is stalled from the moment one of its deliveries passes
+    its deadline unacknowledged until an ack call names one of its deliveries (an ack or
+    nack id of a delivery it holds or let expire, applied or not: a late ack of one
+    redelivered meanwhile shows the member alive too); a new member (a reconnect) is not
+    stalled. A stalled member gets no deliveries, new or redelivered, so a member that is
+    hung but connected leaves them to live members instead of using up their attempts.
+    Expired last attempts are still dead-lettered while only stalled members are there.
+    SQLite: the member does not claim (a claim of limit 0 only dead-letters). JetStream:
+    the member withdraws its waiting pull request and sends none, returns (``Nak``) what
+    reaches it meanwhile, counts a delivery as expired a little before its deadline
+    (JetStream's AckWait started when the message was sent), and dead-letters an expired
+    last attempt itself (JetStream would do so only for a waiting pull request); every
+    ack call is announced on ``NatsLayout.acks_subject`` so a member on any replica hears
+    a late ack of its own.
     """
 
     def __aiter__(self) -> AsyncIterator[Delivery]: ...

@@ -126,6 +126,12 @@ class NatsLayout:
         """Where igbutton records a nack on a delivery's last attempt."""
         return f"_IGBUTTON.EVENT.ADVISORY.CONSUMER.NACKED_LAST_ATTEMPT.{self.stream}.{consumer}"
 
+    def acks_subject(self, consumer: str) -> str:
+        """Core NATS subject on which every AckPostbacks call of a group names the
+        deliveries it acks or nacks (``<stream seq>.<attempt>`` lines), applied or not, so
+        the members that hold or held them, on any replica, hear that they are alive."""
+        return f"_IGBUTTON.ACKS.{self.stream}.{consumer}"
+
     def dead_letter_filter(self, consumer: str) -> str:
         """A subject filter matching every dead-letter subject of one consumer."""
         return f"*.*.*.*.*.{self.stream}.{consumer}"

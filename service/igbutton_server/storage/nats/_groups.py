@@ -67,6 +67,10 @@ _ACK_CONCURRENCY = 64
 _MARKER_TTL = "60"
 """Seconds a ledger delete marker lives (long enough for watchers, then gone)."""
 _KV_OPERATION = "KV-Operation"
+_STALL_MARGIN_SECONDS = 0.2
+"""How long before a held delivery's deadline the member counts it as let expire (at most
+a quarter of the deadline): JetStream's AckWait started when it sent the message, a bit
+before the member's deadline, and a request still waiting then would get the redelivery."""
 
 
 def consumer_name(group: str) -> str:
@@ -268,6 +272,7 @@ async def ack_group(
         return AckOutcome(AckResult(0, every), frozenset())
     max_deliver = info.config.max_deliver or 0
     gate = asyncio.Semaphore(_ACK_CONCURRENCY)
+    await _announce(conn, consumer, every)
 
     async def one(ack_id: str, nack: bool) -> int | None:
         reply = AckReply.parse(reply_subject(conn.layout.stream, consumer, ack_id))
@@ -282,7 +287,7 @@ async def ack_group(
             if not nack:
                 await conn.client.request(reply.subject, b"+ACK", timeout=_ACK_TIMEOUT_SECONDS)
             elif max_deliver > 0 and reply.delivered >= max_deliver:
-                await _dead_letter_nacked(conn, consumer, reply)
+                await _dead_letter(conn, consumer, reply, "nacked on the last attempt")
                 dead_letters.report(group, (reply.stream_seq,), "nacked on its last attempt")
             else:
                 await conn.client.request(reply.subject, b"-NAK", timeout=_ACK_TIMEOUT_SECONDS)
@@ -296,13 +301,27 @@ async def ack_group(
     return AckOutcome(AckResult(len(settled), unknown), settled)
 
 
-async def _dead_letter_nacked(conn: NatsConnection, consumer: str, reply: AckReply) -> None:
+async def _announce(conn: NatsConnection, consumer: str, ids: Sequence[str]) -> None:
+    """Tell the members of the group, on every replica, which deliveries an ack call
+    names, applied or not (see ``NatsLayout.acks_subject``): a stalled member whose
+    expired delivery is acked late hears that it is alive."""
+    named = []
+    for ack_id in ids:
+        reply = AckReply.parse(reply_subject(conn.layout.stream, consumer, ack_id))
+        if reply is not None and reply.stream == conn.layout.stream and reply.consumer == consumer:
+            named.append(f"{reply.stream_seq}.{reply.delivered}")
+    if named:
+        await conn.client.publish(conn.layout.acks_subject(consumer), "\n".join(named).encode())
+
+
+async def _dead_letter(conn: NatsConnection, consumer: str, reply: AckReply, reason: str) -> None:
+    """Record igbutton's own dead letter of a delivery (settled in the ledger) and end it."""
     record = {
         "stream": reply.stream,
         "consumer": consumer,
         "stream_seq": reply.stream_seq,
         "deliveries": reply.delivered,
-        "reason": "nacked on the last attempt",
+        "reason": reason,
     }
     await conn.js.publish(
         conn.layout.nacked_dead_letter_subject(consumer),
@@ -345,9 +364,14 @@ class NatsGroupMember:
         self._ack_wait = ack_wait
         self._held: dict[int, _Held] = {}
         """Stream sequence -> delivery handed out and not yet settled or expired."""
+        self._expired: set[tuple[int, int]] = set()
+        """(stream sequence, attempt) of this member's deliveries whose deadline passed
+        unacknowledged since an ack or nack last named one of its deliveries: while any
+        is, the member is stalled (pulls nothing; see GroupMember)."""
         self._event = asyncio.Event()
         self._inbox = PullInbox(conn.client, conn.layout.stream, self.consumer, self._event.set)
         self._watch: NatsSubscription | None = None
+        self._acks: NatsSubscription | None = None
         self._closed = False
 
     @classmethod
@@ -367,12 +391,20 @@ class NatsGroupMember:
         member._watch = await conn.client.subscribe(
             ledger.watch_subject(member.consumer), cb=member._on_ledger
         )
+        member._acks = await conn.client.subscribe(
+            conn.layout.acks_subject(member.consumer), cb=member._on_acks
+        )
         return member
 
-    def settle(self, stream_seqs: frozenset[int]) -> None:
-        """These deliveries were acked or nacked: their slots are free."""
-        for seq in stream_seqs & self._held.keys():
+    def settle(self, stream_seqs: frozenset[int], *, acked: bool = True) -> None:
+        """These deliveries were acked or nacked (``acked``), or handed to another member:
+        their slots are free. An ack or nack of one it holds means the member is alive: no
+        longer stalled."""
+        mine = stream_seqs & self._held.keys()
+        for seq in mine:
             del self._held[seq]
+        if mine and acked:
+            self._expired.clear()
         self._event.set()
 
     async def _on_ledger(self, msg: Msg) -> None:
@@ -381,8 +413,24 @@ class NatsGroupMember:
         if held is None:
             return
         operation = (msg.headers or {}).get(_KV_OPERATION)
-        if operation in ("DEL", "PURGE") or (msg.data.isdigit() and int(msg.data) > held.attempt):
+        if operation in ("DEL", "PURGE"):
             self.settle(frozenset({int(seq_text)}))
+        elif msg.data.isdigit() and int(msg.data) > held.attempt:
+            self.settle(frozenset({int(seq_text)}), acked=False)
+
+    async def _on_acks(self, msg: Msg) -> None:
+        if not self._expired:
+            return
+        for line in msg.data.split(b"\n"):
+            seq, _, attempt = line.partition(b".")
+            if not (seq.isdigit() and attempt.isdigit()):
+                continue
+            if (int(seq), int(attempt)) in self._expired:
+                # One of its expired deliveries was acked or nacked, maybe too late (an ack
+                # of one it holds is heard as it is settled): the member is alive.
+                self._expired.clear()
+                self._event.set()
+                return
 
     def __aiter__(self) -> NatsGroupMember:
         return self
@@ -393,6 +441,8 @@ class NatsGroupMember:
                 raise StopAsyncIteration
             self._event.clear()
             wake_at = await self._tend(time.monotonic())
+            if self._expired:
+                await self._hold_back()
             while self._inbox.messages:
                 delivery = await self._accept(self._inbox.messages.popleft())
                 if delivery is not None:
@@ -408,19 +458,35 @@ class NatsGroupMember:
                 await wait_event(self._event, HEARTBEAT_SECONDS / 4)
                 continue
             self._inbox.check_alive()
-            free = self._options.max_unacked - len(self._held)
-            if self._inbox.outstanding == 0 and free > 0:
-                # Like a claim: take what is there now, up to the free slots; when nothing
-                # is, wait for the next one only. A member never holds a request for more
-                # than it is about to hand out, so postbacks go to members that ask.
-                if self._inbox.exhausted:
-                    await self._inbox.pull(1)
-                else:
-                    await self._inbox.pull(free, wait=False)
+            await self._ask()
             timeout = HEARTBEAT_SECONDS
             if wake_at is not None:
                 timeout = min(timeout, max(wake_at - time.monotonic(), 0.001))
             await wait_event(self._event, timeout)
+
+    async def _ask(self) -> None:
+        """Ask JetStream for as many messages as this member has free slots (none while
+        stalled), unless a request is outstanding."""
+        free = 0 if self._expired else self._options.max_unacked - len(self._held)
+        if self._inbox.outstanding == 0 and free > 0:
+            # Like a claim: take what is there now, up to the free slots; when nothing
+            # is, wait for the next one only. A member never holds a request for more
+            # than it is about to hand out, so postbacks go to members that ask.
+            if self._inbox.exhausted:
+                await self._inbox.pull(1)
+            else:
+                await self._inbox.pull(free, wait=False)
+
+    async def _hold_back(self) -> None:
+        """Stalled: withdraw the waiting request (else JetStream hands it the next
+        delivery, an attempt burnt on a member that may be hung) and give back at once
+        what came before the withdrawal."""
+        if self._inbox.outstanding:
+            await self._inbox.withdraw()
+        while self._inbox.messages:
+            msg = self._inbox.messages.popleft()
+            if msg.reply:
+                await self._conn.client.publish(msg.reply, b"-NAK")
 
     async def _accept(self, msg: Msg) -> Delivery | None:
         reply = AckReply.parse(msg.reply or "")
@@ -480,13 +546,20 @@ class NatsGroupMember:
         wait = self._ack_wait
         shorter = self._options.ack_deadline < wait
         wake_at: float | None = None
+        margin = min(_STALL_MARGIN_SECONDS, self._options.ack_deadline / 4)
         for seq, held in list(self._held.items()):
+            if now >= held.deadline - margin:
+                self._expired.add((seq, held.attempt))  # stalled: pull no more
+                if held.attempt >= self._options.max_attempts:
+                    del self._held[seq]
+                    await self._dead_letter_expired(seq, held)
+                    continue
             if now >= held.deadline:
                 del self._held[seq]
                 if shorter:  # redeliver now rather than at the group's later AckWait
                     await client.publish(held.reply, b"-NAK")
                 continue
-            due = held.deadline
+            due = held.deadline if (seq, held.attempt) in self._expired else held.deadline - margin
             if held.server_expiry < held.deadline:  # this member allows longer than AckWait
                 touch_at = min(held.server_expiry - wait / 2, held.deadline - wait)
                 if now >= touch_at:
@@ -498,6 +571,26 @@ class NatsGroupMember:
             wake_at = due if wake_at is None else min(wake_at, due)
         return wake_at
 
+    async def _dead_letter_expired(self, seq: int, held: _Held) -> None:
+        """Dead-letter a last attempt this member let expire. JetStream would do so only
+        when it next finds a pull request waiting, and a stalled member sends none; done
+        just before the deadline (the margin), so JetStream's own timer has not run out.
+        The ledger's compare-and-set decides between this and a racing ack."""
+        reply = AckReply.parse(held.reply)
+        if reply is None:
+            return
+        try:
+            current = await self._ledger.current(self.consumer, seq)
+            if current is None or current[0] != held.attempt:
+                return
+            if not await self._ledger.settle(self.consumer, seq, current[1]):
+                return
+            await _dead_letter(self._conn, self.consumer, reply, "its last attempt expired")
+        except Exception as exc:  # noqa: BLE001 - JetStream dead-letters it later instead
+            log.warning("cannot dead-letter an expired last attempt: %s", exc)
+            return
+        dead_letters.report(self.group, (seq,), "its last attempt expired")
+
     async def close(self) -> None:
         """See GroupMember.close."""
         if self._closed:
@@ -507,9 +600,10 @@ class NatsGroupMember:
         self._on_close(self)
         # Unsubscribing withdraws the outstanding pull requests (the server checks interest).
         await self._inbox.close()
-        if self._watch is not None:
-            with contextlib.suppress(Exception):
-                await self._watch.unsubscribe()
+        for sub in (self._watch, self._acks):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         unhanded = list(self._inbox.messages)
         self._inbox.messages.clear()
         if not self._conn.closing:

@@ -83,6 +83,21 @@ class PullInbox:
             self._next_subject, json.dumps(request).encode(), reply=self._inbox
         )
 
+    async def withdraw(self) -> None:
+        """Withdraw the outstanding requests: answers go to a fresh inbox, and the server
+        drops a waiting request whose reply subject lost its interest. Messages already in
+        flight to the old inbox are lost (JetStream redelivers them after their AckWait)."""
+        if self._sub is None:
+            return
+        old = self._sub
+        await self.open()
+        self.outstanding = 0
+        self.exhausted = True
+        try:
+            await old.unsubscribe()
+        except Exception:  # the connection may be closing already
+            log.debug("unsubscribe failed", exc_info=True)
+
     def take_next(self, consumer_seq: int) -> tuple[Msg, AckReply] | None:
         """The next received message if it is the one after ``consumer_seq``, else None.
 

@@ -1,8 +1,10 @@
 """The SQL of the SQLite engine's consumer groups: join, claim, ack, inspect.
 
 Same rules as ``_postback_sql``: each function runs inside its caller's transaction.
-A claim hands a member expired or nacked deliveries first (counting the attempt, or
-dead-lettering after the group's maximum), then new postbacks after the group's position.
+A claim dead-letters expired deliveries that were on their last attempt, then hands a
+member expired or nacked deliveries (counting the attempt), then new postbacks after the
+group's position. A stalled member (see ``GroupMember``) claims with limit 0: it only
+dead-letters.
 """
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ def claim(
 ) -> Claim:
     """Hand up to ``limit`` deliveries to ``member``: expired or nacked ones first (their
     attempt counted, or dead-lettered after the group's maximum), then new postbacks after
-    the group's position that pass its filter."""
+    the group's position that pass its filter. With ``limit`` 0 it only dead-letters the
+    expired last attempts."""
     row = conn.execute(
         "SELECT filter_json, position, max_attempts FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
@@ -169,6 +172,7 @@ def claim(
     flt, position, max_attempts = filter_from_json(row[0]), int(row[1]), int(row[2])
     deliveries: list[Delivery] = []
     dead: list[int] = []
+    _dead_letter_last_attempts(conn, group, dead, max_attempts=max_attempts, now_ms=now_ms)
     _claim_expired(
         conn,
         group,
@@ -190,11 +194,32 @@ def claim(
         limit=limit,
         deadline_ms=deadline_ms,
     )
-    next_deadline, unacked = conn.execute(
-        "SELECT MIN(deadline_ms), COUNT(*) FROM postback_group_pending WHERE group_name = ?",
-        (group,),
+    # Future deadlines only: a stalled member (limit 0) leaves due deliveries to others.
+    (next_deadline,) = conn.execute(
+        "SELECT MIN(deadline_ms) FROM postback_group_pending"
+        " WHERE group_name = ? AND deadline_ms > ?",
+        (group, now_ms),
+    ).fetchone()
+    (unacked,) = conn.execute(
+        "SELECT COUNT(*) FROM postback_group_pending WHERE group_name = ?", (group,)
     ).fetchone()
     return Claim(deliveries, tuple(dead), next_deadline, int(unacked), more)
+
+
+def _dead_letter_last_attempts(
+    conn: sqlite3.Connection, group: str, dead: list[int], *, max_attempts: int, now_ms: int
+) -> None:
+    """Dead-letter (into ``dead``) expired deliveries that were on their last attempt,
+    whoever claims: also a stalled member, which takes no deliveries, so they are not
+    left pending while only stalled members are connected."""
+    rows = conn.execute(
+        "SELECT seq, attempt FROM postback_group_pending WHERE group_name = ?"
+        " AND deadline_ms <= ? AND member IS NOT NULL AND attempt >= ? ORDER BY seq LIMIT ?",
+        (group, now_ms, max_attempts, _SCAN_LIMIT),
+    ).fetchall()
+    for seq, attempt in rows:
+        _dead_letter(conn, group, seq, attempt, now_ms)
+        dead.append(seq)
 
 
 def _claim_expired(

@@ -225,8 +225,9 @@ class SqlitePostbackStore:
             return outcome.result  # no such group: no metric series for a name made up
         metrics.UNACKED.labels(group=group).set(outcome.unacked)
         dead_letters.report(group, outcome.dead_lettered, "nacked on its last attempt")
+        named = frozenset((*acks, *nacks))
         for member in self._members.get(group, ()):
-            member.settle(outcome.settled)
+            member.settle(named)
             member.wake()  # a nacked delivery is due at once, for any member
         return outcome.result
 
@@ -335,7 +336,8 @@ class _SqliteSubscription:
 
 
 class _SqliteGroupMember:
-    """One member of a group: claims deliveries while it has free unacked slots."""
+    """One member of a group: claims deliveries while it has free unacked slots and is not
+    stalled (see GroupMember)."""
 
     def __init__(self, store: SqlitePostbackStore, group: str, options: GroupOptions) -> None:
         self._store = store
@@ -345,6 +347,9 @@ class _SqliteGroupMember:
         self._buffer: deque[Delivery] = deque()
         self._held: dict[str, int] = {}
         """ack id -> deadline (ms) of deliveries this member holds unacknowledged."""
+        self._expired: set[str] = set()
+        """Ack ids of this member's deliveries whose deadline passed unacknowledged since
+        an ack or nack last named one of its deliveries: while any is, it is stalled."""
         self._wake = asyncio.Event()
         self._closed = False
 
@@ -352,15 +357,24 @@ class _SqliteGroupMember:
         """Something changed (an append, an ack or nack in the group): look again."""
         self._wake.set()
 
-    def settle(self, ack_ids: frozenset[str]) -> None:
-        """These deliveries were acked or nacked: their slots are free."""
-        for ack_id in ack_ids & self._held.keys():
+    def settle(self, named: frozenset[str]) -> None:
+        """An ack call named these ids (acked or nacked, applied or not): the slots of
+        those this member holds are free, and if it named any of this member's deliveries
+        (held or expired, in time or too late) the member is alive: no longer stalled."""
+        mine = named & self._held.keys()
+        if mine or not named.isdisjoint(self._expired):
+            self._expired.clear()
+        for ack_id in mine:
             del self._held[ack_id]
 
     def _free_slots(self, now_ms: int) -> int:
-        # An expired delivery may go to another member; it no longer takes a slot here.
+        # An expired delivery may go to another member; it no longer takes a slot here,
+        # but the member is stalled until it is heard from (an ack or nack naming one).
         for ack_id in [a for a, deadline in self._held.items() if deadline <= now_ms]:
             del self._held[ack_id]
+            self._expired.add(ack_id)
+        if self._expired:
+            return 0
         return self.options.max_unacked - len(self._held)
 
     def __aiter__(self) -> _SqliteGroupMember:
@@ -374,7 +388,8 @@ class _SqliteGroupMember:
             now_ms = _now_ms()
             free = self._free_slots(now_ms)
             wait_until: int | None
-            if free > 0:
+            if free > 0 or self._expired:
+                # Stalled (free 0), the claim only dead-letters expired last attempts.
                 deadline_ms = now_ms + int(self.options.ack_deadline * 1000)
                 try:
                     claim = await self._store.claim(self, free, deadline_ms)
@@ -386,7 +401,7 @@ class _SqliteGroupMember:
                 if claim.deliveries or claim.more:
                     continue
                 wait_until = claim.next_deadline_ms
-            else:
+            else:  # full: an ack (which wakes us) or an expiry frees a slot
                 wait_until = min(self._held.values())
             if self._closed:
                 raise StopAsyncIteration
