@@ -280,7 +280,8 @@ class App:
         """Serve Meta's webhook and tell the sandbox (if any) where it is."""
         assert self.postback_store is not None
         settings = self.settings.webhook
-        webhook = Webhook(settings, self.postback_store)
+        accounts = [account.id for account in self.settings.accounts]
+        webhook = Webhook(settings, self.postback_store, accounts)
         self.ports.webhook = await self._serve_http(
             webhook.build_app(), settings.host, settings.port
         )

@@ -274,6 +274,8 @@ class WebhookSettings(_Section):
     """Accept unsigned POSTs. Only for local experiments; logged loudly."""
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted body; Meta batches up to 1000 updates."""
+    accept_unknown_accounts: bool = False
+    """Store postbacks for IG IDs not in ``accounts`` (skipped and counted by default)."""
 
     @field_validator("path")
     @classmethod
