@@ -27,6 +27,7 @@ from igbutton_server.ops_http import build_ops_app
 from igbutton_server.postbacks.api import PostbackApi
 from igbutton_server.postbacks.retention import RetentionPruner
 from igbutton_server.postbacks.webhook import Webhook
+from igbutton_server.postbacks.webhook_site import serve_webhook
 from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
 from igbutton_server.sandbox import Sandbox
 from igbutton_server.send.path import SendPath
@@ -177,8 +178,9 @@ class App:
     async def _readiness(self) -> str | None:
         if not self._ready:
             return "starting or stopping"
-        if self.postback_store is not None:
-            return self.postback_store.unready_reason()
+        if self._storage is not None:
+            storage = self._storage
+            return storage.postbacks.unready_reason() or storage.idempotency.unready_reason()
         return None
 
     async def _liveness(self) -> str | None:
@@ -282,11 +284,10 @@ class App:
         settings = self.settings.webhook
         accounts = [account.id for account in self.settings.accounts]
         webhook = Webhook(settings, self.postback_store, accounts)
-        self.ports.webhook = await self._serve_http(
-            webhook.build_app(), settings.host, settings.port
-        )
-        # Stopped apart from the other HTTP sites: before the streams end and the store closes.
-        self._webhook_runner = self._sites.runners.pop()
+        # Its own runner, bounded against slow and hostile clients (webhook_site.py); stopped
+        # apart from the other HTTP sites: before the streams end and the store closes.
+        self._webhook_runner = await serve_webhook(webhook.build_app(), settings)
+        self.ports.webhook = self._webhook_runner.addresses[0][1]
         sandbox = self.sandbox
         if sandbox is not None:
             host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host

@@ -274,6 +274,16 @@ class WebhookSettings(_Section):
     """Accept unsigned POSTs. Only for local experiments; logged loudly."""
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest accepted body; Meta batches up to 1000 updates."""
+    max_connections: int = Field(default=256, ge=1)
+    """Open webhook connections at most; one over the cap is closed when accepted, unread.
+    Bounds the file descriptors a flood of connections can take from the gRPC and ops ports."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time a client has to send a request's headers, from connecting or from its first byte
+    after an answer; then the connection is closed."""
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Time a POST's whole body may take once its headers are in; then 408 and close."""
+    keepalive_timeout_seconds: float = Field(default=15.0, gt=0)
+    """Idle time after an answer before a kept-alive connection is closed."""
     accept_unknown_accounts: bool = False
     """Store postbacks for IG IDs not in ``accounts`` (skipped and counted by default)."""
 

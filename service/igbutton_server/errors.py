@@ -30,6 +30,7 @@ from grpc_status import rpc_status
 from igbutton.v1 import errors_pb2
 from igbutton_server.storage.postbacks import (
     GroupFilterMismatch,
+    StorageUnavailable,
     StoreClosed,
     TooManyGroups,
     split_group_key,
@@ -276,6 +277,8 @@ def api_error(exc: Exception) -> ApiError | None:
         return exc
     if isinstance(exc, StoreClosed):
         return ShuttingDown()
+    if isinstance(exc, StorageUnavailable):
+        return ApiError(grpc.StatusCode.UNAVAILABLE, R.ERROR_REASON_STORAGE_UNAVAILABLE, str(exc))
     if isinstance(exc, GroupFilterMismatch):
         return _group_filter_mismatch(exc)
     if isinstance(exc, TooManyGroups):

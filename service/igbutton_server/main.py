@@ -25,6 +25,7 @@ from pathlib import Path
 from igbutton_server import event_loop, logs
 from igbutton_server.app import App, Ports
 from igbutton_server.config import ConfigError, Settings
+from igbutton_server.storage.postbacks import StorageCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,10 @@ def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None
     logs.configure(settings.log)
     try:
         event_loop.run(serve(settings, args.ports_file, on_ready), settings.event_loop)
+    except StorageCorrupt as exc:
+        # Nothing to retry: an operator restores the file (or moves it away) first.
+        print(f"igbutton-server: cannot start: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         # An operator's problem (a port taken, a path not writable): the message, no traceback.
         log.error("cannot start: %s", exc)  # noqa: TRY400

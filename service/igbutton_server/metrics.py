@@ -83,8 +83,15 @@ SENDS = Counter(
 WEBHOOKS = Counter(
     "igbutton_webhooks_total",
     "Webhook requests by result (accepted, bad_signature, unsigned, malformed, too_large, "
-    "store_failed, handshake_ok, handshake_denied).",
+    "unsupported_encoding, body_timeout, aborted, store_failed, handshake_ok, handshake_denied).",
     ["result"],
+)
+WEBHOOK_CONNECTIONS = Gauge("igbutton_webhook_connections", "Open connections on the webhook port.")
+WEBHOOK_CONNECTIONS_CLOSED = Counter(
+    "igbutton_webhook_connections_closed_total",
+    "Webhook connections igbutton closed unanswered, by reason (over_limit: accepted over "
+    "webhook.max_connections; header_timeout: no complete request head in time).",
+    ["reason"],
 )
 WEBHOOK_ITEMS_SKIPPED = Counter(
     "igbutton_webhook_items_skipped_total",

@@ -308,3 +308,35 @@ async def test_sqlite_store_uses_wal_and_its_own_table(tmp_path: Path) -> None:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     db.close()
     assert tables == {"idempotency"}
+
+
+async def test_store_a_dead_owners_claim_never_written_is_taken_over(
+    engine_settings: SettingsFactory,
+) -> None:
+    """A claim whose process is gone (here: closed, as after a crash and restart) and whose
+    request was never marked written is claimed again at once; one marked written is
+    reported abandoned (the caller answers SEND_OUTCOME_UNKNOWN without waiting)."""
+    first = await open_storage(engine_settings())
+    try:
+        assert (
+            await first.idempotency.claim("held", "fp", lease_seconds=300, ttl_seconds=600) is None
+        )
+        assert (
+            await first.idempotency.claim("sent", "fp", lease_seconds=300, ttl_seconds=600) is None
+        )
+        await first.idempotency.mark_written("sent")
+    finally:
+        await first.close()
+    second = await open_storage(engine_settings())
+    try:
+        assert (
+            await second.idempotency.claim("held", "fp", lease_seconds=300, ttl_seconds=600) is None
+        )
+        sent = await second.idempotency.claim("sent", "fp", lease_seconds=300, ttl_seconds=600)
+        assert sent is not None
+        assert (sent.outcome, sent.written, sent.abandoned) == (None, True, True)
+        own = await second.idempotency.get("held")
+        assert own is not None
+        assert (own.written, own.abandoned) == (False, False)
+    finally:
+        await second.close()

@@ -78,6 +78,10 @@ const (
 	// UNAVAILABLE: another call with the same request_id is still in flight,
 	// or ended without sending; retry with the same request_id.
 	ErrorReason_ERROR_REASON_REQUEST_IN_PROGRESS ErrorReason = 19
+	// UNAVAILABLE: igbutton's storage cannot write now (locked, full, read-only,
+	// corrupt, or its file was removed); nothing was sent. The message names the
+	// store and the cause. Retry later with the same request_id.
+	ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE ErrorReason = 20
 )
 
 // Enum value maps for ErrorReason.
@@ -103,6 +107,7 @@ var (
 		17: "ERROR_REASON_UNKNOWN_ACK_ID",
 		18: "ERROR_REASON_SHUTTING_DOWN",
 		19: "ERROR_REASON_REQUEST_IN_PROGRESS",
+		20: "ERROR_REASON_STORAGE_UNAVAILABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":              0,
@@ -125,6 +130,7 @@ var (
 		"ERROR_REASON_UNKNOWN_ACK_ID":           17,
 		"ERROR_REASON_SHUTTING_DOWN":            18,
 		"ERROR_REASON_REQUEST_IN_PROGRESS":      19,
+		"ERROR_REASON_STORAGE_UNAVAILABLE":      20,
 	}
 )
 
@@ -159,7 +165,7 @@ var File_igbutton_v1_errors_proto protoreflect.FileDescriptor
 
 const file_igbutton_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\xe6\x05\n" +
+	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\x8c\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x12 \n" +
@@ -181,7 +187,8 @@ const file_igbutton_v1_errors_proto_rawDesc = "" +
 	" ERROR_REASON_ACCOUNT_NOT_ALLOWED\x10\x10\x12\x1f\n" +
 	"\x1bERROR_REASON_UNKNOWN_ACK_ID\x10\x11\x12\x1e\n" +
 	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x12$\n" +
-	" ERROR_REASON_REQUEST_IN_PROGRESS\x10\x13B_\n" +
+	" ERROR_REASON_REQUEST_IN_PROGRESS\x10\x13\x12$\n" +
+	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x14B_\n" +
 	"\x0fcom.igbutton.v1B\vErrorsProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3"
 
 var (

@@ -2,19 +2,24 @@
 
 A POST is answered 200 only after every postback in it is durably in the log, so a 200
 Meta has seen is never lost; anything else makes Meta retry. The order of checks matters:
-body size (aiohttp's ``client_max_size``, 413), then the signature over the exact bytes
-received (401 missing / 403 wrong, before any parsing), then the JSON (400), then the
-store (503 when it fails). Rejections say what was wrong in general terms only.
+the ``Content-Encoding`` (415 for anything but none or ``identity``: Meta does not compress,
+and inflating before the signature check would let anyone make us inflate a bomb; nothing is
+read), then the body size (aiohttp's ``client_max_size``, 413) and its deadline
+(``body_timeout_seconds``, 408), then the signature over the exact bytes received (401
+missing / 403 wrong, before any parsing), then the JSON (400), then the store (503 when it
+fails). Rejections say what was wrong in general terms only. The connection-level bounds
+(connection cap, request head deadline, keep-alive) are in webhook_site.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 from collections.abc import Collection, Sequence
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from igbutton_server import logs, metrics
 from igbutton_server.config import WebhookSettings
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 _SIGNATURE_PREFIX = "sha256="
+_UNENCODED = frozenset({"", "identity"})
 
 
 def sign(body: bytes, secret: bytes) -> str:
@@ -102,15 +108,40 @@ class Webhook:
 
     async def receive(self, request: web.Request) -> web.Response:
         """POST: verify, parse, store durably, then answer."""
+        if request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower() not in _UNENCODED:
+            metrics.WEBHOOKS.labels(result="unsupported_encoding").inc()
+            log.warning("webhook POST with a Content-Encoding refused unread")
+            return _error(415, "Content-Encoding not supported")
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        return await self._deliver(request, body)
+
+    async def _read_body(self, request: web.Request) -> bytes | web.Response:
+        """The whole body, or the answer to give when it is too large, too slow or cut off."""
         try:
-            body = await request.read()
+            async with asyncio.timeout(self._settings.body_timeout_seconds):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             metrics.WEBHOOKS.labels(result="too_large").inc()
             self._refusals.log(
                 logging.WARNING, "too_large", "webhook body over webhook.max_body_bytes refused"
             )
             return _error(413, "body too large")
+        except TimeoutError:
+            metrics.WEBHOOKS.labels(result="body_timeout").inc()
+            log.info("webhook body not received within webhook.body_timeout_seconds")
+            answer = _error(408, "body not received in time")
+            answer.force_close()
+            return answer
+        except (ConnectionError, web.RequestPayloadError):
+            # The client went away mid-body (or broke its chunked framing): nobody to answer.
+            metrics.WEBHOOKS.labels(result="aborted").inc()
+            log.info("webhook client disconnected before its whole body arrived")
+            return _error(400, "incomplete body")
 
+    async def _deliver(self, request: web.Request, body: bytes) -> web.Response:
+        """Check the signature over ``body``, parse it and store its postbacks."""
         if not self._settings.allow_unsigned:
             header = request.headers.get(SIGNATURE_HEADER)
             if header is None:

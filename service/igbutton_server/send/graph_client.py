@@ -157,6 +157,7 @@ class GraphClient:
             if last_error is not None and not self._attempt_fits(longest, 0.0, deadline):
                 # The rate limiter's wait used up the time the retry needed.
                 raise last_error
+            await tracker.about_to_write()
             tracker.attempts = attempt
             # Earlier attempts were answered (Meta did not act) or they would not be retried.
             tracker.written = False

@@ -7,6 +7,11 @@ call claims the request_id in the store, and its outcome is kept for the TTL unl
 failure the caller may retry (Meta did not act). A send that may have reached Meta is
 never repeated: if it ends without an answer (time_left, dropped connection, cancelled
 call, process crash) the request_id keeps SEND_OUTCOME_UNKNOWN.
+
+A claim starts "not written" and is marked written (durably) just before the Graph client
+writes the request, after igbutton's rate limiter let it go. A claim left by a crashed
+process (the store reports it abandoned) is answered at once: SEND_OUTCOME_UNKNOWN if it
+was written, and taken over (the repeat sends) if it never was.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import grpc
 from igbutton.v1 import errors_pb2
 from igbutton_server.errors import ApiError
 from igbutton_server.send.outcome import Outcome, SendResult, SendTracker, is_final, outcome_unknown
-from igbutton_server.storage.idempotency import IdempotencyStore, Record
+from igbutton_server.storage.idempotency import ClaimLost, IdempotencyStore, Record
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +122,29 @@ class IdempotentSends:
         entry: _InFlight,
     ) -> Outcome:
         lease = time_left + LEASE_SLACK_SECONDS
-        existing = await self._store.claim(key, fp, lease, self._ttl)
-        if existing is not None:
-            return await self._existing(key, fp, existing, time.monotonic() + time_left)
-        tracker = SendTracker()
+        deadline = time.monotonic() + time_left
+        while True:
+            existing = await self._store.claim(key, fp, lease, self._ttl)
+            if existing is None:
+                break
+            outcome = await self._existing(key, fp, existing, deadline)
+            if outcome is not None:
+                return outcome
+            # Abandoned before it was written: claim again (the store takes it over).
+
+        async def mark_written() -> None:
+            try:
+                await self._store.mark_written(key)
+            except ClaimLost:
+                raise ApiError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    R.ERROR_REASON_REQUEST_IN_PROGRESS,
+                    "another call with this request_id took the send over; retry with the "
+                    "same request_id",
+                    metadata={"requestId": key},
+                ) from None
+
+        tracker = SendTracker(mark_written)
         try:
             result = await send(tracker)
         except ApiError as error:
@@ -158,13 +182,16 @@ class IdempotentSends:
             # the safe side.
             log.exception("could not release request_id %r", key)
 
-    async def _existing(self, key: str, fp: str, record: Record, deadline: float) -> Outcome:
+    async def _existing(self, key: str, fp: str, record: Record, deadline: float) -> Outcome | None:
+        """The outcome for a repeat of an existing record; None: claim it again."""
         while True:
             if record.fingerprint != fp:
                 raise request_id_reused(key)
             if record.outcome is not None:
                 return record.outcome
-            if record.lease_expires_at <= time.time():
+            if record.abandoned and not record.written:
+                return None
+            if record.abandoned or record.lease_expires_at <= time.time():
                 unknown = outcome_unknown("an earlier call with this request_id did not finish")
                 await self._keep(key, fp, unknown)
                 return unknown

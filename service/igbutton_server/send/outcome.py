@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ _RETRYABLE_REASONS = frozenset(
         R.ERROR_REASON_GRAPH_UNAVAILABLE,
         R.ERROR_REASON_SHUTTING_DOWN,
         R.ERROR_REASON_REQUEST_IN_PROGRESS,
+        R.ERROR_REASON_STORAGE_UNAVAILABLE,
     }
 )
 
@@ -43,9 +45,18 @@ class SendTracker:
     been sent, so the send must not be repeated.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
         self.written = False
         self.attempts = 0
+        self._before_write = before_write
+
+    async def about_to_write(self) -> None:
+        """Called by the Graph client before it starts writing a request (each attempt).
+        The first call runs ``before_write`` (the idempotency claim is marked written,
+        durably); if that raises, the request must not be written."""
+        if self._before_write is not None:
+            mark, self._before_write = self._before_write, None
+            await mark()
 
 
 def outcome_unknown(message: str, status: grpc.StatusCode = grpc.StatusCode.UNKNOWN) -> ApiError:

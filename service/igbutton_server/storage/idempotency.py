@@ -7,6 +7,13 @@ The logic on top (one send per request_id, outcomes replayed) is the send path's
 ``IdempotentSends``.
 
 Times in a record are wall-clock seconds since the epoch; durations are seconds.
+
+Every store has an *owner* id, fresh for each process (each open store). A pending claim
+carries its owner's id and whether its request may have been written to Meta (see
+:meth:`IdempotencyStore.mark_written`). When the owner is gone (a crash: SQLite, a claim
+of an earlier process on the file; NATS, a claim whose owner's heartbeat stopped) the claim
+is *abandoned*: one never written is taken over by the next claim, so its repeat sends; one
+written is answered SEND_OUTCOME_UNKNOWN at once, without waiting for its lease.
 """
 
 from __future__ import annotations
@@ -26,6 +33,15 @@ class Record:
     """None while the first call is still sending."""
     lease_expires_at: float
     """Wall-clock time after which a pending record is presumed abandoned."""
+    written: bool = True
+    """Whether the request may have reached Meta (always True once there is an outcome)."""
+    abandoned: bool = False
+    """A pending claim whose owner process is gone: it will never get an outcome."""
+
+
+class ClaimLost(Exception):
+    """The claim is no longer this store's: its owner was presumed gone and another call
+    took it over. The request must not be written."""
 
 
 class IdempotencyStore(Protocol):
@@ -38,10 +54,17 @@ class IdempotencyStore(Protocol):
     async def claim(
         self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
     ) -> Record | None:
-        """Create a pending record. None when created (the caller sends); else the existing one.
+        """Create a pending record, not yet written, owned by this store. None when created
+        (the caller sends); else the existing one. An abandoned claim that was never written
+        is taken over (None); an abandoned written one is returned with ``abandoned`` set.
 
-        Durable on return: once it returns None the claim survives a crash of the process,
-        so the caller may call Meta."""
+        Durable on return: once it returns None the claim survives a crash of the process."""
+        ...
+
+    async def mark_written(self, key: str) -> None:
+        """Record that the request of this store's claim is about to be written to Meta.
+        Durable on return; the caller may write only then. Raises ClaimLost if the claim
+        is no longer this store's."""
         ...
 
     async def complete(
@@ -51,7 +74,12 @@ class IdempotencyStore(Protocol):
         ...
 
     async def release(self, key: str) -> None:
-        """Forget a pending claim (nothing was sent, or the failure is retryable)."""
+        """Forget this store's pending claim (nothing was sent, or the failure is retryable);
+        a claim another store took over stays."""
+        ...
+
+    def unready_reason(self) -> str | None:
+        """None while the store can take claims, else a short reason (for /readyz)."""
         ...
 
     async def close(self) -> None:

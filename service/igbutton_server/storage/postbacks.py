@@ -243,6 +243,15 @@ class StoreClosed(Exception):
     """The store is closing or closed; callers should end what they are doing."""
 
 
+class StorageUnavailable(Exception):
+    """The storage engine cannot write now (locked, full, read-only, corrupt, its file
+    removed or replaced). The message says why, naming the store."""
+
+
+class StorageCorrupt(Exception):
+    """At start: the storage file is not a usable database. The message names the file."""
+
+
 class GroupFilterMismatch(Exception):
     """A member tried to join a group with filters other than the group's own.
 

@@ -241,6 +241,11 @@ class RequestInProgressError(UnavailableError):
     repeat with the same request_id (the client already retried)."""
 
 
+class StorageUnavailableError(UnavailableError):
+    """igbutton's storage cannot write now (locked, full, read-only, corrupt, file removed);
+    nothing was sent. Retry later with the same request_id."""
+
+
 _BY_REASON: dict[str, type[IgButtonError]] = {
     "INVALID_REQUEST": InvalidRequestError,
     "UNKNOWN_ACCOUNT": UnknownAccountError,
@@ -261,6 +266,7 @@ _BY_REASON: dict[str, type[IgButtonError]] = {
     "UNKNOWN_ACK_ID": UnknownAckIdError,
     "SHUTTING_DOWN": ShuttingDownError,
     "REQUEST_IN_PROGRESS": RequestInProgressError,
+    "STORAGE_UNAVAILABLE": StorageUnavailableError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[IgButtonError]] = {

@@ -6,29 +6,53 @@ creates the record and sends; the other gets the existing record back, and the s
 polls it until the outcome lands or the claim's lease runs out (``IdempotentSends``).
 Each record carries its own expiry, so a record past its TTL counts as absent at once; the
 per-message TTL (``Nats-TTL``) and the bucket's max age then remove it from NATS.
+
+Each store (one per process) has an owner id and keeps a heartbeat under the key
+``_owner.<id>`` (a key no request_id maps to), rewritten every ``HEARTBEAT_SECONDS``. A
+claim names its owner; a pending claim whose owner's heartbeat is older than
+``OWNER_DEAD_SECONDS`` (or gone) is abandoned: its process crashed or lost NATS for good.
+Taking over a claim, marking it written and releasing it are compare-and-set writes on the
+claim's revision, so a presumed-dead owner that comes back cannot write after a take-over.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import logging
 import math
 import re
 import time
+import uuid
 from typing import Any
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
-from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError
 from nats.js.kv import KeyValue
 
 from igbutton_server.config import Settings
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
-from igbutton_server.storage.idempotency import Record
-from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
+from igbutton_server.storage.idempotency import ClaimLost, Record
+from igbutton_server.storage.nats._connection import (
+    CONNECT_WINDOW_SECONDS,
+    WRONG_LAST_SEQUENCE,
+    NatsConnection,
+)
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_ATTEMPTS = 5
 _MARKER_TTL = "60"
+HEARTBEAT_SECONDS = 1.0
+"""How often a store rewrites its owner heartbeat."""
+OWNER_DEAD_SECONDS = 5.0
+"""A heartbeat older than this means its owner is gone."""
+_OWNER_PREFIX = "_owner."
+
+log = logging.getLogger(__name__)
 
 
 def bucket_key(request_id: str) -> str:
@@ -45,6 +69,9 @@ class NatsIdempotencyStore:
         self._conn = conn
         self._bucket = bucket
         self._prefix = f"$KV.{conn.layout.idempotency_bucket}."
+        self._owner = uuid.uuid4().hex
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._beat_ok = True
         conn.on_revived = self._on_revived
 
     async def _on_revived(self) -> None:
@@ -57,10 +84,64 @@ class NatsIdempotencyStore:
         conn = await NatsConnection.open(settings)
         try:
             bucket = await conn.ensure_idempotency_layout()
+            store = cls(conn, bucket)
+            await store._first_beat()
         except BaseException:
             await conn.close()
             raise
-        return cls(conn, bucket)
+        store._heartbeat = asyncio.create_task(store._beat_forever(), name="idempotency-heartbeat")
+        return store
+
+    async def _beat(self) -> None:
+        now = time.time()
+        await self._conn.js.publish(
+            self._prefix + _OWNER_PREFIX + self._owner,
+            json.dumps({"at": now}).encode(),
+            headers={api.Header.MSG_TTL: str(math.ceil(OWNER_DEAD_SECONDS * 2))},
+        )
+
+    async def _first_beat(self) -> None:
+        """The first heartbeat, before any claim (so none of ours looks dead on arrival). A
+        bucket just created in a cluster may not answer for a few seconds: retry a while."""
+        deadline = time.monotonic() + CONNECT_WINDOW_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                await self._beat()
+            except (NoRespondersError, NoStreamResponseError, NatsTimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("idempotency bucket not ready for the heartbeat (%r); retrying", exc)
+            else:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self._conn.connected:
+                continue  # a publish now would sit in the client's buffer until reconnected
+            try:
+                await self._beat()
+            except Exception:
+                if self._beat_ok:
+                    log.warning("could not write the idempotency owner heartbeat", exc_info=True)
+                self._beat_ok = False
+            else:
+                self._beat_ok = True
+
+    async def _owner_alive(self, owner: str) -> bool:
+        if owner == self._owner:
+            return True
+        try:
+            entry = await self._bucket.get(_OWNER_PREFIX + owner)
+        except KeyNotFoundError:
+            return False
+        if not entry.value:
+            return False
+        at = float(json.loads(entry.value)["at"])
+        return time.time() - at < OWNER_DEAD_SECONDS
 
     async def _latest(self, key: str) -> tuple[dict[str, Any] | None, int]:
         """The stored value (None if absent or deleted) and the revision to write after."""
@@ -98,21 +179,25 @@ class NatsIdempotencyStore:
             raise
         return True
 
-    @staticmethod
-    def _record(value: dict[str, Any] | None, now: float) -> Record | None:
+    async def _record(self, value: dict[str, Any] | None, now: float) -> Record | None:
         if value is None or float(value["expires_at"]) <= now:
             return None
+        fingerprint = str(value["fingerprint"])
+        lease = float(value["lease_expires_at"])
         outcome = value.get("outcome")
+        if outcome is not None:
+            return Record(fingerprint, load_outcome(outcome), lease)
+        # Claims of earlier versions have neither: written (the safe side), never abandoned.
+        owner = value.get("owner")
+        alive = owner is None or await self._owner_alive(str(owner))
         return Record(
-            fingerprint=str(value["fingerprint"]),
-            outcome=load_outcome(outcome) if outcome is not None else None,
-            lease_expires_at=float(value["lease_expires_at"]),
+            fingerprint, None, lease, written=bool(value.get("written", True)), abandoned=not alive
         )
 
     async def get(self, key: str) -> Record | None:
         """See IdempotencyStore.get."""
         value, _ = await self._latest(key)
-        return self._record(value, time.time())
+        return await self._record(value, time.time())
 
     async def claim(
         self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
@@ -125,17 +210,29 @@ class NatsIdempotencyStore:
                 "outcome": None,
                 "lease_expires_at": now + lease_seconds,
                 "expires_at": now + ttl_seconds,
+                "owner": self._owner,
+                "written": False,
             }
             if await self._write(key, claim, ttl_seconds, last=0):
                 return None
             value, revision = await self._latest(key)
-            existing = self._record(value, now)
-            if existing is not None:
+            existing = await self._record(value, now)
+            if existing is not None and not (existing.abandoned and not existing.written):
                 return existing
-            # Absent, deleted or expired: take it over, unless another claim wins meanwhile.
+            # Absent, deleted, expired, or abandoned before it was written: take it over,
+            # unless another claim wins meanwhile.
             if await self._write(key, claim, ttl_seconds, last=revision):
                 return None
         raise OSError(f"request_id {key!r} keeps changing; cannot claim it")
+
+    async def mark_written(self, key: str) -> None:
+        """See IdempotencyStore.mark_written."""
+        value, revision = await self._latest(key)
+        if value is None or value.get("outcome") is not None or value.get("owner") != self._owner:
+            raise ClaimLost(key)
+        ttl = float(value["expires_at"]) - time.time()
+        if not await self._write(key, {**value, "written": True}, ttl, last=revision):
+            raise ClaimLost(key)
 
     async def complete(
         self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
@@ -153,9 +250,25 @@ class NatsIdempotencyStore:
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""
         value, revision = await self._latest(key)
-        if value is not None and value.get("outcome") is None:
+        if value is not None and value.get("outcome") is None and value.get("owner") == self._owner:
             await self._write(key, None, 0, last=revision)  # lost a race: fine either way
 
+    def unready_reason(self) -> str | None:
+        """None while connected to NATS (the client reconnects on its own)."""
+        return None if self._conn.connected else "idempotency store: not connected to NATS"
+
     async def close(self) -> None:
-        """Close the connection."""
+        """Stop the heartbeat, remove it (no claim of ours is left), close the connection."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._conn.connected:
+            with contextlib.suppress(Exception):
+                await self._conn.js.publish(
+                    self._prefix + _OWNER_PREFIX + self._owner,
+                    b"",
+                    headers={"KV-Operation": "DEL", api.Header.MSG_TTL: _MARKER_TTL},
+                )
         await self._conn.close()

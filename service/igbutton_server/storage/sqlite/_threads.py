@@ -6,12 +6,22 @@ everything queued, runs each job in its own savepoint inside one transaction, co
 (one fsync for the lot) and then resolves each caller's future. A job that fails rolls back
 only its savepoint; a failed commit fails the whole batch. Readers use separate connections
 (WAL lets them read while the writer writes) in a small thread pool.
+
+The writer keeps the file's health for readiness (:attr:`SqliteWriter.problem`): a failed
+transaction (locked, full, read-only, corrupt) sets it and fails its jobs with
+StorageUnavailable; while it is set, the writer probes with a small real write every
+``_CHECK_SECONDS`` and clears it once one commits. Before every batch and every
+``_CHECK_SECONDS`` it also compares the path's device and inode with the file it opened: a
+file removed or replaced under it would take writes that nobody will ever read, so from
+then on every job fails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -21,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from igbutton_server.storage.postbacks import StoreClosed
+from igbutton_server.storage.postbacks import StorageCorrupt, StorageUnavailable, StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +40,23 @@ T = TypeVar("T")
 _MAX_BATCH = 512
 """Jobs per transaction; bounds how long one commit holds the write lock."""
 _BUSY_TIMEOUT_MS = 10_000
-"""Other processes' connections to the same file may hold the lock."""
+"""Other processes' connections to the same file may hold the lock (readers)."""
+_WRITER_BUSY_TIMEOUT_MS = 1_000
+"""How long the writer waits for a lock another process holds before failing its batch:
+short, so sends fail fast and readiness shows it instead of callers waiting out deadlines."""
+_CHECK_SECONDS = 0.5
+"""How often an idle writer checks its file (and, while it has a problem, probes it)."""
+_PROBE = (
+    "CREATE TABLE IF NOT EXISTS storage_probe (id INTEGER PRIMARY KEY, at REAL)",
+    "INSERT OR REPLACE INTO storage_probe VALUES (1, julianday('now'))",
+)
 
 
 def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     """A connection in autocommit mode (we issue BEGIN/COMMIT), WAL and durable commits."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    timeout = _BUSY_TIMEOUT_MS if readonly else _WRITER_BUSY_TIMEOUT_MS
+    conn.execute(f"PRAGMA busy_timeout={timeout}")
     if readonly:
         conn.execute("PRAGMA query_only=ON")
     else:
@@ -76,6 +96,11 @@ class SqliteWriter:
         self._closed = False
         self.commits = 0
         """Transactions committed (each covering one or more jobs); for tests and metrics."""
+        self.problem: str | None = None
+        """Why the file cannot take writes now (None: it can). Set and cleared by the thread."""
+        self._identity: tuple[int, int] | None = None
+        self._gone = False
+        """The file was removed or replaced: permanent for this process."""
 
     async def start(self) -> None:
         """Open the connection, run ``setup`` (the schema) and start taking jobs."""
@@ -102,6 +127,12 @@ class SqliteWriter:
             raise StoreClosed("the store is closed")
         if not self._started.is_set():
             raise RuntimeError("the SQLite writer was not started")  # a job would wait forever
+        if self._start_error is not None:
+            # The thread reported why it could not open the file and ended: nobody would
+            # ever take the job (a store closing after a failed start writes one).
+            raise StoreClosed(f"the SQLite store did not open: {self._start_error}")
+        if self._gone:
+            raise StorageUnavailable(f"SQLite store unavailable: {self.problem}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(work, future, loop, on_commit))
@@ -116,19 +147,42 @@ class SqliteWriter:
         if self._thread.ident is not None:  # never started: nothing to wait for
             await asyncio.to_thread(self._thread.join)
 
-    def _run(self) -> None:
+    def _open(self) -> sqlite3.Connection | None:
+        """The write connection with the schema in place; None after reporting why not."""
+        conn: sqlite3.Connection | None = None
         try:
             conn = connect(self._path, readonly=False)
             self._setup(conn)
+            stat = os.stat(self._path)
+            self._identity = (stat.st_dev, stat.st_ino)
+        except sqlite3.DatabaseError as exc:
+            # Not OperationalError (locked, cannot open): the file is not a database.
+            if type(exc) is sqlite3.DatabaseError:
+                self._start_error = StorageCorrupt(f"SQLite file {self._path} is corrupt: {exc}")
+            else:
+                self._start_error = exc
         except BaseException as exc:  # noqa: BLE001 - reported to start(), which raises it
             self._start_error = exc
-            self._started.set()
+        else:
+            return conn
+        if conn is not None:
+            conn.close()
+        self._started.set()
+        return None
+
+    def _run(self) -> None:
+        conn = self._open()
+        if conn is None:
             return
         self._started.set()
         try:
             stopping = False
             while not stopping:
-                first = self._queue.get()
+                try:
+                    first = self._queue.get(timeout=_CHECK_SECONDS)
+                except queue.Empty:
+                    self._check(conn)
+                    continue
                 if first is None:
                     break
                 batch: list[_Job[Any]] = [first]
@@ -142,11 +196,55 @@ class SqliteWriter:
                         break
                     batch.append(job)
                 try:
-                    self._commit(conn, batch)
+                    if self._file_gone():
+                        self._fail(
+                            batch, StorageUnavailable(f"SQLite store unavailable: {self.problem}")
+                        )
+                    else:
+                        self._commit(conn, batch)
                 except Exception:  # never let the writer die: callers would wait forever
                     log.exception("SQLite writer failed on a batch")
         finally:
             conn.close()
+
+    def _file_gone(self) -> bool:
+        """Whether the path no longer names the file the writer opened (checked each time
+        until it is gone; then for good)."""
+        if self._gone:
+            return True
+        try:
+            stat = os.stat(self._path)
+        except FileNotFoundError:
+            found = None
+        else:
+            found = (stat.st_dev, stat.st_ino)
+        if found == self._identity:
+            return False
+        self._gone = True
+        self.problem = f"the SQLite file {self._path} was removed or replaced while in use"
+        log.error("%s; writes fail from now on, restart the process", self.problem)
+        return True
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        """Idle: notice a removed file; while there is a problem, probe with a real write."""
+        if self._file_gone() or self.problem is None:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _PROBE:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self.problem = _describe(self._path, exc)
+        else:
+            log.warning("the SQLite file %s takes writes again", self._path)
+            self.problem = None
+
+    def _fail(self, batch: list[_Job[Any]], error: BaseException) -> None:
+        self._finish([(job, None, error) for job in batch])
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
         outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
@@ -156,24 +254,40 @@ class SqliteWriter:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job.work(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to the job's caller
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                        raise  # SQLite rolled the whole transaction back (full, I/O, corrupt)
                     # A job's own failure (a bug, or a constraint) must not sink the batch.
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
+                    try:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                    except sqlite3.Error:
+                        raise exc from None  # the job's error is the one to report
                     outcomes.append((job, None, exc))
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append((job, result, None))
             conn.execute("COMMIT")
             self.commits += 1
+            if self.problem is not None:
+                log.warning("the SQLite file %s takes writes again", self._path)
+                self.problem = None
         except sqlite3.Error as exc:
-            log.exception("SQLite transaction failed; failing %d jobs", len(batch))
+            self.problem = _describe(self._path, exc)
+            log.error(  # noqa: TRY400 - the cause is in the message; a trace adds nothing
+                "SQLite transaction failed; failing %d jobs: %s", len(batch), self.problem
+            )
             if conn.in_transaction:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     log.exception("rollback failed")
-            outcomes = [(job, None, exc) for job in batch]
+            failure = StorageUnavailable(f"SQLite store unavailable: {self.problem}")
+            failure.__cause__ = exc
+            outcomes = [(job, None, failure) for job in batch]
+        self._finish(outcomes)
+
+    def _finish(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]]) -> None:
         for job, result, error in outcomes:
             try:
                 if error is None and job.on_commit is not None:
@@ -181,6 +295,22 @@ class SqliteWriter:
                 job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
             except RuntimeError:  # the caller's loop is closed; nobody is waiting
                 pass
+
+
+def _describe(path: Path, exc: sqlite3.Error) -> str:
+    """A short reason for readiness and for callers, from SQLite's error."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        what = "locked by another connection"
+    elif "full" in text:
+        what = "the disk is full"
+    elif "readonly" in text or "read-only" in text:
+        what = "read-only"
+    elif type(exc) is sqlite3.DatabaseError or "malformed" in text:
+        what = "corrupt"
+    else:
+        what = "cannot write"
+    return f"the SQLite file {path} is {what} ({text})"
 
 
 class SqliteReaders:

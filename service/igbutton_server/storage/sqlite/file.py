@@ -40,6 +40,12 @@ class SqliteFile:
         """Write transactions committed so far (several jobs, of any store, may share one)."""
         return self.writer.commits
 
+    def unready_reason(self) -> str | None:
+        """None while the file takes writes, else why not (for /readyz)."""
+        if not self._started:
+            return None
+        return self.writer.problem
+
     async def start(self) -> None:
         """Create the folder and the tables if needed and start the writer (once)."""
         await asyncio.to_thread(self.start_blocking)

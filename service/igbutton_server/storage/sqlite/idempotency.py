@@ -6,16 +6,22 @@ share a transaction and its fsync with each other and with postback appends. The
 answers a job only after its transaction committed with ``synchronous=FULL``: a claim is on
 disk before the send path calls Meta, so a crash cannot send twice. Reads use the reader
 pool.
+
+The owner of a claim is the store that made it: a fresh id per process (the file belongs to
+one process at a time). A pending claim of another owner was left by an earlier process that
+crashed, so it is abandoned at once; ``written`` says whether its request may have reached
+Meta.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
-from igbutton_server.storage.idempotency import Record
+from igbutton_server.storage.idempotency import ClaimLost, Record
 from igbutton_server.storage.sqlite.file import SqliteFile
 
 _STATEMENTS = (
@@ -24,10 +30,18 @@ _STATEMENTS = (
     fingerprint      TEXT NOT NULL,
     outcome          TEXT,
     lease_expires_at REAL NOT NULL,
-    expires_at       REAL NOT NULL
+    expires_at       REAL NOT NULL,
+    owner            TEXT NOT NULL DEFAULT '',
+    written          INTEGER NOT NULL DEFAULT 1
 )""",
     "CREATE INDEX IF NOT EXISTS idempotency_expires_at ON idempotency (expires_at)",
 )
+_ADDED_COLUMNS = {
+    # Files of earlier versions: their pending claims count as written (the safe side).
+    "owner": "ALTER TABLE idempotency ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    "written": "ALTER TABLE idempotency ADD COLUMN written INTEGER NOT NULL DEFAULT 1",
+}
+_COLUMNS = "fingerprint, outcome, lease_expires_at, written, owner"
 
 _PRUNE_EVERY_SECONDS = 60.0
 
@@ -36,6 +50,10 @@ def create_schema(conn: sqlite3.Connection) -> None:
     """Create the table if it does not exist (idempotent)."""
     for statement in _STATEMENTS:
         conn.execute(statement)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(idempotency)")}
+    for column, statement in _ADDED_COLUMNS.items():
+        if column not in present:
+            conn.execute(statement)
 
 
 class SqliteIdempotencyStore:
@@ -53,6 +71,8 @@ class SqliteIdempotencyStore:
         file.attach()
         self._last_prune = 0.0
         """When the writer last removed every expired record (only the writer touches it)."""
+        self._owner = uuid.uuid4().hex
+        """This process's claims; any other owner's pending claim was left by a crash."""
 
     def open(self) -> None:
         """Start the file's threads and create the table if not done yet. Blocks; call at
@@ -70,11 +90,10 @@ class SqliteIdempotencyStore:
 
         def read(db: sqlite3.Connection) -> Record | None:
             row = db.execute(
-                "SELECT fingerprint, outcome, lease_expires_at FROM idempotency "
-                "WHERE request_id = ? AND expires_at > ?",
+                f"SELECT {_COLUMNS} FROM idempotency WHERE request_id = ? AND expires_at > ?",  # noqa: S608 - constant
                 (key, now),
             ).fetchone()
-            return _record(row)
+            return self._record(row)
 
         return await self._file.readers.run(read)
 
@@ -93,20 +112,40 @@ class SqliteIdempotencyStore:
                     "DELETE FROM idempotency WHERE request_id = ? AND expires_at <= ?",
                     (key, now),
                 )
+            # A crashed process's claim that never reached Meta: take it over.
+            db.execute(
+                "DELETE FROM idempotency WHERE request_id = ? AND outcome IS NULL "
+                "AND written = 0 AND owner != ?",
+                (key, self._owner),
+            )
             inserted = db.execute(
-                "INSERT OR IGNORE INTO idempotency VALUES (?, ?, NULL, ?, ?)",
-                (key, fingerprint, now + lease_seconds, now + ttl_seconds),
+                "INSERT OR IGNORE INTO idempotency (request_id, fingerprint, outcome, "
+                "lease_expires_at, expires_at, owner, written) VALUES (?, ?, NULL, ?, ?, ?, 0)",
+                (key, fingerprint, now + lease_seconds, now + ttl_seconds, self._owner),
             ).rowcount
             if inserted:
                 return None
             row = db.execute(
-                "SELECT fingerprint, outcome, lease_expires_at FROM idempotency "
-                "WHERE request_id = ?",
+                f"SELECT {_COLUMNS} FROM idempotency WHERE request_id = ?",  # noqa: S608 - constant
                 (key,),
             ).fetchone()
-            return _record(row)
+            return self._record(row)
 
         return await self._file.writer.run(write)
+
+    async def mark_written(self, key: str) -> None:
+        """See IdempotencyStore.mark_written."""
+
+        def write(db: sqlite3.Connection) -> bool:
+            updated = db.execute(
+                "UPDATE idempotency SET written = 1 "
+                "WHERE request_id = ? AND owner = ? AND outcome IS NULL",
+                (key, self._owner),
+            ).rowcount
+            return bool(updated)
+
+        if not await self._file.writer.run(write):
+            raise ClaimLost(key)
 
     async def complete(
         self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
@@ -117,10 +156,11 @@ class SqliteIdempotencyStore:
 
         def write(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) "
-                "DO UPDATE SET fingerprint = excluded.fingerprint, outcome = excluded.outcome, "
-                "expires_at = excluded.expires_at",
-                (key, fingerprint, text, now, now + ttl_seconds),
+                "INSERT INTO idempotency (request_id, fingerprint, outcome, lease_expires_at, "
+                "expires_at, owner, written) VALUES (?, ?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                "outcome = excluded.outcome, expires_at = excluded.expires_at, written = 1",
+                (key, fingerprint, text, now, now + ttl_seconds, self._owner),
             )
 
         await self._file.writer.run(write)
@@ -129,17 +169,25 @@ class SqliteIdempotencyStore:
         """See IdempotencyStore.release."""
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM idempotency WHERE request_id = ? AND outcome IS NULL", (key,))
+            db.execute(
+                "DELETE FROM idempotency WHERE request_id = ? AND outcome IS NULL AND owner = ?",
+                (key, self._owner),
+            )
 
         await self._file.writer.run(write)
+
+    def unready_reason(self) -> str | None:
+        """None while the file takes writes, else why not (for /readyz)."""
+        return self._file.unready_reason()
 
     async def close(self) -> None:
         """Let go of the file (its threads stop with the last store using it)."""
         await self._file.release()
 
-
-def _record(row: tuple[str, str | None, float] | None) -> Record | None:
-    if row is None:
-        return None
-    fp, outcome, lease = row
-    return Record(fp, load_outcome(outcome) if outcome is not None else None, lease)
+    def _record(self, row: tuple[str, str | None, float, int, str] | None) -> Record | None:
+        if row is None:
+            return None
+        fp, outcome, lease, written, owner = row
+        if outcome is not None:
+            return Record(fp, load_outcome(outcome), lease)
+        return Record(fp, None, lease, written=bool(written), abandoned=owner != self._owner)

@@ -96,8 +96,8 @@ class SqlitePostbackStore:
         return self._file.commits
 
     def unready_reason(self) -> str | None:
-        """None while open."""
-        return "postback store closed" if self._closed else None
+        """None while open and the file takes writes, else why not."""
+        return "postback store closed" if self._closed else self._file.unready_reason()
 
     def unhealthy_reason(self) -> str | None:
         """None: a SQLite store has nothing to recover (a failing disk fails each append)."""

@@ -82,6 +82,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: another call with the same request_id is still in flight,
     or ended without sending; retry with the same request_id.
     """
+    ERROR_REASON_STORAGE_UNAVAILABLE: _ErrorReason.ValueType  # 20
+    """UNAVAILABLE: igbutton's storage cannot write now (locked, full, read-only,
+    corrupt, or its file was removed); nothing was sent. The message names the
+    store and the cause. Retry later with the same request_id.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons igbutton puts in google.rpc.ErrorInfo.reason, under the domain
@@ -148,5 +153,10 @@ ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 18
 ERROR_REASON_REQUEST_IN_PROGRESS: ErrorReason.ValueType  # 19
 """UNAVAILABLE: another call with the same request_id is still in flight,
 or ended without sending; retry with the same request_id.
+"""
+ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 20
+"""UNAVAILABLE: igbutton's storage cannot write now (locked, full, read-only,
+corrupt, or its file was removed); nothing was sent. The message names the
+store and the cause. Retry later with the same request_id.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
