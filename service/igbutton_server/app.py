@@ -282,7 +282,8 @@ class App:
         """Serve Meta's webhook and tell the sandbox (if any) where it is."""
         assert self.postback_store is not None
         settings = self.settings.webhook
-        webhook = Webhook(settings, self.postback_store)
+        accounts = [account.id for account in self.settings.accounts]
+        webhook = Webhook(settings, self.postback_store, accounts)
         # Its own runner, bounded against slow and hostile clients (webhook_site.py); stopped
         # apart from the other HTTP sites: before the streams end and the store closes.
         self._webhook_runner = await serve_webhook(webhook.build_app(), settings)

@@ -284,6 +284,8 @@ class WebhookSettings(_Section):
     """Time a POST's whole body may take once its headers are in; then 408 and close."""
     keepalive_timeout_seconds: float = Field(default=15.0, gt=0)
     """Idle time after an answer before a kept-alive connection is closed."""
+    accept_unknown_accounts: bool = False
+    """Store postbacks for IG IDs not in ``accounts`` (skipped and counted by default)."""
 
     @field_validator("path")
     @classmethod

@@ -17,7 +17,7 @@ import pytest
 
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
-from igbutton_server.app import App
+from igbutton_server.app import SANDBOX_ACCESS_TOKEN, App
 from igbutton_server.config import Settings
 from igbutton_server.postbacks.webhook import SIGNATURE_HEADER, sign
 from igbutton_server.storage.postbacks import (
@@ -115,12 +115,17 @@ def webhook_url(app: App) -> str:
 
 
 def postback_overrides() -> dict[str, Any]:
-    """Settings every postback test App gets: a verify token and two app secrets."""
+    """Settings every postback test App gets: the two accounts the tests post for (the
+    webhook skips other accounts' postbacks), a verify token and two app secrets."""
     return {
+        "accounts": [
+            {"id": ACCOUNT, "access_token": SANDBOX_ACCESS_TOKEN},
+            {"id": OTHER_ACCOUNT, "access_token": "other-account-token"},
+        ],
         "webhook": {
             "verify_token": VERIFY_TOKEN,
             "app_secrets": [SECRET.decode(), ROTATED_SECRET.decode()],
-        }
+        },
     }
 
 

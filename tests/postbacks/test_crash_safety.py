@@ -21,7 +21,7 @@ import pytest
 from igbutton.v1 import postback_service_pb2 as pb
 from igbutton.v1 import postback_service_pb2_grpc
 from tests.conftest import Engine
-from tests.postbacks.conftest import SECRET, Stream, WebhookClient, postbacks
+from tests.postbacks.conftest import ACCOUNT, SECRET, Stream, WebhookClient, postbacks
 from tests.postbacks.test_streams import ack, seconds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +50,8 @@ class ServerProcess:
                 "IGBUTTON_WEBHOOK__HOST": "127.0.0.1",
                 "IGBUTTON_WEBHOOK__PORT": "0",
                 "IGBUTTON_WEBHOOK__APP_SECRETS": json.dumps([SECRET.decode()]),
+                # The account the deliveries are for (others' postbacks are skipped).
+                "IGBUTTON_ACCOUNTS": json.dumps([{"id": ACCOUNT, "access_token": "unused"}]),
                 "IGBUTTON_SANDBOX__ENABLED": "false",
                 "IGBUTTON_LOG__FORMAT": "text",
                 **self.engine.env(),

@@ -116,3 +116,77 @@ def test_other_fields_and_items_are_counted() -> None:
 def test_bodies_that_are_not_deliveries(raw: bytes) -> None:
     with pytest.raises(MalformedDelivery):
         parse_delivery(raw)
+
+
+# --- standby, the account's own postbacks, unknown accounts ---
+
+
+def test_standby_postbacks_are_kept_marked_and_its_other_items_counted() -> None:
+    entry = {
+        "id": ACCOUNT,
+        "time": 7,
+        "messaging": [postback_item("tapped")],
+        "standby": [postback_item("observed"), {"read": {"mid": "r"}}, "junk"],
+    }
+    parsed = parse_delivery(body(entry=entry))
+    assert [(p.mid, p.standby) for p in parsed.postbacks] == [
+        ("tapped", False),
+        ("observed", True),
+    ]
+    assert parsed.skipped == {"read": 1, "invalid_item": 1}
+
+
+def test_an_entry_with_only_a_standby_array_is_read() -> None:
+    entry = {"id": ACCOUNT, "time": 7, "standby": [postback_item("observed")]}
+    (p,) = parse_delivery(body(entry=entry)).postbacks
+    assert (p.mid, p.account_id, p.standby, p.tap_time_ms) == (
+        "observed",
+        ACCOUNT,
+        True,
+        1_502_905_976_377,
+    )
+
+
+def test_a_standby_field_that_is_not_a_list_makes_the_entry_invalid() -> None:
+    entry = {"id": ACCOUNT, "messaging": [postback_item("m1")], "standby": {"x": 1}}
+    parsed = parse_delivery(body(entry=entry))
+    assert (parsed.postbacks, parsed.skipped) == ([], {"invalid_entry": 1})
+
+
+@pytest.mark.parametrize("where", ["recipient", "entry"])
+def test_a_postback_sent_by_the_account_itself_is_skipped_as_self_sent(where: str) -> None:
+    # An echo of the business's own action names the account as the sender: with the
+    # account as the recipient too, or with the person as the recipient and the account
+    # only in the entry's id.
+    echo = postback_item("echo", sender=ACCOUNT, account=ACCOUNT if where == "recipient" else "9")
+    parsed = parse_delivery(body(echo, postback_item("tap")))
+    assert [p.mid for p in parsed.postbacks] == ["tap"]
+    assert parsed.skipped == {"self_sent": 1}
+
+
+def test_a_self_sent_standby_postback_is_skipped_too() -> None:
+    entry = {"id": ACCOUNT, "standby": [postback_item("echo", sender=ACCOUNT)]}
+    parsed = parse_delivery(body(entry=entry))
+    assert (parsed.postbacks, parsed.skipped) == ([], {"self_sent": 1})
+
+
+def test_postbacks_of_accounts_not_named_are_skipped_as_unknown_account() -> None:
+    delivery = json.dumps(
+        {
+            "object": "instagram",
+            "entry": [
+                {"id": ACCOUNT, "messaging": [postback_item("ours")]},
+                {"id": "555", "messaging": [postback_item("a", account="555")]},
+                {"id": "555", "standby": [postback_item("b", account="555")]},
+                {"id": "666", "messaging": [postback_item("c", account="666")]},
+            ],
+        }
+    ).encode()
+    parsed = parse_delivery(delivery, frozenset({ACCOUNT}))
+    assert [p.mid for p in parsed.postbacks] == ["ours"]
+    assert parsed.skipped == {"unknown_account": 3}
+    assert parsed.unknown_accounts == {"555", "666"}
+    # Without a list of accounts, every account's postbacks are kept.
+    every = parse_delivery(delivery)
+    assert [p.mid for p in every.postbacks] == ["ours", "a", "b", "c"]
+    assert (every.skipped, every.unknown_accounts) == ({}, set())

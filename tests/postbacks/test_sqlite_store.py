@@ -124,3 +124,37 @@ async def test_pruned_postbacks_are_not_served_from_memory(store: SqlitePostback
     await store.append([new(5)])
     sub = await store.subscribe(Filter(), Start.earliest())
     assert (await next_of(sub)).mid == new(5).mid
+
+
+_SCHEMA_BEFORE_STANDBY = """
+CREATE TABLE postbacks (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    account_id   TEXT    NOT NULL,
+    sender_id    TEXT    NOT NULL,
+    mid          TEXT    NOT NULL,
+    title        TEXT    NOT NULL,
+    payload      TEXT    NOT NULL,
+    tap_time_ms  INTEGER NOT NULL,
+    received_ms  INTEGER NOT NULL,
+    raw_json     TEXT    NOT NULL,
+    UNIQUE (account_id, mid)
+);
+INSERT INTO postbacks (account_id, sender_id, mid, title, payload, tap_time_ms, received_ms,
+    raw_json) VALUES ('a', 's', 'old', 't', 'p', 1, 2, '{}');
+"""
+
+
+async def test_a_file_from_before_the_standby_column_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(_SCHEMA_BEFORE_STANDBY)
+    old.close()
+    store = await SqlitePostbackStore.open(path)
+    try:
+        await store.append([NewPostback("a", "s", "new", "t", "p", 0, "{}", standby=True)])
+        cursor = await store.subscribe(Filter(), Start.earliest())
+        got = [await next_of(cursor), await next_of(cursor)]
+        await cursor.close()
+    finally:
+        await store.close()
+    assert [(p.mid, p.standby) for p in got] == [("old", False), ("new", True)]

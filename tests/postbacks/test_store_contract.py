@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -98,6 +99,20 @@ def options(
 
 
 # --- the log ---
+
+
+async def test_the_standby_mark_is_kept_live_from_the_log_and_after_a_restart(
+    reopen: Reopen,
+) -> None:
+    store = await reopen()
+    live = await store.subscribe(Filter(), Start.latest())
+    standby = dataclasses.replace(new(2), standby=True)
+    await store.append([new(1), standby])
+    assert [(p.mid, p.standby) for p in await take(live, 2)] == [("m1", False), ("m2", True)]
+    await live.close()
+    again = await (await reopen()).subscribe(Filter(), Start.earliest())
+    assert [(p.mid, p.standby) for p in await take(again, 2)] == [("m1", False), ("m2", True)]
+    await again.close()
 
 
 async def test_append_stores_each_postback_once(store: PostbackStore) -> None:

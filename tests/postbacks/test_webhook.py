@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
+from igbutton.v1 import postback_service_pb2_grpc
 from igbutton_server import metrics
 from igbutton_server.app import App
 from igbutton_server.postbacks.webhook import sign
@@ -18,6 +22,7 @@ from tests.postbacks.conftest import (
     SECRET,
     VERIFY_TOKEN,
     AppFactory,
+    Stream,
     WebhookClient,
     appended_during,
     delivery,
@@ -248,14 +253,20 @@ async def test_oversized_postbacks_are_skipped_and_the_rest_stored(
     assert [p.mid for p in stored] == ["later"]
 
 
-async def test_postbacks_at_the_bounds_are_stored(app: App, webhook: WebhookClient) -> None:
+async def test_postbacks_at_the_bounds_are_stored(
+    start_app: AppFactory, http: aiohttp.ClientSession
+) -> None:
+    # Account ids this long cannot be configured (accounts take 64 characters at most).
+    app = await start_app(webhook={"accept_unknown_accounts": True})
+    webhook = WebhookClient(http, webhook_url(app))
     plain = "7" * MAX_ID_BYTES
     wide = "\u00e9" * (MAX_ID_BYTES // 2)  # two UTF-8 bytes each; base64 in a NATS subject
     item = postback_item(wide, account=wide, sender=plain, payload="")
     compact = {"separators": (",", ":"), "ensure_ascii": False}  # as the raw JSON is kept
     room = MAX_RAW_JSON_BYTES - len(json.dumps(item, **compact).encode())
     item["postback"]["payload"] = "p" * room
-    largest = postback_item(plain, account=plain, sender=plain)
+    # A sender other than the account: the account's own postbacks are skipped as self_sent.
+    largest = postback_item(plain, account=plain, sender="8" * MAX_ID_BYTES)
     answer, stored = await appended_during(app, webhook.deliver(item, largest))
     assert answer == {"stored": 2, "duplicates": 0, "skipped": {}}
     assert [(p.mid, p.account_id, len(p.raw_json.encode())) for p in stored] == [
@@ -323,3 +334,94 @@ async def test_a_failing_store_answers_503_so_meta_retries(
     monkeypatch.undo()
     status, _ = await webhook.post(delivery(postback_item("m1")))
     assert status == 200
+
+
+# --- standby, the account's own postbacks, unknown accounts ---
+
+UNKNOWN_ACCOUNT = "17841400000000777"
+"""An IG ID the test Apps are not configured with."""
+
+
+def _skipped(kind: str) -> float:
+    value: float = metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind=kind)._value.get()
+    return value
+
+
+async def test_a_standby_postback_reaches_subscribers_marked_standby(
+    webhook: WebhookClient,
+    stub: postback_service_pb2_grpc.PostbackServiceStub,
+    streams: Callable[..., Awaitable[Stream]],
+) -> None:
+    # Another app holds the conversation: Meta sends the tap in `standby`, not `messaging`.
+    stream = await streams(stub)
+    entry = {
+        "id": ACCOUNT,
+        "time": int(time.time() * 1000),
+        "messaging": [postback_item("sb-tapped")],
+        "standby": [postback_item("sb-observed", payload="HELP")],
+    }
+    status, answer = await webhook.post(
+        json.dumps({"object": "instagram", "entry": [entry]}).encode()
+    )
+    assert (status, answer) == (200, {"stored": 2, "duplicates": 0, "skipped": {}})
+    got = [m.postback for m in await stream.take(2)]
+    assert [(p.mid, p.payload, p.standby) for p in got] == [
+        ("sb-tapped", "BUY", False),
+        ("sb-observed", "HELP", True),
+    ]
+
+
+async def test_a_postback_sent_by_the_account_itself_is_skipped_and_counted(
+    app: App, webhook: WebhookClient
+) -> None:
+    before = _skipped("self_sent")
+    echo = postback_item("self-echo", sender=ACCOUNT)
+    (status, answer), stored = await appended_during(
+        app, webhook.post(delivery(echo, postback_item("self-tap")))
+    )
+    assert (status, answer) == (200, {"stored": 1, "duplicates": 0, "skipped": {"self_sent": 1}})
+    assert [p.mid for p in stored] == ["self-tap"]
+    assert _skipped("self_sent") == before + 1
+
+
+async def test_postbacks_for_an_unknown_account_are_skipped_counted_and_warned_once(
+    app: App, webhook: WebhookClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = _skipped("unknown_account")
+    caplog.set_level(logging.WARNING, logger="igbutton_server.postbacks.accounts")
+    for i in range(2):
+        body = delivery(
+            postback_item(f"unknown-{i}", account=UNKNOWN_ACCOUNT), account=UNKNOWN_ACCOUNT
+        )
+        (status, answer), stored = await appended_during(app, webhook.post(body))
+        assert (status, answer) == (
+            200,
+            {"stored": 0, "duplicates": 0, "skipped": {"unknown_account": 1}},
+        )
+        assert stored == []
+    assert _skipped("unknown_account") == before + 2
+    warnings = [
+        r
+        for r in caplog.records
+        if r.name == "igbutton_server.postbacks.accounts" and r.levelno == logging.WARNING
+    ]
+    assert len(warnings) == 1
+    assert UNKNOWN_ACCOUNT in warnings[0].getMessage()
+    # A configured account's postbacks in the same App are stored as ever.
+    answer, stored = await appended_during(app, webhook.deliver(postback_item("known")))
+    assert [p.mid for p in stored] == ["known"]
+
+
+async def test_accept_unknown_accounts_stores_them(
+    start_app: AppFactory, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = await start_app(webhook={"accept_unknown_accounts": True})
+    webhook = WebhookClient(http, webhook_url(app))
+    caplog.set_level(logging.WARNING, logger="igbutton_server.postbacks.accounts")
+    item = postback_item("accepted", account=UNKNOWN_ACCOUNT)
+    (status, answer), stored = await appended_during(
+        app, webhook.post(delivery(item, account=UNKNOWN_ACCOUNT))
+    )
+    assert (status, answer) == (200, {"stored": 1, "duplicates": 0, "skipped": {}})
+    assert [(p.mid, p.account_id) for p in stored] == [("accepted", UNKNOWN_ACCOUNT)]
+    assert not [r for r in caplog.records if r.name == "igbutton_server.postbacks.accounts"]

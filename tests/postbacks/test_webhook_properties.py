@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from igbutton_server.app import App
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
 from igbutton_server.postbacks.webhook import sign
+from tests.conftest import AppFactory
 from tests.postbacks.conftest import ROTATED_SECRET, SECRET, WebhookClient, appended_during
 
 json_scalars = st.one_of(
@@ -98,6 +100,13 @@ def bodies(draw: st.DrawFn) -> bytes:
     if kind == "utf16":
         return text.encode("utf-16")
     return text.encode("utf-8", "surrogatepass")
+
+
+@pytest.fixture
+async def app(start_app: AppFactory) -> App:
+    """An App that keeps every account's postbacks, as ``parse_delivery`` does without a
+    list of accounts: the ids drawn here are arbitrary."""
+    return await start_app(webhook={"accept_unknown_accounts": True})
 
 
 def _expected_postbacks(body: bytes) -> int | None:

@@ -5,6 +5,8 @@ acknowledges after its handler (and nacks when it raises)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 
 import grpc
 import pytest
@@ -62,7 +64,30 @@ async def test_a_tapped_postback_reaches_an_async_subscriber(app: App) -> None:
     assert postback.sequence >= 1
     assert postback.receive_time is not None
     assert postback.ack_id == ""
+    assert postback.standby is False
     assert subscription.last_sequence == postback.sequence
+
+
+async def test_a_standby_postback_arrives_marked_standby(app: App) -> None:
+    # Delivered in `standby` (another app holds the conversation), as Meta does.
+    item = {
+        "sender": {"id": RECIPIENT},
+        "recipient": {"id": SANDBOX_ACCOUNT_ID},
+        "timestamp": 1_502_905_976_377,
+        "postback": {"mid": "py-standby", "title": "Go", "payload": "STANDBY_1"},
+    }
+    entry = {"id": SANDBOX_ACCOUNT_ID, "time": int(time.time() * 1000), "standby": [item]}
+    assert app.sandbox is not None
+    async with (
+        AsyncClient(addr(app)) as client,
+        client.subscribe(payload_prefix="STANDBY_") as subscription,
+    ):
+        await subscription.wait_subscribed()
+        body = json.dumps({"object": "instagram", "entry": [entry]}).encode()
+        assert await app.sandbox.deliver(body) == 200
+        postback = await asyncio.wait_for(anext(subscription), 30)
+    assert (postback.mid, postback.standby) == ("py-standby", True)
+    assert postback.to_dict()["standby"] is True
 
 
 async def test_the_sync_subscription_in_a_thread(app: App) -> None:

@@ -4,7 +4,9 @@ cursors that outlive their consumer, and ack ids and deadlines across replicas."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import json
 import logging
 import signal
 import time
@@ -46,6 +48,21 @@ async def test_a_retry_long_after_the_duplicate_window_is_still_a_duplicate(
     assert (result.stored, result.duplicates) == (1, 1)
     info = await store.conn.js.stream_info(layout.stream)
     assert info.state.messages == 2
+
+
+async def test_a_message_from_before_the_standby_field_reads_as_not_standby(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    layout = store.conn.layout
+    body = json.loads(encode(new(1)))
+    assert "standby" not in body  # what every message written before the field looks like
+    await store.conn.js.publish(layout.postback_subject("acct-1", "m1"), json.dumps(body).encode())
+    await store.append([dataclasses.replace(new(2), standby=True)])
+    cursor = await store.subscribe(Filter(), Start.earliest())
+    got = await take(cursor, 2)
+    await cursor.close()
+    assert [(p.mid, p.standby) for p in got] == [("m1", False), ("m2", True)]
 
 
 async def test_a_cursor_outlives_its_consumer(open_store: OpenStore) -> None:

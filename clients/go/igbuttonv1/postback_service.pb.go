@@ -320,7 +320,13 @@ type Postback struct {
 	ReceiveTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=receive_time,json=receiveTime,proto3" json:"receive_time,omitempty"`
 	// The raw JSON of Meta's `messaging` item, so fields not modelled here
 	// (such as a Messenger referral) are not lost.
-	RawJson       string `protobuf:"bytes,9,opt,name=raw_json,json=rawJson,proto3" json:"raw_json,omitempty"`
+	RawJson string `protobuf:"bytes,9,opt,name=raw_json,json=rawJson,proto3" json:"raw_json,omitempty"`
+	// True when Meta delivered the tap in the entry's `standby` array rather
+	// than in `messaging`: another app held the conversation at the time
+	// (Meta's handover protocol), so this app observed the tap but is not the
+	// one expected to answer it. False for every postback stored before this
+	// field existed.
+	Standby       bool `protobuf:"varint,10,opt,name=standby,proto3" json:"standby,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -416,6 +422,13 @@ func (x *Postback) GetRawJson() string {
 		return x.RawJson
 	}
 	return ""
+}
+
+func (x *Postback) GetStandby() bool {
+	if x != nil {
+		return x.Standby
+	}
+	return false
 }
 
 // A request to acknowledge postbacks delivered to a group member.
@@ -560,7 +573,7 @@ const file_igbutton_v1_postback_service_proto_rawDesc = "" +
 	"\x1aSubscribePostbacksResponse\x121\n" +
 	"\bpostback\x18\x01 \x01(\v2\x15.igbutton.v1.PostbackR\bpostback\x12\x15\n" +
 	"\x06ack_id\x18\x02 \x01(\tR\x05ackId\x12)\n" +
-	"\x10delivery_attempt\x18\x03 \x01(\rR\x0fdeliveryAttempt\"\xb5\x02\n" +
+	"\x10delivery_attempt\x18\x03 \x01(\rR\x0fdeliveryAttempt\"\xcf\x02\n" +
 	"\bPostback\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1d\n" +
 	"\n" +
@@ -571,7 +584,9 @@ const file_igbutton_v1_postback_service_proto_rawDesc = "" +
 	"\apayload\x18\x06 \x01(\tR\apayload\x125\n" +
 	"\btap_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\atapTime\x12=\n" +
 	"\freceive_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vreceiveTime\x12\x19\n" +
-	"\braw_json\x18\t \x01(\tR\arawJson\"_\n" +
+	"\braw_json\x18\t \x01(\tR\arawJson\x12\x18\n" +
+	"\astandby\x18\n" +
+	" \x01(\bR\astandby\"_\n" +
 	"\x13AckPostbacksRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x17\n" +
 	"\aack_ids\x18\x02 \x03(\tR\x06ackIds\x12\x19\n" +

@@ -72,6 +72,7 @@ def postback_message(postback: StoredPostback) -> postback_service_pb2.Postback:
         title=postback.title,
         payload=postback.payload,
         raw_json=postback.raw_json,
+        standby=postback.standby,
     )
     if postback.tap_time_ms:
         message.tap_time.FromMilliseconds(postback.tap_time_ms)

@@ -8,6 +8,13 @@ identifies it (mid, sender, account) is skipped as ``invalid_postback``, and one
 or item are longer than the log takes (``MAX_ID_BYTES``, ``MAX_RAW_JSON_BYTES``) as
 ``oversized``, rather than failing the batch, because Meta would retry a failed batch for 36
 hours and then drop its good items too.
+
+Postbacks arrive in an entry's ``messaging`` array, or in its ``standby`` array while
+another app holds the conversation (Meta's handover protocol); both are kept, a standby
+one marked ``standby``. Two kinds of postback are skipped and counted although well formed:
+``self_sent``, whose sender is the account itself (an echo of the business's own action,
+not a person's tap), and ``unknown_account``, for an account that is not configured (when
+the caller names its accounts): stored, it would reach every unfiltered subscriber.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,13 +55,19 @@ class ParsedDelivery:
 
     postbacks: list[NewPostback] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    unknown_accounts: set[str] = field(default_factory=set)
+    """The accounts of the postbacks skipped as ``unknown_account``."""
 
 
-def parse_delivery(body: bytes) -> ParsedDelivery:
-    """Parse a webhook body, or raise MalformedDelivery."""
+def parse_delivery(body: bytes, accounts: Set[str] | None = None) -> ParsedDelivery:
+    """Parse a webhook body, or raise MalformedDelivery.
+
+    ``accounts`` are the IG IDs whose postbacks are kept; the others are skipped as
+    ``unknown_account``. None keeps every account's.
+    """
     parsed = ParsedDelivery()
     for entry in _entries(body):
-        _parse_entry(entry, parsed)
+        _parse_entry(entry, parsed, accounts)
     return parsed
 
 
@@ -71,7 +85,7 @@ def _entries(body: bytes) -> list[Any]:
     return entries
 
 
-def _parse_entry(entry: object, parsed: ParsedDelivery) -> None:
+def _parse_entry(entry: object, parsed: ParsedDelivery, accounts: Set[str] | None) -> None:
     """Add one entry's postbacks to ``parsed`` and count what it skips."""
     if not isinstance(entry, dict):
         parsed.skipped["invalid_entry"] += 1
@@ -80,19 +94,36 @@ def _parse_entry(entry: object, parsed: ParsedDelivery) -> None:
     if isinstance(changes, list):
         parsed.skipped["changes"] += len(changes)
     messaging = entry.get("messaging", [])
-    if not isinstance(messaging, list):
+    standby = entry.get("standby", [])
+    if not isinstance(messaging, list) or not isinstance(standby, list):
         parsed.skipped["invalid_entry"] += 1
         return
-    for item in messaging:
-        kind = _kind(item)
-        if kind != "postback":
-            parsed.skipped[kind] += 1
-            continue
-        postback = _postback(item, entry)
-        if isinstance(postback, str):
-            parsed.skipped[postback] += 1
-        else:
-            parsed.postbacks.append(postback)
+    for items, in_standby in ((messaging, False), (standby, True)):
+        for item in items:
+            _parse_item(item, entry, parsed, accounts, standby=in_standby)
+
+
+def _parse_item(
+    item: object,
+    entry: dict[str, Any],
+    parsed: ParsedDelivery,
+    accounts: Set[str] | None,
+    *,
+    standby: bool,
+) -> None:
+    kind = _kind(item)
+    if kind != "postback":
+        parsed.skipped[kind] += 1
+        return
+    assert isinstance(item, dict)  # _kind said so
+    postback = _postback(item, entry, standby=standby)
+    if isinstance(postback, str):
+        parsed.skipped[postback] += 1
+    elif accounts is not None and postback.account_id not in accounts:
+        parsed.skipped["unknown_account"] += 1
+        parsed.unknown_accounts.add(postback.account_id)
+    else:
+        parsed.postbacks.append(postback)
 
 
 def _kind(item: object) -> str:
@@ -147,21 +178,24 @@ def _raw_json(item: dict[str, Any]) -> str:
     return raw
 
 
-def _postback(item: dict[str, Any], entry: dict[str, Any]) -> NewPostback | str:
-    """The postback of a ``messaging`` item, or the kind it is skipped as."""
+def _postback(item: dict[str, Any], entry: dict[str, Any], *, standby: bool) -> NewPostback | str:
+    """The postback of a ``messaging`` or ``standby`` item, or the kind it is skipped as."""
     body = item["postback"]
     if not isinstance(body, dict):
         return "invalid_postback"
     mid = _id(body.get("mid"))
     sender = _get_id(item.get("sender"))
     # The account is the recipient of the tap; entry.id names it too.
-    account = _get_id(item.get("recipient")) or _id(entry.get("id"))
+    entry_id = _id(entry.get("id"))
+    account = _get_id(item.get("recipient")) or entry_id
     title = _text(body.get("title", ""))
     payload = _text(body.get("payload", ""))
     if mid is None or sender is None or account is None or title is None or payload is None:
         return "invalid_postback"
     if any(len(i.encode()) > MAX_ID_BYTES for i in (mid, sender, account)):
         return "oversized"
+    if sender in (account, entry_id):
+        return "self_sent"  # the account's own action echoed, not a person's tap
     try:
         raw = _raw_json(item)
     except (ValueError, RecursionError):
@@ -176,4 +210,5 @@ def _postback(item: dict[str, Any], entry: dict[str, Any]) -> NewPostback | str:
         payload=payload,
         tap_time_ms=_time_ms(item.get("timestamp"), entry.get("time")),
         raw_json=raw,
+        standby=standby,
     )

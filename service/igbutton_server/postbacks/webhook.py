@@ -17,12 +17,13 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aiohttp import hdrs, web
 
 from igbutton_server import logs, metrics
 from igbutton_server.config import WebhookSettings
+from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
 from igbutton_server.storage.postbacks import PostbackStore
 
@@ -59,9 +60,12 @@ def _error(status: int, message: str) -> web.Response:
 class Webhook:
     """The aiohttp handlers, bound to the webhook settings and the postback store."""
 
-    def __init__(self, settings: WebhookSettings, store: PostbackStore) -> None:
+    def __init__(
+        self, settings: WebhookSettings, store: PostbackStore, accounts: Collection[str]
+    ) -> None:
         self._settings = settings
         self._store = store
+        self._accounts = AccountCheck(accounts, accept_unknown=settings.accept_unknown_accounts)
         self._secrets = settings.secrets()
         # Refusals are caused by whoever reaches the port: at most a few lines a minute each.
         self._refusals = logs.RateLimitedLog(log)
@@ -152,7 +156,7 @@ class Webhook:
                 return _error(403, "invalid signature")
 
         try:
-            delivery = parse_delivery(body)
+            delivery = parse_delivery(body, self._accounts.known)
         except MalformedDelivery as exc:
             metrics.WEBHOOKS.labels(result="malformed").inc()
             self._refusals.log(
@@ -162,6 +166,7 @@ class Webhook:
 
         for kind, count in delivery.skipped.items():
             metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind=kind).inc(count)
+        self._accounts.report(delivery.unknown_accounts)
         try:
             with metrics.LOG_APPEND_LATENCY.time():
                 result = await self._store.append(delivery.postbacks)

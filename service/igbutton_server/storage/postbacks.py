@@ -100,6 +100,9 @@ class NewPostback:
     """When the person tapped, per Meta (0 if Meta gave no time)."""
     raw_json: str
     """Meta's ``messaging`` item as JSON, so fields not modelled here survive."""
+    standby: bool = False
+    """Delivered in the entry's ``standby`` array: another app held the conversation (Meta's
+    handover protocol), so this app only observed the tap."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ class StoredPostback:
     received_ms: int
     """When the store appended it."""
     raw_json: str
+    standby: bool = False
+    """See ``NewPostback.standby``; False for postbacks stored before the field existed."""
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,9 @@ class Postback:
     """Groups only: the id to acknowledge; empty on a broadcast subscription."""
     delivery_attempt: int = 0
     """Groups only: 1 on the first delivery, then 2, 3, ..."""
+    standby: bool = False
+    """Meta delivered it in ``standby``: another app held the conversation (handover
+    protocol), so this one only observed the tap."""
 
     @classmethod
     def from_proto(cls, response: postback_service_pb2.SubscribePostbacksResponse) -> Postback:
@@ -113,6 +116,7 @@ class Postback:
             raw_json=p.raw_json,
             ack_id=response.ack_id,
             delivery_attempt=response.delivery_attempt,
+            standby=p.standby,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +135,7 @@ class Postback:
             "payload": self.payload,
             "tap_time": _iso(self.tap_time),
             "receive_time": _iso(self.receive_time),
+            "standby": self.standby,
         }
         if self.ack_id:
             out["ack_id"] = self.ack_id

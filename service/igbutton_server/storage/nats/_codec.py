@@ -1,6 +1,7 @@
 """How a postback travels in the JetStream log, and how its position and time are read back.
 
-The body is compact JSON of the postback's fields; the sequence number is the stream
+The body is compact JSON of the postback's fields (``standby`` only when true, so a
+message written before the field existed reads as false); the sequence number is the stream
 sequence and the received time is the stream's own timestamp (so ``Start.since`` and
 ``received_ms`` agree on every replica). Both come from the ``$JS.ACK`` reply subject
 JetStream puts on every message a consumer delivers.
@@ -23,16 +24,19 @@ _V2_MIN_TOKENS = 11
 
 def encode(postback: NewPostback) -> bytes:
     """The message body of a postback."""
+    fields: dict[str, object] = {
+        "account_id": postback.account_id,
+        "sender_id": postback.sender_id,
+        "mid": postback.mid,
+        "title": postback.title,
+        "payload": postback.payload,
+        "tap_time_ms": postback.tap_time_ms,
+        "raw_json": postback.raw_json,
+    }
+    if postback.standby:
+        fields["standby"] = True
     return json.dumps(
-        {
-            "account_id": postback.account_id,
-            "sender_id": postback.sender_id,
-            "mid": postback.mid,
-            "title": postback.title,
-            "payload": postback.payload,
-            "tap_time_ms": postback.tap_time_ms,
-            "raw_json": postback.raw_json,
-        },
+        fields,
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode()
@@ -87,4 +91,5 @@ def decode(msg: Msg, reply: AckReply) -> StoredPostback:
         tap_time_ms=int(body["tap_time_ms"]),
         received_ms=reply.timestamp_ns // 1_000_000,
         raw_json=str(body["raw_json"]),
+        standby=body.get("standby") is True,
     )

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS postbacks (
     tap_time_ms  INTEGER NOT NULL,
     received_ms  INTEGER NOT NULL,
     raw_json     TEXT    NOT NULL,
+    standby      INTEGER NOT NULL DEFAULT 0,
     UNIQUE (account_id, mid)
 );
 CREATE INDEX IF NOT EXISTS postbacks_received_ms ON postbacks (received_ms);
@@ -77,7 +78,9 @@ CREATE TABLE IF NOT EXISTS postback_dead_letters (
 ) WITHOUT ROWID;
 """
 
-COLUMNS = "seq, account_id, sender_id, mid, title, payload, tap_time_ms, received_ms, raw_json"
+COLUMNS = (
+    "seq, account_id, sender_id, mid, title, payload, tap_time_ms, received_ms, raw_json, standby"
+)
 PAGE_SIZE = 256
 """Rows read per query: what a cursor holds in memory at most."""
 
@@ -86,6 +89,9 @@ def create_schema(conn: sqlite3.Connection) -> None:
     """Create the tables if they do not exist (idempotent), and add what a file made by
     an earlier version lacks."""
     conn.executescript(SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(postbacks)")}
+    if "standby" not in columns:  # postbacks stored before were all from `messaging`
+        conn.execute("ALTER TABLE postbacks ADD COLUMN standby INTEGER NOT NULL DEFAULT 0")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(postback_groups)")}
     if "active_ms" not in columns:
         conn.execute("ALTER TABLE postback_groups ADD COLUMN active_ms INTEGER NOT NULL DEFAULT 0")
@@ -97,7 +103,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 def postback_row(row: tuple[object, ...]) -> StoredPostback:
-    seq, account, sender, mid, title, payload, tap_ms, received_ms, raw = row
+    seq, account, sender, mid, title, payload, tap_ms, received_ms, raw, standby = row
     assert isinstance(seq, int)
     assert isinstance(tap_ms, int)
     assert isinstance(received_ms, int)
@@ -111,6 +117,7 @@ def postback_row(row: tuple[object, ...]) -> StoredPostback:
         tap_time_ms=tap_ms,
         received_ms=received_ms,
         raw_json=str(raw),
+        standby=bool(standby),
     )
 
 
@@ -140,7 +147,7 @@ def append(
     for p in postbacks:
         cursor = conn.execute(
             "INSERT INTO postbacks (account_id, sender_id, mid, title, payload, tap_time_ms,"
-            " received_ms, raw_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " received_ms, raw_json, standby) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (account_id, mid) DO NOTHING RETURNING seq",
             (
                 p.account_id,
@@ -151,6 +158,7 @@ def append(
                 p.tap_time_ms,
                 now_ms,
                 p.raw_json,
+                int(p.standby),
             ),
         )
         row = cursor.fetchone()
@@ -166,6 +174,7 @@ def append(
                     tap_time_ms=p.tap_time_ms,
                     received_ms=now_ms,
                     raw_json=p.raw_json,
+                    standby=p.standby,
                 )
             )
     return AppendResult(stored=len(stored), duplicates=len(postbacks) - len(stored)), stored

@@ -167,6 +167,7 @@ class Postback(_message.Message):
     TAP_TIME_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     RAW_JSON_FIELD_NUMBER: _builtins.int
+    STANDBY_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in igbutton's log; strictly increasing."""
     account_id: _builtins.str
@@ -182,6 +183,13 @@ class Postback(_message.Message):
     raw_json: _builtins.str
     """The raw JSON of Meta's `messaging` item, so fields not modelled here
     (such as a Messenger referral) are not lost.
+    """
+    standby: _builtins.bool
+    """True when Meta delivered the tap in the entry's `standby` array rather
+    than in `messaging`: another app held the conversation at the time
+    (Meta's handover protocol), so this app observed the tap but is not the
+    one expected to answer it. False for every postback stored before this
+    field existed.
     """
     @_builtins.property
     def tap_time(self) -> _timestamp_pb2.Timestamp:
@@ -203,10 +211,11 @@ class Postback(_message.Message):
         tap_time: _timestamp_pb2.Timestamp | None = ...,
         receive_time: _timestamp_pb2.Timestamp | None = ...,
         raw_json: _builtins.str = ...,
+        standby: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "tap_time", b"tap_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "mid", b"mid", "payload", b"payload", "raw_json", b"raw_json", "receive_time", b"receive_time", "sender_id", b"sender_id", "sequence", b"sequence", "tap_time", b"tap_time", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "mid", b"mid", "payload", b"payload", "raw_json", b"raw_json", "receive_time", b"receive_time", "sender_id", b"sender_id", "sequence", b"sequence", "standby", b"standby", "tap_time", b"tap_time", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
