@@ -30,6 +30,11 @@ from igbutton_server.storage.ratelimit import AccountRate, RateLedger
 
 log = logging.getLogger(__name__)
 
+_STALE_SECONDS = 1.0
+"""The least time a leased token stays usable after its send time: longer than a lease's
+round trip, or a fast account's tokens would be stale on arrival. A replica holds at most
+one lease, so a late token never adds more than one lease to a burst."""
+
 _SHARE_HOLD_SECONDS = 10.0
 """How long sharing a hold with the other replicas may take."""
 
@@ -131,8 +136,9 @@ class SharedRateLimiter(AccountRateLimiter):
     replica takes ``lease`` tokens at a time (``lease_fraction`` of the account's rate
     per second, at least one) with one compare-and-set, as send times, and hands them to
     its callers in order; so most sends cost no round trip to the ledger. A token whose
-    time passed by more than one lease's span is dropped unused (a replica cannot bank
-    tokens into a burst larger than the configured one plus one lease). Holds are shared
+    time passed by more than one lease's span (at least a second) is dropped unused; a
+    replica leases only when it has none left, so no burst exceeds the configured one by
+    more than one lease per replica. Holds are shared
     the same way: one replica's hold reaches the others through the ledger's listener,
     and every lease honours the hold stored with the bucket.
     """
@@ -181,7 +187,7 @@ class SharedRateLimiter(AccountRateLimiter):
             until = now + (deadline - time.monotonic())
             if leased.held_until > until:
                 raise _refused(account_id, leased.held_until - now, throttled=True)
-            stale = now - self.lease_size(account_id) * bucket.interval
+            stale = now - max(self.lease_size(account_id) * bucket.interval, _STALE_SECONDS)
             slots = leased.slots
             while slots and (slots[0] < stale or slots[0] < leased.held_until):
                 slots.popleft()
