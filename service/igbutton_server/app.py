@@ -31,8 +31,9 @@ from igbutton_server.postbacks.webhook_site import serve_webhook
 from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
 from igbutton_server.sandbox import Sandbox
 from igbutton_server.send.path import SendPath
-from igbutton_server.storage.backends import Storage, open_storage
+from igbutton_server.storage.backends import Storage, open_rate_ledger, open_storage
 from igbutton_server.storage.postbacks import PostbackStore
+from igbutton_server.storage.ratelimit import RateLedger
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class App:
         self.postback_store: PostbackStore | None = None
         """The postback log, once storage is open (tests reach it here)."""
         self._storage: Storage | None = None
+        self._rate_ledger: RateLedger | None = None
         self._pruner: RetentionPruner | None = None
         self._postback_api: PostbackApi | None = None
         self._webhook_runner: web.AppRunner | None = None
@@ -244,6 +246,7 @@ class App:
         """Open the configured storage backend."""
         self._storage = await open_storage(self.settings)
         self.postback_store = self._storage.postbacks
+        self._rate_ledger = await open_rate_ledger(self.settings)
         self._pruner = RetentionPruner(
             self.postback_store,
             retention=self.settings.postbacks.retention_seconds,
@@ -256,6 +259,8 @@ class App:
         """Close the storage backend after every user of it stopped."""
         if self._pruner is not None:
             await self._pruner.stop()
+        if self._rate_ledger is not None:
+            await self._rate_ledger.close()
         if self._storage is not None:
             await self._storage.close()
 
@@ -263,7 +268,9 @@ class App:
     def _add_send_service(self, server: grpc.aio.Server) -> None:
         """Register SendService."""
         assert self._storage is not None
-        self.send = SendPath(self.settings, store=self._storage.idempotency)
+        self.send = SendPath(
+            self.settings, store=self._storage.idempotency, ledger=self._rate_ledger
+        )
         self.send.register(server)
 
     async def _stop_send(self) -> None:

@@ -340,12 +340,17 @@ class StorageSettings(_Section):
 
 
 class RateLimitSettings(_Section):
-    """Per-account send rate limit (token bucket)."""
+    """Per-account send rate limit (token bucket; shared by the replicas on NATS)."""
 
     per_account_per_second: float = Field(default=100.0, gt=0)
     """Sends per second per account (Meta documents 100/s for Instagram)."""
     burst: int = Field(default=100, ge=1)
     """Bucket size: how many sends may go at once after a quiet spell."""
+    lease_fraction: float = Field(default=0.1, gt=0, le=1)
+    """With the NATS backend (one bucket per account shared by every replica): the share of
+    an account's per-second rate a replica takes from the shared bucket at once."""
+    nats_bucket: str = Field(default="igbutton_ratelimit", pattern=r"^[A-Za-z0-9_-]+$")
+    """With the NATS backend: the KV bucket holding the shared buckets and holds."""
 
 
 class IdempotencySettings(_Section):

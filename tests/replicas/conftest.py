@@ -25,13 +25,16 @@ def start_replicas(tmp_path: Path, nats_cluster: NatsCluster) -> Iterator[StartR
     """Start igbutton replicas on the test's cluster: ``start_replicas(2)``."""
     started: list[Replica] = []
 
-    def start(count: int, graph_url: str | None = None) -> list[Replica]:
+    def start(
+        count: int, graph_url: str | None = None, env: dict[str, str] | None = None
+    ) -> list[Replica]:
         batch = []
         for _ in range(count):
             replica = Replica(
                 name=f"r{len(started) + 1}",
                 workdir=tmp_path / "replicas",
                 nats_urls=nats_cluster.urls,
+                extra_env=dict(env or {}),
             )
             if graph_url is not None:
                 replica.graph_url = graph_url

@@ -97,6 +97,8 @@ class Replica:
     workdir: Path
     nats_urls: list[str]
     graph_url: str = "http://127.0.0.1:9"  # nothing listens: sends fail unless a sandbox is given
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """More configuration, over the defaults (e.g. the rate limit)."""
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
@@ -119,6 +121,7 @@ class Replica:
                 "IGBUTTON_LOG__FORMAT": "text",
             }
         )
+        env.update(self.extra_env)
         return env
 
     @property

@@ -1,12 +1,24 @@
-"""The per-account token bucket: through the server, and its arithmetic on a fake clock."""
+"""The per-account token bucket: through the server, its arithmetic on a fake clock, and
+the bucket and holds that replicas share through NATS."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
 import grpc
+import nats
 import pytest
+from nats.js.errors import NotFoundError
 
 from igbutton_server.errors import RateLimited
-from igbutton_server.send.ratelimit import AccountRateLimiter
+from igbutton_server.send.ratelimit import AccountRateLimiter, SharedRateLimiter
+from igbutton_server.storage.nats.ratelimit import NatsRateLedger
+from tests.conftest import SettingsFactory, unique_nats_storage
+from tests.nats_servers import NatsServer
 from tests.send.conftest import AppFactory, details, send_request, stub_for
 
 SLOW_LIMIT = {"per_account_per_second": 5, "burst": 1}
@@ -109,3 +121,96 @@ def test_per_account_rate_overrides_the_default() -> None:
     assert limiter.reserve("slow", clock.now + 5) == pytest.approx(1.0)
     limiter.reserve("fast", clock.now)
     assert limiter.reserve("fast", clock.now + 5) == pytest.approx(0.01)
+
+
+# The shared limiter (NATS backend): real ledgers on the session's nats-server, one per
+# "replica", on one fake wall clock.
+
+
+@pytest.fixture
+async def ledgers(
+    make_settings: SettingsFactory, nats_server: NatsServer
+) -> AsyncIterator[Callable[[], Awaitable[NatsRateLedger]]]:
+    """Open ledgers on a bucket of this test's own; closed and the bucket removed after."""
+    bucket = f"test_ratelimit_{uuid.uuid4().hex[:12]}"
+    settings = make_settings(
+        storage=unique_nats_storage([nats_server.url]), rate_limit={"nats_bucket": bucket}
+    )
+    opened: list[NatsRateLedger] = []
+
+    async def open_one() -> NatsRateLedger:
+        ledger = await NatsRateLedger.open(settings)
+        opened.append(ledger)
+        return ledger
+
+    try:
+        yield open_one
+    finally:
+        for ledger in opened:
+            await ledger.close()
+        client = await nats.connect([nats_server.url])
+        try:
+            with contextlib.suppress(NotFoundError):
+                await client.jetstream().delete_stream(f"KV_{bucket}")
+        finally:
+            await client.close()
+
+
+async def test_replicas_take_slots_from_one_shared_bucket(
+    ledgers: Callable[[], Awaitable[NatsRateLedger]],
+) -> None:
+    clock = FakeClock()
+    one = SharedRateLimiter(await ledgers(), 10, burst=1, clock=clock)
+    two = SharedRateLimiter(await ledgers(), 10, burst=1, clock=clock)
+    assert one.lease_size("a") == 1
+    await one.acquire("a", time.monotonic() + 5)
+    # The slot at "now" went to the first replica: the second one's next is 0.1 s later.
+    with pytest.raises(RateLimited) as caught:
+        await two.acquire("a", time.monotonic() + 0.05)
+    assert caught.value.retry_after == pytest.approx(0.1)
+    assert "send rate limit" in caught.value.message
+    clock.now += 0.1
+    await two.acquire("a", time.monotonic() + 5)
+    with pytest.raises(RateLimited):
+        await one.acquire("a", time.monotonic() + 0.05)
+    await two.acquire("b", time.monotonic() + 5)  # another account, another bucket
+
+
+async def test_a_lease_takes_a_tenth_of_the_rate_and_others_come_after_it(
+    ledgers: Callable[[], Awaitable[NatsRateLedger]],
+) -> None:
+    clock = FakeClock()
+    one = SharedRateLimiter(await ledgers(), 100, burst=1, clock=clock)
+    two = SharedRateLimiter(await ledgers(), 100, burst=1, clock=clock)
+    assert one.lease_size("a") == 10
+    await one.acquire("a", time.monotonic() + 5)  # leases ten slots, 0.01 s apart
+    with pytest.raises(RateLimited) as caught:
+        await two.acquire("a", time.monotonic() + 0.05)
+    assert caught.value.retry_after == pytest.approx(0.1)
+
+
+async def test_a_hold_reaches_every_replica(
+    ledgers: Callable[[], Awaitable[NatsRateLedger]],
+) -> None:
+    clock = FakeClock()
+    one = SharedRateLimiter(await ledgers(), 100, burst=100, clock=clock)
+    two = SharedRateLimiter(await ledgers(), 100, burst=100, clock=clock)
+    await two.acquire("a", time.monotonic() + 5)  # holds leased tokens
+    one.hold("a", 60)
+    deadline = time.monotonic() + 10
+    while two.held_for("a") == 0:  # the watch delivers it; bounded polling
+        assert time.monotonic() < deadline, "the hold never reached the other replica"
+        await asyncio.sleep(0.01)
+    with pytest.raises(RateLimited) as caught:
+        await two.acquire("a", time.monotonic() + 5)
+    assert "throttled by Meta" in caught.value.message
+    assert caught.value.retry_after == pytest.approx(60)
+    # A replica started later is held too (the hold is stored with the bucket).
+    late = SharedRateLimiter(await ledgers(), 100, burst=100, clock=clock)
+    with pytest.raises(RateLimited) as caught:
+        await late.acquire("a", time.monotonic() + 5)
+    assert "throttled by Meta" in caught.value.message
+    await two.acquire("b", time.monotonic() + 5)  # other accounts are not held
+    clock.now += 60
+    await two.acquire("a", time.monotonic() + 5)
+    await one.close()

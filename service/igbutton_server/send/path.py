@@ -1,7 +1,8 @@
 """The send path's parts for one App, wired together.
 
 :class:`SendPath` builds and owns the parts for one App: one Graph client (one pooled HTTP
-session) and one rate limiter, on the idempotency store the App opened with its storage.
+session) and one rate limiter, on the idempotency store the App opened with its storage
+(and, with NATS, on the rate ledger every replica shares).
 """
 
 from __future__ import annotations
@@ -13,20 +14,31 @@ from igbutton_server.config import Settings
 from igbutton_server.send.api import SendServiceServicer
 from igbutton_server.send.graph_client import GraphClient
 from igbutton_server.send.idempotency import IdempotentSends
-from igbutton_server.send.ratelimit import AccountRateLimiter
+from igbutton_server.send.ratelimit import AccountRateLimiter, SharedRateLimiter
 from igbutton_server.storage.idempotency import IdempotencyStore
+from igbutton_server.storage.ratelimit import RateLedger
 
 
 class SendPath:
     """Everything SendService needs, built from the settings."""
 
-    def __init__(self, settings: Settings, store: IdempotencyStore) -> None:
+    def __init__(
+        self, settings: Settings, store: IdempotencyStore, ledger: RateLedger | None = None
+    ) -> None:
         self.settings = settings
-        self.limiter = AccountRateLimiter(
-            settings.rate_limit.per_account_per_second,
-            settings.rate_limit.burst,
-            rates={a.id: a.rate_per_second for a in settings.accounts if a.rate_per_second},
-        )
+        limits = settings.rate_limit
+        rates = {a.id: a.rate_per_second for a in settings.accounts if a.rate_per_second}
+        self.limiter: AccountRateLimiter
+        if ledger is None:  # one process: the buckets live here
+            self.limiter = AccountRateLimiter(limits.per_account_per_second, limits.burst, rates)
+        else:  # replicas: one bucket per account, shared through the ledger
+            self.limiter = SharedRateLimiter(
+                ledger,
+                limits.per_account_per_second,
+                limits.burst,
+                rates,
+                lease_fraction=limits.lease_fraction,
+            )
         self.graph = GraphClient(
             settings.graph, self.limiter, secrets=[a.token() for a in settings.accounts]
         )
@@ -39,5 +51,8 @@ class SendPath:
         send_service_pb2_grpc.add_SendServiceServicer_to_server(self.servicer, server)
 
     async def close(self) -> None:
-        """Close the HTTP session (after in-flight sends finished); the store is the App's."""
+        """Close the HTTP session (after in-flight sends finished); the store and ledger are
+        the App's."""
         await self.graph.close()
+        if isinstance(self.limiter, SharedRateLimiter):
+            await self.limiter.close()

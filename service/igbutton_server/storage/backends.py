@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from igbutton_server.config import Settings
 from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.postbacks import PostbackStore
+from igbutton_server.storage.ratelimit import RateLedger
 from igbutton_server.storage.sqlite import idempotency as sqlite_idempotency
 from igbutton_server.storage.sqlite import postbacks as sqlite_postbacks
 from igbutton_server.storage.sqlite.file import SqliteFile
@@ -51,3 +52,13 @@ async def open_storage(settings: Settings) -> Storage:
         await idempotency.close()
         raise
     return Storage(postbacks, idempotency)
+
+
+async def open_rate_ledger(settings: Settings) -> RateLedger | None:
+    """The send rate limit's state shared by the replicas: on NATS a KV bucket; None on
+    SQLite (one process, whose limiter keeps its buckets in memory)."""
+    if settings.storage.backend != "nats":
+        return None
+    from igbutton_server.storage.nats.ratelimit import NatsRateLedger
+
+    return await NatsRateLedger.open(settings)
