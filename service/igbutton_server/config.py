@@ -349,8 +349,10 @@ class RateLimitSettings(_Section):
     lease_fraction: float = Field(default=0.1, gt=0, le=1)
     """With the NATS backend (one bucket per account shared by every replica): the share of
     an account's per-second rate a replica takes from the shared bucket at once."""
-    nats_bucket: str = Field(default="igbutton_ratelimit", pattern=r"^[A-Za-z0-9_-]+$")
-    """With the NATS backend: the KV bucket holding the shared buckets and holds."""
+    nats_bucket: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")
+    """With the NATS backend: the KV bucket holding the shared buckets and holds; unset,
+    ``<storage.nats.stream>_ratelimit``, so each postback log has its own, as its other
+    buckets do."""
 
 
 class IdempotencySettings(_Section):

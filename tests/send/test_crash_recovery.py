@@ -9,6 +9,7 @@ import asyncio
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class SendingServer(ServerProcess):
     def __init__(self, workdir: Path, engine: Engine, sandbox_url: str) -> None:
         super().__init__(workdir, engine)
         self.sandbox_url = sandbox_url
+        self.rate_bucket = ""
+        """Set before a restart on NATS: the KV bucket of the shared rate limiter."""
 
     def env(self) -> dict[str, str]:
         env = super().env()
@@ -56,6 +59,8 @@ class SendingServer(ServerProcess):
                 "IGBUTTON_RATE_LIMIT__BURST": "1",
             }
         )
+        if self.rate_bucket:
+            env["IGBUTTON_RATE_LIMIT__NATS_BUCKET"] = self.rate_bucket
         return env
 
 
@@ -125,6 +130,11 @@ async def test_repeats_after_sigkill_are_answered_at_once(
     server: SendingServer, sandbox: Sandbox, engine: Engine
 ) -> None:
     sandbox.add_fault(Fault(kind="slow", delay_seconds=120))  # Meta got it, never answers
+    # On NATS the account's rate is shared and outlives a process: the killed process's
+    # reservation for the held send would make the repeat wait ~35 s. The claims are what
+    # this test is about (tests/replicas/test_rate_limit.py tests the shared limiter), so the
+    # restarted process starts with an empty limiter on both engines, as SQLite's always does.
+    server.rate_bucket = f"T_{uuid.uuid4().hex[:12]}_restart_ratelimit"
     server.start()
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = send_service_pb2_grpc.SendServiceStub(channel)
@@ -159,6 +169,11 @@ async def test_repeats_after_sigkill_are_answered_at_once(
             await asyncio.gather(*calls, return_exceptions=True)
     assert [r.recipient_id for r in sandbox.received] == [RECIPIENT_WRITTEN]
 
+    # On NATS the account's rate is shared and outlives a process: the killed process's
+    # reservation for the held send would make the repeat wait ~35 s. The claims are what
+    # this test is about (tests/replicas/test_rate_limit.py tests the shared limiter), so the
+    # restarted process starts with an empty limiter on both engines, as SQLite's always does.
+    server.rate_bucket = f"T_{uuid.uuid4().hex[:12]}_restart_ratelimit"
     server.start()
     async with grpc.aio.insecure_channel(server.grpc_target) as channel:
         stub = send_service_pb2_grpc.SendServiceStub(channel)

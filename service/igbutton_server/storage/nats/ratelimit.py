@@ -73,7 +73,7 @@ class NatsRateLedger:
     async def open(cls, settings: Settings) -> NatsRateLedger:
         """Connect, create or update the bucket, and start watching holds."""
         conn = await NatsConnection.open(settings)
-        name = settings.rate_limit.nats_bucket
+        name = settings.rate_limit.nats_bucket or f"{settings.storage.nats.stream}_ratelimit"
         try:
             await _create_or_update(
                 conn.js,
