@@ -72,7 +72,8 @@ def peer_table(results: dict[str, Any]) -> list[str]:
             "",
             (
                 "igbutton's AsyncClient against fbmessenger, same callers: sends/s "
-                f"**{_fmt(versus.get('throughput'), 2)} x**, p99 **{_fmt(versus.get('p99'), 2)} x**, "
+                f"**{_fmt(versus.get('throughput'), 2)} x**, "
+                f"p99 **{_fmt(versus.get('p99'), 2)} x**, "
                 f"caller CPU per send **{_fmt(versus.get('caller_cpu'), 2)} x**."
             ),
         ]
