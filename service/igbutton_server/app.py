@@ -224,7 +224,13 @@ class App:
     # Sandbox (igbutton_server/sandbox/).
     async def _start_sandbox(self) -> None:
         """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
-        sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
+        box = self.settings.sandbox
+        sandbox = Sandbox(
+            box.host,
+            box.port,
+            token_lifetime_seconds=box.token_lifetime_seconds,
+            min_refresh_age_seconds=box.min_refresh_age_seconds,
+        )
         await sandbox.start()
         self.sandbox = sandbox
         self.settings = with_sandbox_defaults(self.settings, sandbox.url)

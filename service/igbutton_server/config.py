@@ -392,6 +392,10 @@ class SandboxSettings(_Section):
     """Address to bind."""
     port: int = Field(default=8765, ge=0, le=65535)
     """Port; 0 picks a free port."""
+    token_lifetime_seconds: float = Field(default=60 * 24 * 3600, gt=0)
+    """How long tokens the sandbox issues on refresh are valid (Meta: 60 days)."""
+    min_refresh_age_seconds: float = Field(default=24 * 3600, ge=0)
+    """How old a token must be before the sandbox refreshes it (Meta: 24 hours)."""
 
 
 class LogSettings(_Section):

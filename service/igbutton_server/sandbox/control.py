@@ -9,6 +9,10 @@
 - ``POST /_sandbox/tap`` ``{"message_id", "button_index"?}`` -> 200 ``{mid, payload, title,
   webhook_status}``; 404 unknown message; 400 bad index or not a postback button; 409 no
   webhook configured.
+- ``POST /_sandbox/test_delivery`` ``{"account_id"?, "payload"?}`` -> 200 ``{webhook_status}``:
+  what the App Dashboard's Test button sends for ``messaging_postbacks`` (``changes`` form).
+- ``GET /_sandbox/accounts/{id}`` -> ``{username, subscribed_fields, refreshes,
+  refresh_calls, generation}`` (never a token).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_delete("/_sandbox/faults", control.clear_faults)
     app.router.add_post("/_sandbox/reset", control.reset)
     app.router.add_post("/_sandbox/tap", control.tap)
+    app.router.add_post("/_sandbox/test_delivery", control.test_delivery)
+    app.router.add_get("/_sandbox/accounts/{account}", control.account)
 
 
 class _Control:
@@ -126,6 +132,23 @@ class _Control:
                 "webhook_error": result.webhook_error,
             }
         )
+
+    async def test_delivery(self, request: web.Request) -> web.Response:
+        data = await _json_object(request)
+        if isinstance(data, web.Response):
+            return data
+        account = data.get("account_id", "0")
+        payload = data.get("payload", "TEST_PAYLOAD")
+        if not isinstance(account, str) or not isinstance(payload, str):
+            return _error(400, "account_id and payload must be strings")
+        try:
+            status = await self._sandbox.send_test_delivery(account_id=account, payload=payload)
+        except RuntimeError as exc:
+            return _error(409, str(exc))
+        return web.json_response({"webhook_status": status})
+
+    async def account(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(self._sandbox.account_state(request.match_info["account"])))
 
 
 def _parse_fault(data: dict[str, Any]) -> Fault | web.Response:
