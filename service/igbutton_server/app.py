@@ -20,6 +20,8 @@ from pydantic import SecretStr
 
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from igbutton_server import tracing
+from igbutton_server.accounts.graph import AccountGraph
+from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Account, Settings
 from igbutton_server.grpc_options import server_options
 from igbutton_server.health import HealthServicer
@@ -31,9 +33,15 @@ from igbutton_server.postbacks.webhook_site import serve_webhook
 from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
 from igbutton_server.sandbox import Sandbox
 from igbutton_server.send.path import SendPath
-from igbutton_server.storage.backends import Storage, open_rate_ledger, open_storage
+from igbutton_server.storage.backends import (
+    Storage,
+    open_rate_ledger,
+    open_storage,
+    open_token_store,
+)
 from igbutton_server.storage.postbacks import PostbackStore
 from igbutton_server.storage.ratelimit import RateLedger
+from igbutton_server.storage.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +102,11 @@ class App:
         """The postback log, once storage is open (tests reach it here)."""
         self._storage: Storage | None = None
         self._rate_ledger: RateLedger | None = None
+        self._token_store: TokenStore | None = None
+        self.account_graph: AccountGraph | None = None
+        """The Graph calls about accounts (refresh, me, subscribed_apps)."""
+        self.tokens: AccountTokens | None = None
+        """Each account's current token, kept fresh (tests reach it here)."""
         self._pruner: RetentionPruner | None = None
         self._postback_api: PostbackApi | None = None
         self._webhook_runner: web.AppRunner | None = None
@@ -119,6 +132,7 @@ class App:
             (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
         self._add_send_service(services)
+        await self._start_accounts()
         self._add_postback_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
@@ -142,6 +156,11 @@ class App:
                 "tls": self.settings.grpc.tls.enabled,
             },
         )
+
+    def reload_tokens(self) -> None:
+        """Re-read the accounts' token files now (SIGHUP)."""
+        if self.tokens is not None:
+            self.tokens.reload()
 
     def request_stop(self) -> None:
         """Ask the process to stop (from a signal handler); serve() then calls stop()."""
@@ -168,6 +187,7 @@ class App:
         await self._stop_webhook()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grpc.shutdown_grace_seconds)
+        await self._stop_accounts()
         await self._stop_send()
         await self._stop_storage()
         for runner in reversed(self._sites.runners):
@@ -278,6 +298,36 @@ class App:
             self.settings, store=self._storage.idempotency, ledger=self._rate_ledger
         )
         self.send.register(server)
+
+    # Accounts (igbutton_server/accounts/): token lifecycle.
+    async def _start_accounts(self) -> None:
+        """Open the token store and start keeping every account's token fresh."""
+        assert self.send is not None
+        graph = self.send.graph
+        self._token_store = await open_token_store(self.settings)
+        self.account_graph = AccountGraph(
+            self.settings.graph, self.settings.tokens.timeout_seconds, graph.redact
+        )
+        self.tokens = AccountTokens(
+            self.settings, self._token_store, self.account_graph, graph.add_secret
+        )
+        await self.tokens.start()
+        self.send.use_tokens(self.tokens)
+        if self.sandbox is not None:
+            # A token refreshed in an earlier run is one the new sandbox never issued.
+            for account in self.settings.accounts:
+                token = self.tokens.token(account.id)
+                if self.sandbox.tokens.lookup(token) is None:
+                    self.sandbox.tokens.add(account.id, token)
+
+    async def _stop_accounts(self) -> None:
+        """Stop refreshing; close the token store and the account Graph session."""
+        if self.tokens is not None:
+            await self.tokens.stop()
+        if self.account_graph is not None:
+            await self.account_graph.close()
+        if self._token_store is not None:
+            await self._token_store.close()
 
     async def _stop_send(self) -> None:
         """Close the Graph client after in-flight sends finished."""

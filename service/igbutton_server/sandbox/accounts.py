@@ -115,6 +115,10 @@ class TokenRegistry:
             state = self.accounts[account_id] = AccountState(username=f"sandbox_{account_id}")
         return state
 
+    def issued(self) -> list[str]:
+        """Every token the sandbox accepts or accepted (for tests that look for leaks)."""
+        return list(self._tokens)
+
     def lookup(self, token: str | None) -> IssuedToken | None:
         """The issued token with this value, compared in constant time per candidate."""
         if not token:

@@ -2,7 +2,7 @@
 
 - ``GET /_sandbox/healthz`` -> 200
 - ``GET /_sandbox/messages`` -> ``{"messages": [{message_id, account_id, recipient_id,
-  accepted, status, body, path, received_at}]}``
+  accepted, status, body, path, received_at, token_generation}]}``
 - ``POST /_sandbox/faults`` (Fault fields as JSON) -> 204; ``DELETE /_sandbox/faults`` -> 204;
   ``GET /_sandbox/faults`` -> ``{"faults": [{...Fault fields, "remaining"}]}``
 - ``POST /_sandbox/reset`` -> 204
@@ -81,6 +81,7 @@ class _Control:
                 "body": r.body,
                 "path": r.path,
                 "received_at": r.received_at,
+                "token_generation": r.token_generation,
             }
             for r in self._sandbox.received
         ]

@@ -134,6 +134,11 @@ class GraphClient:
             await self._session.close()
             self._session = None
 
+    def add_secret(self, token: str) -> None:
+        """Redact this token too (a refreshed or re-read one) from now on."""
+        if token and token not in self._secrets:
+            self._secrets = sorted({*self._secrets, token}, key=len, reverse=True)
+
     def redact(self, text: str) -> str:
         """The text with every configured access token replaced."""
         for secret in self._secrets:

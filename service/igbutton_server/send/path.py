@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from igbutton.v1 import send_service_pb2_grpc
+from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Settings
 from igbutton_server.send.api import SendServiceServicer
 from igbutton_server.send.graph_client import GraphClient
@@ -23,7 +24,10 @@ class SendPath:
     """Everything SendService needs, built from the settings."""
 
     def __init__(
-        self, settings: Settings, store: IdempotencyStore, ledger: RateLedger | None = None
+        self,
+        settings: Settings,
+        store: IdempotencyStore,
+        ledger: RateLedger | None = None,
     ) -> None:
         self.settings = settings
         limits = settings.rate_limit
@@ -45,6 +49,11 @@ class SendPath:
         self.store = store
         self.sends = IdempotentSends(store, settings.idempotency.ttl_seconds)
         self.servicer = SendServiceServicer(settings, self.graph, self.sends)
+
+    def use_tokens(self, tokens: AccountTokens) -> None:
+        """Send with each account's current token (refreshed, re-read) from now on, instead
+        of the configured one; a Graph 190 marks the account (before the server starts)."""
+        self.servicer.tokens = tokens
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add SendService to the gRPC server."""
