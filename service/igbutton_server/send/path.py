@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from igbutton.v1 import send_service_pb2_grpc
+from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Settings
 from igbutton_server.send.api import SendServiceServicer
@@ -28,6 +29,7 @@ class SendPath:
         settings: Settings,
         store: IdempotencyStore,
         ledger: RateLedger | None = None,
+        activity: AccountActivity | None = None,
     ) -> None:
         self.settings = settings
         limits = settings.rate_limit
@@ -44,7 +46,10 @@ class SendPath:
                 lease_fraction=limits.lease_fraction,
             )
         self.graph = GraphClient(
-            settings.graph, self.limiter, secrets=[a.token() for a in settings.accounts]
+            settings.graph,
+            self.limiter,
+            secrets=[a.token() for a in settings.accounts],
+            activity=activity,
         )
         self.store = store
         self.sends = IdempotentSends(store, settings.idempotency.ttl_seconds)
