@@ -7,6 +7,7 @@ through its constructor, so tests can build the same App on loopback with port 0
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -18,8 +19,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr
 
-from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
+from igbutton.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    postback_service_pb2,
+    postback_service_pb2_grpc,
+    send_service_pb2,
+)
 from igbutton_server import tracing
+from igbutton_server.accounts.activity import AccountActivity
+from igbutton_server.accounts.api import AccountServiceServicer
+from igbutton_server.accounts.checks import AccountChecks
 from igbutton_server.accounts.graph import AccountGraph
 from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Account, Settings
@@ -51,6 +61,7 @@ SANDBOX_ACCESS_TOKEN = "sandbox-access-token"  # noqa: S105 - the sandbox's fixe
 _SERVICE_NAMES = (
     send_service_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
     postback_service_pb2.DESCRIPTOR.services_by_name["PostbackService"].full_name,
+    account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
 )
 
 
@@ -107,6 +118,10 @@ class App:
         """The Graph calls about accounts (refresh, me, subscribed_apps)."""
         self.tokens: AccountTokens | None = None
         """Each account's current token, kept fresh (tests reach it here)."""
+        self.activity = AccountActivity()
+        """What this replica saw of each account (AccountService reports it)."""
+        self._checks: AccountChecks | None = None
+        self._look_up: asyncio.Task[None] | None = None
         self._pruner: RetentionPruner | None = None
         self._postback_api: PostbackApi | None = None
         self._webhook_runner: web.AppRunner | None = None
@@ -132,7 +147,7 @@ class App:
             (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
         self._add_send_service(services)
-        await self._start_accounts()
+        await self._start_accounts(services)
         self._add_postback_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
@@ -142,6 +157,7 @@ class App:
             self.settings.http.port,
         )
         await self._start_webhook()
+        self._look_up = asyncio.create_task(self._look_up_accounts(), name="account-look-up")
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
@@ -295,13 +311,17 @@ class App:
         """Register SendService."""
         assert self._storage is not None
         self.send = SendPath(
-            self.settings, store=self._storage.idempotency, ledger=self._rate_ledger
+            self.settings,
+            store=self._storage.idempotency,
+            ledger=self._rate_ledger,
+            activity=self.activity,
         )
         self.send.register(server)
 
     # Accounts (igbutton_server/accounts/): token lifecycle.
-    async def _start_accounts(self) -> None:
-        """Open the token store and start keeping every account's token fresh."""
+    async def _start_accounts(self, server: grpc.aio.Server) -> None:
+        """Open the token store, start keeping every account's token fresh, and register
+        AccountService."""
         assert self.send is not None
         graph = self.send.graph
         self._token_store = await open_token_store(self.settings)
@@ -319,9 +339,37 @@ class App:
                 token = self.tokens.token(account.id)
                 if self.sandbox.tokens.lookup(token) is None:
                     self.sandbox.tokens.add(account.id, token)
+        self._checks = AccountChecks(
+            self.settings, self.tokens, self.account_graph, self.activity, self._webhook_url
+        )
+        account_service_pb2_grpc.add_AccountServiceServicer_to_server(
+            AccountServiceServicer(
+                self.settings, self.tokens, self.activity, self.send.limiter, self._checks
+            ),
+            server,
+        )
+
+    def _webhook_url(self) -> str | None:
+        """igbutton's own webhook URL on loopback (for the self-test), once it serves."""
+        if not self.ports.webhook:
+            return None
+        host = self.settings.webhook.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.ports.webhook}{self.settings.webhook.path}"
+
+    async def _look_up_accounts(self) -> None:
+        """Read each account's name and webhook fields at Meta once, after start."""
+        assert self._checks is not None
+        for account in self.settings.accounts:
+            await self._checks.look_up(account.id)
 
     async def _stop_accounts(self) -> None:
         """Stop refreshing; close the token store and the account Graph session."""
+        if self._look_up is not None:
+            self._look_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._look_up
         if self.tokens is not None:
             await self.tokens.stop()
         if self.account_graph is not None:
@@ -346,7 +394,7 @@ class App:
         assert self.postback_store is not None
         settings = self.settings.webhook
         accounts = [account.id for account in self.settings.accounts]
-        webhook = Webhook(settings, self.postback_store, accounts)
+        webhook = Webhook(settings, self.postback_store, accounts, self.activity)
         # Its own runner, bounded against slow and hostile clients (webhook_site.py); stopped
         # apart from the other HTTP sites: before the streams end and the store closes.
         self._webhook_runner = await serve_webhook(webhook.build_app(), settings)

@@ -195,7 +195,7 @@ class Postback(_message.Message):
     test: _builtins.bool
     """True for a test delivery, not a person's tap: what the App Dashboard's
     Test button sends for messaging_postbacks (the `entry[].changes[]` form,
-    made-up ids). Its account_id is the one Meta made up (an unfiltered
+    made-up ids). Its account_id is the recipient Meta made up (an unfiltered
     subscriber sees it), raw_json is the change's `value`, and its mid is
     Meta's sample mid followed by `#test-<entry time>`, so each press is one
     postback and Meta's retries of it are one. Consumers should not act on
