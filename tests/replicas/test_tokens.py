@@ -82,5 +82,6 @@ async def test_exactly_one_replica_refreshes_and_all_send_with_the_new_token(
     assert state["refresh_calls"] == 1
     assert state["refreshes"] == 1
     for replica in replicas:
-        assert replica.process is not None and replica.process.poll() is None
+        assert replica.process is not None
+        assert replica.process.poll() is None
         assert ACCESS_TOKEN not in replica.log_path.read_text(errors="replace")
