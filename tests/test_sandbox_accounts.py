@@ -207,3 +207,17 @@ async def test_test_delivery_is_the_dashboard_changes_form_signed(
     assert change["field"] == "messaging_postbacks"
     assert change["value"]["postback"]["payload"] == "HELLO"
     assert "messaging" not in entry
+
+
+async def test_accepting_any_token_me_and_refresh_answer_100_not_190(
+    http: aiohttp.ClientSession,
+) -> None:
+    box = Sandbox()  # no tokens: any non-empty token is accepted for sends
+    await box.start()
+    try:
+        status, body = await get(http, f"{box.url}/v25.0/me", access_token="whatever")
+        assert (status, body["error"]["code"]) == (400, 100)
+        status, body = await refresh(http, box, "whatever")
+        assert (status, body["error"]["code"]) == (400, 100)
+    finally:
+        await box.stop()

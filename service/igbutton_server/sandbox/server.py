@@ -48,6 +48,12 @@ log = logging.getLogger(__name__)
 
 REDACTED: Final = "<redacted>"
 _SHUTDOWN_SECONDS = 2.0
+# Accepting any token, the sandbox cannot tell whose a token is. Not 190: the token is not
+# dead, the sandbox merely does not know it, and 190 would mark the account.
+_NO_TOKENS = graph_rules.invalid(
+    "The sandbox accepts any token for sends, so it cannot tell whose this one is: give it "
+    "the accounts' tokens (set_tokens, --token ACCOUNT=TOKEN)"
+)
 _HTML_ERROR = "<html><head><title>{status}</title></head><body><h1>{status}</h1></body></html>"
 
 
@@ -346,7 +352,7 @@ class Sandbox:
     def _account_of(self, request: web.Request) -> IssuedToken | GraphError:
         token = _bearer(request.headers.get("Authorization")) or request.query.get("access_token")
         if self.tokens.empty:
-            return graph_rules.bad_token("The sandbox has no tokens: set_tokens() first")
+            return _NO_TOKENS
         return self.tokens.check(token)
 
     async def _handle_refresh(self, request: web.Request) -> web.Response:
@@ -362,6 +368,8 @@ class Sandbox:
             return _error_response(
                 graph_rules.bad_token("An active access token must be used to call this API.")
             )
+        if self.tokens.empty:
+            return _error_response(_NO_TOKENS)
         outcome = self.tokens.refresh(token)
         if isinstance(outcome, GraphError):
             return _error_response(outcome)
