@@ -16,7 +16,7 @@ from igbutton.v1 import account_service_pb2 as pb
 from igbutton.v1 import account_service_pb2_grpc, postback_service_pb2_grpc
 from igbutton_server.app import App
 from igbutton_server.sandbox import Fault, Sandbox
-from tests.accounts.conftest import ACCOUNT, account_settings, eventually
+from tests.accounts.conftest import ACCOUNT, SEED_TOKEN, account_settings, eventually
 from tests.conftest import SettingsFactory, starting_apps
 from tests.postbacks.conftest import Stream
 from tests.send.conftest import details, send_request
@@ -71,13 +71,17 @@ async def test_a_190_shows_in_get_account(
 ) -> None:
     from igbutton.v1 import send_service_pb2_grpc
 
-    sandbox.add_fault(Fault(kind="graph_error", code=190))
+    # Meta echoing the token in its message: redacted wherever igbutton repeats it.
+    sandbox.add_fault(Fault(kind="graph_error", code=190, message=f"bad token {SEED_TOKEN}"))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
         sender = send_service_pb2_grpc.SendServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
             await sender.SendButtonTemplate(send_request(account_id=ACCOUNT), timeout=10)
+    assert "bad token [redacted]" in (caught.value.details() or "")
+    assert SEED_TOKEN not in str(caught.value.trailing_metadata())
     account = (await stub.GetAccount(pb.GetAccountRequest(account_id=ACCOUNT))).account
     assert account.token_status == pb.TOKEN_STATUS_REAUTHORIZATION_REQUIRED
+    assert SEED_TOKEN not in str(account)
     listed = (await stub.ListAccounts(pb.ListAccountsRequest())).accounts
     assert [a.token_status for a in listed] == [pb.TOKEN_STATUS_REAUTHORIZATION_REQUIRED]
     check = findings(await stub.CheckAccount(pb.CheckAccountRequest(account_id=ACCOUNT)))

@@ -116,6 +116,8 @@ async def test_a_190_marks_the_account_until_a_new_token_is_configured(
         )
         assert second.metadata == {"accountId": ACCOUNT}
         assert len(sandbox.received) == reached  # not sent
+        for error in (first, second):  # no token in what the caller sees
+            assert SEED_TOKEN not in f"{error.message} {error.metadata} {error.violations}"
         status = REGISTRY.get_sample_value(
             "igbutton_account_status", {"account": ACCOUNT, "status": "reauthorization_required"}
         )
