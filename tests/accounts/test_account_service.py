@@ -95,16 +95,13 @@ async def test_get_account_shows_a_throttle_hold_and_usage_headers(
     from igbutton.v1 import send_service_pb2_grpc
 
     usage = '{"call_count":95,"total_cputime":10,"total_time":12}'
-    # Meta's estimate: 5 minutes until the account regains access.
-    business = (
-        '{"1": [{"type": "instagram", "call_count": 100, "total_cputime": 1, '
-        '"total_time": 1, "estimated_time_to_regain_access": 5}]}'
-    )
+    # Meta's edge refusing with a 429 and a 5-minute Retry-After. (Not a business-use-case
+    # header: tests/test_metrics.py sums that gauge over every series of the process.)
     sandbox.add_fault(
         Fault(
-            kind="graph_error",
-            code=80002,
-            headers={"X-App-Usage": usage, "X-Business-Use-Case-Usage": business},
+            kind="http_status",
+            http_status=429,
+            headers={"X-App-Usage": usage, "Retry-After": "300"},
         )
     )
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
@@ -115,7 +112,7 @@ async def test_get_account_shows_a_throttle_hold_and_usage_headers(
     assert account.HasField("rate_limit_hold_expire_time")
     held_for = account.rate_limit_hold_expire_time.ToMilliseconds() / 1000 - time.time()
     assert 200 < held_for <= 300
-    assert "80002" in account.rate_limit_hold_reason
+    assert "429" in account.rate_limit_hold_reason
     assert account.last_usage.app_usage == usage
     assert account.last_usage.HasField("receive_time")
 
