@@ -68,10 +68,6 @@ class _Account:
     configured: str
     file_stamp: tuple[int, int, int] | None = None
     stored: StoredToken | None = None
-    failures: int = 0
-    next_attempt: float = 0.0
-    """time.monotonic() before which no refresh is tried again (backoff)."""
-    last_error: str = ""
 
 
 class AccountTokens:
@@ -154,8 +150,9 @@ class AccountTokens:
         return None if stored is None else stored.record
 
     def last_error(self, account_id: str) -> str:
-        """Why the last refresh failed ('' when it did not)."""
-        return self._accounts[account_id].last_error
+        """Why the last refresh failed ('' when it did not), on whichever replica."""
+        record = self.record(account_id)
+        return "" if record is None else record.last_error
 
     def status(self, account_id: str) -> TokenStatus:
         """The account's token status now."""
@@ -280,7 +277,6 @@ class AccountTokens:
             )
             if revision is not None:
                 account.stored = StoredToken(record, revision)
-                account.failures, account.next_attempt, account.last_error = 0, 0.0, ""
                 if stored is not None:
                     log.info(
                         "the configured access token changed; it replaces the stored one",
@@ -290,7 +286,7 @@ class AccountTokens:
             await self._reread(account)  # another replica wrote first: look again
 
     def _due(self, record: TokenRecord, now_ms: int) -> bool:
-        if record.reauthorization_required:
+        if record.reauthorization_required or now_ms < record.retry_at_ms:
             return False
         if now_ms - record.obtained_ms < self._settings.min_age_seconds * 1000:
             return False
@@ -300,8 +296,6 @@ class AccountTokens:
         stored = account.stored
         now_ms = _now_ms()
         if stored is None or not self._due(stored.record, now_ms):
-            return
-        if time.monotonic() < account.next_attempt:
             return
         record = stored.record
         if record.lease_holder not in ("", self._holder) and record.lease_until_ms > now_ms:
@@ -330,7 +324,7 @@ class AccountTokens:
                 if isinstance(exc, AccountCallError)
                 else AccountCallError("the Graph API did not answer in time")
             )
-            account.last_error = error.message
+            released = replace(released, last_error=error.message)
             if error.token_rejected:
                 result = "rejected"
                 released = replace(released, reauthorization_required=True)
@@ -340,9 +334,14 @@ class AccountTokens:
                 )
             else:
                 result = "failed"
-                account.failures += 1
-                wait = self._backoff(account.failures)
-                account.next_attempt = time.monotonic() + wait
+                # In the record, so every replica waits out the backoff, not only this one.
+                failures = record.failures + 1
+                wait = self._backoff(failures)
+                released = replace(
+                    released,
+                    failures=failures,
+                    retry_at_ms=_now_ms() + int(wait * 1000),
+                )
                 log.warning(
                     "token refresh failed; retrying later",
                     extra={
@@ -363,7 +362,6 @@ class AccountTokens:
             expires_ms=now_ms + answer.expires_in * 1000,
             refreshed_ms=now_ms,
         )
-        account.failures, account.next_attempt, account.last_error = 0, 0.0, ""
         metrics.TOKEN_REFRESHES.labels(account_id, "ok").inc()
         log.info(
             "access token refreshed",

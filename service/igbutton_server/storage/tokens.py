@@ -38,6 +38,12 @@ class TokenRecord:
     """The replica refreshing the token now, if any."""
     lease_until_ms: int = 0
     """Until when that replica's lease holds (a crashed holder's lease runs out)."""
+    failures: int = 0
+    """Refreshes that failed in a row (not 190); the backoff grows with it."""
+    retry_at_ms: int = 0
+    """No replica tries to refresh again before this (the backoff after a failure)."""
+    last_error: str = ""
+    """Why the last refresh failed (Meta's message, tokens redacted); '' after a success."""
 
     def encode(self) -> bytes:
         """The record as JSON bytes, for the engines."""
@@ -51,6 +57,9 @@ class TokenRecord:
                 "reauthorization_required": self.reauthorization_required,
                 "lease_holder": self.lease_holder,
                 "lease_until_ms": self.lease_until_ms,
+                "failures": self.failures,
+                "retry_at_ms": self.retry_at_ms,
+                "last_error": self.last_error,
             },
             separators=(",", ":"),
         ).encode()
@@ -68,6 +77,9 @@ class TokenRecord:
             reauthorization_required=bool(value.get("reauthorization_required", False)),
             lease_holder=str(value.get("lease_holder", "")),
             lease_until_ms=int(value.get("lease_until_ms", 0)),
+            failures=int(value.get("failures", 0)),
+            retry_at_ms=int(value.get("retry_at_ms", 0)),
+            last_error=str(value.get("last_error", "")),
         )
 
 
