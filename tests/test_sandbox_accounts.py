@@ -221,3 +221,17 @@ async def test_accepting_any_token_me_and_refresh_answer_100_not_190(
         assert (status, body["error"]["code"]) == (400, 100)
     finally:
         await box.stop()
+
+
+async def test_the_control_api_sets_an_accounts_fields_and_name(
+    http: aiohttp.ClientSession, box: Sandbox
+) -> None:
+    url = f"{box.url}/_sandbox/accounts/{ACCOUNT}"
+    async with http.post(url, json={"subscribed_fields": ["messages"], "username": "shop"}) as r:
+        assert r.status == 204
+    async with http.get(url) as r:
+        state = await r.json()
+    assert (state["subscribed_fields"], state["username"]) == (["messages"], "shop")
+    assert TOKEN not in json.dumps(state)  # never a token
+    async with http.post(url, json={"subscribed_fields": "messages"}) as r:
+        assert r.status == 400

@@ -270,8 +270,11 @@ class App:
         await sandbox.start()
         self.sandbox = sandbox
         self.settings = with_sandbox_defaults(self.settings, sandbox.url)
-        # The sandbox accepts exactly the configured accounts' tokens, as Meta would.
+        # The sandbox accepts exactly the configured accounts' tokens, as Meta would, and
+        # starts them subscribed to the webhook fields, as a set-up app would be.
         sandbox.set_tokens({account.id: account.token() for account in self.settings.accounts})
+        for account in self.settings.accounts:
+            sandbox.tokens.subscribe(account.id, "messages,messaging_postbacks")
         self.ports.sandbox = sandbox.port
         log.warning(
             "sandbox mode: sends go to the local sandbox, not to Instagram",

@@ -22,6 +22,18 @@ def lines(output: str) -> dict[str, str]:
     return found
 
 
+def unsubscribe(server: ServerProcess) -> None:
+    """Make the sandbox account unsubscribed, as before anyone enabled it at Meta."""
+    request = urllib.request.Request(  # noqa: S310 - loopback http
+        f"{server.sandbox_url}/_sandbox/accounts/{SANDBOX_ACCOUNT_ID}",
+        data=json.dumps({"subscribed_fields": []}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+        assert response.status == 204
+
+
 def subscribed_fields(server: ServerProcess) -> list[str]:
     url = f"{server.sandbox_url}/_sandbox/accounts/{SANDBOX_ACCOUNT_ID}"
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback http
@@ -32,6 +44,11 @@ def subscribed_fields(server: ServerProcess) -> list[str]:
 def test_doctor_reports_the_unsubscribed_account_and_fix_subscribes_it(
     server_process: ServerProcess,
 ) -> None:
+    # `make run` starts the sandbox account subscribed: all is well.
+    fine = run_cli("doctor", "--addr", server_process.addr)
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    assert all(what.startswith("OK") for what in lines(fine.stdout).values()), fine.stdout
+    unsubscribe(server_process)
     first = run_cli("doctor", "--addr", server_process.addr)
     assert first.returncode == 1, first.stderr
     found = lines(first.stdout)

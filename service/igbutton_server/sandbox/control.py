@@ -12,7 +12,9 @@
 - ``POST /_sandbox/test_delivery`` ``{"account_id"?, "payload"?}`` -> 200 ``{webhook_status}``:
   what the App Dashboard's Test button sends for ``messaging_postbacks`` (``changes`` form).
 - ``GET /_sandbox/accounts/{id}`` -> ``{username, subscribed_fields, refreshes,
-  refresh_calls, generation}`` (never a token).
+  refresh_calls, generation}`` (never a token); ``POST`` the same path with
+  ``{"subscribed_fields": [...]}`` and/or ``{"username": ...}`` sets them (an empty list: the
+  account is not subscribed, as before anyone enabled it) -> 204.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_post("/_sandbox/tap", control.tap)
     app.router.add_post("/_sandbox/test_delivery", control.test_delivery)
     app.router.add_get("/_sandbox/accounts/{account}", control.account)
+    app.router.add_post("/_sandbox/accounts/{account}", control.set_account)
 
 
 class _Control:
@@ -150,6 +153,23 @@ class _Control:
 
     async def account(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self._sandbox.account_state(request.match_info["account"])))
+
+    async def set_account(self, request: web.Request) -> web.Response:
+        data = await _json_object(request)
+        if isinstance(data, web.Response):
+            return data
+        state = self._sandbox.account_state(request.match_info["account"])
+        fields = data.get("subscribed_fields")
+        if fields is not None:
+            if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+                return _error(400, "subscribed_fields must be a list of strings")
+            state.subscribed_fields = list(dict.fromkeys(fields))
+        username = data.get("username")
+        if username is not None:
+            if not isinstance(username, str):
+                return _error(400, "username must be a string")
+            state.username = username
+        return web.Response(status=204)
 
 
 def _parse_fault(data: dict[str, Any]) -> Fault | web.Response:
