@@ -204,6 +204,9 @@ class AccountTokens:
 
     async def _run(self) -> None:
         while not self._stopping:
+            # Cleared before the pass, not after: a reload() (SIGHUP) that arrives while a
+            # pass is under way must wake the next one, not be lost for a whole interval.
+            self._wake.clear()
             for account in self._accounts.values():
                 try:
                     await self._tick(account)
@@ -217,7 +220,6 @@ class AccountTokens:
                         "keeping the account's token failed",
                         extra={"account_id": account.config.id},
                     )
-            self._wake.clear()
             await wait_event(self._wake, self._settings.check_interval_seconds)
 
     async def _tick(self, account: _Account) -> None:
