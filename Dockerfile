@@ -1,5 +1,6 @@
-# syntax=docker/dockerfile:1
 # Build: make docker (Docker or Podman).  Run and test: README.md, "Deploying".
+# No "# syntax=" line: it would make BuildKit pull a frontend image from Docker Hub, and the
+# built-in one (Docker 23+, Podman, Buildah) has everything used here.
 #
 # The base: CPython 3.11 on Debian 12 (bookworm), pinned by digest so a rebuild gets the same
 # bytes. The digest is the multi-platform index of python:3.11-slim-bookworm (Python 3.11.16,
