@@ -41,7 +41,10 @@ mmdebstrap \
 python_version=$(tar -xOf "$tarball" ./var/lib/dpkg/status \
   | awk '/^Package: /{p = ($2 == "python3")} p && /^Version: /{v = $2} END{print v}')
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# PATH explicitly: `docker import` sets none, and the Dockerfile's ENV PATH=...:$PATH builds on it.
+path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 changes=(
+  --change "ENV PATH=$path"
   --change 'ENV LANG=C.UTF-8'
   --change 'CMD ["python3"]'
   --change "LABEL org.opencontainers.image.title=igbutton-base"
@@ -51,17 +54,18 @@ changes=(
 )
 
 case "$engine" in
-  podman | docker) "$engine" import --quiet "${changes[@]}" "$tarball" "$tag" >/dev/null ;;
+  podman) podman import --quiet "${changes[@]}" "$tarball" "$tag" >/dev/null ;;
+  docker) docker import "${changes[@]}" "$tarball" "$tag" >/dev/null ;;
   buildah)
     # buildah has no `import`: an empty container, the tree copied in, then committed.
     ctr=$(buildah from scratch)
     buildah add "$ctr" "$tarball" / >/dev/null
-    buildah config --env LANG=C.UTF-8 --cmd python3 \
+    buildah config --env "PATH=$path" --env LANG=C.UTF-8 --cmd python3 \
       --label org.opencontainers.image.title=igbutton-base \
       --label "org.opencontainers.image.description=Debian $suite minbase + python3 $python_version, built by deploy/container/build-base.sh with mmdebstrap" \
       --label "io.igbutton.base.created=$created" \
       --label io.igbutton.base.built-by=mmdebstrap "$ctr"
-    buildah commit --rm "$ctr" "$tag" >/dev/null
+    buildah commit --quiet --rm "$ctr" "$tag" >/dev/null
     ;;
   *) echo "build-base.sh: unknown CONTAINER_ENGINE $engine" >&2; exit 2 ;;
 esac
