@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from igbutton.v1 import (
     button_template_pb2,
@@ -200,9 +202,19 @@ def test_sigterm_stops_it_within_the_grace_period(engine: Engine, container: str
     ops = f"http://127.0.0.1:{engine.host_port(container, OPS_PORT)}/readyz"
     with urllib.request.urlopen(ops, timeout=WAIT) as resp:
         assert resp.status == 200
-    started = time.monotonic()
-    engine.run("stop", "-t", str(GRACE_SECONDS), container, timeout=GRACE_SECONDS + 60)
-    took = time.monotonic() - started
+    with grpc.insecure_channel(f"127.0.0.1:{engine.host_port(container, 50051)}") as channel:
+        # An open stream must be ended by the server (SHUTTING_DOWN), not cut by a kill.
+        stream = postback_service_pb2_grpc.PostbackServiceStub(channel).SubscribePostbacks(
+            postback_service_pb2.SubscribePostbacksRequest(), timeout=GRACE_SECONDS + WAIT
+        )
+        stream.initial_metadata()
+        started = time.monotonic()
+        engine.run("stop", "-t", str(GRACE_SECONDS), container, timeout=GRACE_SECONDS + 60)
+        took = time.monotonic() - started
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert _reason(ended.value) == "SHUTTING_DOWN"
     state = engine.inspect(container, "container")["State"]
     logs = engine.logs(container)
     # A SIGKILL after the grace period would be exit status 137.
@@ -210,4 +222,20 @@ def test_sigterm_stops_it_within_the_grace_period(engine: Engine, container: str
     assert took < GRACE_SECONDS, f"stop took {took:.1f} s"
     assert '"msg": "igbutton stopped"' in logs
     assert "Traceback" not in logs
-    say(f"stop -t {GRACE_SECONDS} (SIGTERM): exited 0 after {took:.1f} s, 'igbutton stopped'")
+    say(
+        f"stop -t {GRACE_SECONDS} (SIGTERM): the open stream ended UNAVAILABLE/SHUTTING_DOWN, "
+        f"exit status 0 after {took:.1f} s, 'igbutton stopped' logged"
+    )
+
+
+def _reason(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call."""
+    assert isinstance(error, grpc.Call)
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
