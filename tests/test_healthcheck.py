@@ -44,6 +44,17 @@ async def test_healthy_on_the_port_from_the_environment(app: App) -> None:
     assert (status, stderr) == (0, "")
 
 
+async def test_settings_the_probe_does_not_use_are_not_read(app: App) -> None:
+    # The server's other settings may be unreadable to the probe (a token file only the
+    # server's user can read) or need a flag it is not given (--sandbox waives the webhook
+    # secret): Settings.load would fail on either; the probe reads only [http].
+    env = {
+        "IGBUTTON_HTTP__PORT": str(app.ports.http),
+        "IGBUTTON_ACCOUNTS": '[{"id": "17841400000000000", "access_token_file": "/nonexistent"}]',
+    }
+    assert await healthcheck(env=env) == (0, "")
+
+
 async def test_healthy_on_the_port_from_the_config_file(app: App, tmp_path: Path) -> None:
     config = tmp_path / "igbutton.toml"
     config.write_text(f'[http]\nhost = "127.0.0.1"\nport = {app.ports.http}\n')
@@ -53,9 +64,19 @@ async def test_healthy_on_the_port_from_the_config_file(app: App, tmp_path: Path
 
 async def test_a_wildcard_host_is_probed_on_loopback(app: App) -> None:
     # The image sets IGBUTTON_HTTP__HOST=0.0.0.0 so the port is published; the probe runs
-    # inside the container and must connect to loopback, not to 0.0.0.0.
+    # inside the container and connects to loopback, and names that address when it fails.
     env = {"IGBUTTON_HTTP__HOST": "0.0.0.0", "IGBUTTON_HTTP__PORT": str(app.ports.http)}
     assert await healthcheck(env=env) == (0, "")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        free = unused.getsockname()[1]  # bound, not listening: connections are refused
+        for wildcard, loopback in (("0.0.0.0", "127.0.0.1"), ("::", "[::1]")):
+            env = {"IGBUTTON_HTTP__HOST": wildcard, "IGBUTTON_HTTP__PORT": str(free)}
+            status, stderr = await healthcheck(env=env)
+            assert status == 1
+            assert stderr.startswith(
+                f"igbutton-server healthcheck: unhealthy: http://{loopback}:{free}/readyz: "
+            ), stderr
 
 
 async def test_live_asks_healthz(app: App) -> None:
@@ -135,9 +156,15 @@ async def test_the_probe_does_not_load_the_service() -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:
         env = {**clean, "IGBUTTON_HTTP__PORT": str(silent.getsockname()[1])}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, env=env, stdout=asyncio.subprocess.PIPE
+            sys.executable,
+            "-c",
+            code,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         async with asyncio.timeout(30):
-            stdout, _ = await proc.communicate()
-    assert proc.returncode == 0
+            stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
     assert stdout.decode() == "[]\n"
+    assert "no answer within 0.2 s" in stderr.decode()
