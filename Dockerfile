@@ -2,7 +2,8 @@
 # Build: make docker   Run: docker run -p 50051:50051 -p 8080:8080 -p 9090:9090 igbutton
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY constraints.txt pyproject.toml README.md ./
+# VERSION and LICENSE are read by both builds (clients/python/VERSION links to ../../VERSION).
+COPY constraints.txt pyproject.toml setup.py README.md VERSION LICENSE ./
 COPY clients/python clients/python
 COPY service service
 RUN python -m venv /opt/igbutton \

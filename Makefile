@@ -33,7 +33,7 @@ help:
 	@echo "make bench    run the benchmarks (results under bench/results/)"
 	@echo "make docker   build the container image"
 
-$(PY_STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
+$(PY_STAMP): pyproject.toml setup.py VERSION clients/python/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e clients/python -e '.[dev]'

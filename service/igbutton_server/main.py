@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from igbutton_server import event_loop, logs
+from igbutton_server import __version__, event_loop, logs
 from igbutton_server.app import App, Ports
 from igbutton_server.config import ConfigError, Settings
 from igbutton_server.storage.postbacks import StorageCorrupt
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run igbutton: the gRPC gateway for Instagram button templates and "
         "postbacks. Settings come from IGBUTTON_* environment variables and/or a TOML file.",
     )
+    parser.add_argument("--version", action="version", version=f"igbutton-server {__version__}")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument(
         "--sandbox",
