@@ -36,6 +36,7 @@ help:
 	@echo "make clients  regenerate the Go and TypeScript clients from proto/ (Java: in its mvn build)"
 	@echo "make bench    run the benchmarks (results under bench/results/)"
 	@echo "make docker   build the container image"
+	@echo "make helm     build the pinned helm into tools/bin (make test does it too)"
 
 $(PY_STAMP): pyproject.toml setup.py VERSION clients/python/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

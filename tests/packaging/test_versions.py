@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import REPO, VERSION
+from tests.packaging.conftest import REPO, VERSION, copy_checkout
 
 CLIENTS = REPO / "clients"
+POM = {"m": "http://maven.apache.org/POM/4.0.0"}
 
 
 def test_version_is_a_semantic_version() -> None:
@@ -37,8 +38,7 @@ def test_the_typescript_package_has_the_version() -> None:
 
 def test_the_java_artifact_has_the_version() -> None:
     pom = ET.parse(CLIENTS / "java" / "pom.xml").getroot()  # noqa: S314 (our own file)
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    assert pom.findtext("m:version", namespaces=ns) == VERSION
+    assert pom.findtext("m:version", namespaces=POM) == VERSION
 
 
 def test_the_changelog_has_an_entry_for_the_version() -> None:
@@ -62,3 +62,34 @@ def test_every_client_carries_the_licence(client: str) -> None:
     assert "Apache License\n                           Version 2.0, January 2004" in licence
     assert "END OF TERMS AND CONDITIONS" in licence, "the full text, not a notice"
     assert (CLIENTS / client / "LICENSE").read_text(encoding="utf-8") == licence
+
+
+def test_set_version_writes_every_manifest(tmp_path: Path) -> None:
+    checkout = copy_checkout(tmp_path / "checkout")
+    done = subprocess.run(
+        [sys.executable, str(checkout / "tools" / "set_version.py"), "1.2.3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (checkout / "VERSION").read_text() == "1.2.3\n"
+    assert (checkout / "clients" / "python" / "VERSION").read_text() == "1.2.3\n"
+    package = json.loads((checkout / "clients" / "typescript" / "package.json").read_text())
+    lock = json.loads((checkout / "clients" / "typescript" / "package-lock.json").read_text())
+    assert package["version"] == lock["version"] == lock["packages"][""]["version"] == "1.2.3"
+    pom = ET.parse(checkout / "clients" / "java" / "pom.xml").getroot()  # noqa: S314
+    assert pom.findtext("m:version", namespaces=POM) == "1.2.3"
+    # Only the project's own version moved, not a dependency's or a plugin's.
+    before = (CLIENTS / "java" / "pom.xml").read_text().count("<version>")
+    after = (checkout / "clients" / "java" / "pom.xml").read_text()
+    assert after.count("<version>") == before
+    assert after.count("<version>1.2.3</version>") == 1
+    chart = (checkout / "deploy" / "helm" / "igbutton" / "Chart.yaml").read_text()
+    assert "\nversion: 1.2.3\n" in chart
+    assert '\nappVersion: "1.2.3"\n' in chart
+    # The lock file is untouched otherwise: same entries, same formatting elsewhere.
+    assert set(lock["packages"]) == set(
+        json.loads((CLIENTS / "typescript" / "package-lock.json").read_text())["packages"]
+    )
