@@ -38,7 +38,7 @@ help:
 	@echo "make docker   build the container image"
 	@echo "make helm     build the pinned helm into tools/bin (make test does it too)"
 
-$(PY_STAMP): pyproject.toml setup.py VERSION clients/python/pyproject.toml constraints.txt
+$(PY_STAMP): pyproject.toml setup.py VERSION clients/python/pyproject.toml clients/python/setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e clients/python -e '.[dev]'

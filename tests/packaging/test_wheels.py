@@ -5,10 +5,13 @@ licence, project URLs; and they hold the code, the generated stubs and their typ
 from __future__ import annotations
 
 import re
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.packaging.conftest import VERSION, Wheels
+from tests.packaging.conftest import VERSION, Wheels, run
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +65,46 @@ def test_the_server_wheel_holds_the_server_and_nothing_else(wheels: Wheels) -> N
     assert tops == {"igbutton_server"}
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert entry_points
+
+
+def _build_stage_copies(dockerfile: str) -> list[tuple[list[str], str]]:
+    """The ``COPY sources... dest`` lines of the Dockerfile's first stage (from the context)."""
+    copies: list[tuple[list[str], str]] = []
+    stages = 0
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if not words or words[0].upper() not in {"FROM", "COPY"}:
+            continue
+        if words[0].upper() == "FROM":
+            stages += 1
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        if stages == 1 and not any(w.startswith("--from") for w in words[1:]):
+            copies.append((args[:-1], args[-1]))
+    return copies
+
+
+def test_the_container_build_stage_copies_what_both_builds_need(
+    wheels: Wheels, tmp_path: Path
+) -> None:
+    # The image installs ./clients/python and . from only what its build stage COPYs: build
+    # both from exactly that (a missing VERSION, LICENSE or setup.py fails here, no engine).
+    copies = _build_stage_copies((wheels.checkout / "Dockerfile").read_text())
+    assert copies, "no COPY in the build stage"
+    workdir = tmp_path / "src"
+    for sources, dest in copies:
+        target = workdir / dest
+        for source in sources:
+            path = wheels.checkout / source
+            if path.is_dir():  # COPY copies a directory's contents into dest
+                shutil.copytree(path, target, symlinks=True, dirs_exist_ok=True)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target / path.name, follow_symlinks=False)
+    out = tmp_path / "wheels"
+    for project in (workdir / "clients" / "python", workdir):
+        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), "."], project)
+    assert sorted(p.name.split("-")[0] for p in out.glob("*.whl")) == [
+        "igbutton",
+        "igbutton_server",
+    ]
