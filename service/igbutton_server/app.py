@@ -21,6 +21,8 @@ from pydantic import SecretStr
 from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
 from igbutton_server import tracing
 from igbutton_server.config import Account, Settings
+from igbutton_server.console import PREFIX as CONSOLE_PREFIX
+from igbutton_server.console import build_console_app, console_url
 from igbutton_server.grpc_options import server_options
 from igbutton_server.health import HealthServicer
 from igbutton_server.ops_http import build_ops_app
@@ -122,15 +124,19 @@ class App:
         self._add_postback_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
+        ops = build_ops_app(self._readiness, self._liveness)
+        self._add_console(ops)
         self.ports.http = await self._serve_http(
-            build_ops_app(self._readiness, self._liveness),
-            self.settings.http.host,
-            self.settings.http.port,
+            ops, self.settings.http.host, self.settings.http.port
         )
         await self._start_webhook()
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
+        if self.settings.console_enabled:
+            # Its own line, so the address stands out in `make run`'s output.
+            url = console_url(self.settings, self.ports.http)
+            log.info("web console at %s", url, extra={"console_url": url})
         log.info(
             "igbutton started",
             extra={
@@ -277,6 +283,25 @@ class App:
         """Close the Graph client after in-flight sends finished."""
         if self.send is not None:
             await self.send.close()
+
+    # Web console (igbutton_server/console/).
+    def _add_console(self, ops: web.Application) -> None:
+        """Mount the console on the operations app, when enabled."""
+        if not self.settings.console_enabled:
+            return
+        assert self.postback_store is not None
+        assert self.send is not None
+        if self.settings.callers and not any(c.admin for c in self.settings.callers):
+            log.warning("web console enabled, but no caller has admin = true to log in with")
+        console = build_console_app(
+            self.settings, self.postback_store, self.send.servicer, self.sandbox, self.ports.grpc
+        )
+
+        async def to_console(_: web.Request) -> web.StreamResponse:
+            raise web.HTTPPermanentRedirect(f"{CONSOLE_PREFIX}/")
+
+        ops.router.add_get(CONSOLE_PREFIX, to_console)
+        ops.add_subapp(CONSOLE_PREFIX, console)
 
     # Postback path (igbutton_server/postbacks/).
     def _add_postback_service(self, server: grpc.aio.Server) -> None:
