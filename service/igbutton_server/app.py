@@ -94,6 +94,8 @@ class App:
         """The send path's parts, once SendService is registered."""
         self.postback_store: PostbackStore | None = None
         """The postback log, once storage is open (tests reach it here)."""
+        self.console: web.Application | None = None
+        """The web console's application, once mounted (tests read its routes here)."""
         self._storage: Storage | None = None
         self._rate_ledger: RateLedger | None = None
         self._pruner: RetentionPruner | None = None
@@ -302,6 +304,7 @@ class App:
 
         ops.router.add_get(CONSOLE_PREFIX, to_console)
         ops.add_subapp(CONSOLE_PREFIX, console)
+        self.console = console
 
     # Postback path (igbutton_server/postbacks/).
     def _add_postback_service(self, server: grpc.aio.Server) -> None:

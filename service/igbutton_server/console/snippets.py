@@ -1,9 +1,9 @@
 """The same send in every form a user might run it: ``igbutton send``, grpcurl, Python,
 Go and TypeScript, each using the client library of that language as its README shows.
 
-Strings are written as JSON string literals (``json.dumps`` without ASCII escaping), which
-Python, Go and TypeScript all read as the same string; shell words are quoted with
-:func:`shlex.quote`.
+Strings are written as JSON string literals (``json.dumps`` without ASCII escaping, and
+invisible characters escaped), which Python, Go and TypeScript all read as the same
+string; shell words are quoted with :func:`shlex.quote`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ class Connection:
 
 
 def _lit(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    literal = json.dumps(text, ensure_ascii=False)
+    # Invisible characters (U+2028, zero-width ones) escaped, so a copy keeps them and no
+    # editor breaks the line; \uXXXX means the same in all three (astral ones stay as
+    # they are: Go has no surrogate escapes).
+    return "".join(c if c.isprintable() or ord(c) > 0xFFFF else f"\\u{ord(c):04x}" for c in literal)
 
 
 def _human_agent(request: SendRequest) -> bool:
