@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.async_api import Dialog, Page, expect
 
 from igbutton.v1 import button_template_pb2 as bt
@@ -20,6 +21,8 @@ from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
 from igbutton_server.console.site import PREFIX
 from igbutton_server.sandbox import postback_body
 from tests.console.conftest import ADMIN_TOKEN, WAIT_MS, base_url
+
+pytestmark = pytest.mark.browser
 
 XSS_PAYLOAD = "<img src=x onerror=alert(1)>"
 HTML_TITLE = "<i>x</i><b>y</b>"
@@ -85,9 +88,8 @@ async def test_compose_send_tap_and_see_the_postback_live(
             'PostbackButton("Yes, please", "ANSWER_YES_FROM_CONSOLE")'
         )
         await expect(compose.locator("#preview-text")).to_have_text("What do you want to do next?")
-        await compose.locator(".preview-card").screenshot(
-            path=str(screenshots / "console-preview.png")
-        )
+        # The README's first picture: the form beside the preview, as a person sees it.
+        await compose.screenshot(path=str(screenshots / "console-preview.png"))
         await compose.screenshot(path=str(screenshots / "console-compose.png"), full_page=True)
 
         await compose.locator("#send").click()

@@ -452,3 +452,13 @@ async def test_bad_stream_parameters_are_refused(
     for query in ("?after=-1", "?after=x", "?account=a%20b", "?since_ms=soon"):
         async with http.get(base + query) as response:
             assert response.status == 400, query
+
+
+async def test_the_start_log_names_the_console_url(
+    make_settings: SettingsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="igbutton_server.app")
+    async with starting_apps(make_settings) as start:
+        app = await start()
+    url = f"http://127.0.0.1:{app.ports.http}/console/"
+    assert any(r.getMessage() == f"web console at {url}" for r in caplog.records)

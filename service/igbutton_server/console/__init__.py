@@ -4,7 +4,7 @@ port (enable with ``console.enabled``; on by default in sandbox mode only).
 
 Why server-rendered HTML and a little plain JavaScript, not a single-page app:
 
-- **Nothing to build.** Jinja2 templates (autoescaped) and three small scripts under
+- **Nothing to build.** Jinja2 templates (autoescaped) and two small scripts under
   ``static/`` ship in the Python package as they are; no Node toolchain at run time or at
   install, no bundle to keep in step with its sources, nothing for CI to rebuild.
 - **The rules stay on the server.** The preview asks the server on every change, which
