@@ -122,6 +122,31 @@ async def test_without_sandbox_the_console_is_not_served(
             assert response.status == 200
 
 
+async def test_enabled_without_the_sandbox_it_previews_but_does_not_send(
+    make_settings: SettingsFactory, http: aiohttp.ClientSession
+) -> None:
+    async with starting_apps(make_settings) as start:
+        app = await start(
+            sandbox={"enabled": False},
+            console={"enabled": True},
+            accounts=[{"id": SANDBOX_ACCOUNT_ID, "access_token": "t"}],
+        )
+        html = await _page(http, app, "/compose")
+        assert 'id="send"' not in html
+        assert "/console/conversation" not in html  # the page is not there either
+        async with http.get(base_url(app) + PREFIX + "/conversation") as response:
+            assert response.status == 404
+        headers = {"X-CSRF-Token": csrf_of(html)}
+        url = base_url(app) + PREFIX + "/compose/send"
+        async with http.post(url, json=_request_json(), headers=headers) as response:
+            assert response.status == 404
+        url = base_url(app) + PREFIX + "/compose/validate"
+        async with http.post(url, json=_request_json(), headers=headers) as response:
+            assert (await response.json())["graph"]["url"].startswith(
+                "https://graph.instagram.com/"
+            )
+
+
 # --- Headers ---
 
 

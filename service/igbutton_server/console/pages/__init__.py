@@ -6,7 +6,16 @@ and its routes. A route handler gets the request and the :class:`ConsoleContext`
 holds what igbutton's parts offer the console: the settings, the postback store (the
 engine-neutral ``PostbackStore`` contract, which a page may call like any other part of
 igbutton), the send servicer and the sandbox. Adding a page is adding a module (and its
-template under ``templates/``, and its script under ``static/`` if it has one).
+template under ``templates/``, and its script under ``static/`` if it has one), e.g.::
+
+    async def _page(request: web.Request, ctx: ConsoleContext) -> web.StreamResponse:
+        info = await ctx.store.group_info(request.query["group"])
+        return ctx.render(request, "groups.html", info=info)
+
+    PAGE = Page(slug="groups", title="Groups", order=40, routes=(Route("GET", "", _page),))
+
+Every route is behind the console's login and CSRF check (``site.py``); a handler that
+changes state is a POST, and its form carries ``csrf_token`` (the template has it).
 """
 
 from __future__ import annotations

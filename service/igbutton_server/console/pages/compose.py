@@ -11,7 +11,6 @@ path (validation, idempotency, rate limit, Graph client) to the sandbox.
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 from typing import Any
 
@@ -24,8 +23,6 @@ from igbutton_server.console.pages import SESSION_KEY, ConsoleContext, Page, Rou
 from igbutton_server.console.snippets import Connection, all_snippets
 from igbutton_server.errors import ApiError, reason_name
 from igbutton_server.send import validation
-
-log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_SECONDS = 20.0
 """The deadline of a Send from the console, as a caller without one gets by default."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 
 from aiohttp import web
@@ -22,8 +21,6 @@ from igbutton_server.config import ACCOUNT_ID_RE
 from igbutton_server.console.pages import SESSION_KEY, ConsoleContext, Page, Route
 from igbutton_server.postbacks.requests import MAX_PAYLOAD_PREFIX
 from igbutton_server.storage.postbacks import Filter, Start, StoredPostback, Subscription
-
-log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0
 """A comment line this often: proxies keep the stream open, and a browser gone is noticed
