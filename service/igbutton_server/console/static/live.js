@@ -95,7 +95,11 @@
     pause.textContent = pausing ? "Resume" : "Pause";
     if (pausing) {
       close();
-      if (last === null && serverClock) pausedAt = serverClock.serverMs + (Date.now() - serverClock.localMs);
+      // Nothing shown yet: resume by the server's time, a second early in case the clocks
+      // drifted (nothing matched before the pause, or it would have been shown).
+      if (last === null && serverClock) {
+        pausedAt = serverClock.serverMs + (Date.now() - serverClock.localMs) - 1000;
+      }
       setState("paused", "paused: nothing is lost, resume to catch up");
     } else {
       connect();
