@@ -414,6 +414,32 @@ async def test_an_admin_login_sets_a_strict_cookie_and_opens_everything(
         assert "$IGBUTTON_TOKEN" in (await ok.json())["snippets"]["grpcurl"]
 
 
+@pytest.mark.parametrize(
+    "target", ["//evil.example/x", "https://evil.example/", "/metrics", "/console-evil"]
+)
+async def test_login_goes_back_only_inside_the_console(
+    auth_app: App, http: aiohttp.ClientSession, target: str
+) -> None:
+    async with http.get(base_url(auth_app) + PREFIX + "/login") as form:
+        csrf = csrf_of(await form.text())
+    form_data = {"token": ADMIN_TOKEN, "csrf_token": csrf, "next": target}
+    url = base_url(auth_app) + PREFIX + "/login"
+    async with http.post(url, data=form_data, allow_redirects=False) as response:
+        assert response.status == 303
+        assert response.headers["Location"] == f"{PREFIX}/"
+
+
+async def test_a_login_form_without_its_csrf_token_is_refused(
+    auth_app: App, http: aiohttp.ClientSession
+) -> None:
+    url = base_url(auth_app) + PREFIX + "/login"
+    async with http.post(url, data={"token": ADMIN_TOKEN}, allow_redirects=False) as response:
+        assert response.status == 403
+        assert (
+            "Set-Cookie" not in response.headers or "v1.b3Bz" not in response.headers["Set-Cookie"]
+        )
+
+
 async def test_logging_out_ends_the_session(auth_app: App, http: aiohttp.ClientSession) -> None:
     assert (await _login(http, auth_app, ADMIN_TOKEN)).status == 303
     csrf = csrf_of(await _page(http, auth_app, "/compose"))
@@ -429,8 +455,13 @@ async def test_logging_out_ends_the_session(auth_app: App, http: aiohttp.ClientS
 
 
 async def test_the_stream_sends_postbacks_as_they_are_stored_filtered(
-    console_app: App, http: aiohttp.ClientSession
+    engine_settings: SettingsFactory, http: aiohttp.ClientSession
 ) -> None:
+    async with starting_apps(engine_settings) as start:
+        await _stream_filtered_and_resumed(await start(), http)
+
+
+async def _stream_filtered_and_resumed(console_app: App, http: aiohttp.ClientSession) -> None:
     await _page(http, console_app, "/live")
     url = base_url(console_app) + PREFIX + "/live/events?prefix=ORDER_"
     async with http.get(url) as stream:
