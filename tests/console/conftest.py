@@ -79,7 +79,10 @@ def chromium_path() -> str:
 async def browser() -> AsyncIterator[Any]:
     """A headless system Chromium (Playwright never downloads a browser here)."""
     executable = chromium_path()
-    from playwright.async_api import async_playwright
+    from playwright.async_api import async_playwright, expect
+
+    # expect()'s own default is 5 s, short on a busy 2-core CI machine.
+    expect.set_options(timeout=WAIT_MS)
 
     async with async_playwright() as playwright:
         # --no-sandbox: tests run as root in CI, where Chromium's sandbox refuses to start.

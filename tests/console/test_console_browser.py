@@ -8,6 +8,7 @@ or to IGBUTTON_CONSOLE_SCREENSHOTS (``docs/images`` to refresh the README's).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,49 @@ async def test_login_in_the_browser(browser: Any, auth_app: App, screenshots: Pa
         [session] = [c for c in cookies if c["name"] == "igbutton_console"]
         assert session["httpOnly"] is True
         assert session["sameSite"] == "Strict"
+        assert problems == []
+    finally:
+        await context.close()
+
+
+async def test_pasted_request_json_fills_the_form_and_is_checked(
+    browser: Any, console_app: App
+) -> None:
+    request = {
+        "recipient_id": "1254477777772919",
+        "template": {
+            "text": "Pick one",
+            "buttons": [
+                {"title": "One", "postback": {"payload": "P1"}},
+                {"title": "Two", "url": {"url": "ftp://example.com"}},
+                {"title": "Three", "postback": {"payload": "P3"}},
+                {"title": "Four", "postback": {"payload": "P4"}},
+            ],
+        },
+    }
+    context, problems = await _open(browser, console_app)
+    try:
+        page = await context.new_page()
+        await page.goto(f"{PREFIX}/compose")
+        await expect(page.locator("#compose")).to_have_attribute("data-state", "valid")
+        await page.locator("summary").click()
+        await page.locator('[name="json"]').fill(json.dumps(request))
+        await page.locator("#apply-json").click()
+        await expect(page.locator('[name="text"]')).to_have_value("Pick one")
+        second = page.locator('.button-slot[data-slot="1"]')
+        await expect(second.locator('[name="kind"]')).to_have_value("url")
+        await expect(second.locator('[data-button-field="url.url"]')).to_have_text(
+            "must be an absolute http or https URL"
+        )
+        await expect(page.locator('.violation[data-field="template.buttons"]')).to_have_text(
+            "at most 3 buttons, got 4"
+        )
+        # The preview stops at 3 buttons, as Instagram does.
+        await expect(page.locator("#preview-buttons .bubble-button")).to_have_count(3)
+
+        await page.locator('[name="json"]').fill("{not json")
+        await page.locator("#apply-json").click()
+        await expect(page.locator('.violation[data-field="json"]')).to_contain_text("not JSON")
         assert problems == []
     finally:
         await context.close()
