@@ -506,7 +506,7 @@ async def test_bad_stream_parameters_are_refused(
 ) -> None:
     await _page(http, console_app, "/live")
     base = base_url(console_app) + PREFIX + "/live/events"
-    for query in ("?after=-1", "?after=x", "?account=a%20b", "?since_ms=soon"):
+    for query in ("?after=-1", "?after=x", "?after=%C2%B2", "?account=a%20b", "?since_ms=soon"):
         async with http.get(base + query) as response:
             assert response.status == 400, query
 

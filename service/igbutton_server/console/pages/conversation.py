@@ -104,7 +104,11 @@ async def _tap(request: web.Request, ctx: ConsoleContext) -> web.StreamResponse:
     assert ctx.sandbox is not None
     form = await request.post()
     message_id, index = form.get("message_id"), form.get("button")
-    if not isinstance(message_id, str) or not isinstance(index, str) or not index.isdigit():
+    if (
+        not isinstance(message_id, str)
+        or not isinstance(index, str)
+        or not (index.isascii() and index.isdigit())
+    ):
         raise web.HTTPBadRequest(text="message_id and button (a number) are required")
     query: dict[str, str]
     try:

@@ -63,7 +63,7 @@ def _filter(request: web.Request) -> Filter:
 
 
 def _number(value: str, name: str) -> int:
-    if not value.isdigit() or len(value) > 18:
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
         raise web.HTTPBadRequest(text=f"{name} must be a non-negative integer")
     return int(value)
 
