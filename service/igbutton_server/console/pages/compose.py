@@ -24,8 +24,6 @@ from igbutton_server.console.snippets import Connection, all_snippets
 from igbutton_server.errors import ApiError, reason_name
 from igbutton_server.send import validation
 
-SEND_TIMEOUT_SECONDS = 20.0
-"""The deadline of a Send from the console, as a caller without one gets by default."""
 _MAX_REQUEST_BYTES = 64 * 1024
 EXAMPLE_RECIPIENT = "1254477777772919"
 
@@ -140,7 +138,9 @@ async def _send(request: web.Request, ctx: ConsoleContext) -> web.StreamResponse
         send.request_id = str(uuid.uuid4())
     _as_caller(request)
     try:
-        sent = await ctx.sends.send_button_template(send, SEND_TIMEOUT_SECONDS)
+        # The deadline a gRPC caller without one gets.
+        timeout = ctx.settings.graph.default_timeout_seconds
+        sent = await ctx.sends.send_button_template(send, timeout)
     except ApiError as error:
         return web.json_response({"violations": _violations(error), "error": error_json(error)})
     return web.json_response(
