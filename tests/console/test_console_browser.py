@@ -259,6 +259,7 @@ async def test_login_in_the_browser(browser: Any, auth_app: App, screenshots: Pa
         page = await context.new_page()
         await page.goto(f"{PREFIX}/live")
         await page.wait_for_url(re.compile(rf"{PREFIX}/login\?next="))
+        await expect(page.locator("nav a")).to_have_count(0)  # nothing shown before login
         await page.screenshot(path=str(screenshots / "console-login.png"))
         await page.locator('[name="token"]').fill("not-the-token-at-all")
         await page.get_by_role("button", name="Log in").click()
@@ -267,6 +268,7 @@ async def test_login_in_the_browser(browser: Any, auth_app: App, screenshots: Pa
         await page.get_by_role("button", name="Log in").click()
         await page.wait_for_url(f"**{PREFIX}/live")
         await expect(page.locator("#feed")).to_have_attribute("data-state", "live")
+        await expect(page.locator("nav a")).to_have_count(3)
         cookies = await context.cookies()
         [session] = [c for c in cookies if c["name"] == "igbutton_console"]
         assert session["httpOnly"] is True

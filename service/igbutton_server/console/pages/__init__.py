@@ -63,6 +63,9 @@ class ConsoleContext:
             path=request.path,
             csrf_token=session.csrf_token if session is not None else "",
             caller=session.caller if session is not None else None,
+            # Before an admin logged in (with callers configured) the page shows no navigation.
+            navigation=not self.settings.callers
+            or (session is not None and session.caller is not None),
             sandbox=self.sandbox is not None,
             **values,
         )
