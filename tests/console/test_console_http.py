@@ -519,3 +519,14 @@ async def test_the_start_log_names_the_console_url(
         app = await start()
     url = f"http://127.0.0.1:{app.ports.http}/console/"
     assert any(r.getMessage() == f"web console at {url}" for r in caplog.records)
+
+
+async def test_the_stream_answers_503_when_the_store_cannot_serve(
+    console_app: App, http: aiohttp.ClientSession
+) -> None:
+    await _page(http, console_app, "/live")
+    assert console_app.postback_store is not None
+    await console_app.postback_store.close()  # as during shutdown: StoreClosed
+    async with http.get(base_url(console_app) + PREFIX + "/live/events") as response:
+        assert response.status == 503
+        assert "shutting down" in await response.text()

@@ -21,7 +21,7 @@ from igbutton.v1 import send_service_pb2
 from igbutton_server import auth
 from igbutton_server.console.pages import SESSION_KEY, ConsoleContext, Page, Route
 from igbutton_server.console.snippets import Connection, all_snippets
-from igbutton_server.errors import ApiError, reason_name
+from igbutton_server.errors import ApiError, api_error, reason_name
 from igbutton_server.send import validation
 
 _MAX_REQUEST_BYTES = 64 * 1024
@@ -137,11 +137,16 @@ async def _send(request: web.Request, ctx: ConsoleContext) -> web.StreamResponse
     if not send.request_id:
         send.request_id = str(uuid.uuid4())
     _as_caller(request)
+    # The deadline a gRPC caller without one gets.
+    timeout = ctx.settings.graph.default_timeout_seconds
     try:
-        # The deadline a gRPC caller without one gets.
-        timeout = ctx.settings.graph.default_timeout_seconds
         sent = await ctx.sends.send_button_template(send, timeout)
-    except ApiError as error:
+    except Exception as exc:
+        # What the RPC would answer (errors.api_error, the one mapping: a storage outage is
+        # UNAVAILABLE); a bug propagates, and aiohttp logs it with its trace.
+        error = api_error(exc)
+        if error is None:
+            raise
         return web.json_response({"violations": _violations(error), "error": error_json(error)})
     return web.json_response(
         {

@@ -19,6 +19,7 @@ from aiohttp import web
 from igbutton_server import metrics
 from igbutton_server.config import ACCOUNT_ID_RE
 from igbutton_server.console.pages import SESSION_KEY, ConsoleContext, Page, Route
+from igbutton_server.errors import api_error
 from igbutton_server.postbacks.requests import MAX_PAYLOAD_PREFIX
 from igbutton_server.storage.postbacks import Filter, Start, StoredPostback, Subscription
 
@@ -90,7 +91,16 @@ async def _heartbeat(response: web.StreamResponse, subscription: Subscription) -
 
 
 async def _events(request: web.Request, ctx: ConsoleContext) -> web.StreamResponse:
-    subscription = await ctx.store.subscribe(_filter(request), _start(request))
+    flt, start = _filter(request), _start(request)
+    try:
+        subscription = await ctx.store.subscribe(flt, start)
+    except Exception as exc:
+        # Storage unavailable or closing (errors.api_error, the one mapping): 503, and the
+        # page tries again. A bug propagates, and aiohttp logs it with its trace.
+        error = api_error(exc)
+        if error is None:
+            raise
+        raise web.HTTPServiceUnavailable(text=error.message) from None
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

@@ -12,6 +12,7 @@
   const stateText = document.getElementById("feed-state");
   const empty = document.getElementById("feed-empty");
   const MAX_ROWS = 500;
+  const RETRY_MS = 2000;
   let source = null;
   let last = null; // the last sequence shown
   let serverClock = null; // { serverMs, localMs } from the stream's hello
@@ -71,8 +72,14 @@
       setState("live", "live");
     });
     source.addEventListener("postback", (event) => show(JSON.parse(event.data)));
+    const mine = source;
     source.addEventListener("error", () => {
       setState("reconnecting", "connection lost, reconnecting…");
+      // EventSource retries a broken stream by itself, but gives up on an answer that is
+      // not a stream (a 503 while storage is unavailable): then start a new one, later.
+      if (mine.readyState === EventSource.CLOSED) {
+        setTimeout(() => { if (source === mine) connect(); }, RETRY_MS);
+      }
     });
   }
 
