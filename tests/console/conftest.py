@@ -85,9 +85,10 @@ async def browser() -> AsyncIterator[Any]:
     expect.set_options(timeout=WAIT_MS)
 
     async with async_playwright() as playwright:
-        # --no-sandbox: tests run as root in CI, where Chromium's sandbox refuses to start.
+        # --no-sandbox: tests run as root in CI, where Chromium's sandbox refuses to start;
+        # --disable-dev-shm-usage: containers often give /dev/shm only 64 MB.
         instance = await playwright.chromium.launch(
-            executable_path=executable, args=["--no-sandbox"]
+            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
         try:
             yield instance
