@@ -21,6 +21,7 @@ from igbutton.v1 import send_service_pb2
 from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
 from igbutton_server.console.site import PREFIX
 from igbutton_server.sandbox import postback_body
+from tests.conftest import SettingsFactory, starting_apps
 from tests.console.conftest import ADMIN_TOKEN, WAIT_MS, base_url
 
 pytestmark = pytest.mark.browser
@@ -319,3 +320,29 @@ async def test_pasted_request_json_fills_the_form_and_is_checked(
         assert problems == []
     finally:
         await context.close()
+
+
+async def test_an_account_the_admin_may_not_use_is_shown_as_refused(
+    browser: Any, make_settings: SettingsFactory
+) -> None:
+    async with starting_apps(make_settings) as start:
+        app = await start(
+            callers=[
+                {"name": "ops", "token": ADMIN_TOKEN, "admin": True, "accounts": ["1"]},
+            ]
+        )
+        context, problems = await _open(browser, app)
+        try:
+            page = await context.new_page()
+            await page.goto(f"{PREFIX}/login")
+            await page.locator('[name="token"]').fill(ADMIN_TOKEN)
+            await page.get_by_role("button", name="Log in").click()
+            await page.wait_for_url(f"**{PREFIX}/compose")
+            await expect(page.locator("#compose")).to_have_attribute("data-state", "invalid")
+            await expect(page.locator("#other-violations")).to_contain_text(
+                f"ops may not use Instagram account {SANDBOX_ACCOUNT_ID}"
+            )
+            await expect(page.locator("#status")).to_have_text("1 violation")
+            assert problems == []
+        finally:
+            await context.close()

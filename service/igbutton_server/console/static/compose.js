@@ -112,7 +112,12 @@
   }
 
   function showAnswer(answer) {
-    showViolations(answer.violations);
+    // An error without field violations (PERMISSION_DENIED for an account this caller may
+    // not use) is shown with the others, under the form.
+    const violations = answer.violations.length || !answer.error
+      ? answer.violations
+      : [{ field: answer.error.reason, description: answer.error.message }];
+    showViolations(violations);
     const graphUrl = document.getElementById("graph-url");
     const graphJson = document.getElementById("graph-json");
     if (answer.graph) {
@@ -133,7 +138,7 @@
         return [h, pre];
       }),
     );
-    const count = answer.violations.length;
+    const count = violations.length;
     status.textContent = count ? `${count} violation${count > 1 ? "s" : ""}` : "valid: igbutton would send this";
     root.dataset.state = count ? "invalid" : "valid";
   }
