@@ -39,6 +39,8 @@ setup(
         "prometheus-client>=0.19",
         "nats-py>=2.12",
         "uvloop>=0.19; sys_platform != 'win32'",
+        # The web console's templates (autoescaped HTML).
+        "jinja2>=3.1",
         "opentelemetry-api>=1.43",
         "opentelemetry-sdk>=1.43",
         "opentelemetry-exporter-otlp-proto-grpc>=1.43",
