@@ -364,6 +364,8 @@ class NatsGroupMember:
         self._ack_wait = ack_wait
         self._held: dict[int, _Held] = {}
         """Stream sequence -> delivery handed out and not yet settled or expired."""
+        self._to_give_back: list[str] = []
+        """Reply subjects of expired deliveries to NAK once the waiting request is withdrawn."""
         self._expired: set[tuple[int, int]] = set()
         """(stream sequence, attempt) of this member's deliveries whose deadline passed
         unacknowledged since an ack or nack last named one of its deliveries: while any
@@ -442,11 +444,17 @@ class NatsGroupMember:
             self._event.clear()
             wake_at = await self._tend(time.monotonic())
             if self._expired:
+                # Withdraw the waiting request before giving expired deliveries back: a NAK
+                # first would have JetStream redeliver into that request, an attempt burnt
+                # on this member; and accept nothing while stalled, since a message can
+                # arrive while the withdrawal is on its way (seen under load).
                 await self._hold_back()
-            while self._inbox.messages:
-                delivery = await self._accept(self._inbox.messages.popleft())
-                if delivery is not None:
-                    return delivery
+            await self._give_back_expired()
+            if not self._expired:
+                while self._inbox.messages:
+                    delivery = await self._accept(self._inbox.messages.popleft())
+                    if delivery is not None:
+                        return delivery
             if self._inbox.gone:
                 if await self._consumer_deleted():
                     # Deleted by an operator: end; the client rejoins and recreates it.
@@ -557,7 +565,7 @@ class NatsGroupMember:
             if now >= held.deadline:
                 del self._held[seq]
                 if shorter:  # redeliver now rather than at the group's later AckWait
-                    await client.publish(held.reply, b"-NAK")
+                    self._to_give_back.append(held.reply)
                 continue
             due = held.deadline if (seq, held.attempt) in self._expired else held.deadline - margin
             if held.server_expiry < held.deadline:  # this member allows longer than AckWait
@@ -570,6 +578,13 @@ class NatsGroupMember:
                     due = min(due, max(touch_at, now))
             wake_at = due if wake_at is None else min(wake_at, due)
         return wake_at
+
+    async def _give_back_expired(self) -> None:
+        """NAK the deliveries ``_tend`` found past this member's deadline (after
+        ``_hold_back`` when it is stalled), so the group redelivers them now."""
+        replies, self._to_give_back = self._to_give_back, []
+        for reply in replies:
+            await self._conn.client.publish(reply, b"-NAK")
 
     async def _dead_letter_expired(self, seq: int, held: _Held) -> None:
         """Dead-letter a last attempt this member let expire. JetStream would do so only
