@@ -134,6 +134,12 @@ def test_typescript_client_round_trip(request: pytest.FixtureRequest) -> None:
     output = _run(["npm", "test"], ts, server)
     # The suite skips itself without the environment: make sure it really ran here.
     assert re.search(r"\bskipped 0\b", output), output
+    for name in (
+        "send, tap and receive the postback",
+        "a send retried after a lost answer goes out once",
+        "a subscription resumes after a restart without gap or duplicate",
+    ):
+        assert re.search(rf"^ok \d+ - {re.escape(name)}$", output, re.MULTILINE), output
 
 
 @pytest.mark.timeout(900)
