@@ -148,6 +148,11 @@ def test_java_client_round_trip(request: pytest.FixtureRequest) -> None:
     server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     java = CLIENTS / "java"
     _run(["mvn", "-B", "-q", "test"], java, server)
-    report = java / "target" / "surefire-reports" / "TEST-com.igbutton.client.RoundTripTest.xml"
-    suite = ET.parse(report).getroot()  # noqa: S314 - our own build's report
-    assert (suite.get("tests"), suite.get("skipped")) == ("1", "0"), ET.tostring(suite)
+    reports = java / "target" / "surefire-reports"
+    for name, tests in (("RoundTripTest", "1"), ("ResilienceTest", "2")):
+        suite = ET.parse(reports / f"TEST-com.igbutton.client.{name}.xml").getroot()  # noqa: S314 - our own build's report
+        assert (suite.get("tests"), suite.get("skipped"), suite.get("failures")) == (
+            tests,
+            "0",
+            "0",
+        ), ET.tostring(suite)
