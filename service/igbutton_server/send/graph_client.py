@@ -163,8 +163,15 @@ class GraphClient:
             tracker.written = False
             started = time.perf_counter()
             try:
-                with tracing.graph_span(request.account_id, attempt):
-                    result = await self._attempt(request, token, deadline, tracker, attempt)
+                url = self._url(request.url)
+                with tracing.graph_span(url, request.account_id, attempt) as span:
+                    try:
+                        result = await self._attempt(
+                            request, token, deadline, tracker, attempt, span
+                        )
+                    except _AttemptFailed as failed:
+                        span.failed(failed.outcome)
+                        raise
             except _AttemptFailed as failed:
                 elapsed = self._observe(failed.outcome, failed.graph_code, started)
                 longest = max(longest, elapsed)
@@ -244,6 +251,7 @@ class GraphClient:
         deadline: float,
         tracker: SendTracker,
         attempt: int,
+        span: tracing.GraphSpan,
     ) -> SendResult:
         headers = {"Content-Type": "application/json"}
         url = self._url(request.url)
@@ -260,8 +268,9 @@ class GraphClient:
                     allow_redirects=False,
                     trace_request_ctx=tracker,
                 ) as response:
-                    raw = await _read_bounded(response)
                     status = response.status
+                    span.answered(status)
+                    raw = await _read_bounded(response)
                     usage = response.headers.get("X-Business-Use-Case-Usage")
                     retry_after_header = response.headers.get("Retry-After")
                     metrics.record_usage_headers(
