@@ -174,8 +174,10 @@ public final class Subscription implements Iterator<SubscribePostbacksResponse>,
     long until = System.nanoTime() + delay * 1_000_000;
     synchronized (lock) {
       try {
-        for (long left = delay; !closed && left > 0; left = (until - System.nanoTime()) / 1_000_000) {
+        long left = delay;
+        while (!closed && left > 0) {
           lock.wait(left);
+          left = (until - System.nanoTime()) / 1_000_000;
         }
       } catch (InterruptedException interrupted) {
         Thread.currentThread().interrupt();
@@ -195,7 +197,8 @@ public final class Subscription implements Iterator<SubscribePostbacksResponse>,
           };
       if (base.getGroup().isEmpty() && latest) {
         Instant now = Instant.now();
-        since = Timestamp.newBuilder().setSeconds(now.getEpochSecond()).setNanos(now.getNano()).build();
+        since =
+            Timestamp.newBuilder().setSeconds(now.getEpochSecond()).setNanos(now.getNano()).build();
       }
       return base;
     }

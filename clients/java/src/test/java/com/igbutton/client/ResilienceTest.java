@@ -132,7 +132,8 @@ class ResilienceTest {
                 SendButtonTemplateRequest.newBuilder()
                     .setRecipientId(RECIPIENT)
                     .setTemplate(
-                        Buttons.template("Resume from Java", Buttons.postbackButton("Yes", payload)))
+                        Buttons.template(
+                            "Resume from Java", Buttons.postbackButton("Yes", payload)))
                     .build())
             .getMessageId();
     String quotedId = JsonFormat.printer().print(Value.newBuilder().setStringValue(messageId));
