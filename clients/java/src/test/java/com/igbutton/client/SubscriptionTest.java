@@ -122,7 +122,8 @@ class SubscriptionTest {
         new Scripted(
             List.of(new Step(List.of(4L), Status.UNAVAILABLE), new Step(List.of(4L), Status.OK)));
     List<Long> got = new ArrayList<>();
-    SubscribePostbacksRequest request = SubscribePostbacksRequest.newBuilder().setGroup("g").build();
+    SubscribePostbacksRequest request =
+        SubscribePostbacksRequest.newBuilder().setGroup("g").build();
     try (Subscription sub = serve(fake).subscribe(request, FAST, null)) {
       sub.forEachRemaining(e -> got.add(e.getPostback().getSequence()));
     }
