@@ -242,15 +242,23 @@ def test_igbutton_settings_win_over_otel_variables() -> None:
     }
     own = TracingSettings(otlp_endpoint="http://own:4317", service_name="own", sample_ratio=0.5)
     assert tracing.resolve(own, environ) == tracing.Resolved(
-        endpoint="http://own:4317", service_name="own", sample_ratio=0.5, insecure=None
+        endpoint="http://own:4317", service_name="own", sample_ratio=0.5, insecure=True
     )
     assert tracing.resolve(TracingSettings(), environ) == tracing.Resolved(
-        endpoint="http://generic:4317", service_name="generic", sample_ratio=None, insecure=None
+        endpoint="http://generic:4317", service_name="generic", sample_ratio=None, insecure=True
     )
     traces_only = {**environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4317"}
     assert tracing.resolve(TracingSettings(), traces_only).endpoint == "http://traces:4317"
     assert tracing.resolve(TracingSettings(), {}).endpoint is None
     assert tracing.resolve(TracingSettings(), {}).service_name == "igbutton"
+    # Plaintext unless https:// (a bare host:port too), unless told otherwise.
+    bare = TracingSettings(otlp_endpoint="collector:4317")
+    assert tracing.resolve(bare, {}).insecure is True
+    tls = TracingSettings(otlp_endpoint="https://collector:4317")
+    assert tracing.resolve(tls, {}).insecure is False
+    told = {"OTEL_EXPORTER_OTLP_INSECURE": "false"}
+    assert tracing.resolve(bare, told).insecure is None  # the exporter reads the variable
+    assert tracing.resolve(TracingSettings(otlp_endpoint="x:1", insecure=True), told).insecure
     disabled = {**environ, "OTEL_SDK_DISABLED": "true"}
     assert tracing.resolve(own, disabled).endpoint is None
 

@@ -52,7 +52,7 @@ class Resolved:
     sample_ratio: float | None
     """None: the SDK's sampler from OTEL_TRACES_SAMPLER (parent-based always-on by default)."""
     insecure: bool | None
-    """None: the exporter decides (OTEL_EXPORTER_OTLP_INSECURE, else by the URL's scheme)."""
+    """None: the exporter reads OTEL_EXPORTER_OTLP_INSECURE."""
 
 
 def resolve(settings: TracingSettings, environ: Mapping[str, str]) -> Resolved:
@@ -66,11 +66,16 @@ def resolve(settings: TracingSettings, environ: Mapping[str, str]) -> Resolved:
     )
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         endpoint = None
+    insecure = settings.insecure
+    if insecure is None and "OTEL_EXPORTER_OTLP_INSECURE" not in environ:
+        # Plaintext unless https://, also for a bare host:port (the exporter would pick TLS
+        # for one), as igbutton always did: the usual collector is a plaintext sidecar.
+        insecure = None if endpoint is None else not endpoint.startswith("https://")
     return Resolved(
         endpoint=endpoint,
         service_name=settings.service_name or environ.get("OTEL_SERVICE_NAME") or "igbutton",
         sample_ratio=settings.sample_ratio,
-        insecure=settings.insecure,
+        insecure=insecure,
     )
 
 
