@@ -2,6 +2,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, type GrpcTransportOptions } from "@connectrpc/connect-node";
 
+import { AccountService } from "./gen/igbutton/v1/account_service_pb.js";
 import {
   PostbackService,
   type SubscribePostbacksRequestSchema,
@@ -38,6 +39,8 @@ export interface IgbuttonClient {
   send: Client<typeof SendService>;
   /** PostbackService: subscribePostbacks (a server stream), ackPostbacks. */
   postbacks: Client<typeof PostbackService>;
+  /** AccountService: listAccounts, getAccount, checkAccount, subscribeAccount. */
+  accounts: Client<typeof AccountService>;
   /**
    * A SubscribePostbacks stream that reconnects after a server restart or a lost connection
    * and resumes where it left off: see {@link Subscription}.
@@ -81,6 +84,7 @@ export function createIgbuttonClient(
   return {
     send: createClient(SendService, transport),
     postbacks,
+    accounts: createClient(AccountService, transport),
     subscribe: (request, subscribeOptions) =>
       new Subscription(postbacks, request, subscribeOptions),
   };

@@ -19,6 +19,7 @@ export { SERVICE_CONFIG, requestIdInterceptor, retryInterceptor } from "./retry.
 export { Subscription } from "./subscription.js";
 export type { SubscribeOptions } from "./subscription.js";
 export type { ErrorDetails, FieldViolation } from "./errors.js";
+export * from "./gen/igbutton/v1/account_service_pb.js";
 export * from "./gen/igbutton/v1/button_template_pb.js";
 export * from "./gen/igbutton/v1/errors_pb.js";
 export * from "./gen/igbutton/v1/postback_service_pb.js";
