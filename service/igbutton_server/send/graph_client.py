@@ -171,15 +171,7 @@ class GraphClient:
             tracker.written = False
             started = time.perf_counter()
             try:
-                url = self._url(request.url)
-                with tracing.graph_span(url, request.account_id, attempt) as span:
-                    try:
-                        result = await self._attempt(
-                            request, token, deadline, tracker, attempt, span
-                        )
-                    except _AttemptFailed as failed:
-                        span.failed(failed.outcome)
-                        raise
+                result = await self._traced_attempt(request, token, deadline, tracker, attempt)
             except _AttemptFailed as failed:
                 elapsed = self._observe(failed.outcome, failed.graph_code, started)
                 longest = max(longest, elapsed)
@@ -253,6 +245,23 @@ class GraphClient:
     def _backoff_cap(self, attempt: int) -> float:
         grown = self._settings.backoff_initial_seconds * 2.0 ** (attempt - 1)
         return min(self._settings.backoff_max_seconds, grown)
+
+    async def _traced_attempt(
+        self,
+        request: GraphRequest,
+        token: str,
+        deadline: float,
+        tracker: SendTracker,
+        attempt: int,
+    ) -> SendResult:
+        """One attempt inside its CLIENT span, which records how it failed."""
+        url = self._url(request.url)
+        with tracing.graph_span(url, request.account_id, attempt) as span:
+            try:
+                return await self._attempt(request, token, deadline, tracker, attempt, span)
+            except _AttemptFailed as failed:
+                span.failed(failed.outcome)
+                raise
 
     async def _attempt(
         self,
