@@ -33,6 +33,8 @@ from igbutton_server.accounts.checks import AccountChecks
 from igbutton_server.accounts.graph import AccountGraph
 from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Account, Settings
+from igbutton_server.console import PREFIX as CONSOLE_PREFIX
+from igbutton_server.console import build_console_app, console_url
 from igbutton_server.grpc_options import server_options
 from igbutton_server.health import HealthServicer
 from igbutton_server.ops_http import build_ops_app
@@ -111,6 +113,8 @@ class App:
         """The send path's parts, once SendService is registered."""
         self.postback_store: PostbackStore | None = None
         """The postback log, once storage is open (tests reach it here)."""
+        self.console: web.Application | None = None
+        """The web console's application, once mounted (tests read its routes here)."""
         self._storage: Storage | None = None
         self._rate_ledger: RateLedger | None = None
         self._token_store: TokenStore | None = None
@@ -151,16 +155,20 @@ class App:
         self._add_postback_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
+        ops = build_ops_app(self._readiness, self._liveness)
+        self._add_console(ops)
         self.ports.http = await self._serve_http(
-            build_ops_app(self._readiness, self._liveness),
-            self.settings.http.host,
-            self.settings.http.port,
+            ops, self.settings.http.host, self.settings.http.port
         )
         await self._start_webhook()
         self._look_up = asyncio.create_task(self._look_up_accounts(), name="account-look-up")
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
+        if self.settings.console_enabled:
+            # Its own line, so the address stands out in `make run`'s output.
+            url = console_url(self.settings, self.ports.http)
+            log.info("web console at %s", url, extra={"console_url": url})
         log.info(
             "igbutton started",
             extra={
@@ -384,6 +392,26 @@ class App:
         """Close the Graph client after in-flight sends finished."""
         if self.send is not None:
             await self.send.close()
+
+    # Web console (igbutton_server/console/).
+    def _add_console(self, ops: web.Application) -> None:
+        """Mount the console on the operations app, when enabled."""
+        if not self.settings.console_enabled:
+            return
+        assert self.postback_store is not None
+        assert self.send is not None
+        if self.settings.callers and not any(c.admin for c in self.settings.callers):
+            log.warning("web console enabled, but no caller has admin = true to log in with")
+        console = build_console_app(
+            self.settings, self.postback_store, self.send.servicer, self.sandbox, self.ports.grpc
+        )
+
+        async def to_console(_: web.Request) -> web.StreamResponse:
+            raise web.HTTPPermanentRedirect(f"{CONSOLE_PREFIX}/")
+
+        ops.router.add_get(CONSOLE_PREFIX, to_console)
+        ops.add_subapp(CONSOLE_PREFIX, console)
+        self.console = console
 
     # Postback path (igbutton_server/postbacks/).
     def _add_postback_service(self, server: grpc.aio.Server) -> None:

@@ -91,7 +91,13 @@ class CallerAuth:
         if len(values) != 1 or not isinstance(values[0], str):
             return None
         scheme, _, token = values[0].strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() != "bearer":
+            return None
+        return self.by_token(token)
+
+    def by_token(self, token: str) -> Caller | None:
+        """The caller with this token (surrounding spaces ignored), or None."""
+        if not token.strip():
             return None
         given = _digest(token.strip())
         found: Caller | None = None

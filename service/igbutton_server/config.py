@@ -195,6 +195,8 @@ class Caller(_Section):
     """A file holding the token (wins over ``token``)."""
     accounts: list[str] = Field(default_factory=lambda: ["*"])
     """IG IDs this caller may use; ``*`` means all."""
+    admin: bool = False
+    """May log in to the web console (and call the admin RPCs, as those land)."""
 
     @model_validator(mode="after")
     def _load_token(self) -> Self:
@@ -245,7 +247,7 @@ class GrpcSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """The operations HTTP listener: /healthz, /readyz, /metrics."""
+    """The operations HTTP listener: /healthz, /readyz, /metrics (and /console)."""
 
     host: str = "127.0.0.1"
     """Address to bind."""
@@ -422,6 +424,19 @@ class SandboxSettings(_Section):
     """How old a token must be before the sandbox refreshes it (Meta: 24 hours)."""
 
 
+class ConsoleSettings(_Section):
+    """The web console at ``/console`` on the operations HTTP port."""
+
+    enabled: bool | None = None
+    """Serve the console; unset: only in sandbox mode. With ``callers`` configured it asks
+    for the token of a caller with ``admin = true``."""
+    session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    """How long a console login lasts (the cookie's lifetime)."""
+    secure_cookie: bool = False
+    """Mark the console's cookies ``Secure``: set this when browsers reach the console
+    over HTTPS (a TLS-terminating proxy in front of the operations port)."""
+
+
 class LogSettings(_Section):
     """Logging."""
 
@@ -475,6 +490,7 @@ class Settings(BaseSettings):
     tokens: TokenSettings = TokenSettings()
     postbacks: PostbackSettings = PostbackSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    console: ConsoleSettings = ConsoleSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
 
@@ -496,6 +512,22 @@ class Settings(BaseSettings):
                 "unless webhook.allow_unsigned or sandbox.enabled is set"
             )
         return self
+
+    @model_validator(mode="after")
+    def _console_needs_an_admin(self) -> Self:
+        if self.console.enabled and self.callers and not any(c.admin for c in self.callers):
+            raise ValueError(
+                "console.enabled needs a caller with admin = true to log in with, "
+                "since callers are configured"
+            )
+        return self
+
+    @property
+    def console_enabled(self) -> bool:
+        """Whether the web console is served: ``console.enabled``, or else sandbox mode."""
+        if self.console.enabled is None:
+            return self.sandbox.enabled
+        return self.console.enabled
 
     @classmethod
     def settings_customise_sources(

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from igbutton_server import __version__
 from igbutton_server.config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "these settings describe answers 200 on /readyz (--live: /healthz), else 1 "
         "(see igbutton-server healthcheck --help).",
     )
+    parser.add_argument("--version", action="version", version=f"igbutton-server {__version__}")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument(
         "--sandbox",

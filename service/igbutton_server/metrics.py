@@ -136,7 +136,10 @@ LOG_APPEND_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 SUBSCRIBERS = Gauge(
-    "igbutton_subscribers", "Open SubscribePostbacks streams, by kind (broadcast, group).", ["kind"]
+    "igbutton_subscribers",
+    "Open postback streams, by kind (SubscribePostbacks: broadcast, group; console: the web "
+    "console's live feeds).",
+    ["kind"],
 )
 GROUPS = Gauge("igbutton_groups", "Consumer groups with at least one live member.")
 UNACKED = Gauge(

@@ -55,8 +55,15 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         self, request: send_service_pb2.SendButtonTemplateRequest, context: Context
     ) -> send_service_pb2.SendButtonTemplateResponse:
         """Send one button template message."""
+        return await self.send_button_template(request, self._timeout(context))
+
+    async def send_button_template(
+        self, request: send_service_pb2.SendButtonTemplateRequest, time_left: float
+    ) -> send_service_pb2.SendButtonTemplateResponse:
+        """What SendButtonTemplate does, within ``time_left`` seconds, for the caller in
+        ``auth.current_caller``: the one send path, which the web console uses too. Raises
+        ApiError for expected failures."""
         try:
-            time_left = self._timeout(context)
             valid, graph_request = self._prepare(request)
             result, replayed = await self._send(valid, graph_request, time_left)
         except Exception as error:
@@ -87,6 +94,13 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         self, request: send_service_pb2.ValidateButtonTemplateRequest, _context: Context
     ) -> send_service_pb2.ValidateButtonTemplateResponse:
         """Validate without sending; return the Graph request that would be made."""
+        return self.validate_button_template(request)
+
+    def validate_button_template(
+        self, request: send_service_pb2.ValidateButtonTemplateRequest
+    ) -> send_service_pb2.ValidateButtonTemplateResponse:
+        """What ValidateButtonTemplate does (the web console's preview asks it too): raises
+        InvalidRequest with every violation, or returns the Graph request."""
         _, graph_request = self._prepare(request)
         return send_service_pb2.ValidateButtonTemplateResponse(
             method="POST", url=graph_request.url, body_json=graph_request.body_json
