@@ -25,6 +25,11 @@ TS_STAMP         := $(TS_DIR)/node_modules/.installed
 GO_GEN_DIR       := clients/go/igbuttonv1
 TS_GEN_DIR       := $(TS_DIR)/src/gen
 CLIENT_GEN_DIRS  := $(GO_GEN_DIR) $(TS_GEN_DIR)
+# The one gRPC service config (retries); Go embeds a copy (go:embed cannot reach outside its
+# module), the Java build copies it into its jar, the TypeScript retry interceptor's test
+# compares its policy with it.
+SERVICE_CONFIG   := clients/service_config.json
+GO_SERVICE_CONFIG := clients/go/igbutton/service_config.json
 
 # The container. CONTAINER_ENGINE: podman (or buildah) if installed, else docker. BASE_IMAGE
 # empty: the Dockerfile's pinned default. PIP_CERT (pip's own variable): a CA bundle for a
@@ -127,6 +132,7 @@ clients: venv tools $(GO_PLUGINS_STAMP) $(TS_STAMP)
 	tools/node_modules/.bin/buf lint
 	rm -rf $(CLIENT_GEN_DIRS)
 	tools/node_modules/.bin/buf generate
+	cp $(SERVICE_CONFIG) $(GO_SERVICE_CONFIG)
 	@rpc=$$(mktemp -d) && mkdir -p $$rpc/google/rpc && \
 	  cp "$$($(BIN)/python -c 'import google.rpc.error_details_pb2 as m; print(m.__file__.removesuffix("_pb2.py") + ".proto")')" $$rpc/google/rpc/ && \
 	  tools/node_modules/.bin/buf generate $$rpc --template buf.gen.googleapis.yaml; \
@@ -134,9 +140,9 @@ clients: venv tools $(GO_PLUGINS_STAMP) $(TS_STAMP)
 
 # Regenerate, then fail if that changed anything tracked or added anything new.
 clients-check: clients
-	git diff --exit-code -- $(CLIENT_GEN_DIRS)
-	@test -z "$$(git status --porcelain -- $(CLIENT_GEN_DIRS))" || \
-	  (echo "generated clients are stale: run 'make clients' and commit" && git status --porcelain -- $(CLIENT_GEN_DIRS) && exit 1)
+	git diff --exit-code -- $(CLIENT_GEN_DIRS) $(GO_SERVICE_CONFIG)
+	@test -z "$$(git status --porcelain -- $(CLIENT_GEN_DIRS) $(GO_SERVICE_CONFIG))" || \
+	  (echo "generated clients are stale: run 'make clients' and commit" && git status --porcelain -- $(CLIENT_GEN_DIRS) $(GO_SERVICE_CONFIG) && exit 1)
 
 # Once the contract has a release (a tag v*), every change must be wire- and source-compatible.
 proto-breaking: tools

@@ -447,16 +447,21 @@ class LogSettings(_Section):
 
 
 class TracingSettings(_Section):
-    """OpenTelemetry tracing; off unless an OTLP endpoint is set."""
+    """OpenTelemetry tracing; off unless an OTLP endpoint is set, here or in the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``. Each setting
+    here, when set, wins over its ``OTEL_*`` variable (see the tracing module)."""
 
     otlp_endpoint: str | None = None
-    """OTLP/gRPC collector, such as ``http://otel-collector:4317``; unset means no tracing."""
-    service_name: str = "igbutton"
-    """The ``service.name`` resource attribute."""
-    sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    """Fraction of new traces recorded (parent-based)."""
-    insecure: bool = True
-    """Plaintext to the collector (the usual sidecar setup)."""
+    """OTLP/gRPC collector, such as ``http://otel-collector:4317``; unset: the OTEL_* endpoint
+    variables, and without them no tracing."""
+    service_name: str | None = None
+    """The ``service.name`` resource attribute; unset: ``OTEL_SERVICE_NAME``, else igbutton."""
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+    """Fraction of new traces recorded (parent-based); unset: ``OTEL_TRACES_SAMPLER`` (and
+    ``_ARG``), else every trace."""
+    insecure: bool | None = None
+    """Plaintext to the collector; unset: ``OTEL_EXPORTER_OTLP_INSECURE``, else plaintext
+    unless the endpoint is ``https://`` (the usual sidecar setup is plaintext)."""
 
 
 class Settings(BaseSettings):

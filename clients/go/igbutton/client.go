@@ -58,14 +58,21 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 
 // Dial creates a client for the igbutton server at target ("host:port" or any
 // gRPC target URI). Like grpc.NewClient it does not wait for the connection:
-// the first call connects, and a call made while the server is unreachable
-// fails with UNAVAILABLE.
+// the first call connects. Calls that are safe to repeat are retried after
+// UNAVAILABLE as ServiceConfig says, and a send without a request_id gets one,
+// so a retried send goes out at most once; use Subscribe for a postback stream
+// that resumes after a server restart.
 func Dial(target string, opts ...Option) (*Client, error) {
 	var cfg dialConfig
 	for _, opt := range opts {
 		opt(&cfg)
 	}
-	dialOpts := make([]grpc.DialOption, 0, len(cfg.dialOptions)+2)
+	dialOpts := make([]grpc.DialOption, 0, len(cfg.dialOptions)+4)
+	// Before the caller's options, so theirs win (a service config of their own,
+	// grpc.WithDisableRetry, more interceptors chained after ours).
+	dialOpts = append(dialOpts,
+		grpc.WithDefaultServiceConfig(ServiceConfig),
+		grpc.WithChainUnaryInterceptor(requestIDInterceptor))
 	if cfg.tls != nil {
 		dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(cfg.tls)))
 	} else {
