@@ -12,6 +12,13 @@ A claim starts "not written" and is marked written (durably) just before the Gra
 writes the request, after igbutton's rate limiter let it go. A claim left by a crashed
 process (the store reports it abandoned) is answered at once: SEND_OUTCOME_UNKNOWN if it
 was written, and taken over (the repeat sends) if it never was.
+
+When the store is unavailable a claim or a release may fail without the caller knowing
+whether it landed (NATS applied a publish whose answer timed out; SQLite committed a claim
+and then could not release it). Such request_ids are remembered (up to
+``_UNSETTLED_MAX``): the next call for one first releases this process's pending claim,
+which was never written (nothing reached Meta), so the retry the caller was told to make
+sends instead of waiting out the claim's lease as "in progress".
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from igbutton.v1 import errors_pb2
 from igbutton_server.errors import ApiError
 from igbutton_server.send.outcome import Outcome, SendResult, SendTracker, is_final, outcome_unknown
 from igbutton_server.storage.idempotency import ClaimLost, IdempotencyStore, Record
+from igbutton_server.storage.postbacks import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,9 @@ R = errors_pb2.ErrorReason
 # the first attempt as dead (crashed mid-send) and answers SEND_OUTCOME_UNKNOWN.
 LEASE_SLACK_SECONDS = 30.0
 _POLL_SECONDS = 0.05
+_UNSETTLED_MAX = 10_000
+"""request_ids remembered as maybe claimed (see the module); beyond, the oldest is dropped
+and its repeat waits for the claim's lease as after a crash."""
 
 
 def fingerprint(account_id: str, body_json: str) -> str:
@@ -78,6 +89,8 @@ class IdempotentSends:
         self._store = store
         self._ttl = ttl_seconds
         self._in_flight: dict[str, _InFlight] = {}
+        self._unsettled: dict[str, None] = {}
+        """request_ids that may hold a pending, never written claim of this process."""
 
     async def run(
         self,
@@ -123,8 +136,17 @@ class IdempotentSends:
     ) -> Outcome:
         lease = time_left + LEASE_SLACK_SECONDS
         deadline = time.monotonic() + time_left
+        if key in self._unsettled:
+            # Only this call runs for the key in this process (``run``), so a pending claim
+            # of ours is the failed call's; it was never marked written.
+            await self._store.release(key)
+            del self._unsettled[key]
         while True:
-            existing = await self._store.claim(key, fp, lease, self._ttl)
+            try:
+                existing = await self._store.claim(key, fp, lease, self._ttl)
+            except StorageUnavailable:
+                self._unsettle(key)
+                raise
             if existing is None:
                 break
             outcome = await self._existing(key, fp, existing, deadline)
@@ -170,6 +192,8 @@ class IdempotentSends:
     async def _keep(self, key: str, fp: str, outcome: Outcome) -> None:
         try:
             await self._store.complete(key, fp, outcome, self._ttl)
+        except StorageUnavailable as exc:  # the cause is in the message; a trace adds nothing
+            log.error("could not store the outcome of request_id %r: %s", key, exc)  # noqa: TRY400
         except Exception:
             # The send is over either way; the caller still gets its outcome.
             log.exception("could not store the outcome of request_id %r", key)
@@ -177,10 +201,20 @@ class IdempotentSends:
     async def _forget(self, key: str) -> None:
         try:
             await self._store.release(key)
+        except StorageUnavailable as exc:
+            # The next call for the key releases it first; the store's own log line and
+            # readiness already say why.
+            self._unsettle(key)
+            log.warning("could not release request_id %r: %s", key, exc)
         except Exception:
             # The claim stays until its lease ends; a repeat then answers SEND_OUTCOME_UNKNOWN,
             # the safe side.
             log.exception("could not release request_id %r", key)
+
+    def _unsettle(self, key: str) -> None:
+        self._unsettled[key] = None
+        if len(self._unsettled) > _UNSETTLED_MAX:
+            del self._unsettled[next(iter(self._unsettled))]
 
     async def _existing(self, key: str, fp: str, record: Record, deadline: float) -> Outcome | None:
         """The outcome for a repeat of an existing record; None: claim it again."""

@@ -13,6 +13,12 @@ claim names its owner; a pending claim whose owner's heartbeat is older than
 ``OWNER_DEAD_SECONDS`` (or gone) is abandoned: its process crashed or lost NATS for good.
 Taking over a claim, marking it written and releasing it are compare-and-set writes on the
 claim's revision, so a presumed-dead owner that comes back cannot write after a take-over.
+
+When NATS cannot be reached (disconnected, or JetStream does not answer within nats-py's
+request timeout) every operation raises StorageUnavailable naming the bucket, at once when
+the client is disconnected: a publish would otherwise wait in the client's buffer and could
+land after the caller was told it failed. The store is then not ready until an operation
+(the heartbeat, every second) succeeds again.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import math
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import nats.errors
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
@@ -37,6 +45,7 @@ from nats.js.kv import KeyValue
 from igbutton_server.config import Settings
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
 from igbutton_server.storage.idempotency import ClaimLost, Record
+from igbutton_server.storage.postbacks import StorageUnavailable
 from igbutton_server.storage.nats._connection import (
     CONNECT_WINDOW_SECONDS,
     WRONG_LAST_SEQUENCE,
@@ -53,6 +62,8 @@ OWNER_DEAD_SECONDS = 5.0
 _OWNER_PREFIX = "_owner."
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def bucket_key(request_id: str) -> str:
@@ -72,11 +83,29 @@ class NatsIdempotencyStore:
         self._owner = uuid.uuid4().hex
         self._heartbeat: asyncio.Task[None] | None = None
         self._beat_ok = True
+        self._problem: str | None = None
+        """Why the last operation failed for want of NATS; None once one succeeded."""
         conn.on_revived = self._on_revived
 
     async def _on_revived(self) -> None:
         """The client closed and a new one replaced it: read the bucket through that one."""
         self._bucket = self._conn.bucket(self._conn.layout.idempotency_bucket)
+
+    def _unavailable(self, why: str) -> StorageUnavailable:
+        self._problem = why
+        bucket = self._conn.layout.idempotency_bucket
+        return StorageUnavailable(f"NATS idempotency store (bucket {bucket}) unavailable: {why}")
+
+    async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """``operation()``'s result; StorageUnavailable when NATS cannot be reached."""
+        if not self._conn.connected:
+            raise self._unavailable("not connected to NATS")
+        try:
+            result = await operation()
+        except (nats.errors.Error, ConnectionError) as exc:
+            raise self._unavailable(f"NATS did not answer ({exc!r})") from exc
+        self._problem = None
+        return result
 
     @classmethod
     async def open(cls, settings: Settings) -> NatsIdempotencyStore:
@@ -123,10 +152,10 @@ class NatsIdempotencyStore:
             if not self._conn.connected:
                 continue  # a publish now would sit in the client's buffer until reconnected
             try:
-                await self._beat()
-            except Exception:
-                if self._beat_ok:
-                    log.warning("could not write the idempotency owner heartbeat", exc_info=True)
+                await self._guarded(self._beat)
+            except Exception as exc:
+                if self._beat_ok:  # once per outage, not once a second
+                    log.warning("could not write the idempotency owner heartbeat: %s", exc)
                 self._beat_ok = False
             else:
                 self._beat_ok = True
@@ -194,15 +223,13 @@ class NatsIdempotencyStore:
             fingerprint, None, lease, written=bool(value.get("written", True)), abandoned=not alive
         )
 
-    async def get(self, key: str) -> Record | None:
-        """See IdempotencyStore.get."""
+    async def _get(self, key: str) -> Record | None:
         value, _ = await self._latest(key)
         return await self._record(value, time.time())
 
-    async def claim(
+    async def _claim(
         self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
     ) -> Record | None:
-        """See IdempotencyStore.claim."""
         for _ in range(_CLAIM_ATTEMPTS):
             now = time.time()
             claim = {
@@ -225,8 +252,7 @@ class NatsIdempotencyStore:
                 return None
         raise OSError(f"request_id {key!r} keeps changing; cannot claim it")
 
-    async def mark_written(self, key: str) -> None:
-        """See IdempotencyStore.mark_written."""
+    async def _mark_written(self, key: str) -> None:
         value, revision = await self._latest(key)
         if value is None or value.get("outcome") is not None or value.get("owner") != self._owner:
             raise ClaimLost(key)
@@ -234,10 +260,9 @@ class NatsIdempotencyStore:
         if not await self._write(key, {**value, "written": True}, ttl, last=revision):
             raise ClaimLost(key)
 
-    async def complete(
+    async def _complete(
         self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
     ) -> None:
-        """See IdempotencyStore.complete."""
         now = time.time()
         record = {
             "fingerprint": fingerprint,
@@ -247,15 +272,43 @@ class NatsIdempotencyStore:
         }
         await self._write(key, record, ttl_seconds, last=None)
 
-    async def release(self, key: str) -> None:
-        """See IdempotencyStore.release."""
+    async def _release(self, key: str) -> None:
         value, revision = await self._latest(key)
         if value is not None and value.get("outcome") is None and value.get("owner") == self._owner:
             await self._write(key, None, 0, last=revision)  # lost a race: fine either way
 
+    async def get(self, key: str) -> Record | None:
+        """See IdempotencyStore.get."""
+        return await self._guarded(lambda: self._get(key))
+
+    async def claim(
+        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
+    ) -> Record | None:
+        """See IdempotencyStore.claim."""
+        return await self._guarded(lambda: self._claim(key, fingerprint, lease_seconds, ttl_seconds))
+
+    async def mark_written(self, key: str) -> None:
+        """See IdempotencyStore.mark_written."""
+        await self._guarded(lambda: self._mark_written(key))
+
+    async def complete(
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+    ) -> None:
+        """See IdempotencyStore.complete."""
+        await self._guarded(lambda: self._complete(key, fingerprint, outcome, ttl_seconds))
+
+    async def release(self, key: str) -> None:
+        """See IdempotencyStore.release."""
+        await self._guarded(lambda: self._release(key))
+
     def unready_reason(self) -> str | None:
-        """None while connected to NATS (the client reconnects on its own)."""
-        return None if self._conn.connected else "idempotency store: not connected to NATS"
+        """None while connected to NATS (the client reconnects on its own) and its last
+        operation was answered."""
+        if not self._conn.connected:
+            return "idempotency store: not connected to NATS"
+        if self._problem is not None:
+            return f"idempotency store: {self._problem}"
+        return None
 
     async def close(self) -> None:
         """Stop the heartbeat, remove it (no claim of ours is left), close the connection."""

@@ -11,6 +11,10 @@ Two keys per account:
   lease.
 
 The bucket's max age forgets an idle account's bucket (it starts full again).
+
+When NATS cannot be reached an update raises StorageUnavailable naming the bucket: at once
+while the client is disconnected (a publish would wait in the client's buffer), else when
+JetStream does not answer within nats-py's request timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from igbutton_server.storage.nats._connection import (
     _kv_stream_config,
 )
 from igbutton_server.storage.nats.idempotency import bucket_key
+from igbutton_server.storage.postbacks import StorageUnavailable
 from igbutton_server.storage.ratelimit import AccountRate, HoldListener
 
 log = logging.getLogger(__name__)
@@ -163,14 +168,23 @@ class NatsRateLedger:
             raise
         return ack.seq
 
+    def _unavailable(self, why: str) -> StorageUnavailable:
+        return StorageUnavailable(f"NATS rate-limit bucket {self._name} unavailable: {why}")
+
+    def unready_reason(self) -> str | None:
+        """See RateLedger.unready_reason."""
+        return None if self._conn.connected else "rate-limit bucket: not connected to NATS"
+
     async def update(
         self, account_id: str, change: Callable[[AccountRate], AccountRate | None]
     ) -> AccountRate:
-        """See RateLedger.update (OSError when NATS does not answer)."""
+        """See RateLedger.update."""
+        if not self._conn.connected:
+            raise self._unavailable("not connected to NATS")
         try:
             return await self._update(account_id, change)
-        except nats.errors.Error as exc:
-            raise OSError(f"NATS did not take the rate-limit update: {exc}") from exc
+        except (nats.errors.Error, ConnectionError) as exc:
+            raise self._unavailable(f"NATS did not answer ({exc!r})") from exc
 
     async def _update(
         self, account_id: str, change: Callable[[AccountRate], AccountRate | None]
@@ -199,8 +213,8 @@ class NatsRateLedger:
         payload = json.dumps({"account_id": account_id, "until": until}).encode()
         try:
             await self._conn.js.publish(self._prefix + _hold_key(account_id), payload)
-        except nats.errors.Error as exc:
-            raise OSError(f"NATS did not take the hold: {exc}") from exc
+        except (nats.errors.Error, ConnectionError) as exc:
+            raise self._unavailable(f"NATS did not take the hold ({exc!r})") from exc
 
     async def close(self) -> None:
         """Stop watching and close the connection."""
