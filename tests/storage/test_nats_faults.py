@@ -15,6 +15,7 @@ import pytest
 
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 from igbutton_server.app import App
+from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 from tests.conftest import SettingsFactory, unique_nats_storage
 from tests.nats_servers import NatsCluster, NatsServer
 from tests.postbacks.conftest import WAIT, eventually
@@ -94,7 +95,8 @@ async def test_nats_stopped_fails_sends_fast_and_recovers(
     assert elapsed < FAST_SECONDS
     # The message names the store that failed, so an operator knows where to look.
     store = "idempotency" if request_id else "rate-limit"
-    assert "NATS" in message and store in message, message
+    assert "NATS" in message, message
+    assert store in message, message
     assert app.sandbox is not None
     assert app.sandbox.received == []
 
@@ -124,6 +126,11 @@ async def test_an_app_stops_cleanly_while_nats_is_down(
                 return (await _readyz(instance))[0] == 503
 
             await eventually(unready)
+            # Something waiting in a client's buffer for the reconnect, as a publish made
+            # just before the disconnect was noticed would.
+            store = instance.postback_store
+            assert isinstance(store, NatsPostbackStore)
+            await store.conn.client.publish("igbutton.test.buffered", b"x")
             started = time.monotonic()
             await instance.stop()  # raised ConnectionResetError from nats-py's close before
             assert time.monotonic() - started < WAIT
