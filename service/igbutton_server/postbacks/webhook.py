@@ -25,7 +25,7 @@ from igbutton_server import logs, metrics
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
-from igbutton_server.storage.postbacks import PostbackStore
+from igbutton_server.storage.postbacks import PostbackStore, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,14 @@ class Webhook:
         try:
             with metrics.LOG_APPEND_LATENCY.time():
                 result = await self._store.append(delivery.postbacks)
+        except StorageUnavailable as exc:
+            # The store logged the fault once and readiness shows it; each delivery refused
+            # meanwhile is a rate-limited line without a trace. Meta retries a 5xx.
+            metrics.WEBHOOKS.labels(result="store_failed").inc()
+            self._refusals.log(
+                logging.WARNING, "store_unavailable", "webhook delivery not stored (503): %s", exc
+            )
+            return _error(503, "not stored; retry later")
         except Exception:
             # Meta retries a 5xx, so nothing answered here is lost.
             metrics.WEBHOOKS.labels(result="store_failed").inc()

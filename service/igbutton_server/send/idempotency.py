@@ -134,25 +134,9 @@ class IdempotentSends:
         send: Callable[[SendTracker], Awaitable[SendResult]],
         entry: _InFlight,
     ) -> Outcome:
-        lease = time_left + LEASE_SLACK_SECONDS
-        deadline = time.monotonic() + time_left
-        if key in self._unsettled:
-            # Only this call runs for the key in this process (``run``), so a pending claim
-            # of ours is the failed call's; it was never marked written.
-            await self._store.release(key)
-            del self._unsettled[key]
-        while True:
-            try:
-                existing = await self._store.claim(key, fp, lease, self._ttl)
-            except StorageUnavailable:
-                self._unsettle(key)
-                raise
-            if existing is None:
-                break
-            outcome = await self._existing(key, fp, existing, deadline)
-            if outcome is not None:
-                return outcome
-            # Abandoned before it was written: claim again (the store takes it over).
+        settled = await self._claim(key, fp, time_left)
+        if settled is not None:
+            return settled
 
         async def mark_written() -> None:
             try:
@@ -188,6 +172,29 @@ class IdempotentSends:
         # Shielded: a cancellation now must not lose the record of a send that happened.
         await asyncio.shield(self._keep(key, fp, result))
         return result
+
+    async def _claim(self, key: str, fp: str, time_left: float) -> Outcome | None:
+        """Claim the request_id: None once this call holds the claim (it sends), else the
+        outcome to answer (the first call's, or an error)."""
+        lease = time_left + LEASE_SLACK_SECONDS
+        deadline = time.monotonic() + time_left
+        if key in self._unsettled:
+            # Only this call runs for the key in this process (``run``), so a pending claim
+            # of ours is the failed call's; it was never marked written.
+            await self._store.release(key)
+            del self._unsettled[key]
+        while True:
+            try:
+                existing = await self._store.claim(key, fp, lease, self._ttl)
+            except StorageUnavailable:
+                self._unsettle(key)
+                raise
+            if existing is None:
+                return None
+            outcome = await self._existing(key, fp, existing, deadline)
+            if outcome is not None:
+                return outcome
+            # Abandoned before it was written: claim again (the store takes it over).
 
     async def _keep(self, key: str, fp: str, outcome: Outcome) -> None:
         try:

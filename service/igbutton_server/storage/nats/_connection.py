@@ -294,7 +294,7 @@ class NatsConnection:
             return
         try:
             await self.client.drain()
-        except Exception as exc:  # a broken connection still has to be closed
+        except Exception as exc:  # noqa: BLE001 - a broken connection still has to be closed
             log.warning("NATS drain failed (%r); closing", exc)
             try:
                 await self.client.close()

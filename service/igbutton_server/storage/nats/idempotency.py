@@ -45,12 +45,12 @@ from nats.js.kv import KeyValue
 from igbutton_server.config import Settings
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
 from igbutton_server.storage.idempotency import ClaimLost, Record
-from igbutton_server.storage.postbacks import StorageUnavailable
 from igbutton_server.storage.nats._connection import (
     CONNECT_WINDOW_SECONDS,
     WRONG_LAST_SEQUENCE,
     NatsConnection,
 )
+from igbutton_server.storage.postbacks import StorageUnavailable
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_ATTEMPTS = 5
@@ -153,7 +153,7 @@ class NatsIdempotencyStore:
                 continue  # a publish now would sit in the client's buffer until reconnected
             try:
                 await self._guarded(self._beat)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the heartbeat goes on; logged once
                 if self._beat_ok:  # once per outage, not once a second
                     log.warning("could not write the idempotency owner heartbeat: %s", exc)
                 self._beat_ok = False
@@ -285,7 +285,9 @@ class NatsIdempotencyStore:
         self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
     ) -> Record | None:
         """See IdempotencyStore.claim."""
-        return await self._guarded(lambda: self._claim(key, fingerprint, lease_seconds, ttl_seconds))
+        return await self._guarded(
+            lambda: self._claim(key, fingerprint, lease_seconds, ttl_seconds)
+        )
 
     async def mark_written(self, key: str) -> None:
         """See IdempotencyStore.mark_written."""
