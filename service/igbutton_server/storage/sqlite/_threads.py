@@ -171,6 +171,11 @@ class SqliteWriter:
             # Not OperationalError (locked, cannot open): the file is not a database.
             if type(exc) is sqlite3.DatabaseError:
                 self._start_error = StorageCorrupt(f"SQLite file {self._path} is corrupt: {exc}")
+            elif isinstance(exc, sqlite3.OperationalError):
+                # Read-only, full, locked, cannot be opened: one line for the operator.
+                self._start_error = StorageUnavailable(
+                    f"SQLite file {self._path} cannot be used: {_describe(self._path, exc)}"
+                )
             else:
                 self._start_error = exc
         except BaseException as exc:  # noqa: BLE001 - reported to start(), which raises it
@@ -368,18 +373,18 @@ def _describe(path: Path, exc: sqlite3.Error) -> str:
     """A short reason for readiness and for callers, from SQLite's error."""
     text = str(exc)
     if "locked" in text or "busy" in text:
-        what = "locked by another connection"
+        what = "is locked by another connection"
     elif "full" in text:
-        what = "the disk is full"
+        what = "cannot take writes: the disk is full"
     elif "readonly" in text or "read-only" in text:
-        what = "read-only"
+        what = "is read-only"
     elif _is_corrupt(exc):
-        what = "corrupt"
+        what = "is corrupt"
     elif "disk i/o" in text.lower():
-        what = "failing to read or write (disk I/O error)"
+        what = "cannot be read or written (disk I/O error)"
     else:
-        what = "cannot write"
-    return f"the SQLite file {path} is {what} ({text})"
+        what = "cannot take writes"
+    return f"the SQLite file {path} {what} ({text})"
 
 
 class SqliteReaders:
