@@ -15,6 +15,7 @@ import pytest
 
 from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 from igbutton_server.app import App
+from igbutton_server.sandbox import Fault
 from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 from tests.conftest import SettingsFactory, unique_nats_storage
 from tests.nats_servers import NatsCluster, NatsServer
@@ -179,3 +180,51 @@ async def test_jetstream_without_quorum_fails_sends_fast_and_recovers(
             for node in others:
                 if node.process is None:
                     node.start_healthy()  # so the streams can be removed
+
+
+async def test_a_release_nats_missed_does_not_block_the_retry(
+    make_settings: SettingsFactory, restartable_server: NatsServer
+) -> None:
+    """Meta answers a transient error (it did not act) while NATS is down, so the claim
+    cannot be released: the caller is told to retry, and its retry (NATS back) must send,
+    not wait out the claim's lease as "in progress"."""
+    settings = nats_test_settings(
+        make_settings, [restartable_server.url], graph={"max_attempts": 1}
+    )
+    async with removing_layout(settings):
+        instance = App(settings)
+        await instance.start()
+        try:
+            assert instance.sandbox is not None
+            sandbox = instance.sandbox
+            sandbox.add_fault(
+                Fault(kind="graph_error", code=2, is_transient=True, delay_seconds=1.0)
+            )
+            async with stub_for(instance) as stub:
+                first = asyncio.ensure_future(
+                    stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+                )
+
+                async def at_meta() -> bool:  # claimed and marked written
+                    return len(sandbox.received) == 1
+
+                await eventually(at_meta)
+                restartable_server.stop()
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await first
+                assert details(caught.value).reason == "GRAPH_UNAVAILABLE"
+                restartable_server.start_healthy()  # same ports and data
+
+                async def ready() -> bool:
+                    return (await _readyz(instance))[0] == 200
+
+                await eventually(ready, within=WAIT + 10)
+                reply = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+            assert reply.message_id
+            assert len(sandbox.received) == 2
+        finally:
+            try:
+                await instance.stop()
+            finally:
+                if restartable_server.process is None:
+                    restartable_server.start_healthy()  # so the streams can be removed
