@@ -19,7 +19,14 @@ from igbutton_server.sandbox import Fault
 from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 from tests.conftest import SettingsFactory, unique_nats_storage
 from tests.nats_servers import NatsCluster, NatsServer
-from tests.postbacks.conftest import WAIT, eventually
+from tests.postbacks.conftest import (
+    WAIT,
+    WebhookClient,
+    delivery,
+    eventually,
+    postbacks,
+    webhook_url,
+)
 from tests.send.conftest import details, send_request, stub_for
 from tests.storage.nats_fixtures import nats_test_settings, removing_layout
 
@@ -83,7 +90,7 @@ async def _send_when_leader_is_back(
 
 @pytest.mark.parametrize("request_id", [RID, ""], ids=["request_id", "no_request_id"])
 async def test_nats_stopped_fails_sends_fast_and_recovers(
-    app: App, restartable_server: NatsServer, request_id: str
+    app: App, restartable_server: NatsServer, request_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     restartable_server.stop()
 
@@ -100,6 +107,12 @@ async def test_nats_stopped_fails_sends_fast_and_recovers(
     assert store in message, message
     assert app.sandbox is not None
     assert app.sandbox.received == []
+    async with aiohttp.ClientSession() as http:
+        status, _ = await WebhookClient(http, webhook_url(app)).post(
+            delivery(*postbacks("while-down", 1))
+        )
+    assert status == 503
+    assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
 
     restartable_server.start_healthy()  # same ports and data
 

@@ -170,8 +170,9 @@ class Webhook:
         try:
             with metrics.LOG_APPEND_LATENCY.time():
                 result = await self._store.append(delivery.postbacks)
-        except StorageUnavailable as exc:
-            # The store logged the fault once and readiness shows it; each delivery refused
+        except (StorageUnavailable, OSError) as exc:
+            # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
+            # store logged the fault and readiness shows it, so each delivery refused
             # meanwhile is a rate-limited line without a trace. Meta retries a 5xx.
             metrics.WEBHOOKS.labels(result="store_failed").inc()
             self._refusals.log(

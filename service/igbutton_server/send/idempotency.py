@@ -34,11 +34,14 @@ import grpc
 
 from igbutton.v1 import errors_pb2
 from igbutton_server.errors import ApiError
+from igbutton_server.logs import RateLimitedLog
 from igbutton_server.send.outcome import Outcome, SendResult, SendTracker, is_final, outcome_unknown
 from igbutton_server.storage.idempotency import ClaimLost, IdempotencyStore, Record
 from igbutton_server.storage.postbacks import StorageUnavailable
 
 log = logging.getLogger(__name__)
+_unavailable_log = RateLimitedLog(log)
+"""While the store is down every send would add a line: bounded (the store logs the cause)."""
 
 R = errors_pb2.ErrorReason
 
@@ -200,7 +203,13 @@ class IdempotentSends:
         try:
             await self._store.complete(key, fp, outcome, self._ttl)
         except StorageUnavailable as exc:  # the cause is in the message; a trace adds nothing
-            log.error("could not store the outcome of request_id %r: %s", key, exc)  # noqa: TRY400
+            _unavailable_log.log(
+                logging.ERROR,
+                "complete",
+                "could not store the outcome of request_id %r: %s",
+                key,
+                exc,
+            )
         except Exception:
             # The send is over either way; the caller still gets its outcome.
             log.exception("could not store the outcome of request_id %r", key)
@@ -212,7 +221,9 @@ class IdempotentSends:
             # The next call for the key releases it first; the store's own log line and
             # readiness already say why.
             self._unsettle(key)
-            log.warning("could not release request_id %r: %s", key, exc)
+            _unavailable_log.log(
+                logging.WARNING, "release", "could not release request_id %r: %s", key, exc
+            )
         except Exception:
             # The claim stays until its lease ends; a repeat then answers SEND_OUTCOME_UNKNOWN,
             # the safe side.
