@@ -179,6 +179,10 @@ async def test_jetstream_without_quorum_fails_sends_fast_and_recovers(
             elapsed, message = await _unavailable_send(instance, RID)
             assert elapsed < 6.0  # at most nats-py's 5 s request timeout, not the deadline
             assert "NATS idempotency store" in message, message
+            # The next ones do not each wait for the timeout: only the heartbeat tries.
+            elapsed, message = await _unavailable_send(instance, RID)
+            assert elapsed < FAST_SECONDS
+            assert "NATS did not answer" in message, message
             assert instance.sandbox is not None
             assert instance.sandbox.received == []
             for node in others:

@@ -17,8 +17,8 @@ claim's revision, so a presumed-dead owner that comes back cannot write after a 
 When NATS cannot be reached (disconnected, or JetStream does not answer within nats-py's
 request timeout) every operation raises StorageUnavailable naming the bucket, at once when
 the client is disconnected: a publish would otherwise wait in the client's buffer and could
-land after the caller was told it failed. The store is then not ready until an operation
-(the heartbeat, every second) succeeds again.
+land after the caller was told it failed. From then on operations fail at once and the store
+is not ready until the heartbeat (every second) is answered again.
 """
 
 from __future__ import annotations
@@ -96,10 +96,14 @@ class NatsIdempotencyStore:
         bucket = self._conn.layout.idempotency_bucket
         return StorageUnavailable(f"NATS idempotency store (bucket {bucket}) unavailable: {why}")
 
-    async def _guarded(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """``operation()``'s result; StorageUnavailable when NATS cannot be reached."""
+    async def _guarded(self, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
+        """``operation()``'s result; StorageUnavailable when NATS cannot be reached, at once
+        while the last request failed: only probes (the heartbeat every second, outcomes,
+        releases) try again, so new calls do not each wait out nats-py's request timeout."""
         if not self._conn.connected:
             raise self._unavailable("not connected to NATS")
+        if self._problem is not None and not probe:
+            raise self._unavailable(self._problem)
         try:
             result = await operation()
         except (nats.errors.Error, ConnectionError) as exc:
@@ -152,7 +156,7 @@ class NatsIdempotencyStore:
             if not self._conn.connected:
                 continue  # a publish now would sit in the client's buffer until reconnected
             try:
-                await self._guarded(self._beat)
+                await self._guarded(self._beat, probe=True)
             except Exception as exc:  # noqa: BLE001 - the heartbeat goes on; logged once
                 if self._beat_ok:  # once per outage, not once a second
                     log.warning("could not write the idempotency owner heartbeat: %s", exc)
@@ -297,11 +301,15 @@ class NatsIdempotencyStore:
         self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
     ) -> None:
         """See IdempotencyStore.complete."""
-        await self._guarded(lambda: self._complete(key, fingerprint, outcome, ttl_seconds))
+        # Tried even while the last request failed: the outcome of a send that happened is
+        # worth the wait (lost, a repeat answers SEND_OUTCOME_UNKNOWN).
+        await self._guarded(
+            lambda: self._complete(key, fingerprint, outcome, ttl_seconds), probe=True
+        )
 
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""
-        await self._guarded(lambda: self._release(key))
+        await self._guarded(lambda: self._release(key), probe=True)  # lets a retry send
 
     def unready_reason(self) -> str | None:
         """None while connected to NATS (the client reconnects on its own) and its last
