@@ -183,9 +183,9 @@ class IdempotentSends:
         deadline = time.monotonic() + time_left
         if key in self._unsettled:
             # Only this call runs for the key in this process (``run``), so a pending claim
-            # of ours is the failed call's; it was never marked written.
+            # of ours is the failed call's; it was never marked written. Remembered until a
+            # claim of this call's own replaces it (the failed one may still land).
             await self._store.release(key)
-            del self._unsettled[key]
         while True:
             try:
                 existing = await self._store.claim(key, fp, lease, self._ttl)
@@ -193,6 +193,7 @@ class IdempotentSends:
                 self._unsettle(key)
                 raise
             if existing is None:
+                self._unsettled.pop(key, None)
                 return None
             outcome = await self._existing(key, fp, existing, deadline)
             if outcome is not None:

@@ -98,18 +98,18 @@ class NatsIdempotencyStore:
 
     async def _guarded(self, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
         """``operation()``'s result; StorageUnavailable when NATS cannot be reached, at once
-        while the last request failed: only probes (the heartbeat every second, outcomes,
-        releases) try again, so new calls do not each wait out nats-py's request timeout."""
+        while a request failed and the heartbeat has not been answered since: only probes
+        (the heartbeat every second, outcomes, releases) try then, so new calls do not each
+        wait out nats-py's request timeout. Only the heartbeat clears the problem: it is a
+        write, and a read may be answered (by any replica) while writes are not."""
         if not self._conn.connected:
             raise self._unavailable("not connected to NATS")
         if self._problem is not None and not probe:
             raise self._unavailable(self._problem)
         try:
-            result = await operation()
+            return await operation()
         except (nats.errors.Error, ConnectionError) as exc:
             raise self._unavailable(f"NATS did not answer ({exc!r})") from exc
-        self._problem = None
-        return result
 
     @classmethod
     async def open(cls, settings: Settings) -> NatsIdempotencyStore:
@@ -163,6 +163,7 @@ class NatsIdempotencyStore:
                 self._beat_ok = False
             else:
                 self._beat_ok = True
+                self._problem = None
 
     async def _owner_alive(self, owner: str) -> bool:
         if owner == self._owner:
@@ -254,7 +255,8 @@ class NatsIdempotencyStore:
             # unless another claim wins meanwhile.
             if await self._write(key, claim, ttl_seconds, last=revision):
                 return None
-        raise OSError(f"request_id {key!r} keeps changing; cannot claim it")
+        # Seen when JetStream lost its quorum: reads answered, conditional writes refused.
+        raise self._unavailable(f"request_id {key!r} keeps changing; cannot claim it")
 
     async def _mark_written(self, key: str) -> None:
         value, revision = await self._latest(key)
