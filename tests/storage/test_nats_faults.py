@@ -182,7 +182,14 @@ async def test_jetstream_without_quorum_fails_sends_fast_and_recovers(
             # The next ones do not each wait for the timeout: only the heartbeat tries.
             elapsed, message = await _unavailable_send(instance, RID)
             assert elapsed < FAST_SECONDS
-            assert "NATS did not answer" in message, message
+            assert "NATS idempotency store" in message, message
+            # Without a request_id the shared rate-limit bucket is the store that fails.
+            elapsed, message = await _unavailable_send(instance, "")
+            assert elapsed < 6.0
+            assert "rate-limit bucket" in message, message
+            elapsed, message = await _unavailable_send(instance, "")
+            assert elapsed < FAST_SECONDS
+            assert "rate-limit bucket" in message, message
             assert instance.sandbox is not None
             assert instance.sandbox.received == []
             for node in others:

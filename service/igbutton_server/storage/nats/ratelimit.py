@@ -14,7 +14,9 @@ The bucket's max age forgets an idle account's bucket (it starts full again).
 
 When NATS cannot be reached an update raises StorageUnavailable naming the bucket: at once
 while the client is disconnected (a publish would wait in the client's buffer), else when
-JetStream does not answer within nats-py's request timeout.
+JetStream does not answer within nats-py's request timeout; after such a failure, updates
+fail at once for ``_RETRY_SECONDS`` and then one tries again, so sends do not each wait out
+the timeout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -48,6 +51,8 @@ MAX_AGE_SECONDS = 24 * 3600.0
 """How long an account's bucket and hold are kept after their last change."""
 
 _UPDATE_ATTEMPTS = 50
+_RETRY_SECONDS = 1.0
+"""After JetStream did not answer, how long updates fail without trying."""
 _WATCH_RETRY_SECONDS = 1.0
 
 
@@ -72,6 +77,9 @@ class NatsRateLedger:
         """Each account's last state seen and its revision: the first compare-and-set
         tries it, saving a read when this replica wrote last."""
         self._watching: asyncio.Task[None] | None = None
+        self._failed: tuple[float, str] | None = None
+        """When an update last failed for want of NATS (monotonic) and why; None after one
+        succeeded."""
         conn.on_revived = self._on_revived
 
     @classmethod
@@ -172,7 +180,9 @@ class NatsRateLedger:
         return StorageUnavailable(f"NATS rate-limit bucket {self._name} unavailable: {why}")
 
     def unready_reason(self) -> str | None:
-        """See RateLedger.unready_reason."""
+        """See RateLedger.unready_reason. Only the connection: nothing probes the bucket
+        between sends, and JetStream not answering shows in the idempotency store's
+        readiness (its heartbeat, on the same JetStream)."""
         return None if self._conn.connected else "rate-limit bucket: not connected to NATS"
 
     async def update(
@@ -181,10 +191,17 @@ class NatsRateLedger:
         """See RateLedger.update."""
         if not self._conn.connected:
             raise self._unavailable("not connected to NATS")
+        failed = self._failed
+        if failed is not None and time.monotonic() - failed[0] < _RETRY_SECONDS:
+            raise self._unavailable(failed[1])
         try:
-            return await self._update(account_id, change)
+            state = await self._update(account_id, change)
         except (nats.errors.Error, ConnectionError) as exc:
-            raise self._unavailable(f"NATS did not answer ({exc!r})") from exc
+            why = f"NATS did not answer ({exc!r})"
+            self._failed = (time.monotonic(), why)
+            raise self._unavailable(why) from exc
+        self._failed = None
+        return state
 
     async def _update(
         self, account_id: str, change: Callable[[AccountRate], AccountRate | None]
