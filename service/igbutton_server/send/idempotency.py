@@ -17,8 +17,10 @@ When the store is unavailable a claim or a release may fail without the caller k
 whether it landed (NATS applied a publish whose answer timed out; SQLite committed a claim
 and then could not release it). Such request_ids are remembered (up to
 ``_UNSETTLED_MAX``): the next call for one first releases this process's pending claim,
-which was never written (nothing reached Meta), so the retry the caller was told to make
-sends instead of waiting out the claim's lease as "in progress".
+which did not reach Meta or which Meta did not act on, so the retry the caller was told to
+make sends instead of waiting out the claim's lease as "in progress". Likewise a claim of this
+process found never written when claiming: no call of this process runs for the request_id
+(one at a time, ``run``), so it is a failed call's that landed late.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ R = errors_pb2.ErrorReason
 # the first attempt as dead (crashed mid-send) and answers SEND_OUTCOME_UNKNOWN.
 LEASE_SLACK_SECONDS = 30.0
 _POLL_SECONDS = 0.05
+_OWN_RETAKES = 3
+"""How often a claim releases a never written claim of this process before waiting on it."""
 _UNSETTLED_MAX = 10_000
 """request_ids remembered as maybe claimed (see the module); beyond, the oldest is dropped
 and its repeat waits for the claim's lease as after a crash."""
@@ -183,9 +187,11 @@ class IdempotentSends:
         deadline = time.monotonic() + time_left
         if key in self._unsettled:
             # Only this call runs for the key in this process (``run``), so a pending claim
-            # of ours is the failed call's; it was never marked written. Remembered until a
-            # claim of this call's own replaces it (the failed one may still land).
+            # of ours is the failed call's, and it did not reach Meta or Meta did not act.
+            # Remembered until a claim of this call's own replaces it (the failed one may
+            # still land).
             await self._store.release(key)
+        retakes = 0
         while True:
             try:
                 existing = await self._store.claim(key, fp, lease, self._ttl)
@@ -195,6 +201,18 @@ class IdempotentSends:
             if existing is None:
                 self._unsettled.pop(key, None)
                 return None
+            if (
+                existing.own
+                and existing.outcome is None
+                and not existing.written
+                and existing.fingerprint == fp
+                and retakes < _OWN_RETAKES
+            ):
+                # A claim of this process never written, and no call of it runs: a failed
+                # call's, landed late (NATS applied a publish whose answer timed out).
+                retakes += 1
+                await self._store.release(key)
+                continue
             outcome = await self._existing(key, fp, existing, deadline)
             if outcome is not None:
                 return outcome

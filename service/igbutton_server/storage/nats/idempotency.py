@@ -225,7 +225,12 @@ class NatsIdempotencyStore:
         owner = value.get("owner")
         alive = owner is None or await self._owner_alive(str(owner))
         return Record(
-            fingerprint, None, lease, written=bool(value.get("written", True)), abandoned=not alive
+            fingerprint,
+            None,
+            lease,
+            written=bool(value.get("written", True)),
+            abandoned=not alive,
+            own=owner == self._owner,
         )
 
     async def _get(self, key: str) -> Record | None:
