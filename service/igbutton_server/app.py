@@ -224,10 +224,13 @@ class App:
     async def _readiness(self) -> str | None:
         if not self._ready:
             return "starting or stopping"
+        reasons: list[str | None] = []
         if self._storage is not None:
-            storage = self._storage
-            return storage.postbacks.unready_reason() or storage.idempotency.unready_reason()
-        return None
+            reasons += [self._storage.postbacks.unready_reason()]
+            reasons += [self._storage.idempotency.unready_reason()]
+        if self._rate_ledger is not None:
+            reasons += [self._rate_ledger.unready_reason()]
+        return next((reason for reason in reasons if reason is not None), None)
 
     async def _liveness(self) -> str | None:
         if self.postback_store is not None:

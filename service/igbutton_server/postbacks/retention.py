@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 
-from igbutton_server.storage.postbacks import PostbackStore, StoreClosed
+from igbutton_server.storage.postbacks import PostbackStore, StorageUnavailable, StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class RetentionPruner:
                 await self.sweep_groups_once()
             except StoreClosed:
                 return
+            except StorageUnavailable as exc:  # the store logged it and readiness shows it
+                log.warning("pruning postbacks skipped: %s", exc)
             except Exception:  # keep pruning later; a failure here loses no data
                 log.exception("pruning postbacks failed")
             await asyncio.sleep(self._interval)  # a schedule, not a synchronisation

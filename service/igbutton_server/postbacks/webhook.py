@@ -26,7 +26,7 @@ from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
-from igbutton_server.storage.postbacks import NewPostback, PostbackStore
+from igbutton_server.storage.postbacks import NewPostback, PostbackStore, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,15 @@ class Webhook:
         try:
             with metrics.LOG_APPEND_LATENCY.time():
                 result = await self._store.append(delivery.postbacks)
+        except (StorageUnavailable, OSError) as exc:
+            # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
+            # store logged the fault and readiness shows it, so each delivery refused
+            # meanwhile is a rate-limited line without a trace. Meta retries a 5xx.
+            metrics.WEBHOOKS.labels(result="store_failed").inc()
+            self._refusals.log(
+                logging.WARNING, "store_unavailable", "webhook delivery not stored (503): %s", exc
+            )
+            return _error(503, "not stored; retry later")
         except Exception:
             # Meta retries a 5xx, so nothing answered here is lost.
             metrics.WEBHOOKS.labels(result="store_failed").inc()

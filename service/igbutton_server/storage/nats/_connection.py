@@ -39,8 +39,12 @@ from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from igbutton_server.config import Settings
+from igbutton_server.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+_errors_log = RateLimitedLog(log)
+"""nats-py reports every failed reconnect attempt (one a second per connection while NATS
+is down): bounded, so an outage does not flood the log."""
 
 DUPLICATE_WINDOW_SECONDS = 120.0
 """How long JetStream remembers a ``Nats-Msg-Id``. Meta retries for up to 36 h; the
@@ -290,9 +294,13 @@ class NatsConnection:
             return
         try:
             await self.client.drain()
-        except Exception:  # a broken connection still has to be closed
-            log.warning("NATS drain failed; closing", exc_info=True)
-            await self.client.close()
+        except Exception as exc:  # noqa: BLE001 - a broken connection still has to be closed
+            log.warning("NATS drain failed (%r); closing", exc)
+            try:
+                await self.client.close()
+            except Exception as closing:  # noqa: BLE001 - closed as far as it goes; shutting down
+                # While reconnecting (NATS down) nats-py's close raises on the lost socket.
+                log.warning("closing the NATS client failed: %r", closing)
 
 
 async def ensure_postback_layout(
@@ -420,7 +428,7 @@ async def _connect(
     nats_settings = settings.storage.nats
 
     async def on_error(exc: Exception) -> None:
-        log.warning("NATS connection error: %s", exc)
+        _errors_log.log(logging.WARNING, "connection_error", "NATS connection error: %s", exc)
 
     async def on_disconnected() -> None:
         if not (client.is_draining or client.is_closed):  # not our own close

@@ -68,6 +68,7 @@ from igbutton_server.storage.postbacks import (
     GroupOptions,
     NewPostback,
     Start,
+    StorageUnavailable,
     StoreClosed,
     TooManyGroups,
     split_group_key,
@@ -556,6 +557,16 @@ class NatsPostbackStore:
         pull request waiting while it has room for more; activity is the latest of the
         group's creation, last join (consumer metadata), last delivery and last ack."""
         self._check_open()
+        if not self.conn.connected:  # a request now would wait in the client's buffer
+            raise StorageUnavailable("NATS postback store unavailable: not connected to NATS")
+        try:
+            return await self._delete_idle_groups(idle_since_ms)
+        except (nats.errors.Error, ConnectionError) as exc:  # the pruner tries again later
+            raise StorageUnavailable(
+                f"NATS postback store (stream {self.conn.layout.stream}) unavailable: {exc!r}"
+            ) from exc
+
+    async def _delete_idle_groups(self, idle_since_ms: int) -> list[str]:
         deleted: list[str] = []
         for consumer in await group_consumers(self.conn):
             group = group_of(consumer)
