@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from igbutton_server.config import Settings
+from igbutton_server.storage.groups import GroupOperations
 from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.postbacks import PostbackStore
 from igbutton_server.storage.ratelimit import RateLedger
@@ -22,6 +23,10 @@ class Storage:
     idempotency: IdempotencyStore
     """The send path's request_id records."""
 
+    groups: GroupOperations
+    """Operating the consumer groups (inspect, delete, seek, dead letters, deadlines): the
+    postback store itself, which every engine implements it on."""
+
     async def close(self) -> None:
         """Close both stores (after every user of them stopped)."""
         await self.idempotency.close()
@@ -35,11 +40,13 @@ async def open_storage(settings: Settings) -> Storage:
         from igbutton_server.storage.nats.idempotency import NatsIdempotencyStore
         from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 
-        postbacks: PostbackStore = await NatsPostbackStore.open(settings)
+        nats_postbacks = await NatsPostbackStore.open(settings)
         try:
-            return Storage(postbacks, await NatsIdempotencyStore.open(settings))
+            return Storage(
+                nats_postbacks, await NatsIdempotencyStore.open(settings), nats_postbacks
+            )
         except BaseException:
-            await postbacks.close()
+            await nats_postbacks.close()
             raise
     file = SqliteFile(
         settings.storage.sqlite_path,
@@ -51,7 +58,7 @@ async def open_storage(settings: Settings) -> Storage:
     except BaseException:
         await idempotency.close()
         raise
-    return Storage(postbacks, idempotency)
+    return Storage(postbacks, idempotency, postbacks)
 
 
 async def open_rate_ledger(settings: Settings) -> RateLedger | None:
