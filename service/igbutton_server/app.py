@@ -18,9 +18,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr
 
-from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
+from igbutton.v1 import (
+    group_service_pb2,
+    group_service_pb2_grpc,
+    postback_service_pb2,
+    postback_service_pb2_grpc,
+    send_service_pb2,
+)
 from igbutton_server import tracing
 from igbutton_server.config import Account, Settings
+from igbutton_server.groups.api import GroupApi
 from igbutton_server.grpc_options import server_options
 from igbutton_server.health import HealthServicer
 from igbutton_server.ops_http import build_ops_app
@@ -43,6 +50,7 @@ SANDBOX_ACCESS_TOKEN = "sandbox-access-token"  # noqa: S105 - the sandbox's fixe
 _SERVICE_NAMES = (
     send_service_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
     postback_service_pb2.DESCRIPTOR.services_by_name["PostbackService"].full_name,
+    group_service_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
 )
 
 
@@ -120,6 +128,7 @@ class App:
         )
         self._add_send_service(services)
         self._add_postback_service(services)
+        self._add_group_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
         self.ports.http = await self._serve_http(
@@ -284,6 +293,13 @@ class App:
         assert self.postback_store is not None
         self._postback_api = PostbackApi(self.postback_store, self.settings.postbacks)
         postback_service_pb2_grpc.add_PostbackServiceServicer_to_server(self._postback_api, server)
+
+    # Group operations (igbutton_server/groups/).
+    def _add_group_service(self, server: grpc.aio.Server) -> None:
+        """Register GroupService."""
+        assert self._storage is not None
+        api = GroupApi(self._storage.groups, self.settings.callers)
+        group_service_pb2_grpc.add_GroupServiceServicer_to_server(api, server)
 
     async def _start_webhook(self) -> None:
         """Serve Meta's webhook and tell the sandbox (if any) where it is."""

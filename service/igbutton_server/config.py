@@ -195,6 +195,8 @@ class Caller(_Section):
     """A file holding the token (wins over ``token``)."""
     accounts: list[str] = Field(default_factory=lambda: ["*"])
     """IG IDs this caller may use; ``*`` means all."""
+    admin: bool = False
+    """May call the administrative RPCs (GroupService), over the groups of its accounts."""
 
     @model_validator(mode="after")
     def _load_token(self) -> Self:

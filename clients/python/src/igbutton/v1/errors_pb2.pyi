@@ -87,6 +87,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     corrupt, or its file was removed); nothing was sent. The message names the
     store and the cause. Retry later with the same request_id.
     """
+    ERROR_REASON_ADMIN_REQUIRED: _ErrorReason.ValueType  # 30
+    """Numbers 21-29 are kept for another change.
+
+    PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
+    caller is not configured with `admin: true`.
+    """
+    ERROR_REASON_GROUP_NOT_FOUND: _ErrorReason.ValueType  # 31
+    """NOT_FOUND: no such consumer group, or one the caller may not see."""
+    ERROR_REASON_GROUP_HAS_MEMBERS: _ErrorReason.ValueType  # 32
+    """FAILED_PRECONDITION: the group has members connected; delete it with
+    `force`, or when they left.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons igbutton puts in google.rpc.ErrorInfo.reason, under the domain
@@ -158,5 +170,17 @@ ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 20
 """UNAVAILABLE: igbutton's storage cannot write now (locked, full, read-only,
 corrupt, or its file was removed); nothing was sent. The message names the
 store and the cause. Retry later with the same request_id.
+"""
+ERROR_REASON_ADMIN_REQUIRED: ErrorReason.ValueType  # 30
+"""Numbers 21-29 are kept for another change.
+
+PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
+caller is not configured with `admin: true`.
+"""
+ERROR_REASON_GROUP_NOT_FOUND: ErrorReason.ValueType  # 31
+"""NOT_FOUND: no such consumer group, or one the caller may not see."""
+ERROR_REASON_GROUP_HAS_MEMBERS: ErrorReason.ValueType  # 32
+"""FAILED_PRECONDITION: the group has members connected; delete it with
+`force`, or when they left.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
