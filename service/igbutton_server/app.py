@@ -278,7 +278,10 @@ class App:
         """Register SendService."""
         assert self._storage is not None
         self.send = SendPath(
-            self.settings, store=self._storage.idempotency, ledger=self._rate_ledger
+            self.settings,
+            store=self._storage.idempotency,
+            ledger=self._rate_ledger,
+            windows=self._storage.windows,
         )
         self.send.register(server)
 
@@ -306,7 +309,8 @@ class App:
         assert self.postback_store is not None
         settings = self.settings.webhook
         accounts = [account.id for account in self.settings.accounts]
-        webhook = Webhook(settings, self.postback_store, accounts)
+        assert self._storage is not None
+        webhook = Webhook(settings, self.postback_store, accounts, self._storage.windows)
         # Its own runner, bounded against slow and hostile clients (webhook_site.py); stopped
         # apart from the other HTTP sites: before the streams end and the store closes.
         self._webhook_runner = await serve_webhook(webhook.build_app(), settings)

@@ -357,6 +357,16 @@ class RateLimitSettings(_Section):
     buckets do."""
 
 
+class SendSettings(_Section):
+    """Checks on the send path before Meta is asked."""
+
+    messaging_window_check: Literal["off", "enforce"] = "off"
+    """``enforce``: a send to a person whose messaging window igbutton knows to be closed
+    (24 h after their last message seen in the webhook, 7 days with HUMAN_AGENT) fails at
+    once with OUTSIDE_MESSAGING_WINDOW, without calling Meta; a person igbutton has seen
+    nothing from is sent to. ``off``: Meta decides every send."""
+
+
 class IdempotencySettings(_Section):
     """How long a request_id is honoured."""
 
@@ -441,6 +451,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    send: SendSettings = SendSettings()
     postbacks: PostbackSettings = PostbackSettings()
     sandbox: SandboxSettings = SandboxSettings()
     log: LogSettings = LogSettings()

@@ -26,6 +26,7 @@ from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
 from igbutton_server.storage.postbacks import PostbackStore
+from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,15 @@ class Webhook:
     """The aiohttp handlers, bound to the webhook settings and the postback store."""
 
     def __init__(
-        self, settings: WebhookSettings, store: PostbackStore, accounts: Collection[str]
+        self,
+        settings: WebhookSettings,
+        store: PostbackStore,
+        accounts: Collection[str],
+        windows: WindowLedger | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
+        self._windows = windows
         self._accounts = AccountCheck(accounts, accept_unknown=settings.accept_unknown_accounts)
         self._secrets = settings.secrets()
         # Refusals are caused by whoever reaches the port: at most a few lines a minute each.
@@ -170,6 +176,9 @@ class Webhook:
         try:
             with metrics.LOG_APPEND_LATENCY.time():
                 result = await self._store.append(delivery.postbacks)
+            # Before the 200 too: a window not recorded is retried with the delivery.
+            if self._windows is not None and delivery.last_messages:
+                await self._windows.note(delivery.last_messages)
         except Exception:
             # Meta retries a 5xx, so nothing answered here is lost.
             metrics.WEBHOOKS.labels(result="store_failed").inc()

@@ -11,7 +11,9 @@ from igbutton_server.storage.postbacks import PostbackStore
 from igbutton_server.storage.ratelimit import RateLedger
 from igbutton_server.storage.sqlite import idempotency as sqlite_idempotency
 from igbutton_server.storage.sqlite import postbacks as sqlite_postbacks
+from igbutton_server.storage.sqlite import windows as sqlite_windows
 from igbutton_server.storage.sqlite.file import SqliteFile
+from igbutton_server.storage.windows import WindowLedger
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,12 @@ class Storage:
     groups: GroupOperations
     """Operating the consumer groups (inspect, delete, seek, dead letters, deadlines): the
     postback store itself, which every engine implements it on."""
+    windows: WindowLedger
+    """Each person's last message time, for the messaging window."""
 
     async def close(self) -> None:
-        """Close both stores (after every user of them stopped)."""
+        """Close the stores (after every user of them stopped)."""
+        await self.windows.close()
         await self.idempotency.close()
         await self.postbacks.close()
 
@@ -39,26 +44,38 @@ async def open_storage(settings: Settings) -> Storage:
     if settings.storage.backend == "nats":
         from igbutton_server.storage.nats.idempotency import NatsIdempotencyStore
         from igbutton_server.storage.nats.postbacks import NatsPostbackStore
+        from igbutton_server.storage.nats.windows import NatsWindowLedger
 
         nats_postbacks = await NatsPostbackStore.open(settings)
         try:
-            return Storage(
-                nats_postbacks, await NatsIdempotencyStore.open(settings), nats_postbacks
-            )
+            nats_idempotency = await NatsIdempotencyStore.open(settings)
         except BaseException:
             await nats_postbacks.close()
             raise
+        try:
+            nats_windows = await NatsWindowLedger.open(settings)
+        except BaseException:
+            await nats_idempotency.close()
+            await nats_postbacks.close()
+            raise
+        return Storage(nats_postbacks, nats_idempotency, nats_postbacks, nats_windows)
     file = SqliteFile(
         settings.storage.sqlite_path,
-        (sqlite_postbacks.create_schema, sqlite_idempotency.create_schema),
+        (
+            sqlite_postbacks.create_schema,
+            sqlite_idempotency.create_schema,
+            sqlite_windows.create_schema,
+        ),
     )
     idempotency = sqlite_idempotency.SqliteIdempotencyStore(file)
+    windows = sqlite_windows.SqliteWindowLedger(file)
     try:
         postbacks = await sqlite_postbacks.SqlitePostbackStore.open(file)
     except BaseException:
+        await windows.close()
         await idempotency.close()
         raise
-    return Storage(postbacks, idempotency, postbacks)
+    return Storage(postbacks, idempotency, postbacks, windows)
 
 
 async def open_rate_ledger(settings: Settings) -> RateLedger | None:
