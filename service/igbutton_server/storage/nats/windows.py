@@ -11,7 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    APIError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 
 from igbutton_server.config import Settings
 from igbutton_server.storage.nats._connection import (
@@ -90,12 +96,16 @@ class NatsWindowLedger:
         raise OSError(f"the messaging window of {key} kept changing; not recorded")
 
     async def last_message_ms(self, account_id: str, person_id: str) -> int | None:
-        """See WindowLedger.last_message_ms."""
+        """See WindowLedger.last_message_ms. Read from the stream's leader, not a direct
+        get that a follower may answer a moment behind: a window a webhook just opened on
+        another replica must not read as closed."""
+        subject = f"$KV.{self._name}.{_key(account_id, person_id)}"
         try:
-            entry = await self._conn.bucket(self._name).get(_key(account_id, person_id))
-        except (KeyNotFoundError, KeyDeletedError):
+            msg = await self._conn.js.get_last_msg(f"KV_{self._name}", subject)
+        except NotFoundError:
             return None
-        return int(entry.value) if entry.value and entry.value.isdigit() else None
+        data = msg.data or b""
+        return int(data) if data.isdigit() else None
 
     async def close(self) -> None:
         """See WindowLedger.close."""
