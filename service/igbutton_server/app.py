@@ -28,6 +28,7 @@ from igbutton.v1 import (
 from igbutton_server import tracing
 from igbutton_server.config import Account, Settings
 from igbutton_server.groups.api import GroupApi
+from igbutton_server.groups.gauges import GroupGauges
 from igbutton_server.grpc_options import server_options
 from igbutton_server.health import HealthServicer
 from igbutton_server.ops_http import build_ops_app
@@ -103,6 +104,7 @@ class App:
         self._storage: Storage | None = None
         self._rate_ledger: RateLedger | None = None
         self._pruner: RetentionPruner | None = None
+        self._gauges: GroupGauges | None = None
         self._postback_api: PostbackApi | None = None
         self._webhook_runner: web.AppRunner | None = None
         self._ready = False
@@ -263,9 +265,15 @@ class App:
             group_idle_retention=self.settings.postbacks.group_idle_retention_seconds,
         )
         self._pruner.start()
+        self._gauges = GroupGauges(
+            self._storage.groups, self.settings.postbacks.group_metrics_interval_seconds
+        )
+        self._gauges.start()
 
     async def _stop_storage(self) -> None:
         """Close the storage backend after every user of it stopped."""
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._pruner is not None:
             await self._pruner.stop()
         if self._rate_ledger is not None:

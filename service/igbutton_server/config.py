@@ -390,6 +390,9 @@ class PostbackSettings(_Section):
     max_groups_per_caller: int = Field(default=100, ge=1, le=100_000)
     """Most consumer groups one caller (in open mode: everyone) may have; joining a new
     group beyond it is refused with RESOURCE_EXHAUSTED."""
+    group_metrics_interval_seconds: float = Field(default=15.0, ge=0)
+    """How often the groups are read to set the per-group backlog, unacknowledged and
+    oldest-unacknowledged-age gauges (0: only when GetGroup or ListGroups reads them)."""
     group_idle_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     """A group with no member connected that nobody joined or acknowledged in for this
     long is deleted (checked every ``prune_interval_seconds``)."""

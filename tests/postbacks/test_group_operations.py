@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from igbutton_server.storage.backends import Storage, open_storage
 from igbutton_server.storage.groups import (
@@ -233,12 +234,15 @@ async def test_dead_letters_by_expiry_and_by_nack_are_listed_and_redriven(
         None,
     )
 
+    redriven_before = _redriven("g")
     assert await groups.redrive_dead_letters("g", [log[0].sequence, 999_999]) == 1
+    assert _redriven("g") - redriven_before == 1
     redriven = await next_of(member)
     assert (redriven.postback, redriven.attempt) == (log[0], 1)
     remaining = await groups.list_dead_letters("g")
     assert [d.postback.mid for d in remaining.dead_letters] == ["m2"]
     assert await groups.redrive_dead_letters("g", None) == 1
+    assert _redriven("g") - redriven_before == 2
     other = await next_of(member)
     assert (other.postback, other.attempt) == (log[1], 1)
     done = await store.ack("g", [redriven.ack_id, other.ack_id], [])
@@ -248,6 +252,14 @@ async def test_dead_letters_by_expiry_and_by_nack_are_listed_and_redriven(
     # A redriven postback is delivered once more, not to broadcast readers again.
     assert [p.mid for p in await logged(storage, 2)] == ["m1", "m2"]
     await member.close()
+
+
+def _redriven(group: str) -> float:
+    """The process-global redrive counter of ``group`` (0 before its first increment)."""
+    value = REGISTRY.get_sample_value(
+        "igbutton_postbacks_dead_letters_redriven_total", {"group": group}
+    )
+    return value or 0.0
 
 
 async def test_purge_empties_the_dead_letters(storage: Storage) -> None:

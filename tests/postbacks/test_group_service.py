@@ -7,11 +7,13 @@ admin sees only the groups over its accounts, a caller without admin is refused)
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from prometheus_client import REGISTRY
 
 from igbutton.v1 import group_service_pb2 as gpb
 from igbutton.v1 import group_service_pb2_grpc, postback_service_pb2_grpc
@@ -216,3 +218,31 @@ async def test_callers_need_admin_and_see_only_groups_over_their_accounts(
             assert hidden.value.code() == grpc.StatusCode.NOT_FOUND
         finally:
             await member.cancel()
+
+
+def sample(name: str, group: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"group": group})
+
+
+async def test_group_gauges_follow_the_traffic_without_anyone_asking(
+    start_app: AppFactory, webhook_for: Callable[[App], WebhookClient], streams: Streams
+) -> None:
+    app = await start_app(postbacks={"group_metrics_interval_seconds": 0.1})
+    group = f"gauged-{uuid.uuid4().hex[:8]}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
+        stub = postback_service_pb2_grpc.PostbackServiceStub(channel)
+        member = await streams(stub, group=group, max_unacked=1)
+        await webhook_for(app).deliver(*(postback_item(f"{group}-{i}") for i in range(3)))
+        held = await member.next()
+
+        async def gauged() -> bool:
+            return (
+                sample("igbutton_group_backlog", group),
+                sample("igbutton_postbacks_unacked", group),
+            ) == (2.0, 1.0) and (
+                sample("igbutton_group_oldest_unacked_age_seconds", group) or 0
+            ) > 0
+
+        await eventually(gauged)
+        assert held.postback.mid == f"{group}-0"
+        await member.cancel()
