@@ -40,6 +40,7 @@ from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
 from igbutton_server.sandbox import Sandbox
 from igbutton_server.send.path import SendPath
 from igbutton_server.storage.backends import Storage, open_rate_ledger, open_storage
+from igbutton_server.storage.groups import GroupOperations
 from igbutton_server.storage.postbacks import PostbackStore
 from igbutton_server.storage.ratelimit import RateLedger
 
@@ -101,6 +102,9 @@ class App:
         """The send path's parts, once SendService is registered."""
         self.postback_store: PostbackStore | None = None
         """The postback log, once storage is open (tests reach it here)."""
+        self.group_operations: GroupOperations | None = None
+        """Operating the consumer groups (storage.groups), once storage is open: the typed
+        API for in-process users such as a web console."""
         self._storage: Storage | None = None
         self._rate_ledger: RateLedger | None = None
         self._pruner: RetentionPruner | None = None
@@ -257,6 +261,7 @@ class App:
         """Open the configured storage backend."""
         self._storage = await open_storage(self.settings)
         self.postback_store = self._storage.postbacks
+        self.group_operations = self._storage.groups
         self._rate_ledger = await open_rate_ledger(self.settings)
         self._pruner = RetentionPruner(
             self.postback_store,

@@ -251,7 +251,12 @@ async def test_dead_letters_by_expiry_and_by_nack_are_listed_and_redriven(
     assert (await groups.get_group("g")).dead_lettered == 0
     # A redriven postback is delivered once more, not to broadcast readers again.
     assert [p.mid for p in await logged(storage, 2)] == ["m1", "m2"]
-    await member.close()
+    # A group made again under the name starts clean: the log once, no redriven copies.
+    await groups.remove_group("g", force=True)
+    anew = await store.join_group("g", Filter(), Start.earliest(), options())
+    await store.append([new(3)])
+    assert [d.postback.mid for d in await take(anew, 3)] == ["m1", "m2", "m3"]
+    await anew.close()
 
 
 def _redriven(group: str) -> float:

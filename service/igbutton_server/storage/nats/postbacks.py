@@ -556,6 +556,8 @@ class NatsPostbackStore:
         await self.conn.js.purge_stream(
             layout.dead_letter_stream, subject=layout.dead_letter_filter(consumer)
         )
+        # Redriven copies too: a group made again from EARLIEST must not get them.
+        await self.conn.js.purge_stream(layout.stream, subject=layout.redrive_subject(consumer))
         for member in list(self._members.pop(group, ())):
             await member.close()
         metrics.GROUPS.set(len(self._members))
@@ -645,10 +647,17 @@ class NatsPostbackStore:
         config.deliver_policy = moved.deliver_policy
         config.opt_start_seq = moved.opt_start_seq
         config.opt_start_time = moved.opt_start_time
+        delivered = info.delivered.stream_seq if info.delivered else 0
         await self.conn.js.delete_consumer(layout.stream, consumer)
         await self.conn.js.purge_stream(
             f"KV_{layout.delivery_bucket}", subject=self.ledger.watch_subject(consumer)
         )
+        # Redriven copies already handed out: their originals after the new start come
+        # again anyway. Copies not yet delivered stay (they are owed to the group).
+        if delivered:
+            await self.conn.js.purge_stream(
+                layout.stream, seq=delivered + 1, subject=layout.redrive_subject(consumer)
+            )
         await self._create_consumer(consumer, config)
         await self.conn.client.publish(layout.group_notice_subject(consumer), b"reset")
         metrics.UNACKED.labels(group=group).set(0)
