@@ -148,6 +148,7 @@ def test_go_client_round_trip(request: pytest.FixtureRequest) -> None:
     output = _run(["go", "test", "-count=1", "-v", "./..."], CLIENTS / "go", server)
     # The suite skips itself without the environment: make sure it really ran here.
     assert "--- PASS: TestRoundTrip" in output, output
+    assert "--- PASS: TestGroupRoundTrip" in output, output
 
 
 @pytest.mark.timeout(900)
@@ -160,6 +161,7 @@ def test_typescript_client_round_trip(request: pytest.FixtureRequest) -> None:
     output = _run(["npm", "test"], ts, server)
     # The suite skips itself without the environment: make sure it really ran here.
     assert re.search(r"\bskipped 0\b", output), output
+    assert "dead-letter a group's postback, read the group, redrive it" in output, output
 
 
 @pytest.mark.timeout(900)
@@ -170,4 +172,6 @@ def test_java_client_round_trip(request: pytest.FixtureRequest) -> None:
     _run(["mvn", "-B", "-q", "test"], java, server)
     report = java / "target" / "surefire-reports" / "TEST-com.igbutton.client.RoundTripTest.xml"
     suite = ET.parse(report).getroot()  # noqa: S314 - our own build's report
-    assert (suite.get("tests"), suite.get("skipped")) == ("1", "0"), ET.tostring(suite)
+    # Two round trips: send, tap and receive; dead-letter, GetGroup and RedriveDeadLetters.
+    assert (suite.get("tests"), suite.get("skipped")) == ("2", "0"), ET.tostring(suite)
+    assert (suite.get("failures"), suite.get("errors")) == ("0", "0"), ET.tostring(suite)
