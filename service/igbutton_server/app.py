@@ -268,6 +268,7 @@ class App:
             retention=self.settings.postbacks.retention_seconds,
             interval=self.settings.postbacks.prune_interval_seconds,
             group_idle_retention=self.settings.postbacks.group_idle_retention_seconds,
+            windows=self._storage.windows,
         )
         self._pruner.start()
         self._gauges = GroupGauges(

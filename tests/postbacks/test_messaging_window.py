@@ -16,6 +16,7 @@ from igbutton.v1 import button_template_pb2, send_service_pb2, send_service_pb2_
 from igbutton_server.app import App
 from tests.postbacks.conftest import (
     ACCOUNT,
+    OTHER_ACCOUNT,
     AppFactory,
     WebhookClient,
     delivery,
@@ -168,3 +169,33 @@ async def test_with_the_check_off_meta_decides(start_app: AppFactory, webhook_fo
             send_request(account_id=ACCOUNT, recipient_id="1000000000000003")
         )
     assert sent.message_id  # the sandbox, like Meta without a window rule, accepted it
+
+
+async def test_a_caller_reads_windows_only_of_its_accounts(start_app: AppFactory) -> None:
+    token = "orders-service-token-0123456789"
+    app = await start_app(callers=[{"name": "orders", "token": token, "accounts": [ACCOUNT]}])
+    auth = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel:
+        stub = send_service_pb2_grpc.SendServiceStub(channel)
+        mine = await stub.GetMessagingWindow(
+            S.GetMessagingWindowRequest(account_id=ACCOUNT, recipient_id="1000000000000001"),
+            metadata=auth,
+        )
+        assert mine.state == S.MESSAGING_WINDOW_STATE_UNKNOWN
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetMessagingWindow(
+                S.GetMessagingWindowRequest(
+                    account_id=OTHER_ACCOUNT, recipient_id="1000000000000001"
+                ),
+                metadata=auth,
+            )
+        error = details(refused.value)
+        assert (error.code, error.reason) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "ACCOUNT_NOT_ALLOWED",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await stub.GetMessagingWindow(
+                S.GetMessagingWindowRequest(account_id=ACCOUNT), metadata=auth
+            )
+        assert details(invalid.value).violations[0][0] == "recipient_id"

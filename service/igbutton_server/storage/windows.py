@@ -34,6 +34,11 @@ class WindowLedger(Protocol):
         ago than RECORD_TTL_SECONDS)."""
         ...
 
+    async def prune(self) -> int:
+        """Remove the records older than RECORD_TTL_SECONDS; return how many. Engines with
+        native expiry (a KV bucket's max age) may do nothing and return 0."""
+        ...
+
     async def close(self) -> None:
         """Release the engine."""
         ...

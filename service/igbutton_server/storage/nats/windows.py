@@ -9,6 +9,7 @@ never moves a window back.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 from nats.js.errors import (
@@ -105,7 +106,16 @@ class NatsWindowLedger:
         except NotFoundError:
             return None
         data = msg.data or b""
-        return int(data) if data.isdigit() else None
+        if not data.isdigit():
+            return None
+        # The bucket's max age counts from the write; a record is forgotten from the time
+        # it holds, as on every engine.
+        oldest = int(time.time() * 1000) - RECORD_TTL_SECONDS * 1000
+        return int(data) if int(data) >= oldest else None
+
+    async def prune(self) -> int:
+        """See WindowLedger.prune: the bucket's max age expires records on its own."""
+        return 0
 
     async def close(self) -> None:
         """See WindowLedger.close."""

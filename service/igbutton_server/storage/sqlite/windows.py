@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from igbutton_server.storage.sqlite.file import SqliteFile
 from igbutton_server.storage.windows import RECORD_TTL_SECONDS, Person
 
+_PRUNE_BATCH = 5000
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messaging_windows (
     account_id   TEXT    NOT NULL,
@@ -60,6 +62,25 @@ class SqliteWindowLedger:
             return None if row is None else int(row[0])
 
         return await self._file.readers.run(read)
+
+    async def prune(self) -> int:
+        """See WindowLedger.prune: in batches, so appends never wait long for the lock."""
+        oldest = int(time.time() * 1000) - RECORD_TTL_SECONDS * 1000
+        total = 0
+        while True:
+            deleted = await self._file.writer.run(
+                lambda conn: (
+                    conn.execute(
+                        "DELETE FROM messaging_windows WHERE (account_id, person_id) IN"
+                        " (SELECT account_id, person_id FROM messaging_windows"
+                        "  WHERE last_ms < ? LIMIT ?)",
+                        (oldest, _PRUNE_BATCH),
+                    ).rowcount
+                )
+            )
+            total += deleted
+            if deleted < _PRUNE_BATCH:
+                return total
 
     async def close(self) -> None:
         """See WindowLedger.close."""
