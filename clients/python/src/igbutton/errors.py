@@ -246,6 +246,18 @@ class StorageUnavailableError(UnavailableError):
     nothing was sent. Retry later with the same request_id."""
 
 
+class AdminRequiredError(PermissionDeniedError):
+    """A GroupService call from a caller not configured with ``admin: true``."""
+
+
+class GroupNotFoundError(NotFoundError):
+    """No such consumer group, or one the caller may not see."""
+
+
+class GroupHasMembersError(FailedPreconditionError):
+    """DeleteGroup while members are connected; delete with ``force=True``, or later."""
+
+
 _BY_REASON: dict[str, type[IgButtonError]] = {
     "INVALID_REQUEST": InvalidRequestError,
     "UNKNOWN_ACCOUNT": UnknownAccountError,
@@ -267,6 +279,9 @@ _BY_REASON: dict[str, type[IgButtonError]] = {
     "SHUTTING_DOWN": ShuttingDownError,
     "REQUEST_IN_PROGRESS": RequestInProgressError,
     "STORAGE_UNAVAILABLE": StorageUnavailableError,
+    "ADMIN_REQUIRED": AdminRequiredError,
+    "GROUP_NOT_FOUND": GroupNotFoundError,
+    "GROUP_HAS_MEMBERS": GroupHasMembersError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[IgButtonError]] = {
