@@ -428,11 +428,21 @@ class NatsGroupMember:
         """An operation on the group (see ``NatsLayout.group_notice_subject``)."""
         kind, _, rest = msg.data.partition(b"\n")
         if kind == b"reset":
-            # Sought: the consumer was made afresh, what this member held is gone.
-            self._held.clear()
+            # Sought: the consumer was made afresh and its ledger entries dropped, so what
+            # this member held from the old one is gone. A delivery of the new consumer it
+            # may hold already (it pulls again as soon as the consumer is back) is in the
+            # ledger under its own consumer sequence: that one is kept.
             self._expired.clear()
             self._inbox.messages.clear()
             self._inbox.outstanding = 0
+            for seq, held in list(self._held.items()):
+                reply = AckReply.parse(held.reply)
+                current = None
+                if reply is not None:
+                    with contextlib.suppress(Exception):  # unknown: treat it as gone
+                        current = await self._ledger.revision_of(self.consumer, reply)
+                if current is None:
+                    self._held.pop(seq, None)
         elif kind == b"deadline":
             self._extend(rest)
         self._event.set()
