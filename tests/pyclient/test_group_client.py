@@ -60,6 +60,16 @@ async def test_the_async_client_operates_a_group(app: App) -> None:
         await client.seek_group("answers", after_sequence=first.sequence - 1)
         replayed = [await asyncio.wait_for(anext(subscription), 30) for _ in range(2)]
         assert [p.sequence for p in replayed] == [first.sequence, second.sequence]
+        await client.ack("answers", [p.ack_id for p in replayed])
+        since = second.receive_time
+        assert since is not None
+        await client.seek_group("answers", since=since)
+        by_time = await asyncio.wait_for(anext(subscription), 30)
+        # Received in the same millisecond as the second, the first comes again too.
+        expected = first if first.receive_time == since else second
+        assert (by_time.sequence, by_time.delivery_attempt) == (expected.sequence, 1)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await client.seek_group("answers", since=since.replace(tzinfo=None))
 
         window = await client.get_messaging_window(RECIPIENT, account_id=SANDBOX_ACCOUNT_ID)
         assert isinstance(window, MessagingWindow)
