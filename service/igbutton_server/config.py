@@ -357,6 +357,30 @@ class RateLimitSettings(_Section):
     buckets do."""
 
 
+class TokenSettings(_Section):
+    """How igbutton keeps each account's access token alive (refresh_access_token)."""
+
+    refresh_margin_seconds: float = Field(default=53 * 24 * 3600, gt=0)
+    """Refresh a token once it expires within this long. Meta's tokens live 60 days, so the
+    default refreshes every 7 days; a token whose expiry is unknown (never refreshed by
+    igbutton) is taken to expire 60 days after igbutton first saw it."""
+    min_age_seconds: float = Field(default=24 * 3600, ge=0)
+    """Never refresh a token younger than this (Meta refuses tokens under 24 hours old)."""
+    expiring_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    """An account whose token expires within this long has token status EXPIRING."""
+    check_interval_seconds: float = Field(default=10.0, gt=0)
+    """How often each account's token file, stored record and refresh due time are
+    checked (SIGHUP checks at once)."""
+    retry_initial_seconds: float = Field(default=60.0, gt=0)
+    """First wait after a failed refresh; doubled per failure, with jitter."""
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    """Longest wait between refresh attempts."""
+    lease_seconds: float = Field(default=60.0, gt=0)
+    """How long a replica may take to refresh before another one may try."""
+    timeout_seconds: float = Field(default=20.0, gt=0)
+    """Deadline of one call to Meta for the account (refresh, me, subscribed_apps)."""
+
+
 class SendSettings(_Section):
     """Checks on the send path before Meta is asked."""
 
@@ -407,6 +431,10 @@ class SandboxSettings(_Section):
     """Address to bind."""
     port: int = Field(default=8765, ge=0, le=65535)
     """Port; 0 picks a free port."""
+    token_lifetime_seconds: float = Field(default=60 * 24 * 3600, gt=0)
+    """How long tokens the sandbox issues on refresh are valid (Meta: 60 days)."""
+    min_refresh_age_seconds: float = Field(default=24 * 3600, ge=0)
+    """How old a token must be before the sandbox refreshes it (Meta: 24 hours)."""
 
 
 class LogSettings(_Section):
@@ -454,6 +482,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    tokens: TokenSettings = TokenSettings()
     send: SendSettings = SendSettings()
     postbacks: PostbackSettings = PostbackSettings()
     sandbox: SandboxSettings = SandboxSettings()

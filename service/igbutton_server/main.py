@@ -60,6 +60,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
+    # SIGHUP re-reads the accounts' token files (they are also checked for changes).
+    loop.add_signal_handler(signal.SIGHUP, app.reload_tokens)
     try:
         await app.start()
         if ports_file is not None:

@@ -22,6 +22,9 @@ type Client struct {
 	Send igbuttonv1.SendServiceClient
 	// Postbacks is the generated PostbackService client.
 	Postbacks igbuttonv1.PostbackServiceClient
+	// Accounts is the generated AccountService client (token status,
+	// webhook subscription checks).
+	Accounts igbuttonv1.AccountServiceClient
 	// Groups is the generated GroupService client (admin callers).
 	Groups igbuttonv1.GroupServiceClient
 }
@@ -86,6 +89,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		conn:      conn,
 		Send:      igbuttonv1.NewSendServiceClient(conn),
 		Postbacks: igbuttonv1.NewPostbackServiceClient(conn),
+		Accounts:  igbuttonv1.NewAccountServiceClient(conn),
 		Groups:    igbuttonv1.NewGroupServiceClient(conn),
 	}, nil
 }

@@ -1,6 +1,7 @@
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, type GrpcTransportOptions } from "@connectrpc/connect-node";
 
+import { AccountService } from "./gen/igbutton/v1/account_service_pb.js";
 import { GroupService, type Group } from "./gen/igbutton/v1/group_service_pb.js";
 import { PostbackService } from "./gen/igbutton/v1/postback_service_pb.js";
 import { SendService } from "./gen/igbutton/v1/send_service_pb.js";
@@ -25,6 +26,8 @@ export interface IgbuttonClient {
   send: Client<typeof SendService>;
   /** PostbackService: subscribePostbacks (a server stream), ackPostbacks. */
   postbacks: Client<typeof PostbackService>;
+  /** AccountService: listAccounts, getAccount, checkAccount, subscribeAccount. */
+  accounts: Client<typeof AccountService>;
   /** GroupService: every operation on consumer groups (admin callers). */
   groups: Client<typeof GroupService>;
   /** A group's configuration and state ("billing" is short for "groups/billing"). */
@@ -68,6 +71,7 @@ export function createIgbuttonClient(
   return {
     send: createClient(SendService, transport),
     postbacks: createClient(PostbackService, transport),
+    accounts: createClient(AccountService, transport),
     groups,
     async getGroup(name: string): Promise<Group> {
       const { group } = await groups.getGroup({ name: groupName(name) });

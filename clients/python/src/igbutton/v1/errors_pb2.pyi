@@ -87,10 +87,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     corrupt, or its file was removed); nothing was sent. The message names the
     store and the cause. Retry later with the same request_id.
     """
+    ERROR_REASON_REAUTHORIZATION_REQUIRED: _ErrorReason.ValueType  # 21
+    """FAILED_PRECONDITION: Meta rejected the account's access token (Graph code
+    190, on a send or a refresh); igbutton sends nothing from the account until
+    a new token is configured (a person must log in again). Metadata:
+    `accountId`.
+    """
+    ERROR_REASON_ACCOUNT_CHECK_FAILED: _ErrorReason.ValueType  # 22
+    """UNAVAILABLE: a call to Meta about the account (its name, its webhook
+    subscription) failed; the message says why. Retry later.
+    """
     ERROR_REASON_ADMIN_REQUIRED: _ErrorReason.ValueType  # 30
-    """Numbers 21-29 are kept for another change.
-
-    PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
+    """PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
     caller is not configured with `admin: true`.
     """
     ERROR_REASON_GROUP_NOT_FOUND: _ErrorReason.ValueType  # 31
@@ -171,10 +179,18 @@ ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 20
 corrupt, or its file was removed); nothing was sent. The message names the
 store and the cause. Retry later with the same request_id.
 """
+ERROR_REASON_REAUTHORIZATION_REQUIRED: ErrorReason.ValueType  # 21
+"""FAILED_PRECONDITION: Meta rejected the account's access token (Graph code
+190, on a send or a refresh); igbutton sends nothing from the account until
+a new token is configured (a person must log in again). Metadata:
+`accountId`.
+"""
+ERROR_REASON_ACCOUNT_CHECK_FAILED: ErrorReason.ValueType  # 22
+"""UNAVAILABLE: a call to Meta about the account (its name, its webhook
+subscription) failed; the message says why. Retry later.
+"""
 ERROR_REASON_ADMIN_REQUIRED: ErrorReason.ValueType  # 30
-"""Numbers 21-29 are kept for another change.
-
-PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
+"""PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
 caller is not configured with `admin: true`.
 """
 ERROR_REASON_GROUP_NOT_FOUND: ErrorReason.ValueType  # 31

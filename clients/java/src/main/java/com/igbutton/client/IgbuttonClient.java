@@ -1,5 +1,6 @@
 package com.igbutton.client;
 
+import com.igbutton.v1.AccountServiceGrpc;
 import com.igbutton.v1.GetGroupRequest;
 import com.igbutton.v1.Group;
 import com.igbutton.v1.GroupServiceGrpc;
@@ -63,6 +64,11 @@ public final class IgbuttonClient implements AutoCloseable {
   /** PostbackService with StreamObserver callbacks. */
   public PostbackServiceGrpc.PostbackServiceStub postbacksAsync() {
     return PostbackServiceGrpc.newStub(channel);
+  }
+
+  /** AccountService, blocking: token status and webhook subscription checks per account. */
+  public AccountServiceGrpc.AccountServiceBlockingStub accounts() {
+    return AccountServiceGrpc.newBlockingStub(channel);
   }
 
   /** A blocking stub for GroupService: every operation on consumer groups (admin callers). */
