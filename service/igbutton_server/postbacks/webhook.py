@@ -27,6 +27,7 @@ from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
 from igbutton_server.storage.postbacks import NewPostback, PostbackStore, StorageUnavailable
+from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ class Webhook:
         store: PostbackStore,
         accounts: Collection[str],
         activity: AccountActivity | None = None,
+        windows: WindowLedger | None = None,
     ) -> None:
         self._settings = settings
         self._activity = activity
         self._store = store
+        self._windows = windows
         self._accounts = AccountCheck(accounts, accept_unknown=settings.accept_unknown_accounts)
         self._secrets = settings.secrets()
         # Refusals are caused by whoever reaches the port: at most a few lines a minute each.
@@ -177,6 +180,9 @@ class Webhook:
         try:
             with metrics.LOG_APPEND_LATENCY.time():
                 result = await self._store.append(delivery.postbacks)
+            # Before the 200 too: a window not recorded is retried with the delivery.
+            if self._windows is not None and delivery.last_messages:
+                await self._windows.note(delivery.last_messages)
         except (StorageUnavailable, OSError) as exc:
             # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
             # store logged the fault and readiness shows it, so each delivery refused
