@@ -120,7 +120,12 @@ def test_go_client_round_trip(request: pytest.FixtureRequest) -> None:
     server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     output = _run(["go", "test", "-count=1", "-v", "./..."], CLIENTS / "go", server)
     # The suite skips itself without the environment: make sure it really ran here.
-    for name in ("TestRoundTrip", "TestRetryAfterUnavailable", "TestResumeAfterRestart", "TestGroupRoundTrip"):
+    for name in (
+        "TestRoundTrip",
+        "TestRetryAfterUnavailable",
+        "TestResumeAfterRestart",
+        "TestGroupRoundTrip",
+    ):
         assert f"--- PASS: {name} " in output, output
 
 

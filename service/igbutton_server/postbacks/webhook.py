@@ -25,8 +25,13 @@ from igbutton_server import logs, metrics
 from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
-from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
-from igbutton_server.storage.postbacks import NewPostback, PostbackStore, StorageUnavailable
+from igbutton_server.postbacks.parse import MalformedDelivery, ParsedDelivery, parse_delivery
+from igbutton_server.storage.postbacks import (
+    AppendResult,
+    NewPostback,
+    PostbackStore,
+    StorageUnavailable,
+)
 from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
@@ -178,11 +183,7 @@ class Webhook:
         self._report_tests(delivery.self_tests, [p for p in delivery.postbacks if p.test])
         self._accounts.report(delivery.unknown_accounts)
         try:
-            with metrics.LOG_APPEND_LATENCY.time():
-                result = await self._store.append(delivery.postbacks)
-            # Before the 200 too: a window not recorded is retried with the delivery.
-            if self._windows is not None and delivery.last_messages:
-                await self._windows.note(delivery.last_messages)
+            result = await self._store_delivery(delivery)
         except (StorageUnavailable, OSError) as exc:
             # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
             # store logged the fault and readiness shows it, so each delivery refused
@@ -218,6 +219,15 @@ class Webhook:
         if delivery.self_tests:
             answer["self_test"] = delivery.self_tests
         return web.json_response(answer)
+
+    async def _store_delivery(self, delivery: ParsedDelivery) -> AppendResult:
+        """Append the delivery's postbacks and note its messaging windows."""
+        with metrics.LOG_APPEND_LATENCY.time():
+            result = await self._store.append(delivery.postbacks)
+        # Before the 200 too: a window not recorded is retried with the delivery.
+        if self._windows is not None and delivery.last_messages:
+            await self._windows.note(delivery.last_messages)
+        return result
 
     @staticmethod
     def _report_tests(self_tests: list[str], dashboard: list[NewPostback]) -> None:
