@@ -3,6 +3,7 @@ console's cookie, and (for the browser tests) the system Chromium driven by Play
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -13,7 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from igbutton_server.app import App
+from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
+from igbutton_server.sandbox import postback_body
+from igbutton_server.storage.postbacks import Filter, GroupMember, GroupOptions, Start
 from tests.conftest import SettingsFactory, starting_apps
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
@@ -25,6 +28,9 @@ CALLERS = [
 """An admin caller and a plain service caller."""
 WAIT_MS = 10_000
 """Upper bound for anything a browser test waits for; reached only when broken."""
+
+GROUP_WAIT = 10.0
+"""Upper bound for a group member's delivery; reached only when broken."""
 
 _CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
 
@@ -104,3 +110,42 @@ def screenshots(tmp_path: Path) -> Path:
     folder = Path(named) if named else tmp_path / "screenshots"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+async def dead_lettered(app: App, key: str, payload: str, mid: str) -> GroupMember:
+    """A member of a new group ``key`` (store key) over the sandbox account with one delivery
+    attempt, and a postback with ``payload`` delivered through the sandbox's webhook that
+    the member nacked, so the group dead-lettered it. The caller closes the member."""
+    assert app.postback_store is not None
+    assert app.sandbox is not None
+    member = await app.postback_store.join_group(
+        key,
+        Filter(frozenset({SANDBOX_ACCOUNT_ID})),
+        Start.latest(),
+        GroupOptions(ack_deadline=30.0, max_unacked=10, max_attempts=1),
+    )
+    try:
+        body = postback_body(
+            account_id=SANDBOX_ACCOUNT_ID,
+            sender_id="1254477777772919",
+            mid=mid,
+            title="Tap",
+            payload=payload,
+        )
+        assert await app.sandbox.deliver(body) == 200
+        delivery = await asyncio.wait_for(anext(member), GROUP_WAIT)
+        assert (delivery.postback.payload, delivery.attempt) == (payload, 1)
+        nacked = await app.postback_store.ack(key, [], [delivery.ack_id])
+        assert nacked.applied == 1, nacked
+    except BaseException:
+        await member.close()
+        raise
+    return member
+
+
+async def unsubscribe_in_sandbox(app: App, http: aiohttp.ClientSession) -> None:
+    """Make the sandbox account unsubscribed from every webhook field at "Meta", through
+    the sandbox's control API (as if nobody had enabled its webhooks yet)."""
+    url = f"http://127.0.0.1:{app.ports.sandbox}/_sandbox/accounts/{SANDBOX_ACCOUNT_ID}"
+    async with http.post(url, json={"subscribed_fields": []}) as response:
+        assert response.status == 204, await response.text()
