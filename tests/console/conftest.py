@@ -9,7 +9,7 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -18,6 +18,9 @@ from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
 from igbutton_server.sandbox import postback_body
 from igbutton_server.storage.postbacks import Filter, GroupMember, GroupOptions, Start
 from tests.conftest import SettingsFactory, starting_apps
+
+if TYPE_CHECKING:  # the HTTP tests run without Playwright imported
+    from playwright.async_api import Dialog, Page
 
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 SERVICE_TOKEN = "service-token-0123456789abcdef"
@@ -100,6 +103,26 @@ async def browser() -> AsyncIterator[Any]:
             yield instance
         finally:
             await instance.close()
+
+
+async def open_context(browser: Any, app: App) -> tuple[Any, list[str]]:
+    """A fresh browser context on the console; the list collects dialogs and page errors."""
+    context = await browser.new_context(
+        base_url=base_url(app), viewport={"width": 1280, "height": 900}
+    )
+    context.set_default_timeout(WAIT_MS)
+    problems: list[str] = []
+
+    def on_page(page: Page) -> None:
+        async def dismiss(dialog: Dialog) -> None:
+            problems.append(f"dialog: {dialog.message}")
+            await dialog.dismiss()
+
+        page.on("dialog", dismiss)
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+
+    context.on("page", on_page)
+    return context, problems
 
 
 @pytest.fixture
