@@ -196,7 +196,8 @@ class Caller(_Section):
     accounts: list[str] = Field(default_factory=lambda: ["*"])
     """IG IDs this caller may use; ``*`` means all."""
     admin: bool = False
-    """May log in to the web console (and call the admin RPCs, as those land)."""
+    """May log in to the web console and call the administrative RPCs (GroupService), over
+    the groups of its accounts."""
 
     @model_validator(mode="after")
     def _load_token(self) -> Self:
@@ -381,6 +382,16 @@ class TokenSettings(_Section):
     """Deadline of one call to Meta for the account (refresh, me, subscribed_apps)."""
 
 
+class SendSettings(_Section):
+    """Checks on the send path before Meta is asked."""
+
+    messaging_window_check: Literal["off", "enforce"] = "off"
+    """``enforce``: a send to a person whose messaging window igbutton knows to be closed
+    (24 h after their last message seen in the webhook, 7 days with HUMAN_AGENT) fails at
+    once with OUTSIDE_MESSAGING_WINDOW, without calling Meta; a person igbutton has seen
+    nothing from is sent to. ``off``: Meta decides every send."""
+
+
 class IdempotencySettings(_Section):
     """How long a request_id is honoured."""
 
@@ -404,6 +415,9 @@ class PostbackSettings(_Section):
     max_groups_per_caller: int = Field(default=100, ge=1, le=100_000)
     """Most consumer groups one caller (in open mode: everyone) may have; joining a new
     group beyond it is refused with RESOURCE_EXHAUSTED."""
+    group_metrics_interval_seconds: float = Field(default=15.0, ge=0)
+    """How often the groups are read to set the per-group backlog, unacknowledged and
+    oldest-unacknowledged-age gauges (0: only when GetGroup or ListGroups reads them)."""
     group_idle_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     """A group with no member connected that nobody joined or acknowledged in for this
     long is deleted (checked every ``prune_interval_seconds``)."""
@@ -488,6 +502,7 @@ class Settings(BaseSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     tokens: TokenSettings = TokenSettings()
+    send: SendSettings = SendSettings()
     postbacks: PostbackSettings = PostbackSettings()
     sandbox: SandboxSettings = SandboxSettings()
     console: ConsoleSettings = ConsoleSettings()

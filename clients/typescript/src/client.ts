@@ -3,6 +3,7 @@ import { createClient, type Client, type Interceptor } from "@connectrpc/connect
 import { createGrpcTransport, type GrpcTransportOptions } from "@connectrpc/connect-node";
 
 import { AccountService } from "./gen/igbutton/v1/account_service_pb.js";
+import { GroupService, type Group } from "./gen/igbutton/v1/group_service_pb.js";
 import {
   PostbackService,
   type SubscribePostbacksRequestSchema,
@@ -49,6 +50,20 @@ export interface IgbuttonClient {
     request: MessageInitShape<typeof SubscribePostbacksRequestSchema>,
     options?: SubscribeOptions,
   ): Subscription;
+  /** GroupService: every operation on consumer groups (admin callers). */
+  groups: Client<typeof GroupService>;
+  /** A group's configuration and state ("billing" is short for "groups/billing"). */
+  getGroup(name: string): Promise<Group>;
+  /**
+   * Delivers a group's dead letters with these sequences again, from attempt
+   * 1 (none given: every dead letter); resolves to how many were redriven.
+   */
+  redriveDeadLetters(name: string, sequences?: bigint[]): Promise<number>;
+}
+
+/** A group's resource name: a plain name is short for "groups/<name>". */
+export function groupName(name: string): string {
+  return name.includes("/") ? name : `groups/${name}`;
 }
 
 /**
@@ -81,11 +96,26 @@ export function createIgbuttonClient(
     ...(options.nodeOptions === undefined ? {} : { nodeOptions: options.nodeOptions }),
   });
   const postbacks = createClient(PostbackService, transport);
+  const groups = createClient(GroupService, transport);
   return {
     send: createClient(SendService, transport),
     postbacks,
     accounts: createClient(AccountService, transport),
     subscribe: (request, subscribeOptions) =>
       new Subscription(postbacks, request, subscribeOptions),
+    groups,
+    async getGroup(name: string): Promise<Group> {
+      const { group } = await groups.getGroup({ name: groupName(name) });
+      if (group === undefined) throw new Error(`GetGroup answered no group for ${name}`);
+      return group;
+    },
+    async redriveDeadLetters(name: string, sequences: bigint[] = []): Promise<number> {
+      const answer = await groups.redriveDeadLetters({
+        name: groupName(name),
+        sequences,
+        all: sequences.length === 0,
+      });
+      return answer.redrivenCount;
+    },
   };
 }

@@ -188,3 +188,52 @@ test("a subscription resumes after a restart without gap or duplicate", { skip, 
     await events.return(undefined);
   }
 });
+
+test("dead-letter a group's postback, read the group, redrive it", { skip, timeout: 60_000 }, async () => {
+  const ig = createIgbuttonClient(addr!);
+  const abort = new AbortController();
+  try {
+    const id = newRequestId();
+    const group = `ts-${id.slice(0, 8)}`;
+    const payload = `ts-group-${id}`;
+    const stream = ig.postbacks
+      .subscribePostbacks(
+        { payloadPrefix: payload, group, start: { case: "position", value: StartPosition.EARLIEST } },
+        { signal: abort.signal },
+      )
+      [Symbol.asyncIterator]();
+    const first = stream.next();
+    first.catch(() => undefined);
+    const sent = await ig.send.sendButtonTemplate({
+      recipientId: "1254477777772919",
+      requestId: newRequestId(),
+      template: buttonTemplate("Group round trip from TypeScript", postbackButton("Yes", payload)),
+    });
+    await tap(sent.messageId, 0, abort.signal);
+
+    // Nacked on every attempt until the group dead-letters it.
+    let next = first;
+    let sequence = 0n;
+    for (let attempt = 1; ; attempt++) {
+      const event = await next;
+      assert.equal(event.done, false, "the stream ended");
+      assert.equal(event.value?.deliveryAttempt, attempt);
+      sequence = event.value?.postback?.sequence ?? 0n;
+      await ig.postbacks.ackPostbacks({ group, nackIds: [event.value?.ackId ?? ""] });
+      const info = await ig.getGroup(group);
+      if (info.deadLetterCount === 1n) {
+        assert.equal(attempt, info.maxDeliveryAttempts);
+        break;
+      }
+      next = stream.next();
+    }
+
+    assert.equal(await ig.redriveDeadLetters(group, [sequence]), 1);
+    const again = await stream.next();
+    assert.equal(again.value?.postback?.sequence, sequence);
+    assert.equal(again.value?.deliveryAttempt, 1);
+    await ig.postbacks.ackPostbacks({ group, ackIds: [again.value?.ackId ?? ""] });
+  } finally {
+    abort.abort();
+  }
+});

@@ -109,6 +109,23 @@ class NatsLayout:
         """The subject of one postback."""
         return f"{self.subject_prefix}.{subject_token(account_id)}.{subject_token(mid)}"
 
+    def redrive_subject(self, consumer: str, sequence: int | str = "*") -> str:
+        """Where a redriven copy of postback ``sequence`` for one group's consumer is
+        published: in the log, beside the postbacks (one token more, so no account
+        filter and no broadcast reader matches it), and in that group's filter only."""
+        return f"{self.subject_prefix}.redrive.{consumer}.{sequence}"
+
+    def group_subjects(self, consumer: str, account_ids: frozenset[str]) -> list[str]:
+        """The filter subjects of a group's durable consumer: its accounts' postbacks and
+        the copies redriven to it."""
+        return [*self.account_subjects(account_ids), self.redrive_subject(consumer)]
+
+    def group_notice_subject(self, consumer: str) -> str:
+        """Core NATS subject on which operations on a group reach its members on every
+        replica: ``reset`` after a seek, ``deadline <seq>.<attempt>.<ms>`` lines after
+        ModifyAckDeadline."""
+        return f"_IGBUTTON.GROUP.{self.stream}.{consumer}"
+
     def account_subjects(self, account_ids: frozenset[str]) -> list[str]:
         """Subjects matching the postbacks of these accounts (all accounts when empty)."""
         if not account_ids:
@@ -314,7 +331,8 @@ async def ensure_postback_layout(
         api.StreamConfig(
             name=layout.stream,
             description="igbutton postback log",
-            subjects=[f"{layout.subject_prefix}.*.*"],
+            # Postbacks, and copies of dead letters redriven to one group.
+            subjects=[f"{layout.subject_prefix}.*.*", layout.redrive_subject("*")],
             retention=api.RetentionPolicy.LIMITS,
             max_age=retention,
             # The log's identity check: see nats_postbacks. Kept short on purpose.

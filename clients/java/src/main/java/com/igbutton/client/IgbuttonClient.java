@@ -1,7 +1,11 @@
 package com.igbutton.client;
 
 import com.igbutton.v1.AccountServiceGrpc;
+import com.igbutton.v1.GetGroupRequest;
+import com.igbutton.v1.Group;
+import com.igbutton.v1.GroupServiceGrpc;
 import com.igbutton.v1.PostbackServiceGrpc;
+import com.igbutton.v1.RedriveDeadLettersRequest;
 import com.igbutton.v1.SendServiceGrpc;
 import com.igbutton.v1.SubscribePostbacksRequest;
 import io.grpc.ClientInterceptor;
@@ -92,6 +96,37 @@ public final class IgbuttonClient implements AutoCloseable {
   /** AccountService, blocking: token status and webhook subscription checks per account. */
   public AccountServiceGrpc.AccountServiceBlockingStub accounts() {
     return AccountServiceGrpc.newBlockingStub(channel);
+  }
+
+  /** A blocking stub for GroupService: every operation on consumer groups (admin callers). */
+  public GroupServiceGrpc.GroupServiceBlockingStub groups() {
+    return GroupServiceGrpc.newBlockingStub(channel);
+  }
+
+  /**
+   * A group's resource name: a plain name such as {@code billing} is short for {@code
+   * groups/billing} (open mode); names with a {@code /} are kept.
+   */
+  public static String groupName(String name) {
+    return name.contains("/") ? name : "groups/" + name;
+  }
+
+  /** A consumer group's configuration and state (GroupService.GetGroup). */
+  public Group getGroup(String name) {
+    return groups().getGroup(GetGroupRequest.newBuilder().setName(groupName(name)).build()).getGroup();
+  }
+
+  /**
+   * Delivers a group's dead letters with these sequences again from attempt 1 (none given: every
+   * dead letter); returns how many were redriven.
+   */
+  public int redriveDeadLetters(String name, long... sequences) {
+    RedriveDeadLettersRequest.Builder request =
+        RedriveDeadLettersRequest.newBuilder().setName(groupName(name)).setAll(sequences.length == 0);
+    for (long sequence : sequences) {
+      request.addSequences(sequence);
+    }
+    return groups().redriveDeadLetters(request.build()).getRedrivenCount();
   }
 
   /** The underlying channel, for health checks or other stubs. */
