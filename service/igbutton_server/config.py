@@ -196,8 +196,8 @@ class Caller(_Section):
     accounts: list[str] = Field(default_factory=lambda: ["*"])
     """IG IDs this caller may use; ``*`` means all."""
     admin: bool = False
-    """May log in to the web console and call the administrative RPCs (GroupService), over the
-    groups of its accounts."""
+    """May log in to the web console and call the administrative RPCs (GroupService), over
+    the groups of its accounts."""
 
     @model_validator(mode="after")
     def _load_token(self) -> Self:

@@ -342,3 +342,24 @@ async def test_operations_on_a_group_that_does_not_exist(storage: Storage) -> No
     ):
         with pytest.raises(GroupNotFound):
             await call
+
+
+async def test_an_ack_id_from_before_a_seek_never_acks_what_the_seek_delivers(
+    storage: Storage,
+) -> None:
+    store, groups = storage.postbacks, storage.groups
+    member = await store.join_group("g", Filter(), Start.earliest(), options())
+    await store.append([new(1)])
+    before = await next_of(member)
+    # Sought back over it: the same postback, the same attempt number, and on JetStream the
+    # same consumer sequence, as the delivery the member still holds.
+    await groups.seek_group("g", Start.after(before.postback.sequence - 1))
+    after = await next_of(member)
+    assert (after.postback.mid, after.attempt) == ("m1", 1)
+    assert after.ack_id != before.ack_id
+    stale = await store.ack("g", [before.ack_id], [])
+    assert (stale.applied, stale.unknown) == (0, (before.ack_id,))
+    assert (await groups.modify_ack_deadline("g", [before.ack_id], 5)).applied == 0
+    done = await store.ack("g", [after.ack_id], [])
+    assert (done.applied, done.unknown) == (1, ())
+    await member.close()

@@ -25,13 +25,8 @@ from igbutton_server import logs, metrics
 from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
-from igbutton_server.postbacks.parse import MalformedDelivery, ParsedDelivery, parse_delivery
-from igbutton_server.storage.postbacks import (
-    AppendResult,
-    NewPostback,
-    PostbackStore,
-    StorageUnavailable,
-)
+from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
+from igbutton_server.storage.postbacks import NewPostback, PostbackStore, StorageUnavailable
 from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
@@ -154,20 +149,28 @@ class Webhook:
             log.info("webhook client disconnected before its whole body arrived")
             return _error(400, "incomplete body")
 
+    def _refuse_unsigned(self, request: web.Request, body: bytes) -> web.Response | None:
+        """The refusal of a delivery without Meta's valid signature, or None when it has one."""
+        if self._settings.allow_unsigned:
+            return None
+        header = request.headers.get(SIGNATURE_HEADER)
+        if header is None:
+            metrics.WEBHOOKS.labels(result="unsigned").inc()
+            self._refusals.log(logging.WARNING, "unsigned", "unsigned webhook POST refused")
+            return _error(401, "signature required")
+        if not signature_matches(body, header, self._secrets):
+            metrics.WEBHOOKS.labels(result="bad_signature").inc()
+            self._refusals.log(
+                logging.WARNING, "bad_signature", "webhook POST with a wrong signature refused"
+            )
+            return _error(403, "invalid signature")
+        return None
+
     async def _deliver(self, request: web.Request, body: bytes) -> web.Response:
         """Check the signature over ``body``, parse it and store its postbacks."""
-        if not self._settings.allow_unsigned:
-            header = request.headers.get(SIGNATURE_HEADER)
-            if header is None:
-                metrics.WEBHOOKS.labels(result="unsigned").inc()
-                self._refusals.log(logging.WARNING, "unsigned", "unsigned webhook POST refused")
-                return _error(401, "signature required")
-            if not signature_matches(body, header, self._secrets):
-                metrics.WEBHOOKS.labels(result="bad_signature").inc()
-                self._refusals.log(
-                    logging.WARNING, "bad_signature", "webhook POST with a wrong signature refused"
-                )
-                return _error(403, "invalid signature")
+        refused = self._refuse_unsigned(request, body)
+        if refused is not None:
+            return refused
 
         try:
             delivery = parse_delivery(body, self._accounts.known)
@@ -183,7 +186,11 @@ class Webhook:
         self._report_tests(delivery.self_tests, [p for p in delivery.postbacks if p.test])
         self._accounts.report(delivery.unknown_accounts)
         try:
-            result = await self._store_delivery(delivery)
+            with metrics.LOG_APPEND_LATENCY.time():
+                result = await self._store.append(delivery.postbacks)
+            # Before the 200 too: a window not recorded is retried with the delivery.
+            if self._windows is not None and delivery.last_messages:
+                await self._windows.note(delivery.last_messages)
         except (StorageUnavailable, OSError) as exc:
             # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
             # store logged the fault and readiness shows it, so each delivery refused
@@ -219,15 +226,6 @@ class Webhook:
         if delivery.self_tests:
             answer["self_test"] = delivery.self_tests
         return web.json_response(answer)
-
-    async def _store_delivery(self, delivery: ParsedDelivery) -> AppendResult:
-        """Append the delivery's postbacks and note its messaging windows."""
-        with metrics.LOG_APPEND_LATENCY.time():
-            result = await self._store.append(delivery.postbacks)
-        # Before the 200 too: a window not recorded is retried with the delivery.
-        if self._windows is not None and delivery.last_messages:
-            await self._windows.note(delivery.last_messages)
-        return result
 
     @staticmethod
     def _report_tests(self_tests: list[str], dashboard: list[NewPostback]) -> None:

@@ -60,6 +60,8 @@ from igbutton_server.storage.postbacks import (
 log = logging.getLogger(__name__)
 
 FILTER_METADATA_KEY = "igbutton_filter"
+GENERATION_METADATA_KEY = "igbutton_generation"
+"""Consumer metadata: how many times a seek recreated the group's consumer."""
 JOINED_METADATA_KEY = "igbutton_joined_ms"
 """Consumer metadata: wall-clock ms of the group's last join (for the idle sweep)."""
 _ACK_TIMEOUT_SECONDS = 5.0
@@ -201,19 +203,32 @@ class AckLedger:
         return True
 
 
+def generation_of(info: api.ConsumerInfo) -> str:
+    """The generation of a group's consumer: "0" until a seek first recreated it."""
+    return (info.config.metadata or {}).get(GENERATION_METADATA_KEY) or "0"
+
+
+def split_ack_id(ack_id: str) -> tuple[str, str]:
+    """(the delivery's reply tail, the consumer generation it was handed out by)."""
+    tail, sep, generation = ack_id.rpartition("~")
+    return (tail, generation) if sep else (ack_id, "0")
+
+
 def reply_subject(stream: str, consumer: str, ack_id: str) -> str:
     """The ``$JS.ACK`` subject an ack id stands for."""
-    if ack_id.startswith("$JS.ACK."):
-        return ack_id
-    return f"$JS.ACK.{stream}.{consumer}.{ack_id}"
+    tail = split_ack_id(ack_id)[0]
+    if tail.startswith("$JS.ACK."):
+        return tail
+    return f"$JS.ACK.{stream}.{consumer}.{tail}"
 
 
-def ack_id_of(reply: AckReply) -> str:
-    """The ack id of a delivery: the reply subject without what the group already says."""
+def ack_id_of(reply: AckReply, generation: str = "0") -> str:
+    """The ack id of a delivery: the reply subject without what the group already says, and
+    the consumer's generation when a seek recreated it (a delivery of the new consumer can
+    have the same attempt and consumer sequence as one of the old)."""
     prefix = f"$JS.ACK.{reply.stream}.{reply.consumer}."
-    if reply.subject.startswith(prefix):
-        return reply.subject[len(prefix) :]
-    return reply.subject
+    tail = reply.subject.removeprefix(prefix)
+    return tail if generation == "0" else f"{tail}~{generation}"
 
 
 class ExpiredDeadLetters:
@@ -294,10 +309,13 @@ async def ack_group(
     except (ValueError, NotFoundError):
         return AckOutcome(AckResult(0, every), frozenset())
     max_deliver = info.config.max_deliver or 0
+    generation = generation_of(info)
     gate = asyncio.Semaphore(_ACK_CONCURRENCY)
     await _announce(conn, consumer, every)
 
     async def one(ack_id: str, nack: bool) -> int | None:
+        if split_ack_id(ack_id)[1] != generation:
+            return None  # handed out by the group's consumer before a seek replaced it
         reply = AckReply.parse(reply_subject(conn.layout.stream, consumer, ack_id))
         if reply is None or reply.stream != conn.layout.stream or reply.consumer != consumer:
             return None
@@ -377,8 +395,11 @@ class NatsGroupMember:
         options: GroupOptions,
         ack_wait: float,
         on_close: Callable[[NatsGroupMember], None],
+        generation: str = "0",
     ) -> None:
         self._conn = conn
+        self._generation = generation
+        """The generation of the consumer this member pulls from (see ack_id_of)."""
         self._ledger = ledger
         self._on_close = on_close
         self.group = group
@@ -411,9 +432,10 @@ class NatsGroupMember:
         options: GroupOptions,
         ack_wait: float,
         on_close: Callable[[NatsGroupMember], None],
+        generation: str = "0",
     ) -> NatsGroupMember:
         """Start pulling for the group; ``on_close`` is told when the member leaves."""
-        member = cls(conn, ledger, group, flt, options, ack_wait, on_close)
+        member = cls(conn, ledger, group, flt, options, ack_wait, on_close, generation)
         await member._inbox.open()
         member._watch = await conn.client.subscribe(
             ledger.watch_subject(member.consumer), cb=member._on_ledger
@@ -430,6 +452,8 @@ class NatsGroupMember:
         """An operation on the group (see ``NatsLayout.group_notice_subject``)."""
         kind, _, rest = msg.data.partition(b"\n")
         if kind == b"reset":
+            if rest.isdigit():
+                self._generation = rest.decode()
             # Sought: the consumer was made afresh and its ledger entries dropped, so what
             # this member held from the old one is gone. A delivery of the new consumer it
             # may hold already (it pulls again as soon as the consumer is back) is in the
@@ -581,7 +605,7 @@ class NatsGroupMember:
         )
         if reply.delivered > 1:
             metrics.REDELIVERIES.labels(group=self.group).inc()
-        return Delivery(postback, ack_id_of(reply), reply.delivered)
+        return Delivery(postback, ack_id_of(reply, self._generation), reply.delivered)
 
     async def _consumer_deleted(self) -> bool:
         conn = self._conn
@@ -590,7 +614,7 @@ class NatsGroupMember:
         give_up = time.monotonic() + _SEEK_GRACE_SECONDS
         while True:
             try:
-                await conn.js.consumer_info(conn.layout.stream, self.consumer)
+                info = await conn.js.consumer_info(conn.layout.stream, self.consumer)
             except NotFoundError:
                 if self._closed or time.monotonic() >= give_up:
                     return True
@@ -598,6 +622,8 @@ class NatsGroupMember:
                 continue
             except Exception as exc:  # noqa: BLE001 - any other failure: not known to be deleted
                 log.info("group %s consumer unreachable: %s", self.group, exc)
+            else:
+                self._generation = generation_of(info)  # a seek may have made it anew
             return False
 
     async def _record(self, reply: AckReply) -> bool:

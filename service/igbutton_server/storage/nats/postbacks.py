@@ -54,6 +54,7 @@ from igbutton_server.storage.nats._consumers import deliver_policy
 from igbutton_server.storage.nats._cursor import BroadcastCursor
 from igbutton_server.storage.nats._groups import (
     FILTER_METADATA_KEY,
+    GENERATION_METADATA_KEY,
     JOINED_METADATA_KEY,
     AckLedger,
     ExpiredDeadLetters,
@@ -62,10 +63,12 @@ from igbutton_server.storage.nats._groups import (
     consumer_name,
     filter_from_metadata,
     filter_to_metadata,
+    generation_of,
     group_consumers,
     group_of,
     reply_subject,
     scope_prefix,
+    split_ack_id,
 )
 from igbutton_server.storage.nats._tail import SharedTail
 from igbutton_server.storage.postbacks import (
@@ -475,6 +478,7 @@ class NatsPostbackStore:
             options,
             ack_wait=info.config.ack_wait or options.ack_deadline,
             on_close=self.forget,
+            generation=generation_of(info),
         )
         self._members.setdefault(group, set()).add(member)
         metrics.GROUPS.set(len(self._members))
@@ -654,6 +658,8 @@ class NatsPostbackStore:
         layout = self.conn.layout
         consumer, info = await self._group_consumer(group)
         config = info.config
+        generation = str(int(generation_of(info)) + 1)
+        config.metadata = {**(config.metadata or {}), GENERATION_METADATA_KEY: generation}
         moved = deliver_policy(to)
         config.deliver_policy = moved.deliver_policy
         config.opt_start_seq = moved.opt_start_seq
@@ -670,7 +676,8 @@ class NatsPostbackStore:
                 layout.stream, seq=delivered + 1, subject=layout.redrive_subject(consumer)
             )
         await self._create_consumer(consumer, config)
-        await self.conn.client.publish(layout.group_notice_subject(consumer), b"reset")
+        notice = b"reset\n" + generation.encode()
+        await self.conn.client.publish(layout.group_notice_subject(consumer), notice)
         metrics.UNACKED.labels(group=group).set(0)
 
     async def list_dead_letters(
@@ -734,10 +741,15 @@ class NatsPostbackStore:
         deadline_ms = admin.wall_ms() + int(seconds * 1000)
         lines: list[tuple[int, int, int]] = []
         unknown: list[str] = []
+        generation = generation_of(info)
         for ack_id in ack_ids:
             reply = AckReply.parse(reply_subject(layout.stream, consumer, ack_id))
             current = None
-            if reply is not None and reply.consumer == consumer:
+            if (
+                reply is not None
+                and reply.consumer == consumer
+                and (split_ack_id(ack_id)[1] == generation)
+            ):
                 current = await self.ledger.revision_of(consumer, reply)
             if reply is None or current is None:
                 unknown.append(ack_id)
