@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,6 +161,12 @@ async def dead_lettered(app: App, key: str, payload: str, mid: str) -> GroupMemb
         assert (delivery.postback.payload, delivery.attempt) == (payload, 1)
         nacked = await app.postback_store.ack(key, [], [delivery.ack_id])
         assert nacked.applied == 1, nacked
+        # JetStream stores the dead letter a moment after the nack: a bounded poll.
+        assert app.group_operations is not None
+        deadline = time.monotonic() + GROUP_WAIT
+        while (await app.group_operations.get_group(key)).dead_lettered != 1:
+            assert time.monotonic() < deadline, "the nacked postback was not dead-lettered"
+            await asyncio.sleep(0.02)
     except BaseException:
         await member.close()
         raise

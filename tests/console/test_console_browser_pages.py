@@ -58,6 +58,9 @@ async def test_redrive_a_dead_letter(browser: Any, console_app: App, screenshots
         await page.reload()
         await expect(row.locator('[data-field="dead_lettered"]')).to_have_text("0")
         await expect(row.locator('[data-field="unacked"]')).to_have_text("1")
+        await expect(row.locator('[data-field="oldest_unacked"]')).to_have_text(
+            re.compile(r"^\d+\.\d s$")
+        )
         assert problems == []
     finally:
         await context.close()

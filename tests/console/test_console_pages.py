@@ -66,8 +66,13 @@ async def test_the_groups_page_shows_the_numbers_and_the_escaped_dead_letters(
 
 
 async def test_redrive_without_the_csrf_token_is_refused_and_with_it_delivers_again(
-    console_app: App, http: aiohttp.ClientSession
+    engine_settings: SettingsFactory, http: aiohttp.ClientSession
 ) -> None:
+    async with starting_apps(engine_settings) as start:
+        await _redrive_with_and_without_csrf(await start(), http)
+
+
+async def _redrive_with_and_without_csrf(console_app: App, http: aiohttp.ClientSession) -> None:
     assert console_app.group_operations is not None
     member = await dead_lettered(console_app, "billing", "REDRIVE_ME", "m-redrive")
     try:
