@@ -189,3 +189,23 @@ async def test_an_admin_sees_only_the_accounts_it_may_use(
             assert answer.status == 303
             assert "ACCOUNT_NOT_ALLOWED" in answer.headers["Location"]
         assert app.sandbox.account_state(SANDBOX_ACCOUNT_ID).subscribed_fields == []
+
+
+async def test_redrive_all_and_bad_forms(console_app: App, http: aiohttp.ClientSession) -> None:
+    member = await dead_lettered(console_app, "billing", "ALL_OF_THEM", "m-all")
+    try:
+        csrf = csrf_of(await _get(http, console_app, "/groups"))
+        bad = {"name": "groups/billing", "sequence": "1; drop", "csrf_token": csrf}
+        async with await _post(http, console_app, "/groups/redrive", bad) as refused:
+            assert refused.status == 400
+        page = await _get(http, console_app, "/groups?group=not-a-resource-name")
+        assert "INVALID_ARGUMENT" in page  # what ListDeadLetters answers, shown
+
+        form = {"name": "groups/billing", "csrf_token": csrf}  # no sequence: all of them
+        async with await _post(http, console_app, "/groups/redrive", form) as done:
+            assert done.status == 303
+            assert "notice=Redriven:+1" in done.headers["Location"]
+        again = await asyncio.wait_for(anext(member), GROUP_WAIT)
+        assert (again.postback.payload, again.attempt) == ("ALL_OF_THEM", 1)
+    finally:
+        await member.close()
