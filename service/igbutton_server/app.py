@@ -125,6 +125,9 @@ class App:
         """Operating the consumer groups (storage.groups), once storage is open: the typed
         API for in-process users such as a web console."""
         self._storage: Storage | None = None
+        # The servicers the console's Groups and Accounts pages call, once registered.
+        self._group_api: GroupApi | None = None
+        self._account_api: AccountServiceServicer | None = None
         self._rate_ledger: RateLedger | None = None
         self._token_store: TokenStore | None = None
         self.account_graph: AccountGraph | None = None
@@ -376,12 +379,10 @@ class App:
         self._checks = AccountChecks(
             self.settings, self.tokens, self.account_graph, self.activity, self._webhook_url
         )
-        account_service_pb2_grpc.add_AccountServiceServicer_to_server(
-            AccountServiceServicer(
-                self.settings, self.tokens, self.activity, self.send.limiter, self._checks
-            ),
-            server,
+        self._account_api = AccountServiceServicer(
+            self.settings, self.tokens, self.activity, self.send.limiter, self._checks
         )
+        account_service_pb2_grpc.add_AccountServiceServicer_to_server(self._account_api, server)
 
     def _webhook_url(self) -> str | None:
         """igbutton's own webhook URL on loopback (for the self-test), once it serves."""
@@ -426,7 +427,13 @@ class App:
         if self.settings.callers and not any(c.admin for c in self.settings.callers):
             log.warning("web console enabled, but no caller has admin = true to log in with")
         console = build_console_app(
-            self.settings, self.postback_store, self.send.servicer, self.sandbox, self.ports.grpc
+            self.settings,
+            self.postback_store,
+            self.send.servicer,
+            self.sandbox,
+            self.ports.grpc,
+            groups=self._group_api,
+            accounts=self._account_api,
         )
 
         async def to_console(_: web.Request) -> web.StreamResponse:
@@ -449,6 +456,7 @@ class App:
         assert self._storage is not None
         api = GroupApi(self._storage.groups, self.settings.callers)
         group_service_pb2_grpc.add_GroupServiceServicer_to_server(api, server)
+        self._group_api = api
 
     async def _start_webhook(self) -> None:
         """Serve Meta's webhook and tell the sandbox (if any) where it is."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Dialog, Page, expect
+from playwright.async_api import expect
 
 from igbutton.v1 import button_template_pb2 as bt
 from igbutton.v1 import send_service_pb2
@@ -22,7 +22,7 @@ from igbutton_server.app import SANDBOX_ACCOUNT_ID, App
 from igbutton_server.console.site import PREFIX
 from igbutton_server.sandbox import postback_body
 from tests.conftest import SettingsFactory, starting_apps
-from tests.console.conftest import ADMIN_TOKEN, WAIT_MS, base_url
+from tests.console.conftest import ADMIN_TOKEN, open_context
 
 pytestmark = pytest.mark.browser
 
@@ -31,30 +31,10 @@ HTML_TITLE = "<i>x</i><b>y</b>"
 HTML_TEXT = "<script>alert(2)</script><img src=x onerror=alert(3)>"
 
 
-async def _open(browser: Any, app: App) -> tuple[Any, list[str]]:
-    """A fresh browser context on the console; the list collects dialogs and page errors."""
-    context = await browser.new_context(
-        base_url=base_url(app), viewport={"width": 1280, "height": 900}
-    )
-    context.set_default_timeout(WAIT_MS)
-    problems: list[str] = []
-
-    def on_page(page: Page) -> None:
-        async def dismiss(dialog: Dialog) -> None:
-            problems.append(f"dialog: {dialog.message}")
-            await dialog.dismiss()
-
-        page.on("dialog", dismiss)
-        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-
-    context.on("page", on_page)
-    return context, problems
-
-
 async def test_compose_send_tap_and_see_the_postback_live(
     browser: Any, console_app: App, screenshots: Path
 ) -> None:
-    context, problems = await _open(browser, console_app)
+    context, problems = await open_context(browser, console_app)
     try:
         live = await context.new_page()
         await live.goto(f"{PREFIX}/live")
@@ -122,7 +102,7 @@ async def test_compose_send_tap_and_see_the_postback_live(
 
 
 async def test_pause_loses_nothing_and_filters_apply(browser: Any, console_app: App) -> None:
-    context, problems = await _open(browser, console_app)
+    context, problems = await open_context(browser, console_app)
     try:
         live = await context.new_page()
         await live.goto(f"{PREFIX}/live")
@@ -176,7 +156,7 @@ async def test_html_in_postbacks_and_templates_renders_as_text(
         ),
         10.0,
     )
-    context, problems = await _open(browser, console_app)
+    context, problems = await open_context(browser, console_app)
     try:
         live = await context.new_page()
         await live.goto(f"{PREFIX}/live")
@@ -215,7 +195,7 @@ async def test_html_in_postbacks_and_templates_renders_as_text(
 
 
 async def test_the_csp_blocks_an_inline_script(browser: Any, console_app: App) -> None:
-    context, problems = await _open(browser, console_app)
+    context, problems = await open_context(browser, console_app)
     try:
         page = await context.new_page()
         violations: list[str] = []
@@ -255,7 +235,7 @@ async def test_the_csp_blocks_an_inline_script(browser: Any, console_app: App) -
 
 
 async def test_login_in_the_browser(browser: Any, auth_app: App, screenshots: Path) -> None:
-    context, problems = await _open(browser, auth_app)
+    context, problems = await open_context(browser, auth_app)
     try:
         page = await context.new_page()
         await page.goto(f"{PREFIX}/live")
@@ -269,7 +249,7 @@ async def test_login_in_the_browser(browser: Any, auth_app: App, screenshots: Pa
         await page.get_by_role("button", name="Log in").click()
         await page.wait_for_url(f"**{PREFIX}/live")
         await expect(page.locator("#feed")).to_have_attribute("data-state", "live")
-        await expect(page.locator("nav a")).to_have_count(3)
+        await expect(page.locator("nav a")).to_have_count(5)
         cookies = await context.cookies()
         [session] = [c for c in cookies if c["name"] == "igbutton_console"]
         assert session["httpOnly"] is True
@@ -294,7 +274,7 @@ async def test_pasted_request_json_fills_the_form_and_is_checked(
             ],
         },
     }
-    context, problems = await _open(browser, console_app)
+    context, problems = await open_context(browser, console_app)
     try:
         page = await context.new_page()
         await page.goto(f"{PREFIX}/compose")
@@ -331,7 +311,7 @@ async def test_an_account_the_admin_may_not_use_is_shown_as_refused(
                 {"name": "ops", "token": ADMIN_TOKEN, "admin": True, "accounts": ["1"]},
             ]
         )
-        context, problems = await _open(browser, app)
+        context, problems = await open_context(browser, app)
         try:
             page = await context.new_page()
             await page.goto(f"{PREFIX}/login")

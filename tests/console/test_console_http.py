@@ -350,6 +350,15 @@ async def test_every_console_url_needs_the_admin_login(
     routes = _console_routes(auth_app)
     assert ("GET", f"{PREFIX}/live/events") in routes
     assert ("POST", f"{PREFIX}/compose/send") in routes
+    # The Groups and Accounts pages' routes, each a GET page and its POST forms.
+    for route in (
+        ("GET", f"{PREFIX}/groups"),
+        ("POST", f"{PREFIX}/groups/redrive"),
+        ("POST", f"{PREFIX}/groups/purge"),
+        ("GET", f"{PREFIX}/accounts"),
+        ("POST", f"{PREFIX}/accounts/subscribe"),
+    ):
+        assert route in routes, (route, routes)
     public = {f"{PREFIX}/login", f"{PREFIX}/static"}
     checked = 0
     for method, path in routes:
@@ -366,7 +375,7 @@ async def test_every_console_url_needs_the_admin_login(
                 else:
                     assert response.status == 401, (method, path, accept, response.status)
                 checked += 1
-    assert checked >= 8 * 3
+    assert checked >= 13 * 3
     assert auth_app.sandbox is not None
     assert auth_app.sandbox.received == []
 

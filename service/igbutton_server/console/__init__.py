@@ -1,6 +1,8 @@
 """The web console: compose and preview a template, watch a sandbox conversation and the
-live postbacks, in a browser, served by igbutton itself at ``/console`` on the operations
-port (enable with ``console.enabled``; on by default in sandbox mode only).
+live postbacks, operate the consumer groups (dead letters, redrive, purge) and see the
+accounts with the doctor's findings, in a browser, served by igbutton itself at
+``/console`` on the operations port (enable with ``console.enabled``; on by default in
+sandbox mode only).
 
 Why server-rendered HTML and a little plain JavaScript, not a single-page app:
 

@@ -17,6 +17,7 @@ import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler as AiohttpHandler
 
+from igbutton_server.accounts.api import AccountServiceServicer
 from igbutton_server.config import Settings
 from igbutton_server.console import pages as page_registry
 from igbutton_server.console.pages import SESSION_KEY, ConsoleContext, Handler, Page
@@ -30,6 +31,7 @@ from igbutton_server.console.security import (
     csrf_ok,
     same_origin,
 )
+from igbutton_server.groups.api import GroupApi
 from igbutton_server.sandbox import Sandbox
 from igbutton_server.send.api import SendServiceServicer
 from igbutton_server.storage.postbacks import PostbackStore
@@ -147,13 +149,25 @@ def build_console_app(
     sends: SendServiceServicer,
     sandbox: Sandbox | None,
     grpc_port: int,
+    *,
+    groups: GroupApi | None = None,
+    accounts: AccountServiceServicer | None = None,
 ) -> web.Application:
     """The console's aiohttp application, to mount at :data:`PREFIX`; ``grpc_port`` is the
-    bound gRPC port."""
+    bound gRPC port. The Groups and Accounts pages are served when their servicer is given."""
     sessions = Sessions(settings.callers, settings.console)
     host = settings.grpc.listen.rpartition(":")[0] or "127.0.0.1"
     host = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host
-    ctx = ConsoleContext(settings, store, sends, sandbox, _environment(), f"{host}:{grpc_port}")
+    ctx = ConsoleContext(
+        settings,
+        store,
+        sends,
+        sandbox,
+        _environment(),
+        f"{host}:{grpc_port}",
+        groups=groups,
+        accounts=accounts,
+    )
     available = [page for page in page_registry.discover() if page.available(ctx)]
     # The context is frozen; the navigation is known only once every page was asked.
     object.__setattr__(ctx, "pages", tuple(available))

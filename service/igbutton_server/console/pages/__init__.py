@@ -5,14 +5,17 @@ the navigation, whether it applies to this process (the conversation needs the s
 and its routes. A route handler gets the request and the :class:`ConsoleContext`, which
 holds what igbutton's parts offer the console: the settings, the postback store (the
 engine-neutral ``PostbackStore`` contract, which a page may call like any other part of
-igbutton), the send servicer and the sandbox. Adding a page is adding a module (and its
-template under ``templates/``, and its script under ``static/`` if it has one), e.g.::
+igbutton), the servicers of SendService, GroupService and AccountService, and the sandbox.
+A page calls a servicer as the logged-in caller (:func:`as_caller`), so the RPC's own checks
+(which accounts, which groups) apply and nothing of it is implemented twice.
+
+Adding a page is adding a module (and its template under ``templates/``, and its script
+under ``static/`` if it has one), e.g.::
 
     async def _page(request: web.Request, ctx: ConsoleContext) -> web.StreamResponse:
-        info = await ctx.store.group_info(request.query["group"])
-        return ctx.render(request, "groups.html", info=info)
+        return ctx.render(request, "hello.html", accounts=ctx.settings.accounts)
 
-    PAGE = Page(slug="groups", title="Groups", order=40, routes=(Route("GET", "", _page),))
+    PAGE = Page(slug="hello", title="Hello", order=90, routes=(Route("GET", "", _page),))
 
 Every route is behind the console's login and CSRF check (``site.py``); a handler that
 changes state is a POST, and its form carries ``csrf_token`` (the template has it).
@@ -24,19 +27,33 @@ import importlib
 import pkgutil
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import grpc
 import jinja2
 from aiohttp import web
 
+from igbutton_server import auth
+from igbutton_server.accounts.api import AccountServiceServicer
 from igbutton_server.config import Settings
 from igbutton_server.console.security import Session
+from igbutton_server.groups.api import GroupApi
 from igbutton_server.sandbox import Sandbox
 from igbutton_server.send.api import SendServiceServicer
 from igbutton_server.storage.postbacks import PostbackStore
 
 SESSION_KEY = web.RequestKey("igbutton_console_session", Session)
 """Where the console's middleware puts the request's session (``request[SESSION_KEY]``)."""
+
+NO_RPC_CONTEXT = cast("grpc.aio.ServicerContext[Any, Any]", None)
+"""The context a page passes to a servicer's RPC method: igbutton's servicers read nothing
+from it (the caller is ``auth.current_caller``, failures are raised as ApiError)."""
+
+
+def as_caller(request: web.Request) -> None:
+    """Run what follows as the logged-in caller (None in open mode), so a servicer's own
+    permission checks apply to the console as to a gRPC call."""
+    auth.current_caller.set(request[SESSION_KEY].caller)
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,10 @@ class ConsoleContext:
     templates: jinja2.Environment
     grpc_target: str
     """host:port of this igbutton's gRPC port, as the snippets name it."""
+    groups: GroupApi | None = None
+    """The GroupService servicer (None where a test builds a console without it)."""
+    accounts: AccountServiceServicer | None = None
+    """The AccountService servicer (None where a test builds a console without it)."""
     pages: Sequence[Page] = field(default_factory=tuple)
     """Every page available in this process, in navigation order (filled in by the site)."""
 

@@ -18,19 +18,13 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from igbutton.v1 import send_service_pb2
-from igbutton_server import auth
-from igbutton_server.console.pages import SESSION_KEY, ConsoleContext, Page, Route
+from igbutton_server.console.pages import ConsoleContext, Page, Route, as_caller
 from igbutton_server.console.snippets import Connection, all_snippets
 from igbutton_server.errors import ApiError, api_error, reason_name
 from igbutton_server.send import validation
 
 _MAX_REQUEST_BYTES = 64 * 1024
 EXAMPLE_RECIPIENT = "1254477777772919"
-
-
-def _as_caller(request: web.Request) -> None:
-    """Run the send path as the logged-in caller, so its account permissions apply."""
-    auth.current_caller.set(request[SESSION_KEY].caller)
 
 
 def error_json(error: ApiError) -> dict[str, Any]:
@@ -98,7 +92,7 @@ async def _validate(request: web.Request, ctx: ConsoleContext) -> web.StreamResp
         return web.json_response(
             {"violations": [{"field": "json", "description": str(exc)}], "error": None}
         )
-    _as_caller(request)
+    as_caller(request)
     check = send_service_pb2.ValidateButtonTemplateRequest(
         account_id=send.account_id,
         recipient_id=send.recipient_id,
@@ -136,7 +130,7 @@ async def _send(request: web.Request, ctx: ConsoleContext) -> web.StreamResponse
         )
     if not send.request_id:
         send.request_id = str(uuid.uuid4())
-    _as_caller(request)
+    as_caller(request)
     # The deadline a gRPC caller without one gets.
     timeout = ctx.settings.graph.default_timeout_seconds
     try:
