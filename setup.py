@@ -13,7 +13,8 @@ exactly these (send, tap, stream, on SQLite and on NATS):
   accepts it (the API, SDK and gRPC instrumentation move with it);
 - pydantic-settings 2.4 is the first with SettingsError, and needs pydantic 2.7;
 - nats-py 2.12 is the first whose StreamConfig has allow_msg_ttl;
-- yarl 1.9.2 is the first 1.9 with wheels for CPython 3.11.
+- aiohttp 3.14 is the first with web.RequestKey (the console's typed request storage), and
+  needs yarl 1.17.
 """
 
 from pathlib import Path
@@ -26,8 +27,8 @@ setup(
     version=VERSION,
     install_requires=[
         f"igbutton=={VERSION}",
-        "aiohttp>=3.9",
-        "yarl>=1.9.2",
+        "aiohttp>=3.14",
+        "yarl>=1.17",
         "grpcio>=1.85.1",
         "grpcio-health-checking>=1.85.1",
         "grpcio-reflection>=1.85.1",
