@@ -16,11 +16,16 @@ import pytest
 
 pytest.importorskip("psutil")
 pytest.importorskip("matplotlib")
+PEERS = ("igbutton_client", "igbutton_sync", "peer_fbmessenger", "peer_pymessenger", "peer_aiohttp")
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {
     "send_throughput_ratio",
+    "idempotent_vs_plain",
     "added_p50_latency",
+    "vs_fbmessenger_throughput",
+    "vs_fbmessenger_p99",
+    "vs_fbmessenger_caller_cpu",
     "stored_postbacks_batch1",
     "stored_postbacks_batch50",
     "e2e_p99_500_per_s_10_subscribers",
@@ -56,7 +61,7 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     assert data["meta"]["plan"] == "tiny"
     assert {t["name"] for t in data["targets"]} == TARGETS
     assert all(t["pass"] in (True, False, None) for t in data["targets"])
-    assert "PASS" in proc.stdout or "FAIL" in proc.stdout or "N/A" in proc.stdout
+    assert "PASS" in proc.stdout or "MISS" in proc.stdout or "N/A" in proc.stdout
 
     ceiling = [r for r in data["send"]["runs"] if r["target"] == "grpc_ceiling"]
     assert len(ceiling) == 1
@@ -66,12 +71,24 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     assert {"p50_ms", "p90_ms", "p99_ms"} <= set(run["latency"])
     assert {"cpu_seconds", "peak_rss_mb"} <= set(run["usage"]["server"])
     assert run["usage"]["server"]["peak_rss_mb"] > 0
-    for target in ("http_ceiling", "igbutton"):
+    for target in ("http_ceiling", "igbutton", "igbutton_client"):
         ran = [r for r in data["send"]["runs"] if r["target"] == target]
         assert ran or target in data["send"]["skipped"]
     assert {"best_calls_per_s", "added_latency_c1", "per_concurrency"} <= set(
         data["send"]["summary"]
     )
+    # Every peer runner sent (the tiny plan runs them at a few callers) and was measured.
+    peers = {r["target"]: r for r in data["send"]["peer_runs"]}
+    for target in PEERS:
+        assert target in peers, data["send"]["skipped"]
+        assert peers[target]["calls"] > 0
+        assert peers[target]["errors"] == {}, peers[target]["first_error"]
+        assert peers[target]["usage"]["caller"]["cpu_seconds"] > 0
+    # Idempotent sends commit to SQLite (the commits hook works); plain ones do not.
+    cost = data["send"]["idempotent_cost"][0]
+    assert cost["idempotent"]["commits_per_send"] > 0
+    assert cost["plain"]["commits_per_send"] == 0
+    assert (results / "tiny-peers.png").stat().st_size > 0
     sqlite = data["postbacks"]["sqlite"]
     assert "skipped" in sqlite or {"throughput", "cases", "memory"} <= set(sqlite)
     assert (results / "tiny.png").stat().st_size > 0
