@@ -188,9 +188,24 @@ def main() -> int:
     report.write_json(results, out)
     report.chart(results, args.results_dir / f"{label}.png")
     print(f"\nwrote {out} and {out.with_suffix('.png')} in {results['meta']['elapsed_s']} s")
+    failed = failures(results)
+    if failed:
+        # A run that measured nothing (or measured failures) must not pass as a result.
+        print(f"\nBENCH FAILED: {len(failed)} run(s) failed; the docs were not updated:")
+        for name, why in failed.items():
+            print(f"  {name}: {why}")
+        return 1
     if plan.name == "full" and not args.no_docs:
         _write_docs(args, results)
     return 0
+
+
+def failures(results: dict[str, Any]) -> dict[str, str]:
+    """Every run of the results that failed: its process, no call completed, or errors."""
+    out = {f"send {k}": v for k, v in results.get("send", {}).get("failures", {}).items()}
+    for backend, section in results.get("postbacks", {}).items():
+        out.update({f"postbacks {backend} {k}": v for k, v in section.get("failed", {}).items()})
+    return out
 
 
 if __name__ == "__main__":

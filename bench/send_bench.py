@@ -163,16 +163,16 @@ PEER_MODES = {
 """Targets that reuse another target's processes, and how they are called."""
 
 
-def _shared(target: str, started: dict[str, Target], work: Path, knobs: ServerKnobs) -> Target:
-    """A target on the processes of ``igbutton`` (igbutton callers) or ``http_ceiling``."""
+def _owner_of(target: str) -> str:
+    """The target whose processes a peer target calls: ``igbutton`` or ``http_ceiling``."""
+    return "igbutton" if target.startswith("igbutton") else "http_ceiling"
+
+
+def _shared(target: str, owner: Target) -> Target:
+    """A target on the processes of ``owner`` (stopped by the owner, not by this one)."""
     mode = PEER_MODES[target]
-    owner_name = "igbutton" if target.startswith("igbutton") else "http_ceiling"
-    owner = started.get(owner_name)
-    owned = owner is None
-    if owner is None:
-        owner = _start(owner_name, work, knobs)
     return dataclasses.replace(
-        owner, name=target, mode=mode, owned=owned, http=None if mode == "aiohttp" else owner.http
+        owner, name=target, mode=mode, owned=False, http=None if mode == "aiohttp" else owner.http
     )
 
 
@@ -465,9 +465,12 @@ def _rounds(
     levels: tuple[int, ...],
     plan: Plan,
     work: Path,
-    skipped: dict[str, str],
+    failures: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """Each level: ``plan.send_repeats`` rounds, each running every target once in turn."""
+    """Each level: ``plan.send_repeats`` rounds, each running every target once in turn.
+
+    A run that fails (its process, or :func:`measured_nothing`) is recorded in ``failures``.
+    """
     raw: list[dict[str, Any]] = []
     for concurrency in levels:
         print(f"send: {concurrency} concurrent callers", flush=True)
@@ -476,12 +479,26 @@ def _rounds(
                 try:
                     result = _load(target, concurrency, plan, work)
                 except ChildFailed as exc:
-                    skipped[f"{target.name}@{concurrency}"] = str(exc)
+                    failures[f"{target.name}@{concurrency}#{rep}"] = str(exc)
                     print(f"  FAILED {target.name} c={concurrency}: {exc}", flush=True)
                     continue
                 result["rep"] = rep
                 raw.append(result)
+                problem = measured_nothing(result)
+                if problem is not None:
+                    failures[f"{target.name}@{concurrency}#{rep}"] = problem
+                    print(f"  FAILED {target.name} c={concurrency}: {problem}", flush=True)
     return raw
+
+
+def measured_nothing(run: dict[str, Any]) -> str | None:
+    """Why a load run cannot be reported (None: it can): no call completed in its window,
+    or some call failed. A figure of such a run would compare a broken target."""
+    if run["errors"] or run["first_error"]:
+        return f"errors {run['errors']}: {run['first_error']}"
+    if not run["calls"]:
+        return "no call completed in the measured window"
+    return None
 
 
 def _combined(raw: list[dict[str, Any]], targets: list[Target]) -> list[dict[str, Any]]:
@@ -496,12 +513,18 @@ def _combined(raw: list[dict[str, Any]], targets: list[Target]) -> list[dict[str
 def _start_all(
     names: tuple[str, ...], work: Path, knobs: ServerKnobs, skipped: dict[str, str]
 ) -> dict[str, Target]:
+    """Start each target's processes once. A peer target's owner is started (and kept
+    under its own name) before it, even when the owner is not a target itself: starting
+    igbutton twice would delete the first one's SQLite file under it."""
     started: dict[str, Target] = {}
     for name in dict.fromkeys(names):
         try:
             if name in PEER_MODES:
-                started[name] = _shared(name, started, work, knobs)
-            else:
+                owner = _owner_of(name)
+                if owner not in started:
+                    started[owner] = _start(owner, work, knobs)
+                started[name] = _shared(name, started[owner])
+            elif name not in started:
                 started[name] = _start(name, work, knobs)
         except (Skip, ChildFailed) as exc:
             skipped[name] = str(exc)
@@ -519,14 +542,15 @@ def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
     ``plan.peer_concurrency`` callers.
     """
     skipped: dict[str, str] = {}
+    failures: dict[str, str] = {}
     started: dict[str, Target] = {}
     try:
         started = _start_all((*plan.send_targets, *plan.peer_targets), work, knobs, skipped)
         main = [started[n] for n in plan.send_targets if n in started]
         peer = [started[n] for n in plan.peer_targets if n in started]
-        raw = _rounds(main, plan.send_concurrency, plan, work, skipped)
+        raw = _rounds(main, plan.send_concurrency, plan, work, failures)
         peer_raw = (
-            _rounds(peer, (plan.peer_concurrency,), plan, work, skipped)
+            _rounds(peer, (plan.peer_concurrency,), plan, work, failures)
             if plan.peer_concurrency
             else []
         )
@@ -543,6 +567,7 @@ def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
         "peer_repetitions": peer_raw,
         "peer_concurrency": plan.peer_concurrency,
         "skipped": skipped,
+        "failures": failures,
         "targets": names,
         "peer_targets": [t.name for t in peer],
         "summary": summarise(runs, plan.send_concurrency, names),

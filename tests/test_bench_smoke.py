@@ -57,6 +57,7 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((results / "tiny.json").read_text())
+    assert data["send"]["failures"] == {}
     assert {"meta", "send", "postbacks", "targets"} <= set(data)
     assert data["meta"]["plan"] == "tiny"
     assert {t["name"] for t in data["targets"]} == TARGETS
@@ -92,3 +93,27 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     sqlite = data["postbacks"]["sqlite"]
     assert "skipped" in sqlite or {"throughput", "cases", "memory"} <= set(sqlite)
     assert (results / "tiny.png").stat().st_size > 0
+
+
+def _run(calls: int, errors: dict[str, int], first_error: str | None = None) -> dict[str, object]:
+    return {"calls": calls, "errors": errors, "first_error": first_error}
+
+
+def test_a_run_without_calls_or_with_errors_fails_the_bench() -> None:
+    from bench.__main__ import failures
+    from bench.send_bench import measured_nothing
+
+    assert measured_nothing(_run(10, {})) is None
+    assert measured_nothing(_run(0, {})) == "no call completed in the measured window"
+    # A client that retried until past the window: no error counted, but one was seen.
+    assert measured_nothing(_run(0, {}, "UNAVAILABLE: store")) is not None
+    assert measured_nothing(_run(10, {"UNAVAILABLE": 1}, "UNAVAILABLE: x")) is not None
+    results = {
+        "send": {"failures": {"igbutton_client@1#0": "no call"}},
+        "postbacks": {"nats": {"failed": {"max-b1": "exited"}}, "sqlite": {"failed": {}}},
+    }
+    assert failures(results) == {
+        "send igbutton_client@1#0": "no call",
+        "postbacks nats max-b1": "exited",
+    }
+    assert failures({"send": {"failures": {}}}) == {}
