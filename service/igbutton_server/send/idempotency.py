@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
@@ -65,6 +66,18 @@ def _raise_or_return(outcome: Outcome) -> SendResult:
     return outcome
 
 
+class SendSlot(Protocol):
+    """The rate-limit slot of one send, taken before its claim when it is free at once."""
+
+    def take_now(self) -> bool:
+        """Take the slot if it is free now, without waiting; False: take nothing."""
+        ...
+
+    def give_back(self) -> None:
+        """Return the slot taken, unused (the request_id had a record already)."""
+        ...
+
+
 @dataclass
 class _InFlight:
     fingerprint: str
@@ -85,11 +98,16 @@ class IdempotentSends:
         fp: str,
         time_left: float,
         send: Callable[[SendTracker], Awaitable[SendResult]],
+        slot: SendSlot | None = None,
     ) -> SendResult:
         """The outcome of the send for request_id ``key`` with fingerprint ``fp``.
 
         ``time_left`` is the caller's remaining time. Raises the ApiError the send ended with
-        (or the first call's, or REQUEST_ID_REUSED).
+        (or the first call's, or REQUEST_ID_REUSED). With a ``slot`` that is free at once,
+        the claim is stored already marked written (one durable write instead of two) and
+        the send's first attempt uses that slot; otherwise the claim is stored unwritten
+        and marked written once the rate limiter lets the send go, so a crash while it
+        waits lets a repeat send.
         """
         while True:
             running = self._in_flight.get(key)
@@ -105,7 +123,7 @@ class IdempotentSends:
             self._in_flight[key] = entry
             shared_outcome: Outcome | None = None
             try:
-                outcome = await self._first(key, fp, time_left, send, entry)
+                outcome = await self._first(key, fp, time_left, send, entry, slot)
                 shared_outcome = outcome
                 return _raise_or_return(outcome)
             finally:
@@ -120,17 +138,12 @@ class IdempotentSends:
         time_left: float,
         send: Callable[[SendTracker], Awaitable[SendResult]],
         entry: _InFlight,
+        slot: SendSlot | None,
     ) -> Outcome:
-        lease = time_left + LEASE_SLACK_SECONDS
-        deadline = time.monotonic() + time_left
-        while True:
-            existing = await self._store.claim(key, fp, lease, self._ttl)
-            if existing is None:
-                break
-            outcome = await self._existing(key, fp, existing, deadline)
-            if outcome is not None:
-                return outcome
-            # Abandoned before it was written: claim again (the store takes it over).
+        claimed = await self._claim(key, fp, time_left, slot)
+        if not isinstance(claimed, bool):
+            return claimed
+        ready = claimed
 
         async def mark_written() -> None:
             try:
@@ -144,7 +157,7 @@ class IdempotentSends:
                     metadata={"requestId": key},
                 ) from None
 
-        tracker = SendTracker(mark_written)
+        tracker = SendTracker(None if ready else mark_written, slot_taken=ready)
         try:
             result = await send(tracker)
         except ApiError as error:
@@ -166,6 +179,30 @@ class IdempotentSends:
         # Shielded: a cancellation now must not lose the record of a send that happened.
         await asyncio.shield(self._keep(key, fp, result))
         return result
+
+    async def _claim(
+        self, key: str, fp: str, time_left: float, slot: SendSlot | None
+    ) -> bool | Outcome:
+        """Claim the request_id: whether the claim is marked written (its slot taken), or
+        the outcome of the existing record."""
+        lease = time_left + LEASE_SLACK_SECONDS
+        deadline = time.monotonic() + time_left
+        while True:
+            ready = slot is not None and slot.take_now()
+            try:
+                existing = await self._store.claim(key, fp, lease, self._ttl, written=ready)
+            except BaseException:
+                if ready and slot is not None:
+                    slot.give_back()
+                raise
+            if existing is None:
+                return ready
+            if ready and slot is not None:
+                slot.give_back()
+            outcome = await self._existing(key, fp, existing, deadline)
+            if outcome is not None:
+                return outcome
+            # Abandoned before it was written: claim again (the store takes it over).
 
     async def _keep(self, key: str, fp: str, outcome: Outcome) -> None:
         try:

@@ -45,10 +45,17 @@ class SendTracker:
     been sent, so the send must not be repeated.
     """
 
-    def __init__(self, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        before_write: Callable[[], Awaitable[None]] | None = None,
+        *,
+        slot_taken: bool = False,
+    ) -> None:
         self.written = False
         self.attempts = 0
         self._before_write = before_write
+        self.slot_taken = slot_taken
+        """The first attempt's rate-limit slot was taken already (RateLimiter.take_now)."""
 
     async def about_to_write(self) -> None:
         """Called by the Graph client before it starts writing a request (each attempt).

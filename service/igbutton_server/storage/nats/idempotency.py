@@ -72,6 +72,8 @@ class NatsIdempotencyStore:
         self._owner = uuid.uuid4().hex
         self._heartbeat: asyncio.Task[None] | None = None
         self._beat_ok = True
+        self._unwritten: dict[str, tuple[dict[str, Any], int]] = {}
+        """This store's claims not yet marked written: the value and revision it wrote."""
         conn.on_revived = self._on_revived
 
     async def _on_revived(self) -> None:
@@ -159,9 +161,9 @@ class NatsIdempotencyStore:
 
     async def _write(
         self, key: str, value: dict[str, Any] | None, ttl: float, last: int | None
-    ) -> bool:
+    ) -> int | None:
         """Write (or delete, with ``value`` None); with ``last``, only if the record is still
-        at that revision. False if it was not."""
+        at that revision. The new revision; None if the record was not at ``last``."""
         headers: dict[str, Any] = {api.Header.MSG_TTL: str(max(1, math.ceil(ttl)))}
         if last is not None:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
@@ -172,12 +174,14 @@ class NatsIdempotencyStore:
         else:
             payload = json.dumps(value, separators=(",", ":")).encode()
         try:
-            await self._conn.js.publish(self._prefix + bucket_key(key), payload, headers=headers)
+            ack = await self._conn.js.publish(
+                self._prefix + bucket_key(key), payload, headers=headers
+            )
         except APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
-                return False
+                return None
             raise
-        return True
+        return int(ack.seq)
 
     async def _record(self, value: dict[str, Any] | None, now: float) -> Record | None:
         if value is None or float(value["expires_at"]) <= now:
@@ -200,7 +204,13 @@ class NatsIdempotencyStore:
         return await self._record(value, time.time())
 
     async def claim(
-        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+        *,
+        written: bool = False,
     ) -> Record | None:
         """See IdempotencyStore.claim."""
         for _ in range(_CLAIM_ATTEMPTS):
@@ -211,33 +221,45 @@ class NatsIdempotencyStore:
                 "lease_expires_at": now + lease_seconds,
                 "expires_at": now + ttl_seconds,
                 "owner": self._owner,
-                "written": False,
+                "written": written,
             }
-            if await self._write(key, claim, ttl_seconds, last=0):
-                return None
-            value, revision = await self._latest(key)
-            existing = await self._record(value, now)
-            if existing is not None and not (existing.abandoned and not existing.written):
-                return existing
-            # Absent, deleted, expired, or abandoned before it was written: take it over,
-            # unless another claim wins meanwhile.
-            if await self._write(key, claim, ttl_seconds, last=revision):
+            revision = await self._write(key, claim, ttl_seconds, last=0)
+            if revision is None:
+                value, latest = await self._latest(key)
+                existing = await self._record(value, now)
+                if existing is not None and not (existing.abandoned and not existing.written):
+                    return existing
+                # Absent, deleted, expired, or abandoned before it was written: take it
+                # over, unless another claim wins meanwhile.
+                revision = await self._write(key, claim, ttl_seconds, last=latest)
+            if revision is not None:
+                if not written:
+                    self._unwritten[key] = (claim, revision)
                 return None
         raise OSError(f"request_id {key!r} keeps changing; cannot claim it")
 
     async def mark_written(self, key: str) -> None:
         """See IdempotencyStore.mark_written."""
-        value, revision = await self._latest(key)
-        if value is None or value.get("outcome") is not None or value.get("owner") != self._owner:
+        # The claim as this store wrote it: one compare-and-set on its revision, no read.
+        # A take-over or a release since changed the revision, so the write fails.
+        mine = self._unwritten.pop(key, None)
+        if mine is None:  # not one of this store's unwritten claims: read what is there
+            found, revision = await self._latest(key)
+            if found is None or found.get("outcome") is not None:
+                raise ClaimLost(key)
+            mine = (found, revision)
+        value, revision = mine
+        if value.get("owner") != self._owner:
             raise ClaimLost(key)
         ttl = float(value["expires_at"]) - time.time()
-        if not await self._write(key, {**value, "written": True}, ttl, last=revision):
+        if await self._write(key, {**value, "written": True}, ttl, last=revision) is None:
             raise ClaimLost(key)
 
     async def complete(
         self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
     ) -> None:
         """See IdempotencyStore.complete."""
+        self._unwritten.pop(key, None)
         now = time.time()
         record = {
             "fingerprint": fingerprint,
@@ -249,6 +271,7 @@ class NatsIdempotencyStore:
 
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""
+        self._unwritten.pop(key, None)
         value, revision = await self._latest(key)
         if value is not None and value.get("outcome") is None and value.get("owner") == self._owner:
             await self._write(key, None, 0, last=revision)  # lost a race: fine either way

@@ -72,6 +72,7 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
     on_commit: Callable[[T], None] | None
+    savepoint: bool = True
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -81,6 +82,21 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+_Outcome = tuple[_Job[Any], Any, BaseException | None]
+"""A job, and its result or its error."""
+
+
+def _resolve_all(outcomes: list[_Outcome]) -> None:
+    """On the callers' loop: each committed job's ``on_commit``, then every future, in order."""
+    for job, result, error in outcomes:
+        if error is None and job.on_commit is not None:
+            try:
+                job.on_commit(result)
+            except Exception:  # one callback's bug must not leave the other callers waiting
+                log.exception("SQLite on_commit callback failed")
+        _resolve(job.future, result, error)
 
 
 class SqliteWriter:
@@ -96,6 +112,8 @@ class SqliteWriter:
         self._closed = False
         self.commits = 0
         """Transactions committed (each covering one or more jobs); for tests and metrics."""
+        self.jobs = 0
+        """Jobs run in committed transactions; for tests and metrics."""
         self.problem: str | None = None
         """Why the file cannot take writes now (None: it can). Set and cleared by the thread."""
         self._identity: tuple[int, int] | None = None
@@ -117,11 +135,16 @@ class SqliteWriter:
         self,
         work: Callable[[sqlite3.Connection], T],
         on_commit: Callable[[T], None] | None = None,
+        *,
+        savepoint: bool = True,
     ) -> T:
         """Run ``work`` in the writer's next transaction; return once it is committed.
 
         ``on_commit`` runs on the event loop after the commit, even if the caller was
-        cancelled meanwhile (the job's effect is durable either way).
+        cancelled meanwhile (the job's effect is durable either way). ``savepoint=False``
+        saves the two statements of the job's own savepoint, for a job whose statements
+        may stand each on its own if a later one fails (SQLite undoes a failed statement
+        by itself): a single statement, say.
         """
         if self._closed:
             raise StoreClosed("the store is closed")
@@ -135,7 +158,7 @@ class SqliteWriter:
             raise StorageUnavailable(f"SQLite store unavailable: {self.problem}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, future, loop, on_commit))
+        self._queue.put(_Job(work, future, loop, on_commit, savepoint))
         return await future
 
     async def close(self) -> None:
@@ -247,28 +270,13 @@ class SqliteWriter:
         self._finish([(job, None, error) for job in batch])
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job.work(conn)
-                except Exception as exc:
-                    if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
-                        raise  # SQLite rolled the whole transaction back (full, I/O, corrupt)
-                    # A job's own failure (a bug, or a constraint) must not sink the batch.
-                    try:
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                    except sqlite3.Error:
-                        raise exc from None  # the job's error is the one to report
-                    outcomes.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, result, None))
+            outcomes = [self._job(conn, job) for job in batch]
             conn.execute("COMMIT")
             self.commits += 1
+            self.jobs += len(batch)
             if self.problem is not None:
                 log.warning("the SQLite file %s takes writes again", self._path)
                 self.problem = None
@@ -287,14 +295,37 @@ class SqliteWriter:
             outcomes = [(job, None, failure) for job in batch]
         self._finish(outcomes)
 
-    def _finish(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]]) -> None:
-        for job, result, error in outcomes:
-            try:
-                if error is None and job.on_commit is not None:
-                    job.loop.call_soon_threadsafe(job.on_commit, result)
-                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-            except RuntimeError:  # the caller's loop is closed; nobody is waiting
-                pass
+    @staticmethod
+    def _job(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
+        """Run one job of the open transaction, in its own savepoint unless it has none."""
+        if job.savepoint:
+            conn.execute("SAVEPOINT job")
+        try:
+            result = job.work(conn)
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
+                raise  # SQLite rolled the whole transaction back (full, I/O, corrupt)
+            # A job's own failure (a bug, or a constraint) must not sink the batch.
+            if job.savepoint:
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error:
+                    raise exc from None  # the job's error is the one to report
+            return (job, None, exc)
+        if job.savepoint:
+            conn.execute("RELEASE job")
+        return (job, result, None)
+
+    def _finish(self, outcomes: list[_Outcome]) -> None:
+        # One wake-up of each event loop for the whole batch, not one per job.
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, done in by_loop.items():
+            # RuntimeError: the caller's loop is closed; nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve_all, done)
 
 
 def _describe(path: Path, exc: sqlite3.Error) -> str:
