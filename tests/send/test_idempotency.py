@@ -371,6 +371,7 @@ async def test_concurrent_idempotent_sends_share_commits(make_settings: Settings
         assert isinstance(store, SqliteIdempotencyStore)
         async with stub_for(app) as stub:
             await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)  # warm
+            await app.send.sends.flush()
             before, jobs = store.commits, store.jobs
             replies = await asyncio.gather(
                 *(
@@ -380,6 +381,7 @@ async def test_concurrent_idempotent_sends_share_commits(make_settings: Settings
                     for n in range(sends)
                 )
             )
+            await app.send.sends.flush()  # outcomes are stored after the answers
             committed, writes = store.commits - before, store.jobs - jobs
     assert len({r.message_id for r in replies}) == sends
     assert writes == 2 * sends  # a claim (already marked written) and an outcome per send

@@ -76,9 +76,17 @@ class IdempotencyStore(Protocol):
         ...
 
     async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        outcome: Outcome,
+        ttl_seconds: float,
+        *,
+        batched: bool = False,
     ) -> None:
-        """Keep the outcome of the request_id for ``ttl_seconds``."""
+        """Keep the outcome of the request_id for ``ttl_seconds``; durable on return. With
+        ``batched`` the write may wait a moment (SQLite: up to 20 ms) to share a durable
+        write with the next claim instead of costing one of its own."""
         ...
 
     async def release(self, key: str) -> None:

@@ -256,7 +256,13 @@ class NatsIdempotencyStore:
             raise ClaimLost(key)
 
     async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        outcome: Outcome,
+        ttl_seconds: float,
+        *,
+        batched: bool = False,  # noqa: ARG002 - each publish is its own write on NATS
     ) -> None:
         """See IdempotencyStore.complete."""
         self._unwritten.pop(key, None)

@@ -25,6 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ _BUSY_TIMEOUT_MS = 10_000
 _WRITER_BUSY_TIMEOUT_MS = 1_000
 """How long the writer waits for a lock another process holds before failing its batch:
 short, so sends fail fast and readiness shows it instead of callers waiting out deadlines."""
+_LAZY_SECONDS = 0.02
+"""How long a lazy job (an idempotent send's outcome, its caller already answered) waits
+for a job that is not (the next send's claim, an append) to share a commit with."""
 _CHECK_SECONDS = 0.5
 """How often an idle writer checks its file (and, while it has a problem, probes it)."""
 _PROBE = (
@@ -73,6 +77,7 @@ class _Job(Generic[T]):
     loop: asyncio.AbstractEventLoop
     on_commit: Callable[[T], None] | None
     savepoint: bool = True
+    lazy: bool = False
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -137,6 +142,7 @@ class SqliteWriter:
         on_commit: Callable[[T], None] | None = None,
         *,
         savepoint: bool = True,
+        lazy: bool = False,
     ) -> T:
         """Run ``work`` in the writer's next transaction; return once it is committed.
 
@@ -144,7 +150,9 @@ class SqliteWriter:
         cancelled meanwhile (the job's effect is durable either way). ``savepoint=False``
         saves the two statements of the job's own savepoint, for a job whose statements
         may stand each on its own if a later one fails (SQLite undoes a failed statement
-        by itself): a single statement, say.
+        by itself): a single statement, say. A ``lazy`` job may wait up to
+        ``_LAZY_SECONDS`` for a job that is not, to share its transaction (and fsync)
+        instead of committing alone: for writes whose caller need not wait for them.
         """
         if self._closed:
             raise StoreClosed("the store is closed")
@@ -158,7 +166,7 @@ class SqliteWriter:
             raise StorageUnavailable(f"SQLite store unavailable: {self.problem}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, future, loop, on_commit, savepoint))
+        self._queue.put(_Job(work, future, loop, on_commit, savepoint, lazy))
         return await future
 
     async def close(self) -> None:
@@ -208,16 +216,7 @@ class SqliteWriter:
                     continue
                 if first is None:
                     break
-                batch: list[_Job[Any]] = [first]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    batch.append(job)
+                batch, stopping = self._gather(first)
                 try:
                     if self._file_gone():
                         self._fail(
@@ -229,6 +228,27 @@ class SqliteWriter:
                     log.exception("SQLite writer failed on a batch")
         finally:
             conn.close()
+
+    def _gather(self, first: _Job[Any]) -> tuple[list[_Job[Any]], bool]:
+        """The batch that starts with ``first``: every job queued now; and if all of them
+        are lazy, what comes within ``_LAZY_SECONDS`` until a job that is not. Whether the
+        writer was told to stop meanwhile."""
+        batch: list[_Job[Any]] = [first]
+        lazy = first.lazy
+        until = time.monotonic() + _LAZY_SECONDS
+        while len(batch) < _MAX_BATCH:
+            try:
+                if lazy:
+                    job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+            lazy = lazy and job.lazy
+        return batch, False
 
     def _file_gone(self) -> bool:
         """Whether the path no longer names the file the writer opened (checked each time

@@ -159,7 +159,13 @@ class SqliteIdempotencyStore:
             raise ClaimLost(key)
 
     async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        outcome: Outcome,
+        ttl_seconds: float,
+        *,
+        batched: bool = False,
     ) -> None:
         """See IdempotencyStore.complete."""
         now = time.time()
@@ -174,7 +180,7 @@ class SqliteIdempotencyStore:
                 (key, fingerprint, text, now, now + ttl_seconds, self._owner),
             )
 
-        await self._file.writer.run(write, savepoint=False)
+        await self._file.writer.run(write, savepoint=False, lazy=batched)
 
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""
