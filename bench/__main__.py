@@ -175,6 +175,8 @@ def main() -> int:
     print(f"process logs in {work}", flush=True)
     if "send" in sections:
         results["send"] = send_bench.run(plan, work, knobs)
+        print("send: the idempotency store's share of a send (bench.idempotency_cost)")
+        results["send"]["store_cost"] = send_bench.store_cost(plan, work, backends)
     if "postbacks" in sections:
         results["postbacks"] = {
             backend: postback_bench.run(plan, work, dataclasses.replace(knobs, backend=backend))
@@ -202,7 +204,11 @@ def main() -> int:
 
 def failures(results: dict[str, Any]) -> dict[str, str]:
     """Every run of the results that failed: its process, no call completed, or errors."""
-    out = {f"send {k}": v for k, v in results.get("send", {}).get("failures", {}).items()}
+    send = results.get("send", {})
+    out = {f"send {k}": v for k, v in send.get("failures", {}).items()}
+    for backend, cost in send.get("store_cost", {}).items():
+        if "failed" in cost:
+            out[f"store cost {backend}"] = cost["failed"]
     for backend, section in results.get("postbacks", {}).items():
         out.update({f"postbacks {backend} {k}": v for k, v in section.get("failed", {}).items()})
     return out

@@ -54,6 +54,8 @@ class Plan:
     """Run at ``peer_concurrency`` callers (threads for the blocking libraries)."""
     peer_concurrency: int = 50
     """Callers of the peer comparison: a pool of 50 threads, or 50 tasks for asyncio."""
+    store_cost_sends: int = 4000
+    """Sends per concurrency of bench.idempotency_cost (the store's share of a send)."""
     throughput_batches: tuple[int, ...] = (1, 50)
     throughput_concurrency: int = 16
     postback_duration: float = 8.0
@@ -87,6 +89,7 @@ QUICK = Plan(
     send_duration=2.0,
     send_warmup=0.5,
     send_targets=("grpc_ceiling", "http_ceiling", "igbutton_client", "igbutton"),
+    store_cost_sends=1000,
     throughput_batches=(1, 50),
     postback_duration=2.0,
     postback_warmup=0.5,
@@ -102,6 +105,7 @@ TINY = Plan(
     send_warmup=0.1,
     send_targets=("grpc_ceiling", "http_ceiling", "igbutton_client", "igbutton"),
     peer_concurrency=4,
+    store_cost_sends=100,
     throughput_batches=(),
     postback_duration=0.5,
     postback_warmup=0.1,

@@ -21,8 +21,10 @@ generator's process), and on SQLite the igbutton writer's commits (each one WAL 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import statistics
+import subprocess
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
@@ -574,3 +576,33 @@ def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
         "peer_summary": summarise_peers(peer_runs),
         "idempotent_cost": idempotent_cost(runs),
     }
+
+
+def store_cost(plan: Plan, work: Path, backends: list[str]) -> dict[str, Any]:
+    """bench.idempotency_cost on each backend: the idempotency store's CPU and durable
+    writes per send at 1 and ``plan.peer_concurrency`` callers, without gRPC or HTTP."""
+    out: dict[str, Any] = {}
+    levels = f"1,{plan.peer_concurrency}"
+    for backend in backends:
+        args = [procs.PYTHON, "-m", "bench.idempotency_cost", f"--backend={backend}"]
+        args += [f"--concurrency={levels}", f"--sends={plan.store_cost_sends}"]
+        args.append(f"--work-dir={work / f'store-cost-{backend}'}")
+        try:
+            done = subprocess.run(
+                args, cwd=procs.REPO, capture_output=True, text=True, timeout=600, check=True
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            out[backend] = {"failed": str(exc)[-2000:]}
+            print(f"  FAILED store cost ({backend}): {exc}", flush=True)
+            continue
+        rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        out[backend] = {"rows": rows}
+        for row in rows:
+            print(
+                f"  store cost {backend:<6} c={row['concurrency']:<3} "
+                f"{row['cpu_us_per_send']:>7.1f} µs CPU/send"
+                f"  commits/send={row.get('commits_per_send', '-')}"
+                f"  nats-server µs/send={row.get('nats_server_cpu_us_per_send', '-')}",
+                flush=True,
+            )
+    return out
