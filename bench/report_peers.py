@@ -127,6 +127,12 @@ def headline(results: dict[str, Any]) -> list[str]:
         ),
     ]
     lines += _store_cost_lines(results)
+    if results.get("send", {}).get("peer_runs"):
+        lines += [
+            "",
+            f"![igbutton and the peer libraries, same run](../bench/results/"
+            f"{meta.get('label', 'default')}-peers.png)",
+        ]
     if rows:
         parts = []
         for row in rows:

@@ -8,10 +8,17 @@ failure the caller may retry (Meta did not act). A send that may have reached Me
 never repeated: if it ends without an answer (time_left, dropped connection, cancelled
 call, process crash) the request_id keeps SEND_OUTCOME_UNKNOWN.
 
-A claim starts "not written" and is marked written (durably) just before the Graph client
-writes the request, after igbutton's rate limiter let it go. A claim left by a crashed
-process (the store reports it abandoned) is answered at once: SEND_OUTCOME_UNKNOWN if it
-was written, and taken over (the repeat sends) if it never was.
+A claim must say whether its request may have reached Meta. When the rate limiter has a
+slot free at once, the slot is taken first and the claim is stored already marked written:
+one durable write before Meta is called. Otherwise the claim is stored "not written" and
+marked written (durably) just before the Graph client writes the request, once the limiter
+let it go. A claim left by a crashed process (the store reports it abandoned) is answered at
+once: SEND_OUTCOME_UNKNOWN if it was written, and taken over (the repeat sends) if it never
+was.
+
+The outcome is stored while the caller is answered (it shares the next claim's commit); the
+in-flight entry answers repeats until it is durable. A crash before that leaves a written
+claim: a repeat answers SEND_OUTCOME_UNKNOWN, never sends again.
 """
 
 from __future__ import annotations
