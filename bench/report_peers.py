@@ -130,8 +130,10 @@ def headline(results: dict[str, Any]) -> list[str]:
     if results.get("send", {}).get("peer_runs"):
         lines += [
             "",
-            f"![igbutton and the peer libraries, same run](../bench/results/"
-            f"{meta.get('label', 'default')}-peers.png)",
+            (
+                "![igbutton and the peer libraries, same run](../bench/results/"
+                f"{meta.get('label', 'default')}-peers.png)"
+            ),
         ]
     if rows:
         parts = []

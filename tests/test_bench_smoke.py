@@ -58,6 +58,10 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((results / "tiny.json").read_text())
     assert data["send"]["failures"] == {}
+    # The idempotency store's own cost per send, at one caller and at the peers' callers.
+    store_rows = data["send"]["store_cost"]["sqlite"]["rows"]
+    assert [row["concurrency"] for row in store_rows] == [1, 4]
+    assert all(row["commits_per_send"] > 0 for row in store_rows)
     assert {"meta", "send", "postbacks", "targets"} <= set(data)
     assert data["meta"]["plan"] == "tiny"
     assert {t["name"] for t in data["targets"]} == TARGETS
@@ -91,6 +95,7 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     assert cost["plain"]["commits_per_send"] == 0
     assert (results / "tiny-peers.png").stat().st_size > 0
     sqlite = data["postbacks"]["sqlite"]
+    assert sqlite["failed"] == {}
     assert "skipped" in sqlite or {"throughput", "cases", "memory"} <= set(sqlite)
     assert (results / "tiny.png").stat().st_size > 0
 
