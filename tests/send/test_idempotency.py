@@ -386,3 +386,21 @@ async def test_concurrent_idempotent_sends_share_commits(make_settings: Settings
     assert len({r.message_id for r in replies}) == sends
     assert writes == 2 * sends  # a claim (already marked written) and an outcome per send
     assert 0 < committed < sends
+
+
+async def test_a_repeat_does_not_use_up_a_rate_limit_slot(start_app: AppFactory) -> None:
+    """A repeat takes the free slot before its claim finds the record, and gives it back:
+    the next new send still goes at once (one slot per 2 s, burst 2)."""
+    app = await start_app(rate_limit={"per_account_per_second": 0.5, "burst": 2})
+    assert app.sandbox is not None
+    async with stub_for(app) as stub:
+        first = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        assert app.send is not None
+        await app.send.sends.flush()  # the repeat reads the stored record, not memory
+        again = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        assert again == first
+        # A 1 s deadline cannot hold a 2 s wait: this passes only if the repeat left the
+        # burst's second slot free.
+        other = "123e4567-e89b-12d3-a456-426614174001"
+        await stub.SendButtonTemplate(send_request(request_id=other), timeout=1)
+    assert len(app.sandbox.received) == 2
