@@ -126,15 +126,6 @@ def headline(results: dict[str, Any]) -> list[str]:
             "libraries a team would use instead."
         ),
     ]
-    lines += _store_cost_lines(results)
-    if results.get("send", {}).get("peer_runs"):
-        lines += [
-            "",
-            (
-                "![igbutton and the peer libraries, same run](../bench/results/"
-                f"{meta.get('label', 'default')}-peers.png)"
-            ),
-        ]
     if rows:
         parts = []
         for row in rows:
@@ -155,6 +146,27 @@ def headline(results: dict[str, Any]) -> list[str]:
                 "`/metrics` before and after each window (a bench-only hook in "
                 "`bench/serve_igbutton.py`); each commit is one WAL fsync, and concurrent "
                 "claims and completions share one (group commit)."
+            ),
+        ]
+    lines += _store_cost_lines(results)
+    measured = [t for t in results.get("targets", []) if t.get("value") is not None]
+    if measured:
+        lines += [
+            "",
+            "Targets in this run: "
+            + "; ".join(
+                f"{t['name']} {t['value']:g} {t['unit']} ({t['comparison']} {t['limit']:g}, "
+                f"{'PASS' if t['pass'] else 'MISS'})"
+                for t in measured
+            )
+            + ".",
+        ]
+    if results.get("send", {}).get("peer_runs"):
+        lines += [
+            "",
+            (
+                "![igbutton and the peer libraries, same run](../bench/results/"
+                f"{meta.get('label', 'default')}-peers.png)"
             ),
         ]
     return lines

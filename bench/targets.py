@@ -15,6 +15,7 @@ ADDED_P50_MAX_MS = 1.0
 STORED_PER_S_MIN = 2000.0
 E2E_P99_MAX_MS = 50.0
 E2E_CASE = "subs10-b1-r500"
+NATS_MAX_B1_E2E_P50_MAX_MS = 50.0
 MEMORY_GROWTH_MAX_MB = 10.0
 MEMORY_EVENTS = 100_000
 
@@ -48,6 +49,8 @@ def check(results: dict[str, Any]) -> list[dict[str, Any]]:
     e2e = next((c for c in sqlite.get("cases", []) if c.get("case") == E2E_CASE), None)
     memory = sqlite.get("memory", {})
     full_memory = memory.get("events", 0) >= MEMORY_EVENTS
+    nats = results.get("postbacks", {}).get("nats", {})
+    nats_b1 = next((t for t in nats.get("throughput", []) if t.get("batch") == 1), None)
     return [
         _target(
             "send_throughput_ratio",
@@ -121,6 +124,15 @@ def check(results: dict[str, Any]) -> list[dict[str, Any]]:
             "end-to-end p99, POST to subscriber, 500 postbacks/s, 10 subscribers (SQLite)",
             e2e["subscribers"]["latency"]["p99_ms"] if e2e else None,
             E2E_P99_MAX_MS,
+            "ms",
+            at_least=False,
+        ),
+        _target(
+            "nats_max_b1_e2e_p50",
+            "end-to-end p50, POST to subscriber, max-b1 (16 posters back to back, deliveries "
+            "of 1, one subscriber) on NATS",
+            nats_b1["subscribers"]["latency"]["p50_ms"] if nats_b1 else None,
+            NATS_MAX_B1_E2E_P50_MAX_MS,
             "ms",
             at_least=False,
         ),

@@ -29,6 +29,7 @@ TARGETS = {
     "stored_postbacks_batch1",
     "stored_postbacks_batch50",
     "e2e_p99_500_per_s_10_subscribers",
+    "nats_max_b1_e2e_p50",
     "idle_subscriber_memory_growth",
 }
 
