@@ -22,7 +22,18 @@ GO_GEN_DIR       := clients/go/igbuttonv1
 TS_GEN_DIR       := $(TS_DIR)/src/gen
 CLIENT_GEN_DIRS  := $(GO_GEN_DIR) $(TS_GEN_DIR)
 
-.PHONY: help venv tools run sandbox test lint format proto proto-check proto-breaking clients clients-check docker bench clean
+# The container. CONTAINER_ENGINE: podman (or buildah) if installed, else docker. BASE_IMAGE
+# empty: the Dockerfile's pinned default. PIP_CERT (pip's own variable): a CA bundle for a
+# TLS-inspecting proxy, passed to the build as a secret, never stored in the image.
+CONTAINER_ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+IMAGE            ?= igbutton:latest
+BASE_IMAGE       ?=
+DOCKER_BUILD_ARGS = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+  $(if $(filter podman buildah,$(notdir $(CONTAINER_ENGINE))),--format docker) \
+  $(if $(and $(PIP_CERT),$(wildcard $(PIP_CERT))),--secret id=pip_cert$(comma)src=$(PIP_CERT))
+comma := ,
+
+.PHONY: help venv tools run sandbox test lint format proto proto-check proto-breaking clients clients-check docker docker-test bench clean
 
 help:
 	@echo "make run      start igbutton with the embedded defaults (SQLite + local sandbox)"
@@ -31,7 +42,8 @@ help:
 	@echo "make proto    regenerate the Python stubs from proto/"
 	@echo "make clients  regenerate the Go and TypeScript clients from proto/ (Java: in its mvn build)"
 	@echo "make bench    run the benchmarks (results under bench/results/)"
-	@echo "make docker   build the container image"
+	@echo "make docker   build the container image (Docker or Podman: CONTAINER_ENGINE=...)"
+	@echo "make docker-test  build it and run the container smoke test against it"
 
 $(PY_STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -118,8 +130,15 @@ proto-breaking: tools
 	else echo "buf breaking against $$tag"; \
 	  tools/node_modules/.bin/buf breaking --against "$$(git rev-parse --path-format=absolute --git-common-dir)#tag=$$tag"; fi
 
+# --format docker (Podman, Buildah): the OCI image format has no HEALTHCHECK.
 docker:
-	docker build -t igbutton:latest .
+	$(CONTAINER_ENGINE) build $(DOCKER_BUILD_ARGS) -t $(IMAGE) .
+
+# Builds the image (through `make docker`, on a base built from Debian packages when the
+# pinned one cannot be pulled) and runs tests/container against it; see README "Deploying".
+docker-test: venv
+	CONTAINER_ENGINE=$(CONTAINER_ENGINE) IGBUTTON_CONTAINER_TEST=1 \
+	  $(BIN)/python -m pytest tests/container -p no:randomly -v -s
 
 clean:
 	rm -rf $(VENV) tools/node_modules tools/bin $(TS_DIR)/node_modules $(TS_DIR)/dist clients/java/target .mypy_cache .ruff_cache .pytest_cache

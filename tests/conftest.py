@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -17,10 +19,60 @@ from nats.js.errors import NotFoundError
 
 from igbutton_server.app import App
 from igbutton_server.config import Settings
+from igbutton_server.logs import JsonFormatter
+from igbutton_server.sandbox.accounts import TokenRegistry
 from tests.nats_servers import NatsCluster, NatsServer
 
 SettingsFactory = Callable[..., Settings]
 AppFactory = Callable[..., Awaitable[App]]
+
+
+class _TokenLeakWatch(logging.Handler):
+    """Looks for every access token a sandbox accepted or issued (seeded, added, refreshed) in
+    every log record of the test run, ``extra`` fields included (JSON-formatted)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.known: set[str] = set()
+        self.leaks: list[str] = []
+        self._json = JsonFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.known:
+            return
+        line = self._json.format(record)
+        if any(token in line for token in self.known):
+            # Never the line itself: it holds the token.
+            where = os.environ.get("PYTEST_CURRENT_TEST", "?")
+            self.leaks.append(f"{record.levelname} {record.name} during {where}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_token_in_any_log_line() -> Iterator[None]:
+    """Over the whole test run: no log line carries a token the sandbox knows."""
+    watch = _TokenLeakWatch()
+    add, refresh = TokenRegistry.add, TokenRegistry.refresh
+
+    def watched_add(self: TokenRegistry, account_id: str, token: str, **kw: Any) -> None:
+        watch.known.add(token)
+        add(self, account_id, token, **kw)
+
+    def watched_refresh(self: TokenRegistry, token: str | None) -> Any:
+        outcome = refresh(self, token)
+        if isinstance(outcome, tuple):
+            watch.known.add(outcome[0])
+        return outcome
+
+    root = logging.getLogger()
+    root.addHandler(watch)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TokenRegistry, "add", watched_add)
+        patch.setattr(TokenRegistry, "refresh", watched_refresh)
+        try:
+            yield
+        finally:
+            root.removeHandler(watch)
+    assert watch.leaks == [], f"log lines carried an access token: {watch.leaks[:20]}"
 
 
 @contextlib.asynccontextmanager

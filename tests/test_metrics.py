@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import grpc
@@ -67,6 +68,13 @@ async def busy_app(make_settings: SettingsFactory) -> App:
         make_settings(
             graph={"backoff_initial_seconds": 0.01},
             postbacks={"max_delivery_attempts": 1},
+            # The token is refreshed at once (for 90 days: once) and then reported.
+            sandbox={"min_refresh_age_seconds": 0, "token_lifetime_seconds": 90 * 24 * 3600},
+            tokens={
+                "min_age_seconds": 0,
+                "refresh_margin_seconds": 61 * 24 * 3600,
+                "check_interval_seconds": 0.05,
+            },
         )
     )
     await app.start()
@@ -159,6 +167,13 @@ async def test_every_metric_family_moves_with_real_traffic(busy_app: App) -> Non
                         break
                     await asyncio.sleep(0.1)
             assert tap.webhook_status == 200
+            assert await app.sandbox.send_test_delivery(payload="METRICS-TEST") == 200
+            assert app.tokens is not None
+            for _ in range(750):  # polling, bounded (15 s)
+                record = app.tokens.record("17841400000000000")
+                if record is not None and record.refreshed_ms is not None:
+                    break  # stored and exported (the same step, no await between)
+                await asyncio.sleep(0.02)
             broadcast.cancel()
             group.cancel()
         after = await scrape(app)
@@ -191,6 +206,13 @@ async def test_every_metric_family_moves_with_real_traffic(busy_app: App) -> Non
     assert total(during, "igbutton_groups") >= 1
     assert total(during, "igbutton_postbacks_unacked", group="metrics-group") == 1
     assert grew("igbutton_postbacks_dead_lettered_total", group="metrics-group")
+    assert grew("igbutton_webhook_test_deliveries_total", kind="dashboard")
+    account = "17841400000000000"
+    assert total(after, "igbutton_account_token_refreshes_total", account=account, result="ok") >= 1
+    expiry = total(after, "igbutton_account_token_expiry_timestamp_seconds", account=account)
+    assert expiry > time.time() + 89 * 24 * 3600
+    assert total(after, "igbutton_account_status", account=account, status="ok") == 1
+    assert total(after, "igbutton_account_status", account=account, status="expiring") == 0
     for latency in (
         "igbutton_rpc_duration_seconds_sum",
         "igbutton_graph_call_duration_seconds_sum",

@@ -7,6 +7,7 @@ through its constructor, so tests can build the same App on loopback with port 0
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -18,8 +19,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import SecretStr
 
-from igbutton.v1 import postback_service_pb2, postback_service_pb2_grpc, send_service_pb2
+from igbutton.v1 import (
+    account_service_pb2,
+    account_service_pb2_grpc,
+    postback_service_pb2,
+    postback_service_pb2_grpc,
+    send_service_pb2,
+)
 from igbutton_server import tracing
+from igbutton_server.accounts.activity import AccountActivity
+from igbutton_server.accounts.api import AccountServiceServicer
+from igbutton_server.accounts.checks import AccountChecks
+from igbutton_server.accounts.graph import AccountGraph
+from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Account, Settings
 from igbutton_server.grpc_options import server_options
 from igbutton_server.health import HealthServicer
@@ -31,9 +43,15 @@ from igbutton_server.postbacks.webhook_site import serve_webhook
 from igbutton_server.rpc_middleware import Registrar, RpcMiddleware
 from igbutton_server.sandbox import Sandbox
 from igbutton_server.send.path import SendPath
-from igbutton_server.storage.backends import Storage, open_rate_ledger, open_storage
+from igbutton_server.storage.backends import (
+    Storage,
+    open_rate_ledger,
+    open_storage,
+    open_token_store,
+)
 from igbutton_server.storage.postbacks import PostbackStore
 from igbutton_server.storage.ratelimit import RateLedger
+from igbutton_server.storage.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +61,7 @@ SANDBOX_ACCESS_TOKEN = "sandbox-access-token"  # noqa: S105 - the sandbox's fixe
 _SERVICE_NAMES = (
     send_service_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
     postback_service_pb2.DESCRIPTOR.services_by_name["PostbackService"].full_name,
+    account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
 )
 
 
@@ -94,6 +113,15 @@ class App:
         """The postback log, once storage is open (tests reach it here)."""
         self._storage: Storage | None = None
         self._rate_ledger: RateLedger | None = None
+        self._token_store: TokenStore | None = None
+        self.account_graph: AccountGraph | None = None
+        """The Graph calls about accounts (refresh, me, subscribed_apps)."""
+        self.tokens: AccountTokens | None = None
+        """Each account's current token, kept fresh (tests reach it here)."""
+        self.activity = AccountActivity()
+        """What this replica saw of each account (AccountService reports it)."""
+        self._checks: AccountChecks | None = None
+        self._look_up: asyncio.Task[None] | None = None
         self._pruner: RetentionPruner | None = None
         self._postback_api: PostbackApi | None = None
         self._webhook_runner: web.AppRunner | None = None
@@ -119,6 +147,7 @@ class App:
             (*_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
         self._add_send_service(services)
+        await self._start_accounts(services)
         self._add_postback_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
@@ -128,6 +157,7 @@ class App:
             self.settings.http.port,
         )
         await self._start_webhook()
+        self._look_up = asyncio.create_task(self._look_up_accounts(), name="account-look-up")
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
@@ -142,6 +172,11 @@ class App:
                 "tls": self.settings.grpc.tls.enabled,
             },
         )
+
+    def reload_tokens(self) -> None:
+        """Re-read the accounts' token files now (SIGHUP)."""
+        if self.tokens is not None:
+            self.tokens.reload()
 
     def request_stop(self) -> None:
         """Ask the process to stop (from a signal handler); serve() then calls stop()."""
@@ -168,6 +203,7 @@ class App:
         await self._stop_webhook()
         if self._grpc is not None:
             await self._grpc.stop(self.settings.grpc.shutdown_grace_seconds)
+        await self._stop_accounts()
         await self._stop_send()
         await self._stop_storage()
         for runner in reversed(self._sites.runners):
@@ -224,12 +260,21 @@ class App:
     # Sandbox (igbutton_server/sandbox/).
     async def _start_sandbox(self) -> None:
         """Start the sandbox, then point the settings at it (with_sandbox_defaults)."""
-        sandbox = Sandbox(self.settings.sandbox.host, self.settings.sandbox.port)
+        box = self.settings.sandbox
+        sandbox = Sandbox(
+            box.host,
+            box.port,
+            token_lifetime_seconds=box.token_lifetime_seconds,
+            min_refresh_age_seconds=box.min_refresh_age_seconds,
+        )
         await sandbox.start()
         self.sandbox = sandbox
         self.settings = with_sandbox_defaults(self.settings, sandbox.url)
-        # The sandbox accepts exactly the configured accounts' tokens, as Meta would.
+        # The sandbox accepts exactly the configured accounts' tokens, as Meta would, and
+        # starts them subscribed to the webhook fields, as a set-up app would be.
         sandbox.set_tokens({account.id: account.token() for account in self.settings.accounts})
+        for account in self.settings.accounts:
+            sandbox.tokens.subscribe(account.id, "messages,messaging_postbacks")
         self.ports.sandbox = sandbox.port
         log.warning(
             "sandbox mode: sends go to the local sandbox, not to Instagram",
@@ -269,9 +314,71 @@ class App:
         """Register SendService."""
         assert self._storage is not None
         self.send = SendPath(
-            self.settings, store=self._storage.idempotency, ledger=self._rate_ledger
+            self.settings,
+            store=self._storage.idempotency,
+            ledger=self._rate_ledger,
+            activity=self.activity,
         )
         self.send.register(server)
+
+    # Accounts (igbutton_server/accounts/): token lifecycle.
+    async def _start_accounts(self, server: grpc.aio.Server) -> None:
+        """Open the token store, start keeping every account's token fresh, and register
+        AccountService."""
+        assert self.send is not None
+        graph = self.send.graph
+        self._token_store = await open_token_store(self.settings)
+        self.account_graph = AccountGraph(
+            self.settings.graph, self.settings.tokens.timeout_seconds, graph.redact
+        )
+        self.tokens = AccountTokens(
+            self.settings, self._token_store, self.account_graph, graph.add_secret
+        )
+        await self.tokens.start()
+        self.send.use_tokens(self.tokens)
+        if self.sandbox is not None:
+            # A token refreshed in an earlier run is one the new sandbox never issued.
+            for account in self.settings.accounts:
+                token = self.tokens.token(account.id)
+                if self.sandbox.tokens.lookup(token) is None:
+                    self.sandbox.tokens.add(account.id, token)
+        self._checks = AccountChecks(
+            self.settings, self.tokens, self.account_graph, self.activity, self._webhook_url
+        )
+        account_service_pb2_grpc.add_AccountServiceServicer_to_server(
+            AccountServiceServicer(
+                self.settings, self.tokens, self.activity, self.send.limiter, self._checks
+            ),
+            server,
+        )
+
+    def _webhook_url(self) -> str | None:
+        """igbutton's own webhook URL on loopback (for the self-test), once it serves."""
+        if not self.ports.webhook:
+            return None
+        host = self.settings.webhook.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.ports.webhook}{self.settings.webhook.path}"
+
+    async def _look_up_accounts(self) -> None:
+        """Read each account's name and webhook fields at Meta once, after start."""
+        assert self._checks is not None
+        for account in self.settings.accounts:
+            await self._checks.look_up(account.id)
+
+    async def _stop_accounts(self) -> None:
+        """Stop refreshing; close the token store and the account Graph session."""
+        if self._look_up is not None:
+            self._look_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._look_up
+        if self.tokens is not None:
+            await self.tokens.stop()
+        if self.account_graph is not None:
+            await self.account_graph.close()
+        if self._token_store is not None:
+            await self._token_store.close()
 
     async def _stop_send(self) -> None:
         """Close the Graph client after in-flight sends finished."""
@@ -290,7 +397,7 @@ class App:
         assert self.postback_store is not None
         settings = self.settings.webhook
         accounts = [account.id for account in self.settings.accounts]
-        webhook = Webhook(settings, self.postback_store, accounts)
+        webhook = Webhook(settings, self.postback_store, accounts, self.activity)
         # Its own runner, bounded against slow and hostile clients (webhook_site.py); stopped
         # apart from the other HTTP sites: before the streams end and the store closes.
         self._webhook_runner = await serve_webhook(webhook.build_app(), settings)

@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -355,6 +355,30 @@ class RateLimitSettings(_Section):
     buckets do."""
 
 
+class TokenSettings(_Section):
+    """How igbutton keeps each account's access token alive (refresh_access_token)."""
+
+    refresh_margin_seconds: float = Field(default=53 * 24 * 3600, gt=0)
+    """Refresh a token once it expires within this long. Meta's tokens live 60 days, so the
+    default refreshes every 7 days; a token whose expiry is unknown (never refreshed by
+    igbutton) is taken to expire 60 days after igbutton first saw it."""
+    min_age_seconds: float = Field(default=24 * 3600, ge=0)
+    """Never refresh a token younger than this (Meta refuses tokens under 24 hours old)."""
+    expiring_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    """An account whose token expires within this long has token status EXPIRING."""
+    check_interval_seconds: float = Field(default=10.0, gt=0)
+    """How often each account's token file, stored record and refresh due time are
+    checked (SIGHUP checks at once)."""
+    retry_initial_seconds: float = Field(default=60.0, gt=0)
+    """First wait after a failed refresh; doubled per failure, with jitter."""
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    """Longest wait between refresh attempts."""
+    lease_seconds: float = Field(default=60.0, gt=0)
+    """How long a replica may take to refresh before another one may try."""
+    timeout_seconds: float = Field(default=20.0, gt=0)
+    """Deadline of one call to Meta for the account (refresh, me, subscribed_apps)."""
+
+
 class IdempotencySettings(_Section):
     """How long a request_id is honoured."""
 
@@ -392,6 +416,10 @@ class SandboxSettings(_Section):
     """Address to bind."""
     port: int = Field(default=8765, ge=0, le=65535)
     """Port; 0 picks a free port."""
+    token_lifetime_seconds: float = Field(default=60 * 24 * 3600, gt=0)
+    """How long tokens the sandbox issues on refresh are valid (Meta: 60 days)."""
+    min_refresh_age_seconds: float = Field(default=24 * 3600, ge=0)
+    """How old a token must be before the sandbox refreshes it (Meta: 24 hours)."""
 
 
 class LogSettings(_Section):
@@ -439,6 +467,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    tokens: TokenSettings = TokenSettings()
     postbacks: PostbackSettings = PostbackSettings()
     sandbox: SandboxSettings = SandboxSettings()
     log: LogSettings = LogSettings()
@@ -473,16 +502,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
         file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        named = _config_file.get()
-        if named is None and os.environ.get(CONFIG_FILE_VARIABLE):
-            named = (Path(os.environ[CONFIG_FILE_VARIABLE]), CONFIG_FILE_VARIABLE)
-        if named is not None:
-            # Read here, not by pydantic-settings' TOML source: that one takes a missing
-            # file for an empty one, and a misspelt name would drop every setting in it.
-            values = _read_config_file(*named)
-            sources.append(InitSettingsSource(settings_cls, init_kwargs=values))
-        return tuple(sources)
+        return _sources(settings_cls, init_settings, env_settings)
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -492,19 +512,76 @@ class Settings(BaseSettings):
         either way that is missing, unreadable or not TOML is an error, as is an
         environment variable that should hold JSON and does not.
         """
-        token = _config_file.set(None if config_file is None else (config_file, "--config"))
-        try:
-            return cls(**overrides)
-        except ValidationError as exc:
-            raise ConfigError(_describe(exc)) from None
-        except SettingsError as exc:
-            raise ConfigError(_describe_source_error(exc)) from None
-        finally:
-            _config_file.reset(token)
+        return _load(cls, config_file, overrides)
 
     def account(self, account_id: str) -> Account | None:
         """The configured account with this IG ID, if any."""
         return next((a for a in self.accounts if a.id == account_id), None)
+
+
+class _HttpOnly(BaseSettings):
+    """The ``http`` section alone, from the same sources as :class:`Settings`. The other
+    sections are not read, so a probe is not failed by a setting it does not use (the
+    webhook secret a server started with ``--sandbox`` does without, an account token file
+    only the server's user can read)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IGBUTTON_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+    )
+
+    http: HttpSettings = HttpSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return _sources(settings_cls, init_settings, env_settings)
+
+
+def load_http_settings(config_file: Path | None = None) -> HttpSettings:
+    """The operations listener's settings as the server reads them (environment, then the
+    TOML file), without validating the rest; ConfigError as :meth:`Settings.load`."""
+    return _load(_HttpOnly, config_file, {}).http
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _sources(
+    settings_cls: type[BaseSettings],
+    init_settings: PydanticBaseSettingsSource,
+    env_settings: PydanticBaseSettingsSource,
+) -> tuple[PydanticBaseSettingsSource, ...]:
+    sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+    named = _config_file.get()
+    if named is None and os.environ.get(CONFIG_FILE_VARIABLE):
+        named = (Path(os.environ[CONFIG_FILE_VARIABLE]), CONFIG_FILE_VARIABLE)
+    if named is not None:
+        # Read here, not by pydantic-settings' TOML source: that one takes a missing
+        # file for an empty one, and a misspelt name would drop every setting in it.
+        values = _read_config_file(*named)
+        sources.append(InitSettingsSource(settings_cls, init_kwargs=values))
+    return tuple(sources)
+
+
+def _load(cls: type[_S], config_file: Path | None, overrides: dict[str, Any]) -> _S:
+    token = _config_file.set(None if config_file is None else (config_file, "--config"))
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_source_error(exc)) from None
+    finally:
+        _config_file.reset(token)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -238,6 +238,34 @@ class ShuttingDown(ApiError):
         )
 
 
+class ReauthorizationRequired(ApiError):
+    """Meta rejected the account's token (Graph 190); nothing is sent until a new one."""
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            R.ERROR_REASON_REAUTHORIZATION_REQUIRED,
+            f"Meta rejected the access token of account {account_id} (Graph code 190): a "
+            "person must log in again and the new token be configured",
+            metadata={"accountId": account_id},
+        )
+
+
+class AccountCheckFailed(ApiError):
+    """A call to Meta about an account (me, subscribed_apps) failed; retry later."""
+
+    def __init__(self, account_id: str, why: str, graph_code: int | None = None) -> None:
+        metadata = {"accountId": account_id}
+        if graph_code is not None:
+            metadata["graphCode"] = str(graph_code)
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            R.ERROR_REASON_ACCOUNT_CHECK_FAILED,
+            f"the Graph API call for account {account_id} failed: {why}",
+            metadata=metadata,
+        )
+
+
 def _group_filter_mismatch(exc: GroupFilterMismatch) -> InvalidRequest:
     # The group is of the caller's own scope (the API joins only there), so its filters
     # are the caller's own; the message names the group as the caller did, not its key.

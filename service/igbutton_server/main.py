@@ -21,11 +21,15 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from igbutton_server import event_loop, logs
-from igbutton_server.app import App, Ports
 from igbutton_server.config import ConfigError, Settings
-from igbutton_server.storage.postbacks import StorageCorrupt
+
+if TYPE_CHECKING:
+    from igbutton_server.app import Ports
+
+# The service itself (grpc, aiohttp, OpenTelemetry, the storage engines) is imported only to
+# serve: `igbutton-server healthcheck` runs every few seconds and needs none of it.
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="igbutton-server",
         description="Run igbutton: the gRPC gateway for Instagram button templates and "
         "postbacks. Settings come from IGBUTTON_* environment variables and/or a TOML file.",
+        epilog="igbutton-server healthcheck [--config FILE] [--live]: exit 0 when the server "
+        "these settings describe answers 200 on /readyz (--live: /healthz), else 1 "
+        "(see igbutton-server healthcheck --help).",
     )
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument(
@@ -56,10 +63,14 @@ async def serve(
     on_ready: Callable[[Ports], None] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    from igbutton_server.app import App
+
     app = App(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, app.request_stop)
+    # SIGHUP re-reads the accounts' token files (they are also checked for changes).
+    loop.add_signal_handler(signal.SIGHUP, app.reload_tokens)
     try:
         await app.start()
         if ports_file is not None:
@@ -75,6 +86,14 @@ async def serve(
 
 def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None = None) -> int:
     """Entry point of ``igbutton-server``; ``on_ready`` is called once every port is bound."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["healthcheck"]:
+        from igbutton_server import healthcheck
+
+        return healthcheck.main(argv[1:])
+    from igbutton_server import event_loop, logs
+    from igbutton_server.storage.postbacks import StorageCorrupt
+
     args = _parser().parse_args(argv)
     # Keyword overrides are merged over the environment and file, key by key.
     overrides: dict[str, object] = {"sandbox": {"enabled": True}} if args.sandbox else {}

@@ -79,6 +79,32 @@ SENDS = Counter(
     ["outcome"],
 )
 
+# --- Accounts ---
+TOKEN_EXPIRY = Gauge(
+    "igbutton_account_token_expiry_timestamp_seconds",
+    "When the account's access token expires (Unix time), as Meta's last refresh answer said; "
+    "absent until igbutton refreshed the token once.",
+    ["account"],
+)
+TOKEN_REFRESHES = Counter(
+    "igbutton_account_token_refreshes_total",
+    "Token refreshes igbutton attempted, by result (ok; failed: retried with backoff; "
+    "rejected: Graph 190, reauthorization required).",
+    ["account", "result"],
+)
+ACCOUNT_STATUS = Gauge(
+    "igbutton_account_status",
+    "1 for the account's current token status (ok, expiring, reauthorization_required), "
+    "0 for the others.",
+    ["account", "status"],
+)
+TEST_DELIVERIES = Counter(
+    "igbutton_webhook_test_deliveries_total",
+    "Webhook test deliveries recognised, by kind (dashboard: the App Dashboard's Test button, "
+    "stored as test postbacks; self_test: igbutton's own check, never stored).",
+    ["kind"],
+)
+
 # --- Webhooks and postbacks ---
 WEBHOOKS = Counter(
     "igbutton_webhooks_total",

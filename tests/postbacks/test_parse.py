@@ -190,3 +190,53 @@ def test_postbacks_of_accounts_not_named_are_skipped_as_unknown_account() -> Non
     every = parse_delivery(delivery)
     assert [p.mid for p in every.postbacks] == ["ours", "a", "b", "c"]
     assert (every.skipped, every.unknown_accounts) == ({}, set())
+
+
+def dashboard_entry(**value: object) -> dict[str, object]:
+    """What the App Dashboard's Test button sends for messaging_postbacks."""
+    sample: dict[str, object] = {
+        "sender": {"id": "12334"},
+        "recipient": {"id": "23245"},
+        "timestamp": "1527459824",
+        "postback": {"mid": "random_mid", "title": "TITLE", "payload": "PAYLOAD"},
+    }
+    sample.update(value)
+    return {
+        "id": "0",
+        "time": 1700000000123,
+        "changes": [{"field": "messaging_postbacks", "value": sample}],
+    }
+
+
+def test_a_dashboard_test_delivery_is_kept_as_a_test_postback_of_any_account() -> None:
+    parsed = parse_delivery(body(entry=dashboard_entry()), accounts={ACCOUNT})
+    [postback] = parsed.postbacks
+    assert postback.test is True
+    assert postback.standby is False
+    assert (postback.account_id, postback.sender_id) == ("23245", "12334")
+    assert postback.mid == "random_mid#test-1700000000123"
+    assert (postback.title, postback.payload) == ("TITLE", "PAYLOAD")
+    assert postback.tap_time_ms == 1700000000123  # the string timestamp is not a time
+    assert json.loads(postback.raw_json)["postback"]["mid"] == "random_mid"
+    assert parsed.skipped == {}
+
+
+def test_a_malformed_dashboard_test_postback_is_skipped_as_invalid() -> None:
+    parsed = parse_delivery(body(entry=dashboard_entry(sender={})))
+    assert parsed.postbacks == []
+    assert parsed.skipped == {"invalid_postback": 1}
+
+
+def test_a_self_test_change_is_collected_and_never_a_postback() -> None:
+    entry = {
+        "id": ACCOUNT,
+        "changes": [
+            {"field": "igbutton_self_test", "value": {"nonce": "abc123"}},
+            {"field": "igbutton_self_test", "value": {"nonce": 5}},
+            {"field": "messaging_postbacks", "value": "not an object"},
+        ],
+    }
+    parsed = parse_delivery(body(entry=entry))
+    assert parsed.self_tests == ["abc123"]
+    assert parsed.postbacks == []
+    assert parsed.skipped == {"changes": 2}

@@ -151,10 +151,20 @@ async def test_a_file_from_before_the_standby_column_is_migrated(tmp_path: Path)
     old.close()
     store = await SqlitePostbackStore.open(path)
     try:
-        await store.append([NewPostback("a", "s", "new", "t", "p", 0, "{}", standby=True)])
+        await store.append(
+            [
+                NewPostback("a", "s", "new", "t", "p", 0, "{}", standby=True),
+                NewPostback("a", "s", "test", "t", "p", 0, "{}", test=True),
+            ]
+        )
         cursor = await store.subscribe(Filter(), Start.earliest())
-        got = [await next_of(cursor), await next_of(cursor)]
+        got = [await next_of(cursor) for _ in range(3)]
         await cursor.close()
     finally:
         await store.close()
-    assert [(p.mid, p.standby) for p in got] == [("old", False), ("new", True)]
+    # The standby and test columns were added; the old row is neither.
+    assert [(p.mid, p.standby, p.test) for p in got] == [
+        ("old", False, False),
+        ("new", True, False),
+        ("test", False, True),
+    ]

@@ -28,7 +28,7 @@ RECIPIENT = "1234567890123456"
 def test_top_level_help_lists_every_command() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("serve", "sandbox", "send", "tail", "tap"):
+    for command in ("serve", "sandbox", "send", "tail", "tap", "doctor"):
         assert command in result.stdout
     assert "igbutton tap MESSAGE_ID" in result.stdout  # the walkthrough
 
@@ -45,6 +45,7 @@ def test_version() -> None:
         ("send", ["--to", "--text", "--url-button", "--postback-button", "--request-id", "--json"]),
         ("tail", ["--account", "--prefix", "--from", "--group", "--ack-deadline", "--count"]),
         ("tap", ["MESSAGE_ID", "--button", "--sandbox-url"]),
+        ("doctor", ["--fix", "--account", "--addr", "--token-file"]),
         ("serve", ["--sandbox", "--ports-file", "--config"]),
         ("sandbox", ["--port", "--webhook-url"]),
     ],

@@ -65,6 +65,7 @@ async def test_a_tapped_postback_reaches_an_async_subscriber(app: App) -> None:
     assert postback.receive_time is not None
     assert postback.ack_id == ""
     assert postback.standby is False
+    assert postback.test is False
     assert subscription.last_sequence == postback.sequence
 
 
@@ -88,6 +89,19 @@ async def test_a_standby_postback_arrives_marked_standby(app: App) -> None:
         postback = await asyncio.wait_for(anext(subscription), 30)
     assert (postback.mid, postback.standby) == ("py-standby", True)
     assert postback.to_dict()["standby"] is True
+
+
+async def test_a_dashboard_test_delivery_arrives_marked_test(app: App) -> None:
+    assert app.sandbox is not None
+    async with (
+        AsyncClient(addr(app)) as client,
+        client.subscribe(payload_prefix="DASHBOARD_") as subscription,
+    ):
+        await subscription.wait_subscribed()
+        assert await app.sandbox.send_test_delivery(payload="DASHBOARD_TEST") == 200
+        postback = await asyncio.wait_for(anext(subscription), 30)
+    assert (postback.payload, postback.test, postback.standby) == ("DASHBOARD_TEST", True, False)
+    assert postback.to_dict()["test"] is True
 
 
 async def test_the_sync_subscription_in_a_thread(app: App) -> None:

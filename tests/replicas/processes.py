@@ -51,6 +51,8 @@ class SandboxProcess:
     workdir: Path
     url: str = ""
     process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+    """More command-line options (e.g. the token lifetime)."""
 
     def start(self) -> None:
         """Start it and read the URL it prints."""
@@ -66,6 +68,7 @@ class SandboxProcess:
                     "0",
                     "--token",
                     f"{ACCOUNT}={ACCESS_TOKEN}",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -150,7 +150,7 @@ ACCESS_TOKEN = "IGAAT-distinctive-access-token-8d6f1c2e"
 
 
 async def test_no_token_in_logs_or_errors(
-    start_app: AppFactory, caplog: pytest.LogCaptureFixture
+    start_app: AppFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.DEBUG)
     seen: list[str] = []
@@ -163,17 +163,20 @@ async def test_no_token_in_logs_or_errors(
                 "backoff_initial_seconds": 0.01,
                 "max_attempts": 2,
             },
+            # Each its own store: the 190 below marks the account in it (reauthorization
+            # required), which would stop the next App's sends before they reach Meta.
+            storage={"sqlite_path": str(tmp_path / f"{token_in}.db")},
         )
         assert app.sandbox is not None
-        app.sandbox.add_fault(Fault(kind="graph_error", code=190, message=f"bad {ACCESS_TOKEN}"))
         app.sandbox.add_fault(Fault(kind="graph_error", code=2, is_transient=True))
         app.sandbox.add_fault(Fault(kind="drop"))
         app.sandbox.add_fault(Fault(kind="http_status", http_status=502))
+        app.sandbox.add_fault(Fault(kind="graph_error", code=190, message=f"bad {ACCESS_TOKEN}"))
         calls = [
-            (send_request(), _bearer(BILLING_TOKEN)),  # 190, token in Meta's message
-            (send_request(), _bearer(BILLING_TOKEN)),  # 2 then success
-            (send_request(), _bearer(BILLING_TOKEN)),  # dropped
+            (send_request(), _bearer(BILLING_TOKEN)),  # 2, then the retry dropped
             (send_request(), _bearer(BILLING_TOKEN)),  # 502
+            (send_request(), _bearer(BILLING_TOKEN)),  # 190, token in Meta's message
+            (send_request(), _bearer(BILLING_TOKEN)),  # reauthorization required, not sent
             (send_request(), _bearer(OTHER_TOKEN)),  # permission denied
             (send_request(recipient_id=""), _bearer(BILLING_TOKEN)),  # invalid
             (send_request(), _bearer(BILLING_TOKEN + "x")),  # unauthenticated
@@ -199,6 +202,7 @@ async def test_no_token_in_logs_or_errors(
     text = "\n".join(seen)
     assert "SEND_OUTCOME_UNKNOWN" in text  # the run did hit the error paths
     assert "ACCESS_TOKEN_INVALID" in text
+    assert "REAUTHORIZATION_REQUIRED" in text
     assert "bad [redacted]" in text  # Meta echoing the token is redacted
     for secret in (ACCESS_TOKEN, BILLING_TOKEN, OTHER_TOKEN):
         assert secret not in text

@@ -21,6 +21,9 @@ type Client struct {
 	Send igbuttonv1.SendServiceClient
 	// Postbacks is the generated PostbackService client.
 	Postbacks igbuttonv1.PostbackServiceClient
+	// Accounts is the generated AccountService client (token status,
+	// webhook subscription checks).
+	Accounts igbuttonv1.AccountServiceClient
 }
 
 // Option configures Dial.
@@ -83,6 +86,7 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		conn:      conn,
 		Send:      igbuttonv1.NewSendServiceClient(conn),
 		Postbacks: igbuttonv1.NewPostbackServiceClient(conn),
+		Accounts:  igbuttonv1.NewAccountServiceClient(conn),
 	}, nil
 }
 

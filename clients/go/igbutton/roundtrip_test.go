@@ -80,6 +80,18 @@ func TestRoundTrip(t *testing.T) {
 	if event.GetPostback().GetSequence() == 0 {
 		t.Error("postback has no sequence number")
 	}
+
+	// The one configured account (the sandbox's), its token status included.
+	got, err := client.Accounts.GetAccount(ctx, &igbuttonv1.GetAccountRequest{})
+	if err != nil {
+		t.Fatalf("GetAccount: %v", err)
+	}
+	if got.GetAccount().GetId() == "" {
+		t.Error("GetAccount returned no account id")
+	}
+	if s := got.GetAccount().GetTokenStatus(); s != igbuttonv1.TokenStatus_TOKEN_STATUS_OK {
+		t.Errorf("token status %v, want TOKEN_STATUS_OK", s)
+	}
 }
 
 type tapResult struct {

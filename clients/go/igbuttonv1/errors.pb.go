@@ -82,6 +82,14 @@ const (
 	// corrupt, or its file was removed); nothing was sent. The message names the
 	// store and the cause. Retry later with the same request_id.
 	ErrorReason_ERROR_REASON_STORAGE_UNAVAILABLE ErrorReason = 20
+	// FAILED_PRECONDITION: Meta rejected the account's access token (Graph code
+	// 190, on a send or a refresh); igbutton sends nothing from the account until
+	// a new token is configured (a person must log in again). Metadata:
+	// `accountId`.
+	ErrorReason_ERROR_REASON_REAUTHORIZATION_REQUIRED ErrorReason = 21
+	// UNAVAILABLE: a call to Meta about the account (its name, its webhook
+	// subscription) failed; the message says why. Retry later.
+	ErrorReason_ERROR_REASON_ACCOUNT_CHECK_FAILED ErrorReason = 22
 )
 
 // Enum value maps for ErrorReason.
@@ -108,6 +116,8 @@ var (
 		18: "ERROR_REASON_SHUTTING_DOWN",
 		19: "ERROR_REASON_REQUEST_IN_PROGRESS",
 		20: "ERROR_REASON_STORAGE_UNAVAILABLE",
+		21: "ERROR_REASON_REAUTHORIZATION_REQUIRED",
+		22: "ERROR_REASON_ACCOUNT_CHECK_FAILED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":              0,
@@ -131,6 +141,8 @@ var (
 		"ERROR_REASON_SHUTTING_DOWN":            18,
 		"ERROR_REASON_REQUEST_IN_PROGRESS":      19,
 		"ERROR_REASON_STORAGE_UNAVAILABLE":      20,
+		"ERROR_REASON_REAUTHORIZATION_REQUIRED": 21,
+		"ERROR_REASON_ACCOUNT_CHECK_FAILED":     22,
 	}
 )
 
@@ -165,7 +177,7 @@ var File_igbutton_v1_errors_proto protoreflect.FileDescriptor
 
 const file_igbutton_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\x8c\x06\n" +
+	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\xde\x06\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x12 \n" +
@@ -188,7 +200,9 @@ const file_igbutton_v1_errors_proto_rawDesc = "" +
 	"\x1bERROR_REASON_UNKNOWN_ACK_ID\x10\x11\x12\x1e\n" +
 	"\x1aERROR_REASON_SHUTTING_DOWN\x10\x12\x12$\n" +
 	" ERROR_REASON_REQUEST_IN_PROGRESS\x10\x13\x12$\n" +
-	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x14B_\n" +
+	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x14\x12)\n" +
+	"%ERROR_REASON_REAUTHORIZATION_REQUIRED\x10\x15\x12%\n" +
+	"!ERROR_REASON_ACCOUNT_CHECK_FAILED\x10\x16B_\n" +
 	"\x0fcom.igbutton.v1B\vErrorsProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3"
 
 var (

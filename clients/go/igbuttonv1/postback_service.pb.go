@@ -326,7 +326,15 @@ type Postback struct {
 	// (Meta's handover protocol), so this app observed the tap but is not the
 	// one expected to answer it. False for every postback stored before this
 	// field existed.
-	Standby       bool `protobuf:"varint,10,opt,name=standby,proto3" json:"standby,omitempty"`
+	Standby bool `protobuf:"varint,10,opt,name=standby,proto3" json:"standby,omitempty"`
+	// True for a test delivery, not a person's tap: what the App Dashboard's
+	// Test button sends for messaging_postbacks (the `entry[].changes[]` form,
+	// made-up ids). Its account_id is the recipient Meta made up (an unfiltered
+	// subscriber sees it), raw_json is the change's `value`, and its mid is
+	// Meta's sample mid followed by `#test-<entry time>`, so each press is one
+	// postback and Meta's retries of it are one. Consumers should not act on
+	// it. False for every postback stored before this field existed.
+	Test          bool `protobuf:"varint,11,opt,name=test,proto3" json:"test,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -427,6 +435,13 @@ func (x *Postback) GetRawJson() string {
 func (x *Postback) GetStandby() bool {
 	if x != nil {
 		return x.Standby
+	}
+	return false
+}
+
+func (x *Postback) GetTest() bool {
+	if x != nil {
+		return x.Test
 	}
 	return false
 }
@@ -573,7 +588,7 @@ const file_igbutton_v1_postback_service_proto_rawDesc = "" +
 	"\x1aSubscribePostbacksResponse\x121\n" +
 	"\bpostback\x18\x01 \x01(\v2\x15.igbutton.v1.PostbackR\bpostback\x12\x15\n" +
 	"\x06ack_id\x18\x02 \x01(\tR\x05ackId\x12)\n" +
-	"\x10delivery_attempt\x18\x03 \x01(\rR\x0fdeliveryAttempt\"\xcf\x02\n" +
+	"\x10delivery_attempt\x18\x03 \x01(\rR\x0fdeliveryAttempt\"\xe3\x02\n" +
 	"\bPostback\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1d\n" +
 	"\n" +
@@ -586,7 +601,8 @@ const file_igbutton_v1_postback_service_proto_rawDesc = "" +
 	"\freceive_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vreceiveTime\x12\x19\n" +
 	"\braw_json\x18\t \x01(\tR\arawJson\x12\x18\n" +
 	"\astandby\x18\n" +
-	" \x01(\bR\astandby\"_\n" +
+	" \x01(\bR\astandby\x12\x12\n" +
+	"\x04test\x18\v \x01(\bR\x04test\"_\n" +
 	"\x13AckPostbacksRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x17\n" +
 	"\aack_ids\x18\x02 \x03(\tR\x06ackIds\x12\x19\n" +

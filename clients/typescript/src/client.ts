@@ -1,6 +1,7 @@
 import { createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, type GrpcTransportOptions } from "@connectrpc/connect-node";
 
+import { AccountService } from "./gen/igbutton/v1/account_service_pb.js";
 import { PostbackService } from "./gen/igbutton/v1/postback_service_pb.js";
 import { SendService } from "./gen/igbutton/v1/send_service_pb.js";
 
@@ -24,6 +25,8 @@ export interface IgbuttonClient {
   send: Client<typeof SendService>;
   /** PostbackService: subscribePostbacks (a server stream), ackPostbacks. */
   postbacks: Client<typeof PostbackService>;
+  /** AccountService: listAccounts, getAccount, checkAccount, subscribeAccount. */
+  accounts: Client<typeof AccountService>;
 }
 
 /**
@@ -52,5 +55,6 @@ export function createIgbuttonClient(
   return {
     send: createClient(SendService, transport),
     postbacks: createClient(PostbackService, transport),
+    accounts: createClient(AccountService, transport),
   };
 }

@@ -16,6 +16,7 @@ export type { IgbuttonClient, IgbuttonClientOptions } from "./client.js";
 export { buttonTemplate, newRequestId, postbackButton, urlButton } from "./buttons.js";
 export { ERROR_DOMAIN, errorDetails } from "./errors.js";
 export type { ErrorDetails, FieldViolation } from "./errors.js";
+export * from "./gen/igbutton/v1/account_service_pb.js";
 export * from "./gen/igbutton/v1/button_template_pb.js";
 export * from "./gen/igbutton/v1/errors_pb.js";
 export * from "./gen/igbutton/v1/postback_service_pb.js";

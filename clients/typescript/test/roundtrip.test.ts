@@ -7,6 +7,7 @@ import { test } from "node:test";
 
 import {
   StartPosition,
+  TokenStatus,
   buttonTemplate,
   createIgbuttonClient,
   errorDetails,
@@ -83,6 +84,11 @@ test("send, tap and receive the postback", { skip, timeout: 60_000 }, async () =
     assert.equal(postback?.payload, payload);
     assert.equal(postback?.title, "Yes");
     assert.ok((postback?.sequence ?? 0n) > 0n, "postback has no sequence number");
+
+    // The one configured account (the sandbox's), its token status included.
+    const got = await ig.accounts.getAccount({});
+    assert.notEqual(got.account?.id ?? "", "", "getAccount returned no account id");
+    assert.equal(got.account?.tokenStatus, TokenStatus.OK);
   } finally {
     abort.abort();
   }

@@ -73,6 +73,7 @@ def postback_message(postback: StoredPostback) -> postback_service_pb2.Postback:
         payload=postback.payload,
         raw_json=postback.raw_json,
         standby=postback.standby,
+        test=postback.test,
     )
     if postback.tap_time_ms:
         message.tap_time.FromMilliseconds(postback.tap_time_ms)

@@ -15,6 +15,13 @@ one marked ``standby``. Two kinds of postback are skipped and counted although w
 ``self_sent``, whose sender is the account itself (an echo of the business's own action,
 not a person's tap), and ``unknown_account``, for an account that is not configured (when
 the caller names its accounts): stored, it would reach every unfiltered subscriber.
+
+An entry's ``changes`` array is the other envelope form. Two of its fields are recognised:
+``messaging_postbacks``, which Meta sends this way only from the App Dashboard's Test button
+(made-up ids): kept as a postback marked ``test``, whatever its account, its mid suffixed
+with ``#test-<entry time>`` so that each press is one postback; and ``igbutton_self_test``,
+igbutton's own check of its webhook (CheckAccount), whose nonce is collected and never
+stored. Every other change is skipped and counted as ``changes``.
 """
 
 from __future__ import annotations
@@ -49,11 +56,18 @@ class MalformedDelivery(ValueError):
     """The body is not a webhook delivery at all (not JSON, or no ``entry`` list)."""
 
 
+SELF_TEST_FIELD = "igbutton_self_test"
+"""The ``changes`` field of igbutton's webhook self-test (never a Meta field)."""
+_MAX_NONCE_CHARS = 64
+
+
 @dataclass
 class ParsedDelivery:
     """The postbacks of one delivery and what was skipped, by kind."""
 
     postbacks: list[NewPostback] = field(default_factory=list)
+    self_tests: list[str] = field(default_factory=list)
+    """The nonces of igbutton self-test changes (never stored)."""
     skipped: Counter[str] = field(default_factory=Counter)
     unknown_accounts: set[str] = field(default_factory=set)
     """The accounts of the postbacks skipped as ``unknown_account``."""
@@ -92,7 +106,8 @@ def _parse_entry(entry: object, parsed: ParsedDelivery, accounts: Set[str] | Non
         return
     changes = entry.get("changes")
     if isinstance(changes, list):
-        parsed.skipped["changes"] += len(changes)
+        for change in changes:
+            _parse_change(change, entry, parsed)
     messaging = entry.get("messaging", [])
     standby = entry.get("standby", [])
     if not isinstance(messaging, list) or not isinstance(standby, list):
@@ -101,6 +116,29 @@ def _parse_entry(entry: object, parsed: ParsedDelivery, accounts: Set[str] | Non
     for items, in_standby in ((messaging, False), (standby, True)):
         for item in items:
             _parse_item(item, entry, parsed, accounts, standby=in_standby)
+
+
+def _parse_change(change: object, entry: dict[str, Any], parsed: ParsedDelivery) -> None:
+    """A ``changes`` item: a dashboard test postback, a self-test, or skipped."""
+    if not isinstance(change, dict) or not isinstance(change.get("value"), dict):
+        parsed.skipped["changes"] += 1
+        return
+    kind, value = change.get("field"), change["value"]
+    if kind == SELF_TEST_FIELD:
+        nonce = value.get("nonce")
+        if isinstance(nonce, str) and 0 < len(nonce) <= _MAX_NONCE_CHARS:
+            parsed.self_tests.append(nonce)
+        else:
+            parsed.skipped["changes"] += 1
+        return
+    if kind != "messaging_postbacks" or "postback" not in value:
+        parsed.skipped["changes"] += 1
+        return
+    postback = _postback(value, entry, standby=False, test=True)
+    if isinstance(postback, str):
+        parsed.skipped[postback] += 1
+    else:
+        parsed.postbacks.append(postback)
 
 
 def _parse_item(
@@ -178,7 +216,9 @@ def _raw_json(item: dict[str, Any]) -> str:
     return raw
 
 
-def _postback(item: dict[str, Any], entry: dict[str, Any], *, standby: bool) -> NewPostback | str:
+def _postback(
+    item: dict[str, Any], entry: dict[str, Any], *, standby: bool, test: bool = False
+) -> NewPostback | str:
     """The postback of a ``messaging`` or ``standby`` item, or the kind it is skipped as."""
     body = item["postback"]
     if not isinstance(body, dict):
@@ -192,6 +232,9 @@ def _postback(item: dict[str, Any], entry: dict[str, Any], *, standby: bool) -> 
     payload = _text(body.get("payload", ""))
     if mid is None or sender is None or account is None or title is None or payload is None:
         return "invalid_postback"
+    if test:
+        # Meta's sample mid is the same on every press; the entry time is not.
+        mid = f"{mid}#test-{_time_ms(entry.get('time'))}"
     if any(len(i.encode()) > MAX_ID_BYTES for i in (mid, sender, account)):
         return "oversized"
     if sender in (account, entry_id):
@@ -211,4 +254,5 @@ def _postback(item: dict[str, Any], entry: dict[str, Any], *, standby: bool) -> 
         tap_time_ms=_time_ms(item.get("timestamp"), entry.get("time")),
         raw_json=raw,
         standby=standby,
+        test=test,
     )

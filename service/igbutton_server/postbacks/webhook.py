@@ -22,10 +22,11 @@ from collections.abc import Collection, Sequence
 from aiohttp import hdrs, web
 
 from igbutton_server import logs, metrics
+from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
-from igbutton_server.storage.postbacks import PostbackStore
+from igbutton_server.storage.postbacks import NewPostback, PostbackStore
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,14 @@ class Webhook:
     """The aiohttp handlers, bound to the webhook settings and the postback store."""
 
     def __init__(
-        self, settings: WebhookSettings, store: PostbackStore, accounts: Collection[str]
+        self,
+        settings: WebhookSettings,
+        store: PostbackStore,
+        accounts: Collection[str],
+        activity: AccountActivity | None = None,
     ) -> None:
         self._settings = settings
+        self._activity = activity
         self._store = store
         self._accounts = AccountCheck(accounts, accept_unknown=settings.accept_unknown_accounts)
         self._secrets = settings.secrets()
@@ -166,6 +172,7 @@ class Webhook:
 
         for kind, count in delivery.skipped.items():
             metrics.WEBHOOK_ITEMS_SKIPPED.labels(kind=kind).inc(count)
+        self._report_tests(delivery.self_tests, [p for p in delivery.postbacks if p.test])
         self._accounts.report(delivery.unknown_accounts)
         try:
             with metrics.LOG_APPEND_LATENCY.time():
@@ -176,6 +183,8 @@ class Webhook:
             log.exception("storing a webhook delivery failed; answering 503 so Meta retries")
             return _error(503, "not stored; retry later")
         metrics.WEBHOOKS.labels(result="accepted").inc()
+        if self._activity is not None:
+            self._activity.note_postbacks({p.account_id for p in delivery.postbacks if not p.test})
         metrics.POSTBACKS_STORED.inc(result.stored)
         metrics.POSTBACKS_DUPLICATE.inc(result.duplicates)
         log.debug(
@@ -186,10 +195,31 @@ class Webhook:
                 "skipped": sum(delivery.skipped.values()),
             },
         )
-        return web.json_response(
-            {
-                "stored": result.stored,
-                "duplicates": result.duplicates,
-                "skipped": dict(delivery.skipped),
-            }
-        )
+        answer: dict[str, object] = {
+            "stored": result.stored,
+            "duplicates": result.duplicates,
+            "skipped": dict(delivery.skipped),
+        }
+        if delivery.self_tests:
+            answer["self_test"] = delivery.self_tests
+        return web.json_response(answer)
+
+    @staticmethod
+    def _report_tests(self_tests: list[str], dashboard: list[NewPostback]) -> None:
+        """Make test deliveries visible: a person pressing Test looks at the log first."""
+        if self_tests:
+            metrics.TEST_DELIVERIES.labels(kind="self_test").inc(len(self_tests))
+            log.info("webhook self-test delivery recognised (not stored)")
+        for postback in dashboard:
+            metrics.TEST_DELIVERIES.labels(kind="dashboard").inc()
+            log.info(
+                "webhook test delivery from the App Dashboard (messaging_postbacks); stored as "
+                "a test postback",
+                extra={
+                    "account_id": postback.account_id,
+                    "sender_id": postback.sender_id,
+                    "mid": postback.mid,
+                    "title": postback.title,
+                    "payload": postback.payload,
+                },
+            )

@@ -33,6 +33,18 @@ def _parser() -> argparse.ArgumentParser:
         "without any, every non-empty token is accepted",
     )
     parser.add_argument(
+        "--token-lifetime-seconds",
+        type=float,
+        default=60 * 24 * 3600,
+        help="how long tokens issued on refresh are valid (default: Meta's 60 days)",
+    )
+    parser.add_argument(
+        "--min-refresh-age-seconds",
+        type=float,
+        default=24 * 3600,
+        help="how old a token must be to be refreshed (default: Meta's 24 hours)",
+    )
+    parser.add_argument(
         "--event-loop",
         choices=["uvloop", "asyncio"],
         default="uvloop",
@@ -52,7 +64,13 @@ def _tokens(pairs: list[str]) -> dict[str, str]:
 
 
 async def _run(args: argparse.Namespace, tokens: dict[str, str], secret: bytes | None) -> None:
-    sandbox = Sandbox(args.host, args.port, tokens=tokens)
+    sandbox = Sandbox(
+        args.host,
+        args.port,
+        tokens=tokens,
+        token_lifetime_seconds=args.token_lifetime_seconds,
+        min_refresh_age_seconds=args.min_refresh_age_seconds,
+    )
     if args.webhook_url:
         sandbox.set_webhook(args.webhook_url, secret or b"")
     stop = asyncio.Event()

@@ -2,13 +2,19 @@
 
 - ``GET /_sandbox/healthz`` -> 200
 - ``GET /_sandbox/messages`` -> ``{"messages": [{message_id, account_id, recipient_id,
-  accepted, status, body, path, received_at}]}``
+  accepted, status, body, path, received_at, token_generation}]}``
 - ``POST /_sandbox/faults`` (Fault fields as JSON) -> 204; ``DELETE /_sandbox/faults`` -> 204;
   ``GET /_sandbox/faults`` -> ``{"faults": [{...Fault fields, "remaining"}]}``
 - ``POST /_sandbox/reset`` -> 204
 - ``POST /_sandbox/tap`` ``{"message_id", "button_index"?}`` -> 200 ``{mid, payload, title,
   webhook_status}``; 404 unknown message; 400 bad index or not a postback button; 409 no
   webhook configured.
+- ``POST /_sandbox/test_delivery`` ``{"account_id"?, "payload"?}`` -> 200 ``{webhook_status}``:
+  what the App Dashboard's Test button sends for ``messaging_postbacks`` (``changes`` form).
+- ``GET /_sandbox/accounts/{id}`` -> ``{username, subscribed_fields, refreshes,
+  refresh_calls, generation}`` (never a token); ``POST`` the same path with
+  ``{"subscribed_fields": [...]}`` and/or ``{"username": ...}`` sets them (an empty list: the
+  account is not subscribed, as before anyone enabled it) -> 204.
 """
 
 from __future__ import annotations
@@ -53,6 +59,9 @@ def add_control_routes(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_delete("/_sandbox/faults", control.clear_faults)
     app.router.add_post("/_sandbox/reset", control.reset)
     app.router.add_post("/_sandbox/tap", control.tap)
+    app.router.add_post("/_sandbox/test_delivery", control.test_delivery)
+    app.router.add_get("/_sandbox/accounts/{account}", control.account)
+    app.router.add_post("/_sandbox/accounts/{account}", control.set_account)
 
 
 class _Control:
@@ -75,6 +84,7 @@ class _Control:
                 "body": r.body,
                 "path": r.path,
                 "received_at": r.received_at,
+                "token_generation": r.token_generation,
             }
             for r in self._sandbox.received
         ]
@@ -126,6 +136,40 @@ class _Control:
                 "webhook_error": result.webhook_error,
             }
         )
+
+    async def test_delivery(self, request: web.Request) -> web.Response:
+        data = await _json_object(request)
+        if isinstance(data, web.Response):
+            return data
+        account = data.get("account_id", "0")
+        payload = data.get("payload", "TEST_PAYLOAD")
+        if not isinstance(account, str) or not isinstance(payload, str):
+            return _error(400, "account_id and payload must be strings")
+        try:
+            status = await self._sandbox.send_test_delivery(account_id=account, payload=payload)
+        except RuntimeError as exc:
+            return _error(409, str(exc))
+        return web.json_response({"webhook_status": status})
+
+    async def account(self, request: web.Request) -> web.Response:
+        return web.json_response(asdict(self._sandbox.account_state(request.match_info["account"])))
+
+    async def set_account(self, request: web.Request) -> web.Response:
+        data = await _json_object(request)
+        if isinstance(data, web.Response):
+            return data
+        state = self._sandbox.account_state(request.match_info["account"])
+        fields = data.get("subscribed_fields")
+        if fields is not None:
+            if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+                return _error(400, "subscribed_fields must be a list of strings")
+            state.subscribed_fields = list(dict.fromkeys(fields))
+        username = data.get("username")
+        if username is not None:
+            if not isinstance(username, str):
+                return _error(400, "username must be a string")
+            state.username = username
+        return web.Response(status=204)
 
 
 def _parse_fault(data: dict[str, Any]) -> Fault | web.Response:

@@ -34,6 +34,10 @@ class RecordedSend:
     received_at: float
     status: int
     """The HTTP status answered; 0 while in flight or when the connection was dropped."""
+    token_generation: int | None = None
+    """Which of the account's tokens the send carried: 0 the seeded one, n the one the n-th
+    refresh issued; None for a token the sandbox never issued. (The token itself is never
+    recorded.)"""
 
     @property
     def body(self) -> Any:

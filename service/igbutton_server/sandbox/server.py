@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -23,12 +22,22 @@ import aiohttp
 from aiohttp import web
 
 from igbutton_server.sandbox import graph_rules
+from igbutton_server.sandbox.accounts import (
+    DEFAULT_LIFETIME_SECONDS,
+    DEFAULT_MIN_REFRESH_AGE_SECONDS,
+    SANDBOX_APP_ID,
+    SANDBOX_APP_NAME,
+    AccountState,
+    IssuedToken,
+    TokenRegistry,
+)
 from igbutton_server.sandbox.control import add_control_routes
 from igbutton_server.sandbox.faults import Fault, FaultQueue
 from igbutton_server.sandbox.graph_rules import GraphError
 from igbutton_server.sandbox.records import RecordedSend, SendLog, StoredMessage, parse_body
 from igbutton_server.sandbox.tap import (
     TapResult,
+    dashboard_test_body,
     new_postback_mid,
     post_webhook,
     postback_body,
@@ -39,6 +48,12 @@ log = logging.getLogger(__name__)
 
 REDACTED: Final = "<redacted>"
 _SHUTDOWN_SECONDS = 2.0
+# Accepting any token, the sandbox cannot tell whose a token is. Not 190: the token is not
+# dead, the sandbox merely does not know it, and 190 would mark the account.
+_NO_TOKENS = graph_rules.invalid(
+    "The sandbox accepts any token for sends, so it cannot tell whose this one is: give it "
+    "the accounts' tokens (set_tokens, --token ACCOUNT=TOKEN)"
+)
 _HTML_ERROR = "<html><head><title>{status}</title></head><body><h1>{status}</h1></body></html>"
 
 
@@ -84,13 +99,24 @@ class Sandbox:
         webhook_url: str | None = None,
         app_secret: bytes | None = None,
         max_records: int = 100_000,
+        token_lifetime_seconds: float = DEFAULT_LIFETIME_SECONDS,
+        min_refresh_age_seconds: float = DEFAULT_MIN_REFRESH_AGE_SECONDS,
     ) -> None:
-        """``max_records`` bounds memory: the oldest sends (and their messages) are forgotten."""
+        """``max_records`` bounds memory: the oldest sends (and their messages) are forgotten.
+
+        Tokens it issues on refresh live ``token_lifetime_seconds`` (Meta: 60 days) and can be
+        refreshed once ``min_refresh_age_seconds`` old (Meta: 24 hours).
+        """
         self._log = SendLog(max_records)
         self._host = host
         self._requested_port = port
         self._port = 0
-        self._tokens: dict[str, str] = dict(tokens or {})
+        self.tokens = TokenRegistry(
+            lifetime_seconds=token_lifetime_seconds,
+            min_refresh_age_seconds=min_refresh_age_seconds,
+        )
+        """The tokens the sandbox accepts and the accounts' state (tests inspect it)."""
+        self.tokens.seed(tokens or {})
         self._webhook_url = webhook_url
         self._app_secret = app_secret
         self._faults = FaultQueue()
@@ -105,6 +131,10 @@ class Sandbox:
         self._stopping.clear()
         app = web.Application()
         app.router.add_post("/{version}/{account}/messages", self._handle_send)
+        app.router.add_get("/refresh_access_token", self._handle_refresh)
+        app.router.add_get("/{version}/me", self._handle_me)
+        app.router.add_get("/{version}/me/subscribed_apps", self._handle_subscribed_apps)
+        app.router.add_post("/{version}/me/subscribed_apps", self._handle_subscribe)
         add_control_routes(app, self)
         # Anything else gets Meta's answer to an unknown path, so a client bug is obvious.
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown_path)
@@ -156,9 +186,14 @@ class Sandbox:
 
     # --- Configuration ---
 
-    def set_tokens(self, tokens: Mapping[str, str] | None) -> None:
-        """Accepted access token per account id; None or empty accepts any non-empty token."""
-        self._tokens = dict(tokens or {})
+    def set_tokens(self, tokens: Mapping[str, str] | None, *, age_seconds: float = 0.0) -> None:
+        """Accepted access token per account id, issued ``age_seconds`` ago; None or empty
+        accepts any non-empty token (and then refresh, me and subscribed_apps answer 190)."""
+        self.tokens.seed(tokens or {}, age_seconds=age_seconds)
+
+    def account_state(self, account_id: str) -> AccountState:
+        """An account's username, webhook fields and refresh counts."""
+        return self.tokens.account(account_id)
 
     def set_webhook(self, url: str, app_secret: bytes) -> None:
         """Where taps are delivered, and the app secret they are signed with."""
@@ -201,20 +236,16 @@ class Sandbox:
     def _resolve_account(self, path_account: str, token: str | None) -> str | None:
         if path_account != "me":
             return path_account
-        if token is None:
-            return None
-        for account, accepted in self._tokens.items():
-            if hmac.compare_digest(accepted.encode(), token.encode()):
-                return account
-        return None
+        issued = self.tokens.lookup(token)
+        return None if issued is None else issued.account_id
 
     def _token_ok(self, account: str | None, token: str | None) -> bool:
         if not token:
             return False
-        if not self._tokens:
+        if self.tokens.empty:
             return True
-        expected = self._tokens.get(account or "")
-        return expected is not None and hmac.compare_digest(expected.encode(), token.encode())
+        issued = self.tokens.check(token)
+        return isinstance(issued, IssuedToken) and issued.account_id == account
 
     async def _handle_send(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -241,6 +272,8 @@ class Sandbox:
             received_at=time.time(),
             status=0,
         )
+        issued = self.tokens.lookup(token)
+        record.token_generation = None if issued is None else issued.generation
         self._log.record(record)
 
         fault = self._faults.take(record.account_id)
@@ -296,6 +329,9 @@ class Sandbox:
                 graph_rules.invalid("Cannot resolve 'me': use the Instagram account id in the path")
             )
         if not record.token_ok:
+            checked = self.tokens.check(token)
+            if isinstance(checked, GraphError) and not self.tokens.empty:
+                return _error_response(checked)  # expired or revoked: Meta says which
             return _error_response(graph_rules.bad_token())
         if body is None:
             return _error_response(graph_rules.invalid("The request body must be JSON"))
@@ -310,6 +346,82 @@ class Sandbox:
         return web.Response(
             body=json.dumps(answer).encode(), content_type="application/json", charset="utf-8"
         )
+
+    # --- Tokens and subscriptions ---
+
+    def _account_of(self, request: web.Request) -> IssuedToken | GraphError:
+        token = _bearer(request.headers.get("Authorization")) or request.query.get("access_token")
+        if self.tokens.empty:
+            return _NO_TOKENS
+        return self.tokens.check(token)
+
+    async def _handle_refresh(self, request: web.Request) -> web.Response:
+        """GET /refresh_access_token?grant_type=ig_refresh_token&access_token=..."""
+        if request.query.get("grant_type") != "ig_refresh_token":
+            return _error_response(
+                graph_rules.graph_error(
+                    100, "grant_type must be ig_refresh_token", type="OAuthException"
+                )
+            )
+        token = request.query.get("access_token")
+        if not token:
+            return _error_response(
+                graph_rules.bad_token("An active access token must be used to call this API.")
+            )
+        if self.tokens.empty:
+            return _error_response(_NO_TOKENS)
+        outcome = self.tokens.refresh(token)
+        if isinstance(outcome, GraphError):
+            return _error_response(outcome)
+        new, expires_in = outcome
+        return web.json_response(
+            {"access_token": new, "token_type": "bearer", "expires_in": expires_in}
+        )
+
+    async def _handle_me(self, request: web.Request) -> web.Response:
+        """GET /{version}/me?fields=user_id,username"""
+        problem = graph_rules.check_version(request.match_info["version"])
+        if problem is not None:
+            return _error_response(problem)
+        issued = self._account_of(request)
+        if isinstance(issued, GraphError):
+            return _error_response(issued)
+        state = self.tokens.account(issued.account_id)
+        known = {"user_id": issued.account_id, "username": state.username}
+        asked = [f.strip() for f in request.query.get("fields", "").split(",") if f.strip()]
+        answer: dict[str, str] = {k: v for k, v in known.items() if k in asked}
+        answer["id"] = issued.account_id
+        return web.json_response(answer)
+
+    async def _handle_subscribed_apps(self, request: web.Request) -> web.Response:
+        """GET /{version}/me/subscribed_apps: the app's subscription, if any, with its fields."""
+        problem = graph_rules.check_version(request.match_info["version"])
+        if problem is not None:
+            return _error_response(problem)
+        issued = self._account_of(request)
+        if isinstance(issued, GraphError):
+            return _error_response(issued)
+        fields = self.tokens.account(issued.account_id).subscribed_fields
+        data = (
+            [{"id": SANDBOX_APP_ID, "name": SANDBOX_APP_NAME, "subscribed_fields": fields}]
+            if fields
+            else []
+        )
+        return web.json_response({"data": data})
+
+    async def _handle_subscribe(self, request: web.Request) -> web.Response:
+        """POST /{version}/me/subscribed_apps?subscribed_fields=a,b: replace the fields."""
+        await request.read()
+        problem = graph_rules.check_version(request.match_info["version"])
+        if problem is not None:
+            return _error_response(problem)
+        issued = self._account_of(request)
+        if isinstance(issued, GraphError):
+            return _error_response(issued)
+        refused = self.tokens.subscribe(issued.account_id, request.query.get("subscribed_fields"))
+        if refused is not None:
+            return _error_response(refused)
+        return web.json_response({"success": True})
 
     @staticmethod
     def _drop(request: web.Request) -> web.StreamResponse:
@@ -368,6 +480,22 @@ class Sandbox:
             webhook_status=delivery[0],
             webhook_error=delivery[1],
         )
+
+    async def send_test_delivery(
+        self,
+        *,
+        account_id: str = "0",
+        sender_id: str = "12334",
+        payload: str = "TEST_PAYLOAD",
+        title: str = "Test button",
+    ) -> int:
+        """Deliver what the App Dashboard's Test button sends for ``messaging_postbacks``:
+        the ``entry[].changes[]`` form, made-up ids; the webhook's HTTP status (0: unreachable).
+        """
+        body = dashboard_test_body(
+            account_id=account_id, sender_id=sender_id, payload=payload, title=title
+        )
+        return await self.deliver(body)
 
     async def deliver(self, body: bytes, *, signature: str | _AutoSign | None = AUTO_SIGN) -> int:
         """POST raw bytes to the webhook URL and return the HTTP status (0: unreachable).

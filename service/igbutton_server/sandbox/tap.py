@@ -67,6 +67,43 @@ def postback_body(
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def dashboard_test_body(
+    *,
+    account_id: str = "0",
+    sender_id: str = "12334",
+    recipient_id: str = "23245",
+    mid: str = "random_mid",
+    title: str = "Test button",
+    payload: str = "TEST_PAYLOAD",
+    now_ms: int | None = None,
+) -> bytes:
+    """What the App Dashboard's Test button sends for ``messaging_postbacks``: the
+    ``entry[].changes[]`` form (``{"field", "value"}``, the value shaped like a ``messaging``
+    item, its timestamp a string) with made-up ids (entry id ``0``)."""
+    stamp = now_ms if now_ms is not None else int(time.time() * 1000)
+    document = {
+        "object": "instagram",
+        "entry": [
+            {
+                "id": account_id,
+                "time": stamp,
+                "changes": [
+                    {
+                        "field": "messaging_postbacks",
+                        "value": {
+                            "sender": {"id": sender_id},
+                            "recipient": {"id": recipient_id},
+                            "timestamp": str(stamp // 1000),
+                            "postback": {"mid": mid, "title": title, "payload": payload},
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
 def sign(body: bytes, app_secret: bytes) -> str:
     """The ``X-Hub-Signature-256`` value Meta sends: ``sha256=<hex HMAC of the raw body>``."""
     return "sha256=" + hmac.new(app_secret, body, hashlib.sha256).hexdigest()

@@ -16,6 +16,7 @@ import grpc
 
 from igbutton.v1 import errors_pb2, send_service_pb2, send_service_pb2_grpc
 from igbutton_server import auth, metrics
+from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Settings
 from igbutton_server.errors import ApiError
 from igbutton_server.send.graph_client import GraphClient
@@ -33,6 +34,8 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _ANSWER_MARGIN_SECONDS = 0.1
 _ANSWER_MARGIN_FRACTION = 0.1
 
+_TOKEN_INVALID = errors_pb2.ErrorReason.ERROR_REASON_ACCESS_TOKEN_INVALID
+
 _SENT = metrics.SENDS.labels("sent")
 _REPLAYED = metrics.SENDS.labels("replayed")
 _FAILED = metrics.SENDS.labels("failed")
@@ -45,6 +48,8 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         self._settings = settings
         self._graph = graph
         self._sends = sends
+        self.tokens: AccountTokens | None = None
+        """Each account's current token; None: the configured tokens, as they were read."""
 
     async def SendButtonTemplate(
         self, request: send_service_pb2.SendButtonTemplateRequest, context: Context
@@ -110,13 +115,22 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
     ) -> tuple[SendResult, bool]:
         """The result, and whether it is a replay of an earlier call's."""
         deadline = time.monotonic() + time_left
-        token = valid.account.token()
+        tokens = self.tokens
+        account_id = valid.account.id
+        if tokens is not None:
+            tokens.require_usable(account_id)
+        token = valid.account.token() if tokens is None else tokens.token(account_id)
         sent = False
 
         async def send(tracker: SendTracker) -> SendResult:
             nonlocal sent
             sent = True
-            return await self._graph.send(request, token, deadline, tracker)
+            try:
+                return await self._graph.send(request, token, deadline, tracker)
+            except ApiError as error:
+                if tokens is not None and error.reason == _TOKEN_INVALID:
+                    await tokens.rejected(account_id, token)
+                raise
 
         if not valid.request_id:
             return await send(SendTracker()), False

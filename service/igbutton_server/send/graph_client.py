@@ -43,6 +43,7 @@ import yarl
 
 from igbutton.v1 import errors_pb2
 from igbutton_server import metrics, tracing
+from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.config import GraphSettings
 from igbutton_server.errors import ApiError, RateLimited
 from igbutton_server.send.graph_errors import (
@@ -100,8 +101,10 @@ class GraphClient:
         limiter: AccountRateLimiter,
         secrets: Iterable[str] = (),
         rand: Callable[[], float] = random.random,
+        activity: AccountActivity | None = None,
     ) -> None:
         self._settings = settings
+        self._activity = activity
         self._limiter = limiter
         self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._rand = rand
@@ -133,6 +136,11 @@ class GraphClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def add_secret(self, token: str) -> None:
+        """Redact this token too (a refreshed or re-read one) from now on."""
+        if token and token not in self._secrets:
+            self._secrets = sorted({*self._secrets, token}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
         """The text with every configured access token replaced."""
@@ -186,6 +194,8 @@ class GraphClient:
                 if retry is Retry.THROTTLE:
                     delay = error.retry_after or self._backoff_cap(attempt)
                     self._limiter.hold(request.account_id, delay)
+                    if self._activity is not None:
+                        self._activity.note_hold(request.account_id, delay, error.message)
                 else:
                     delay = self._rand() * self._backoff_cap(attempt)  # full jitter
                 if not self._attempt_fits(longest, delay, deadline):
@@ -276,9 +286,10 @@ class GraphClient:
                     status = response.status
                     usage = response.headers.get("X-Business-Use-Case-Usage")
                     retry_after_header = response.headers.get("Retry-After")
-                    metrics.record_usage_headers(
-                        request.account_id, response.headers.get("X-App-Usage"), usage
-                    )
+                    app_usage = response.headers.get("X-App-Usage")
+                    metrics.record_usage_headers(request.account_id, app_usage, usage)
+                    if self._activity is not None:
+                        self._activity.note_usage(request.account_id, app_usage, usage)
         except TimeoutError:
             if tracker.written:
                 raise _AttemptFailed(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import grpc
 
 from igbutton.v1 import send_service_pb2_grpc
+from igbutton_server.accounts.activity import AccountActivity
+from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Settings
 from igbutton_server.send.api import SendServiceServicer
 from igbutton_server.send.graph_client import GraphClient
@@ -23,7 +25,11 @@ class SendPath:
     """Everything SendService needs, built from the settings."""
 
     def __init__(
-        self, settings: Settings, store: IdempotencyStore, ledger: RateLedger | None = None
+        self,
+        settings: Settings,
+        store: IdempotencyStore,
+        ledger: RateLedger | None = None,
+        activity: AccountActivity | None = None,
     ) -> None:
         self.settings = settings
         limits = settings.rate_limit
@@ -40,11 +46,19 @@ class SendPath:
                 lease_fraction=limits.lease_fraction,
             )
         self.graph = GraphClient(
-            settings.graph, self.limiter, secrets=[a.token() for a in settings.accounts]
+            settings.graph,
+            self.limiter,
+            secrets=[a.token() for a in settings.accounts],
+            activity=activity,
         )
         self.store = store
         self.sends = IdempotentSends(store, settings.idempotency.ttl_seconds)
         self.servicer = SendServiceServicer(settings, self.graph, self.sends)
+
+    def use_tokens(self, tokens: AccountTokens) -> None:
+        """Send with each account's current token (refreshed, re-read) from now on, instead
+        of the configured one; a Graph 190 marks the account (before the server starts)."""
+        self.servicer.tokens = tokens
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add SendService to the gRPC server."""

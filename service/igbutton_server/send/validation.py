@@ -236,3 +236,13 @@ def url_problem(url: str) -> str | None:
         # https://good.com@evil.com opens evil.com: user information only serves to mislead.
         return "must not contain user information (user:password@ before the host)"
     return None
+
+
+def resolve_account(account_id: str, accounts: Sequence[Account]) -> Account:
+    """The configured account ``account_id`` names (the only one when empty and exactly one
+    is configured), or the UNKNOWN_ACCOUNT error SendButtonTemplate gives."""
+    violations: list[FieldViolation] = []
+    found = _check_account(account_id, accounts, violations)
+    if found is None:
+        raise _unknown_account(violations)
+    return found

@@ -11,6 +11,7 @@ from igbutton_server.storage.ratelimit import RateLedger
 from igbutton_server.storage.sqlite import idempotency as sqlite_idempotency
 from igbutton_server.storage.sqlite import postbacks as sqlite_postbacks
 from igbutton_server.storage.sqlite.file import SqliteFile
+from igbutton_server.storage.tokens import TokenStore
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,15 @@ async def open_rate_ledger(settings: Settings) -> RateLedger | None:
     from igbutton_server.storage.nats.ratelimit import NatsRateLedger
 
     return await NatsRateLedger.open(settings)
+
+
+async def open_token_store(settings: Settings) -> TokenStore:
+    """The accounts' refreshed tokens: on NATS a KV bucket every replica shares; on SQLite a
+    file of their own beside the postback log's (``<name>.tokens.db``, mode 0600)."""
+    if settings.storage.backend == "nats":
+        from igbutton_server.storage.nats.tokens import NatsTokenStore
+
+        return await NatsTokenStore.open(settings)
+    from igbutton_server.storage.sqlite.tokens import SqliteTokenStore, tokens_path
+
+    return await SqliteTokenStore.open(tokens_path(settings.storage.sqlite_path))

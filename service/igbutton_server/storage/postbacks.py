@@ -103,6 +103,9 @@ class NewPostback:
     standby: bool = False
     """Delivered in the entry's ``standby`` array: another app held the conversation (Meta's
     handover protocol), so this app only observed the tap."""
+    test: bool = False
+    """A test delivery (the App Dashboard's Test button, ``entry[].changes[]`` form, made-up
+    ids), not a person's tap."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class StoredPostback:
     raw_json: str
     standby: bool = False
     """See ``NewPostback.standby``; False for postbacks stored before the field existed."""
+    test: bool = False
+    """See ``NewPostback.test``; False for postbacks stored before the field existed."""
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,12 @@ class BaseClient(abc.ABC, Generic[ChannelT]):
         """The underlying channel, for health checks and other services."""
         return self._channel
 
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata this client sends on every call (on plaintext, the caller token), for
+        calls to other services on :attr:`channel`."""
+        return tuple(self._metadata)
+
     def _attempts(self, timeout: float | None) -> Attempts:
         """The retry bookkeeping of one unary call; ``timeout`` None means the client's."""
         return Attempts(self._retry, timeout if timeout is not None else self._timeout)

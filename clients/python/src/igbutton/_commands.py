@@ -1,4 +1,4 @@
-"""What the ``igbutton`` subcommands send, tail and tap do (parsing lives in cli.py)."""
+"""What the ``igbutton`` subcommands send, tail, tap and doctor do (parsing lives in cli.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import grpc
 
 from igbutton._channel import Tls
 from igbutton.buttons import Button, PostbackButton, UrlButton
-from igbutton.errors import IgButtonError
+from igbutton.errors import IgButtonError, from_rpc_error
 from igbutton.sync_client import Client
+from igbutton.v1 import account_service_pb2 as account_pb
+from igbutton.v1 import account_service_pb2_grpc
 
 
 class UsageError(Exception):
@@ -222,3 +224,96 @@ def _error_text(err: urllib.error.HTTPError) -> str:
     if isinstance(data, dict) and "error" in data:
         return str(data["error"])
     return json.dumps(data)
+
+
+_SEVERITY = {
+    account_pb.FINDING_SEVERITY_OK: "OK",
+    account_pb.FINDING_SEVERITY_WARNING: "WARNING",
+    account_pb.FINDING_SEVERITY_ERROR: "ERROR",
+}
+
+
+def _finding_line(account_id: str, check: str, severity: str, message: str, action: str) -> str:
+    line = f"{account_id} {check}: {severity} {message}"
+    return f"{line} -- {action}" if action else line
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """``igbutton doctor [--fix]``: CheckAccount for each account, one line per finding;
+    with --fix, SubscribeAccount where the subscription is incomplete. Exit 1 on any ERROR."""
+    errors = 0
+    with _client(args, timeout=args.timeout) as client:
+        stub = account_service_pb2_grpc.AccountServiceStub(client.channel)
+        metadata = client.metadata
+        try:
+            listed = stub.ListAccounts(
+                account_pb.ListAccountsRequest(), timeout=args.timeout, metadata=metadata
+            ).accounts
+            wanted = [a.id for a in listed if not args.account or a.id in args.account]
+            missing = sorted(set(args.account) - {a.id for a in listed})
+            for account_id in missing:
+                print(
+                    _finding_line(
+                        account_id,
+                        "account",
+                        "ERROR",
+                        "not an account this caller may use",
+                        "check the id, or the caller's accounts in igbutton's callers setting",
+                    )
+                )
+                errors += 1
+            if not wanted and not missing:
+                _say("doctor", "no account is configured (or this caller may use none)")
+                return 1
+            for account_id in wanted:
+                errors += _doctor_account(stub, metadata, account_id, args)
+        except grpc.RpcError as err:
+            return _failure("doctor", args, from_rpc_error(err))
+    return 1 if errors else 0
+
+
+def _doctor_account(
+    stub: account_service_pb2_grpc.AccountServiceStub,
+    metadata: tuple[tuple[str, str], ...],
+    account_id: str,
+    args: argparse.Namespace,
+) -> int:
+    """Print one account's findings (fixing the subscription with --fix); the ERROR count."""
+    checked = stub.CheckAccount(
+        account_pb.CheckAccountRequest(account_id=account_id),
+        timeout=args.timeout,
+        metadata=metadata,
+    )
+    errors = 0
+    for finding in checked.findings:
+        severity = _SEVERITY.get(finding.severity, "ERROR")
+        if args.fix and finding.check == "subscription" and severity != "OK":
+            try:
+                fixed = stub.SubscribeAccount(
+                    account_pb.SubscribeAccountRequest(account_id=account_id),
+                    timeout=args.timeout,
+                    metadata=metadata,
+                )
+            except grpc.RpcError as err:
+                print(
+                    _finding_line(
+                        account_id,
+                        "subscription",
+                        "ERROR",
+                        f"{finding.message}; subscribing failed: {from_rpc_error(err).describe()}",
+                        finding.action,
+                    )
+                )
+                errors += 1
+                continue
+            fields = ", ".join(fixed.subscribed_fields) or "nothing"
+            print(
+                _finding_line(
+                    account_id, "subscription", "FIXED", f"now subscribed to {fields}", ""
+                )
+            )
+            continue
+        print(_finding_line(account_id, finding.check, severity, finding.message, finding.action))
+        if severity == "ERROR":
+            errors += 1
+    return errors

@@ -1,4 +1,5 @@
-"""The ``igbutton`` command line: run the server or the sandbox, send, tail postbacks, tap.
+"""The ``igbutton`` command line: run the server or the sandbox, send, tail postbacks, tap,
+check the accounts (doctor).
 
 Exit codes: 0 success, 1 the call failed (one line on stderr says why), 2 bad arguments or
 nothing to run, 130 interrupted (Ctrl-C).
@@ -35,6 +36,7 @@ a first run, in three terminals:
   igbutton send --to 1234567890 --text "Pick one" \\
       --url-button "Visit=https://example.com" --postback-button "Yes=ANSWER_YES"
   igbutton tap MESSAGE_ID --button 2        # MESSAGE_ID as printed by send
+  igbutton doctor                           # is every account connected? --fix subscribes
 
 environment: IGBUTTON_ADDR (gRPC address), IGBUTTON_TOKEN (caller token),
 IGBUTTON_SANDBOX_URL (sandbox URL for tap)."""
@@ -196,6 +198,30 @@ def _parser() -> _Parser:
         help="the sandbox (default: $IGBUTTON_SANDBOX_URL or %(default)s)",
     )
     tap.add_argument("--json", action="store_true", help="print the sandbox's answer as JSON")
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that every account is connected, and say what to do",
+        description="For each account the caller may use, check that its token works, that it "
+        "is subscribed to the webhook fields messaging_postbacks and messages, that an app "
+        "secret is configured and that igbutton's own webhook accepts a signed delivery (a "
+        "self-test, never stored as a postback). One line per finding: ACCOUNT CHECK: "
+        "OK|WARNING|ERROR what was found -- what to do. Exit 0 when nothing is an ERROR.",
+        epilog="examples:\n  igbutton doctor\n  igbutton doctor --fix --account 17841400000000000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    doctor.add_argument(
+        "--fix",
+        action="store_true",
+        help="subscribe accounts missing messaging_postbacks or messages (SubscribeAccount)",
+    )
+    doctor.add_argument(
+        "--account", action="append", default=[], help="only this IG ID (repeatable)"
+    )
+    doctor.add_argument(
+        "--timeout", type=_positive_float, default=60.0, help="seconds (%(default)s)"
+    )
+    _connection_options(doctor)
     return parser
 
 
@@ -285,6 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _commands.send(args)
         if args.command == "tail":
             return _commands.tail(args)
+        if args.command == "doctor":
+            return _commands.doctor(args)
         return _commands.tap(args)
     except _commands.UsageError as exc:
         print(f"igbutton {args.command}: {exc}", file=sys.stderr)

@@ -246,6 +246,15 @@ class StorageUnavailableError(UnavailableError):
     nothing was sent. Retry later with the same request_id."""
 
 
+class ReauthorizationRequiredError(FailedPreconditionError):
+    """Meta rejected the account's access token (Graph 190): nothing is sent from it until
+    a person logs in again and the new token is configured in igbutton."""
+
+
+class AccountCheckFailedError(UnavailableError):
+    """AccountService: a call to Meta about the account failed; retry later."""
+
+
 _BY_REASON: dict[str, type[IgButtonError]] = {
     "INVALID_REQUEST": InvalidRequestError,
     "UNKNOWN_ACCOUNT": UnknownAccountError,
@@ -267,6 +276,8 @@ _BY_REASON: dict[str, type[IgButtonError]] = {
     "SHUTTING_DOWN": ShuttingDownError,
     "REQUEST_IN_PROGRESS": RequestInProgressError,
     "STORAGE_UNAVAILABLE": StorageUnavailableError,
+    "REAUTHORIZATION_REQUIRED": ReauthorizationRequiredError,
+    "ACCOUNT_CHECK_FAILED": AccountCheckFailedError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[IgButtonError]] = {

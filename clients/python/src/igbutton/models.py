@@ -99,6 +99,9 @@ class Postback:
     standby: bool = False
     """Meta delivered it in ``standby``: another app held the conversation (handover
     protocol), so this one only observed the tap."""
+    test: bool = False
+    """A test delivery (the App Dashboard's Test button, made-up ids), not a person's tap:
+    do not act on it."""
 
     @classmethod
     def from_proto(cls, response: postback_service_pb2.SubscribePostbacksResponse) -> Postback:
@@ -117,6 +120,7 @@ class Postback:
             ack_id=response.ack_id,
             delivery_attempt=response.delivery_attempt,
             standby=p.standby,
+            test=p.test,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,6 +140,7 @@ class Postback:
             "tap_time": _iso(self.tap_time),
             "receive_time": _iso(self.receive_time),
             "standby": self.standby,
+            "test": self.test,
         }
         if self.ack_id:
             out["ack_id"] = self.ack_id

@@ -1,6 +1,6 @@
 """How a postback travels in the JetStream log, and how its position and time are read back.
 
-The body is compact JSON of the postback's fields (``standby`` only when true, so a
+The body is compact JSON of the postback's fields (``standby`` and ``test`` only when true, so a
 message written before the field existed reads as false); the sequence number is the stream
 sequence and the received time is the stream's own timestamp (so ``Start.since`` and
 ``received_ms`` agree on every replica). Both come from the ``$JS.ACK`` reply subject
@@ -35,6 +35,8 @@ def encode(postback: NewPostback) -> bytes:
     }
     if postback.standby:
         fields["standby"] = True
+    if postback.test:
+        fields["test"] = True
     return json.dumps(
         fields,
         ensure_ascii=False,
@@ -92,4 +94,5 @@ def decode(msg: Msg, reply: AckReply) -> StoredPostback:
         received_ms=reply.timestamp_ns // 1_000_000,
         raw_json=str(body["raw_json"]),
         standby=body.get("standby") is True,
+        test=body.get("test") is True,
     )

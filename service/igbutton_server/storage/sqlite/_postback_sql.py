@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS postbacks (
     received_ms  INTEGER NOT NULL,
     raw_json     TEXT    NOT NULL,
     standby      INTEGER NOT NULL DEFAULT 0,
+    test         INTEGER NOT NULL DEFAULT 0,
     UNIQUE (account_id, mid)
 );
 CREATE INDEX IF NOT EXISTS postbacks_received_ms ON postbacks (received_ms);
@@ -79,7 +80,8 @@ CREATE TABLE IF NOT EXISTS postback_dead_letters (
 """
 
 COLUMNS = (
-    "seq, account_id, sender_id, mid, title, payload, tap_time_ms, received_ms, raw_json, standby"
+    "seq, account_id, sender_id, mid, title, payload, tap_time_ms, received_ms, raw_json, standby,"
+    " test"
 )
 PAGE_SIZE = 256
 """Rows read per query: what a cursor holds in memory at most."""
@@ -92,6 +94,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(postbacks)")}
     if "standby" not in columns:  # postbacks stored before were all from `messaging`
         conn.execute("ALTER TABLE postbacks ADD COLUMN standby INTEGER NOT NULL DEFAULT 0")
+    if "test" not in columns:  # and none of them was a test delivery
+        conn.execute("ALTER TABLE postbacks ADD COLUMN test INTEGER NOT NULL DEFAULT 0")
     columns = {row[1] for row in conn.execute("PRAGMA table_info(postback_groups)")}
     if "active_ms" not in columns:
         conn.execute("ALTER TABLE postback_groups ADD COLUMN active_ms INTEGER NOT NULL DEFAULT 0")
@@ -103,7 +107,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 
 def postback_row(row: tuple[object, ...]) -> StoredPostback:
-    seq, account, sender, mid, title, payload, tap_ms, received_ms, raw, standby = row
+    seq, account, sender, mid, title, payload, tap_ms, received_ms, raw, standby, test = row
     assert isinstance(seq, int)
     assert isinstance(tap_ms, int)
     assert isinstance(received_ms, int)
@@ -118,6 +122,7 @@ def postback_row(row: tuple[object, ...]) -> StoredPostback:
         received_ms=received_ms,
         raw_json=str(raw),
         standby=bool(standby),
+        test=bool(test),
     )
 
 
@@ -147,7 +152,7 @@ def append(
     for p in postbacks:
         cursor = conn.execute(
             "INSERT INTO postbacks (account_id, sender_id, mid, title, payload, tap_time_ms,"
-            " received_ms, raw_json, standby) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " received_ms, raw_json, standby, test) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (account_id, mid) DO NOTHING RETURNING seq",
             (
                 p.account_id,
@@ -159,6 +164,7 @@ def append(
                 now_ms,
                 p.raw_json,
                 int(p.standby),
+                int(p.test),
             ),
         )
         row = cursor.fetchone()
@@ -175,6 +181,7 @@ def append(
                     received_ms=now_ms,
                     raw_json=p.raw_json,
                     standby=p.standby,
+                    test=p.test,
                 )
             )
     return AppendResult(stored=len(stored), duplicates=len(postbacks) - len(stored)), stored

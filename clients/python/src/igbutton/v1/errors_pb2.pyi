@@ -87,6 +87,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     corrupt, or its file was removed); nothing was sent. The message names the
     store and the cause. Retry later with the same request_id.
     """
+    ERROR_REASON_REAUTHORIZATION_REQUIRED: _ErrorReason.ValueType  # 21
+    """FAILED_PRECONDITION: Meta rejected the account's access token (Graph code
+    190, on a send or a refresh); igbutton sends nothing from the account until
+    a new token is configured (a person must log in again). Metadata:
+    `accountId`.
+    """
+    ERROR_REASON_ACCOUNT_CHECK_FAILED: _ErrorReason.ValueType  # 22
+    """UNAVAILABLE: a call to Meta about the account (its name, its webhook
+    subscription) failed; the message says why. Retry later.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons igbutton puts in google.rpc.ErrorInfo.reason, under the domain
@@ -158,5 +168,15 @@ ERROR_REASON_STORAGE_UNAVAILABLE: ErrorReason.ValueType  # 20
 """UNAVAILABLE: igbutton's storage cannot write now (locked, full, read-only,
 corrupt, or its file was removed); nothing was sent. The message names the
 store and the cause. Retry later with the same request_id.
+"""
+ERROR_REASON_REAUTHORIZATION_REQUIRED: ErrorReason.ValueType  # 21
+"""FAILED_PRECONDITION: Meta rejected the account's access token (Graph code
+190, on a send or a refresh); igbutton sends nothing from the account until
+a new token is configured (a person must log in again). Metadata:
+`accountId`.
+"""
+ERROR_REASON_ACCOUNT_CHECK_FAILED: ErrorReason.ValueType  # 22
+"""UNAVAILABLE: a call to Meta about the account (its name, its webhook
+subscription) failed; the message says why. Retry later.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"igbutton/v1/postback_service.proto\x12\x0bigbutton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\x19SubscribePostbacksRequest\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\x12\x16\n\x0epayload_prefix\x18\x02 \x01(\t\x12.\n\x08position\x18\x03 \x01(\x0e\x32\x1a.igbutton.v1.StartPositionH\x00\x12\x18\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04H\x00\x12\x30\n\nsince_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\r\n\x05group\x18\x06 \x01(\t\x12/\n\x0c\x61\x63k_deadline\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_unacked\x18\x08 \x01(\rB\x07\n\x05start\"o\n\x1aSubscribePostbacksResponse\x12\'\n\x08postback\x18\x01 \x01(\x0b\x32\x15.igbutton.v1.Postback\x12\x0e\n\x06\x61\x63k_id\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65livery_attempt\x18\x03 \x01(\r\"\xf3\x01\n\x08Postback\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x0b\n\x03mid\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\t\x12,\n\x08tap_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08raw_json\x18\t \x01(\t\x12\x0f\n\x07standby\x18\n \x01(\x08\"G\n\x13\x41\x63kPostbacksRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x02 \x03(\t\x12\x10\n\x08nack_ids\x18\x03 \x03(\t\"F\n\x14\x41\x63kPostbacksResponse\x12\x15\n\rapplied_count\x18\x01 \x01(\r\x12\x17\n\x0funknown_ack_ids\x18\x02 \x03(\t*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n\x15START_POSITION_LATEST\x10\x01\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x02\x32\xcf\x01\n\x0fPostbackService\x12g\n\x12SubscribePostbacks\x12&.igbutton.v1.SubscribePostbacksRequest\x1a\'.igbutton.v1.SubscribePostbacksResponse0\x01\x12S\n\x0c\x41\x63kPostbacks\x12 .igbutton.v1.AckPostbacksRequest\x1a!.igbutton.v1.AckPostbacksResponseBh\n\x0f\x63om.igbutton.v1B\x14PostbackServiceProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"igbutton/v1/postback_service.proto\x12\x0bigbutton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x02\n\x19SubscribePostbacksRequest\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\x12\x16\n\x0epayload_prefix\x18\x02 \x01(\t\x12.\n\x08position\x18\x03 \x01(\x0e\x32\x1a.igbutton.v1.StartPositionH\x00\x12\x18\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04H\x00\x12\x30\n\nsince_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\r\n\x05group\x18\x06 \x01(\t\x12/\n\x0c\x61\x63k_deadline\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x13\n\x0bmax_unacked\x18\x08 \x01(\rB\x07\n\x05start\"o\n\x1aSubscribePostbacksResponse\x12\'\n\x08postback\x18\x01 \x01(\x0b\x32\x15.igbutton.v1.Postback\x12\x0e\n\x06\x61\x63k_id\x18\x02 \x01(\t\x12\x18\n\x10\x64\x65livery_attempt\x18\x03 \x01(\r\"\x81\x02\n\x08Postback\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x0b\n\x03mid\x18\x04 \x01(\t\x12\r\n\x05title\x18\x05 \x01(\t\x12\x0f\n\x07payload\x18\x06 \x01(\t\x12,\n\x08tap_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08raw_json\x18\t \x01(\t\x12\x0f\n\x07standby\x18\n \x01(\x08\x12\x0c\n\x04test\x18\x0b \x01(\x08\"G\n\x13\x41\x63kPostbacksRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63k_ids\x18\x02 \x03(\t\x12\x10\n\x08nack_ids\x18\x03 \x03(\t\"F\n\x14\x41\x63kPostbacksResponse\x12\x15\n\rapplied_count\x18\x01 \x01(\r\x12\x17\n\x0funknown_ack_ids\x18\x02 \x03(\t*g\n\rStartPosition\x12\x1e\n\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x19\n\x15START_POSITION_LATEST\x10\x01\x12\x1b\n\x17START_POSITION_EARLIEST\x10\x02\x32\xcf\x01\n\x0fPostbackService\x12g\n\x12SubscribePostbacks\x12&.igbutton.v1.SubscribePostbacksRequest\x1a\'.igbutton.v1.SubscribePostbacksResponse0\x01\x12S\n\x0c\x41\x63kPostbacks\x12 .igbutton.v1.AckPostbacksRequest\x1a!.igbutton.v1.AckPostbacksResponseBh\n\x0f\x63om.igbutton.v1B\x14PostbackServiceProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,18 +34,18 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'igbutton.v1.postback_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.igbutton.v1B\024PostbackServiceProtoP\001Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1'
-  _globals['_STARTPOSITION']._serialized_start=913
-  _globals['_STARTPOSITION']._serialized_end=1016
+  _globals['_STARTPOSITION']._serialized_start=927
+  _globals['_STARTPOSITION']._serialized_end=1030
   _globals['_SUBSCRIBEPOSTBACKSREQUEST']._serialized_start=117
   _globals['_SUBSCRIBEPOSTBACKSREQUEST']._serialized_end=407
   _globals['_SUBSCRIBEPOSTBACKSRESPONSE']._serialized_start=409
   _globals['_SUBSCRIBEPOSTBACKSRESPONSE']._serialized_end=520
   _globals['_POSTBACK']._serialized_start=523
-  _globals['_POSTBACK']._serialized_end=766
-  _globals['_ACKPOSTBACKSREQUEST']._serialized_start=768
-  _globals['_ACKPOSTBACKSREQUEST']._serialized_end=839
-  _globals['_ACKPOSTBACKSRESPONSE']._serialized_start=841
-  _globals['_ACKPOSTBACKSRESPONSE']._serialized_end=911
-  _globals['_POSTBACKSERVICE']._serialized_start=1019
-  _globals['_POSTBACKSERVICE']._serialized_end=1226
+  _globals['_POSTBACK']._serialized_end=780
+  _globals['_ACKPOSTBACKSREQUEST']._serialized_start=782
+  _globals['_ACKPOSTBACKSREQUEST']._serialized_end=853
+  _globals['_ACKPOSTBACKSRESPONSE']._serialized_start=855
+  _globals['_ACKPOSTBACKSRESPONSE']._serialized_end=925
+  _globals['_POSTBACKSERVICE']._serialized_start=1033
+  _globals['_POSTBACKSERVICE']._serialized_end=1240
 # @@protoc_insertion_point(module_scope)

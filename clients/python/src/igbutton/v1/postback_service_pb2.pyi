@@ -168,6 +168,7 @@ class Postback(_message.Message):
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     RAW_JSON_FIELD_NUMBER: _builtins.int
     STANDBY_FIELD_NUMBER: _builtins.int
+    TEST_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in igbutton's log; strictly increasing."""
     account_id: _builtins.str
@@ -191,6 +192,15 @@ class Postback(_message.Message):
     one expected to answer it. False for every postback stored before this
     field existed.
     """
+    test: _builtins.bool
+    """True for a test delivery, not a person's tap: what the App Dashboard's
+    Test button sends for messaging_postbacks (the `entry[].changes[]` form,
+    made-up ids). Its account_id is the recipient Meta made up (an unfiltered
+    subscriber sees it), raw_json is the change's `value`, and its mid is
+    Meta's sample mid followed by `#test-<entry time>`, so each press is one
+    postback and Meta's retries of it are one. Consumers should not act on
+    it. False for every postback stored before this field existed.
+    """
     @_builtins.property
     def tap_time(self) -> _timestamp_pb2.Timestamp:
         """When the person tapped, as Meta reports it."""
@@ -212,10 +222,11 @@ class Postback(_message.Message):
         receive_time: _timestamp_pb2.Timestamp | None = ...,
         raw_json: _builtins.str = ...,
         standby: _builtins.bool = ...,
+        test: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receive_time", b"receive_time", "tap_time", b"tap_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "mid", b"mid", "payload", b"payload", "raw_json", b"raw_json", "receive_time", b"receive_time", "sender_id", b"sender_id", "sequence", b"sequence", "standby", b"standby", "tap_time", b"tap_time", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "mid", b"mid", "payload", b"payload", "raw_json", b"raw_json", "receive_time", b"receive_time", "sender_id", b"sender_id", "sequence", b"sequence", "standby", b"standby", "tap_time", b"tap_time", "test", b"test", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

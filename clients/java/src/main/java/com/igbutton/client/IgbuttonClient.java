@@ -1,5 +1,6 @@
 package com.igbutton.client;
 
+import com.igbutton.v1.AccountServiceGrpc;
 import com.igbutton.v1.PostbackServiceGrpc;
 import com.igbutton.v1.SendServiceGrpc;
 import io.grpc.ClientInterceptor;
@@ -59,6 +60,11 @@ public final class IgbuttonClient implements AutoCloseable {
   /** PostbackService with StreamObserver callbacks. */
   public PostbackServiceGrpc.PostbackServiceStub postbacksAsync() {
     return PostbackServiceGrpc.newStub(channel);
+  }
+
+  /** AccountService, blocking: token status and webhook subscription checks per account. */
+  public AccountServiceGrpc.AccountServiceBlockingStub accounts() {
+    return AccountServiceGrpc.newBlockingStub(channel);
   }
 
   /** The underlying channel, for health checks or other stubs. */

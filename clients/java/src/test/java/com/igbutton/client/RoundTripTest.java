@@ -8,11 +8,14 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
 import com.google.protobuf.util.JsonFormat;
+import com.igbutton.v1.GetAccountRequest;
+import com.igbutton.v1.GetAccountResponse;
 import com.igbutton.v1.SendButtonTemplateRequest;
 import com.igbutton.v1.SendButtonTemplateResponse;
 import com.igbutton.v1.StartPosition;
 import com.igbutton.v1.SubscribePostbacksRequest;
 import com.igbutton.v1.SubscribePostbacksResponse;
+import com.igbutton.v1.TokenStatus;
 import io.grpc.Context;
 import io.grpc.StatusRuntimeException;
 import java.net.URI;
@@ -84,6 +87,14 @@ class RoundTripTest {
       assertEquals(payload, event.getPostback().getPayload());
       assertEquals("Yes", event.getPostback().getTitle());
       assertTrue(event.getPostback().getSequence() > 0, "postback has no sequence number");
+
+      // The one configured account (the sandbox's), its token status included.
+      GetAccountResponse got =
+          ig.accounts()
+              .withDeadlineAfter(30, TimeUnit.SECONDS)
+              .getAccount(GetAccountRequest.getDefaultInstance());
+      assertFalse(got.getAccount().getId().isEmpty(), "GetAccount returned no account id");
+      assertEquals(TokenStatus.TOKEN_STATUS_OK, got.getAccount().getTokenStatus());
     }
   }
 

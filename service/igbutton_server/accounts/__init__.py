@@ -1,0 +1,1 @@
+"""Accounts that stay connected: token lifecycle, account state, subscription checks."""
