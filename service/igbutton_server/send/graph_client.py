@@ -161,10 +161,9 @@ class GraphClient:
         last_error: ApiError | None = None
         while True:
             attempt += 1
-            if attempt == 1 and tracker.slot_taken:
-                metrics.RATE_LIMIT_WAITS.labels(request.account_id).observe(0.0)
-            else:
-                await self._acquire(request.account_id, deadline)
+            await self._acquire(
+                request.account_id, deadline, slot_taken=attempt == 1 and tracker.slot_taken
+            )
             if last_error is not None and not self._attempt_fits(longest, 0.0, deadline):
                 # The rate limiter's wait used up the time the retry needed.
                 raise last_error
@@ -237,7 +236,10 @@ class GraphClient:
         """Return a slot :meth:`take_slot_now` took for a send that did not happen."""
         self._limiter.give_back(account_id)
 
-    async def _acquire(self, account_id: str, deadline: float) -> None:
+    async def _acquire(self, account_id: str, deadline: float, *, slot_taken: bool) -> None:
+        if slot_taken:  # the send took its slot before its claim (take_slot_now)
+            metrics.RATE_LIMIT_WAITS.labels(account_id).observe(0.0)
+            return
         started = time.monotonic()
         try:
             await self._limiter.acquire(account_id, deadline)
