@@ -110,6 +110,9 @@ async def _consume(
             postback = response.postback
             if acker is not None:
                 acker.add(response.ack_id)
+            # Any postback is progress for the drain: a subscriber still reading the
+            # warm-up's backlog is behind, not stalled.
+            score.last_receipt = time.monotonic()
             if not postback.payload.startswith(BENCH_PREFIX):
                 continue
             sent = sent_time(postback.payload)
