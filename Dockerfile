@@ -14,7 +14,8 @@ ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm@sha256:fe556eaffd0d96
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-COPY constraints.txt pyproject.toml README.md ./
+# VERSION and LICENSE are read by both builds (clients/python/VERSION links to ../../VERSION).
+COPY constraints.txt pyproject.toml setup.py README.md VERSION LICENSE ./
 COPY clients/python clients/python
 COPY service service
 # PIP_CERT: a CA bundle for a TLS-inspecting proxy between the build and PyPI, passed as a

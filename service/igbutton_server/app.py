@@ -22,6 +22,8 @@ from pydantic import SecretStr
 from igbutton.v1 import (
     account_service_pb2,
     account_service_pb2_grpc,
+    group_service_pb2,
+    group_service_pb2_grpc,
     postback_service_pb2,
     postback_service_pb2_grpc,
     send_service_pb2,
@@ -33,6 +35,10 @@ from igbutton_server.accounts.checks import AccountChecks
 from igbutton_server.accounts.graph import AccountGraph
 from igbutton_server.accounts.tokens import AccountTokens
 from igbutton_server.config import Account, Settings
+from igbutton_server.console import PREFIX as CONSOLE_PREFIX
+from igbutton_server.console import build_console_app, console_url
+from igbutton_server.groups.api import GroupApi
+from igbutton_server.groups.gauges import GroupGauges
 from igbutton_server.grpc_options import server_options
 from igbutton_server.health import HealthServicer
 from igbutton_server.ops_http import build_ops_app
@@ -49,6 +55,7 @@ from igbutton_server.storage.backends import (
     open_storage,
     open_token_store,
 )
+from igbutton_server.storage.groups import GroupOperations
 from igbutton_server.storage.postbacks import PostbackStore
 from igbutton_server.storage.ratelimit import RateLedger
 from igbutton_server.storage.tokens import TokenStore
@@ -62,6 +69,7 @@ _SERVICE_NAMES = (
     send_service_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
     postback_service_pb2.DESCRIPTOR.services_by_name["PostbackService"].full_name,
     account_service_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name,
+    group_service_pb2.DESCRIPTOR.services_by_name["GroupService"].full_name,
 )
 
 
@@ -111,6 +119,11 @@ class App:
         """The send path's parts, once SendService is registered."""
         self.postback_store: PostbackStore | None = None
         """The postback log, once storage is open (tests reach it here)."""
+        self.console: web.Application | None = None
+        """The web console's application, once mounted (tests read its routes here)."""
+        self.group_operations: GroupOperations | None = None
+        """Operating the consumer groups (storage.groups), once storage is open: the typed
+        API for in-process users such as a web console."""
         self._storage: Storage | None = None
         self._rate_ledger: RateLedger | None = None
         self._token_store: TokenStore | None = None
@@ -123,6 +136,7 @@ class App:
         self._checks: AccountChecks | None = None
         self._look_up: asyncio.Task[None] | None = None
         self._pruner: RetentionPruner | None = None
+        self._gauges: GroupGauges | None = None
         self._postback_api: PostbackApi | None = None
         self._webhook_runner: web.AppRunner | None = None
         self._ready = False
@@ -149,18 +163,23 @@ class App:
         self._add_send_service(services)
         await self._start_accounts(services)
         self._add_postback_service(services)
+        self._add_group_service(services)
         self.ports.grpc = self._bind_grpc(self._grpc)
         await self._grpc.start()
+        ops = build_ops_app(self._readiness, self._liveness)
+        self._add_console(ops)
         self.ports.http = await self._serve_http(
-            build_ops_app(self._readiness, self._liveness),
-            self.settings.http.host,
-            self.settings.http.port,
+            ops, self.settings.http.host, self.settings.http.port
         )
         await self._start_webhook()
         self._look_up = asyncio.create_task(self._look_up_accounts(), name="account-look-up")
         for name in ("", *_SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._ready = True
+        if self.settings.console_enabled:
+            # Its own line, so the address stands out in `make run`'s output.
+            url = console_url(self.settings, self.ports.http)
+            log.info("web console at %s", url, extra={"console_url": url})
         log.info(
             "igbutton started",
             extra={
@@ -216,10 +235,13 @@ class App:
     async def _readiness(self) -> str | None:
         if not self._ready:
             return "starting or stopping"
+        reasons: list[str | None] = []
         if self._storage is not None:
-            storage = self._storage
-            return storage.postbacks.unready_reason() or storage.idempotency.unready_reason()
-        return None
+            reasons += [self._storage.postbacks.unready_reason()]
+            reasons += [self._storage.idempotency.unready_reason()]
+        if self._rate_ledger is not None:
+            reasons += [self._rate_ledger.unready_reason()]
+        return next((reason for reason in reasons if reason is not None), None)
 
     async def _liveness(self) -> str | None:
         if self.postback_store is not None:
@@ -291,17 +313,25 @@ class App:
         """Open the configured storage backend."""
         self._storage = await open_storage(self.settings)
         self.postback_store = self._storage.postbacks
+        self.group_operations = self._storage.groups
         self._rate_ledger = await open_rate_ledger(self.settings)
         self._pruner = RetentionPruner(
             self.postback_store,
             retention=self.settings.postbacks.retention_seconds,
             interval=self.settings.postbacks.prune_interval_seconds,
             group_idle_retention=self.settings.postbacks.group_idle_retention_seconds,
+            windows=self._storage.windows,
         )
         self._pruner.start()
+        self._gauges = GroupGauges(
+            self._storage.groups, self.settings.postbacks.group_metrics_interval_seconds
+        )
+        self._gauges.start()
 
     async def _stop_storage(self) -> None:
         """Close the storage backend after every user of it stopped."""
+        if self._gauges is not None:
+            await self._gauges.stop()
         if self._pruner is not None:
             await self._pruner.stop()
         if self._rate_ledger is not None:
@@ -318,6 +348,7 @@ class App:
             store=self._storage.idempotency,
             ledger=self._rate_ledger,
             activity=self.activity,
+            windows=self._storage.windows,
         )
         self.send.register(server)
 
@@ -385,6 +416,26 @@ class App:
         if self.send is not None:
             await self.send.close()
 
+    # Web console (igbutton_server/console/).
+    def _add_console(self, ops: web.Application) -> None:
+        """Mount the console on the operations app, when enabled."""
+        if not self.settings.console_enabled:
+            return
+        assert self.postback_store is not None
+        assert self.send is not None
+        if self.settings.callers and not any(c.admin for c in self.settings.callers):
+            log.warning("web console enabled, but no caller has admin = true to log in with")
+        console = build_console_app(
+            self.settings, self.postback_store, self.send.servicer, self.sandbox, self.ports.grpc
+        )
+
+        async def to_console(_: web.Request) -> web.StreamResponse:
+            raise web.HTTPPermanentRedirect(f"{CONSOLE_PREFIX}/")
+
+        ops.router.add_get(CONSOLE_PREFIX, to_console)
+        ops.add_subapp(CONSOLE_PREFIX, console)
+        self.console = console
+
     # Postback path (igbutton_server/postbacks/).
     def _add_postback_service(self, server: grpc.aio.Server) -> None:
         """Register PostbackService."""
@@ -392,12 +443,22 @@ class App:
         self._postback_api = PostbackApi(self.postback_store, self.settings.postbacks)
         postback_service_pb2_grpc.add_PostbackServiceServicer_to_server(self._postback_api, server)
 
+    # Group operations (igbutton_server/groups/).
+    def _add_group_service(self, server: grpc.aio.Server) -> None:
+        """Register GroupService."""
+        assert self._storage is not None
+        api = GroupApi(self._storage.groups, self.settings.callers)
+        group_service_pb2_grpc.add_GroupServiceServicer_to_server(api, server)
+
     async def _start_webhook(self) -> None:
         """Serve Meta's webhook and tell the sandbox (if any) where it is."""
         assert self.postback_store is not None
         settings = self.settings.webhook
         accounts = [account.id for account in self.settings.accounts]
-        webhook = Webhook(settings, self.postback_store, accounts, self.activity)
+        assert self._storage is not None
+        webhook = Webhook(
+            settings, self.postback_store, accounts, self.activity, self._storage.windows
+        )
         # Its own runner, bounded against slow and hostile clients (webhook_site.py); stopped
         # apart from the other HTTP sites: before the streams end and the store closes.
         self._webhook_runner = await serve_webhook(webhook.build_app(), settings)

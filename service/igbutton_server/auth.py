@@ -58,6 +58,18 @@ def account_not_allowed(account_id: str) -> ApiError:
     )
 
 
+def require_admin(rpc: str) -> None:
+    """Raise PERMISSION_DENIED / ADMIN_REQUIRED unless the caller may administer (every
+    caller may in open mode)."""
+    caller = current_caller.get()
+    if caller is not None and not caller.admin:
+        raise ApiError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            R.ERROR_REASON_ADMIN_REQUIRED,
+            f"{caller.name} may not call {rpc}: it needs a caller with admin: true",
+        )
+
+
 _UNAUTHENTICATED = ApiError(
     grpc.StatusCode.UNAUTHENTICATED,
     R.ERROR_REASON_CALLER_UNAUTHENTICATED,
@@ -91,7 +103,13 @@ class CallerAuth:
         if len(values) != 1 or not isinstance(values[0], str):
             return None
         scheme, _, token = values[0].strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if scheme.lower() != "bearer":
+            return None
+        return self.by_token(token)
+
+    def by_token(self, token: str) -> Caller | None:
+        """The caller with this token (surrounding spaces ignored), or None."""
+        if not token.strip():
             return None
         given = _digest(token.strip())
         found: Caller | None = None

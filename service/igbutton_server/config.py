@@ -195,6 +195,9 @@ class Caller(_Section):
     """A file holding the token (wins over ``token``)."""
     accounts: list[str] = Field(default_factory=lambda: ["*"])
     """IG IDs this caller may use; ``*`` means all."""
+    admin: bool = False
+    """May log in to the web console and call the administrative RPCs (GroupService), over
+    the groups of its accounts."""
 
     @model_validator(mode="after")
     def _load_token(self) -> Self:
@@ -245,7 +248,7 @@ class GrpcSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """The operations HTTP listener: /healthz, /readyz, /metrics."""
+    """The operations HTTP listener: /healthz, /readyz, /metrics (and /console)."""
 
     host: str = "127.0.0.1"
     """Address to bind."""
@@ -379,6 +382,16 @@ class TokenSettings(_Section):
     """Deadline of one call to Meta for the account (refresh, me, subscribed_apps)."""
 
 
+class SendSettings(_Section):
+    """Checks on the send path before Meta is asked."""
+
+    messaging_window_check: Literal["off", "enforce"] = "off"
+    """``enforce``: a send to a person whose messaging window igbutton knows to be closed
+    (24 h after their last message seen in the webhook, 7 days with HUMAN_AGENT) fails at
+    once with OUTSIDE_MESSAGING_WINDOW, without calling Meta; a person igbutton has seen
+    nothing from is sent to. ``off``: Meta decides every send."""
+
+
 class IdempotencySettings(_Section):
     """How long a request_id is honoured."""
 
@@ -402,6 +415,9 @@ class PostbackSettings(_Section):
     max_groups_per_caller: int = Field(default=100, ge=1, le=100_000)
     """Most consumer groups one caller (in open mode: everyone) may have; joining a new
     group beyond it is refused with RESOURCE_EXHAUSTED."""
+    group_metrics_interval_seconds: float = Field(default=15.0, ge=0)
+    """How often the groups are read to set the per-group backlog, unacknowledged and
+    oldest-unacknowledged-age gauges (0: only when GetGroup or ListGroups reads them)."""
     group_idle_retention_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     """A group with no member connected that nobody joined or acknowledged in for this
     long is deleted (checked every ``prune_interval_seconds``)."""
@@ -422,6 +438,19 @@ class SandboxSettings(_Section):
     """How old a token must be before the sandbox refreshes it (Meta: 24 hours)."""
 
 
+class ConsoleSettings(_Section):
+    """The web console at ``/console`` on the operations HTTP port."""
+
+    enabled: bool | None = None
+    """Serve the console; unset: only in sandbox mode. With ``callers`` configured it asks
+    for the token of a caller with ``admin = true``."""
+    session_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    """How long a console login lasts (the cookie's lifetime)."""
+    secure_cookie: bool = False
+    """Mark the console's cookies ``Secure``: set this when browsers reach the console
+    over HTTPS (a TLS-terminating proxy in front of the operations port)."""
+
+
 class LogSettings(_Section):
     """Logging."""
 
@@ -432,16 +461,21 @@ class LogSettings(_Section):
 
 
 class TracingSettings(_Section):
-    """OpenTelemetry tracing; off unless an OTLP endpoint is set."""
+    """OpenTelemetry tracing; off unless an OTLP endpoint is set, here or in the standard
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT``. Each setting
+    here, when set, wins over its ``OTEL_*`` variable (see the tracing module)."""
 
     otlp_endpoint: str | None = None
-    """OTLP/gRPC collector, such as ``http://otel-collector:4317``; unset means no tracing."""
-    service_name: str = "igbutton"
-    """The ``service.name`` resource attribute."""
-    sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    """Fraction of new traces recorded (parent-based)."""
-    insecure: bool = True
-    """Plaintext to the collector (the usual sidecar setup)."""
+    """OTLP/gRPC collector, such as ``http://otel-collector:4317``; unset: the OTEL_* endpoint
+    variables, and without them no tracing."""
+    service_name: str | None = None
+    """The ``service.name`` resource attribute; unset: ``OTEL_SERVICE_NAME``, else igbutton."""
+    sample_ratio: float | None = Field(default=None, ge=0, le=1)
+    """Fraction of new traces recorded (parent-based); unset: ``OTEL_TRACES_SAMPLER`` (and
+    ``_ARG``), else every trace."""
+    insecure: bool | None = None
+    """Plaintext to the collector; unset: ``OTEL_EXPORTER_OTLP_INSECURE``, else plaintext
+    unless the endpoint is ``https://`` (the usual sidecar setup is plaintext)."""
 
 
 class Settings(BaseSettings):
@@ -468,8 +502,10 @@ class Settings(BaseSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
     tokens: TokenSettings = TokenSettings()
+    send: SendSettings = SendSettings()
     postbacks: PostbackSettings = PostbackSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    console: ConsoleSettings = ConsoleSettings()
     log: LogSettings = LogSettings()
     tracing: TracingSettings = TracingSettings()
 
@@ -491,6 +527,22 @@ class Settings(BaseSettings):
                 "unless webhook.allow_unsigned or sandbox.enabled is set"
             )
         return self
+
+    @model_validator(mode="after")
+    def _console_needs_an_admin(self) -> Self:
+        if self.console.enabled and self.callers and not any(c.admin for c in self.callers):
+            raise ValueError(
+                "console.enabled needs a caller with admin = true to log in with, "
+                "since callers are configured"
+            )
+        return self
+
+    @property
+    def console_enabled(self) -> bool:
+        """Whether the web console is served: ``console.enabled``, or else sandbox mode."""
+        if self.console.enabled is None:
+            return self.sandbox.enabled
+        return self.console.enabled
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from igbutton.v1 import errors_pb2
+from igbutton_server.storage.groups import GroupHasMembers, GroupNotFound
 from igbutton_server.storage.postbacks import (
     GroupFilterMismatch,
     StorageUnavailable,
@@ -299,6 +300,27 @@ def _too_many_groups(exc: TooManyGroups) -> ApiError:
     )
 
 
+def group_not_found(name: str) -> ApiError:
+    """The error for a group that does not exist or that the caller may not see."""
+    return ApiError(
+        grpc.StatusCode.NOT_FOUND,
+        R.ERROR_REASON_GROUP_NOT_FOUND,
+        f"no group {name}",
+        metadata={"group": name},
+    )
+
+
+def _group_has_members(exc: GroupHasMembers) -> ApiError:
+    name = split_group_key(exc.group)[1]
+    return ApiError(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        R.ERROR_REASON_GROUP_HAS_MEMBERS,
+        f"group {name} has {exc.members} members connected; delete it with force, or when "
+        "they left",
+        metadata={"group": name, "members": str(exc.members)},
+    )
+
+
 def api_error(exc: Exception) -> ApiError | None:
     """The expected failure ``exc`` stands for, or None when it is a bug."""
     if isinstance(exc, ApiError):
@@ -311,4 +333,8 @@ def api_error(exc: Exception) -> ApiError | None:
         return _group_filter_mismatch(exc)
     if isinstance(exc, TooManyGroups):
         return _too_many_groups(exc)
+    if isinstance(exc, GroupNotFound):
+        return group_not_found(split_group_key(exc.group)[1])
+    if isinstance(exc, GroupHasMembers):
+        return _group_has_members(exc)
     return None

@@ -17,6 +17,10 @@ from igbutton_server.config import LogSettings
 # Set by the RPC layer for the duration of a call, so every line it logs carries it.
 call_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("call_id", default=None)
 
+# Set by the tracing module while tracing is on: the current span's (trace_id, span_id) as
+# W3C hex, or None outside a span. A hook, so that logging never imports OpenTelemetry.
+current_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
@@ -34,6 +38,8 @@ class JsonFormatter(logging.Formatter):
         cid = call_id.get()
         if cid is not None:
             entry["call_id"] = cid
+        if current_trace_ids is not None and (ids := current_trace_ids()) is not None:
+            entry["trace_id"], entry["span_id"] = ids
         entry.update(
             (key, value)
             for key, value in vars(record).items()

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from igbutton_server import __version__
 from igbutton_server.config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "these settings describe answers 200 on /readyz (--live: /healthz), else 1 "
         "(see igbutton-server healthcheck --help).",
     )
+    parser.add_argument("--version", action="version", version=f"igbutton-server {__version__}")
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument(
         "--sandbox",
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None
 
         return healthcheck.main(argv[1:])
     from igbutton_server import event_loop, logs
-    from igbutton_server.storage.postbacks import StorageCorrupt
+    from igbutton_server.storage.postbacks import StorageCorrupt, StorageUnavailable
 
     args = _parser().parse_args(argv)
     # Keyword overrides are merged over the environment and file, key by key.
@@ -105,8 +107,9 @@ def main(argv: list[str] | None = None, on_ready: Callable[[Ports], None] | None
     logs.configure(settings.log)
     try:
         event_loop.run(serve(settings, args.ports_file, on_ready), settings.event_loop)
-    except StorageCorrupt as exc:
-        # Nothing to retry: an operator restores the file (or moves it away) first.
+    except (StorageCorrupt, StorageUnavailable) as exc:
+        # Nothing to retry: an operator restores the file (or moves it away), or makes its
+        # filesystem writable, first.
         print(f"igbutton-server: cannot start: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

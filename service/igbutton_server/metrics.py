@@ -12,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # storage imports this module
+    from igbutton_server.storage.groups import GroupDetails
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +140,10 @@ LOG_APPEND_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 SUBSCRIBERS = Gauge(
-    "igbutton_subscribers", "Open SubscribePostbacks streams, by kind (broadcast, group).", ["kind"]
+    "igbutton_subscribers",
+    "Open postback streams, by kind (SubscribePostbacks: broadcast, group; console: the web "
+    "console's live feeds).",
+    ["kind"],
 )
 GROUPS = Gauge("igbutton_groups", "Consumer groups with at least one live member.")
 UNACKED = Gauge(
@@ -154,9 +161,45 @@ REDELIVERIES = Counter(
 )
 
 
+BACKLOG = Gauge(
+    "igbutton_group_backlog",
+    "Postbacks to a group's accounts not yet delivered to any member, per group (set when "
+    "the groups are read: every postbacks.group_metrics_interval_seconds and on GetGroup).",
+    ["group"],
+)
+OLDEST_UNACKED_AGE = Gauge(
+    "igbutton_group_oldest_unacked_age_seconds",
+    "Age of a group's oldest unacknowledged postback (0: none), per group; set as "
+    "igbutton_group_backlog is.",
+    ["group"],
+)
+DEAD_LETTERS_REDRIVEN = Counter(
+    "igbutton_postbacks_dead_letters_redriven_total",
+    "Dead letters delivered to their group again (RedriveDeadLetters), per group.",
+    ["group"],
+)
+
+
+def observe_group(details: GroupDetails) -> None:
+    """Set a group's gauges from its details (storage.groups.GroupDetails)."""
+    BACKLOG.labels(group=details.key).set(details.backlog)
+    UNACKED.labels(group=details.key).set(details.unacked)
+    oldest = details.oldest_unacked_ms
+    age = 0.0 if oldest is None else max(time.time() - oldest / 1000, 0.0)
+    OLDEST_UNACKED_AGE.labels(group=details.key).set(age)
+
+
 def forget_group(group: str) -> None:
-    """Remove a deleted group's series (its unacked, dead-letter and redelivery counts)."""
-    for metric in (UNACKED, DEAD_LETTERED, REDELIVERIES):
+    """Remove a deleted group's series (its unacked, dead-letter, redelivery, backlog,
+    age and redrive counts)."""
+    for metric in (
+        UNACKED,
+        DEAD_LETTERED,
+        REDELIVERIES,
+        BACKLOG,
+        OLDEST_UNACKED_AGE,
+        DEAD_LETTERS_REDRIVEN,
+    ):
         with contextlib.suppress(KeyError):
             metric.remove(group)
 

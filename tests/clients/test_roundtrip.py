@@ -3,7 +3,11 @@
 One ``igbutton-server --sandbox`` process serves the module. Each test runs one language's
 own test suite (``go test``, ``npm test``, ``mvn test``) with IGBUTTON_ADDR and
 IGBUTTON_SANDBOX_URL pointing at it; that suite sends a template, has the sandbox tap its
-postback button and expects the postback on a subscription.
+postback button and expects the postback on a subscription. With IGBUTTON_FLAKY_ADDR (a
+proxy that loses an answer on request) and IGBUTTON_CONTROL_URL (restart igbutton on the same
+ports and SQLite file), see tests/clients/harness.py, it also proves that a send retried after
+UNAVAILABLE goes out once and that a subscription resumes across a restart without a gap or a
+duplicate.
 
 A missing toolchain skips its test with what to install, unless IGBUTTON_REQUIRE_TOOLCHAINS=1
 (set by .ci/run), where it fails: CI must always run every round trip.
@@ -11,7 +15,6 @@ A missing toolchain skips its test with what to install, unless IGBUTTON_REQUIRE
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -25,72 +28,55 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import harness
+from tests.clients.harness import IgbuttonProcess
 from tests.clients.toolchains import require
 
 pytestmark = [pytest.mark.clients, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
-SERVER_START_TIMEOUT = 60.0
 # Generous: a first run downloads Go modules, npm packages or Maven artifacts and compiles.
 RUN_TIMEOUT = 840.0
 
 
 @dataclass(frozen=True)
 class Server:
-    """A running igbutton with its sandbox, and where its log goes."""
+    """A running igbutton with its sandbox, the answer-dropping proxy and the control API."""
 
-    addr: str
-    sandbox_url: str
-    log_path: Path
-    process: subprocess.Popen[bytes]
+    igbutton: IgbuttonProcess
+    flaky_addr: str
+    control_url: str
 
     def env(self) -> dict[str, str]:
         """The environment for a client test suite."""
-        return {**os.environ, "IGBUTTON_ADDR": self.addr, "IGBUTTON_SANDBOX_URL": self.sandbox_url}
+        return {
+            **os.environ,
+            "IGBUTTON_ADDR": self.igbutton.grpc_addr,
+            "IGBUTTON_SANDBOX_URL": self.igbutton.sandbox_url,
+            "IGBUTTON_FLAKY_ADDR": self.flaky_addr,
+            "IGBUTTON_CONTROL_URL": self.control_url,
+        }
 
     def log_tail(self, chars: int = 4000) -> str:
         """The end of the server's log, for failure messages."""
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.igbutton.tail(chars)
 
     def state(self) -> str:
         """Whether the server still runs, for failure messages."""
-        code = self.process.poll()
-        return "still running" if code is None else f"exited with {code}"
+        return self.igbutton.state()
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``igbutton-server --sandbox`` on loopback port 0 everywhere, stopped at module end."""
+    """``igbutton-server --sandbox`` on loopback port 0 everywhere (restartable on the same
+    ports through the control API), stopped at module end with the proxy and control API."""
     tmp = tmp_path_factory.mktemp("igbutton-clients")
-    ports_file = tmp / "ports.json"
-    log_path = tmp / "server.log"
-    env = {
-        **os.environ,
-        "IGBUTTON_GRPC__LISTEN": "127.0.0.1:0",
-        "IGBUTTON_HTTP__PORT": "0",
-        "IGBUTTON_WEBHOOK__PORT": "0",
-        "IGBUTTON_SANDBOX__PORT": "0",
-        "IGBUTTON_STORAGE__SQLITE_PATH": str(tmp / "igbutton.db"),
-    }
-    command = [_server_binary(), "--sandbox", "--ports-file", str(ports_file)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ports = _wait_for_ports(proc, ports_file, log_path)
-        yield Server(
-            addr=f"127.0.0.1:{ports['grpc']}",
-            sandbox_url=f"http://127.0.0.1:{ports['sandbox']}",
-            log_path=log_path,
-            process=proc,
-        )
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        with harness.running(_server_binary(), tmp) as (igbutton, dropper, control_url):
+            yield Server(igbutton, f"127.0.0.1:{dropper.port}", control_url)
+    except RuntimeError as exc:  # igbutton did not start
+        pytest.fail(str(exc))
 
 
 def _server_binary() -> str:
@@ -101,19 +87,6 @@ def _server_binary() -> str:
     if found is None:
         pytest.fail("igbutton-server is not installed: run `make venv`")
     return found
-
-
-def _wait_for_ports(proc: subprocess.Popen[bytes], ports_file: Path, log: Path) -> dict[str, int]:
-    """Poll, with a deadline, for the ports file the server writes once it is ready."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if ports_file.exists():
-            ports: dict[str, int] = json.loads(ports_file.read_text())
-            return ports
-        if proc.poll() is not None:
-            pytest.fail(f"igbutton-server exited with {proc.returncode}:\n{log.read_text()}")
-        time.sleep(0.05)
-    pytest.fail(f"igbutton-server not ready after {SERVER_START_TIMEOUT} s:\n{log.read_text()}")
 
 
 def _run(command: list[str], cwd: Path, server: Server) -> str:
@@ -147,7 +120,13 @@ def test_go_client_round_trip(request: pytest.FixtureRequest) -> None:
     server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     output = _run(["go", "test", "-count=1", "-v", "./..."], CLIENTS / "go", server)
     # The suite skips itself without the environment: make sure it really ran here.
-    assert "--- PASS: TestRoundTrip" in output, output
+    for name in (
+        "TestRoundTrip",
+        "TestGroupRoundTrip",
+        "TestRetryAfterUnavailable",
+        "TestResumeAfterRestart",
+    ):
+        assert f"--- PASS: {name} " in output, output
 
 
 @pytest.mark.timeout(900)
@@ -160,6 +139,13 @@ def test_typescript_client_round_trip(request: pytest.FixtureRequest) -> None:
     output = _run(["npm", "test"], ts, server)
     # The suite skips itself without the environment: make sure it really ran here.
     assert re.search(r"\bskipped 0\b", output), output
+    for name in (
+        "send, tap and receive the postback",
+        "dead-letter a group's postback, read the group, redrive it",
+        "a send retried after a lost answer goes out once",
+        "a subscription resumes after a restart without gap or duplicate",
+    ):
+        assert re.search(rf"^ok \d+ - {re.escape(name)}$", output, re.MULTILINE), output
 
 
 @pytest.mark.timeout(900)
@@ -168,6 +154,9 @@ def test_java_client_round_trip(request: pytest.FixtureRequest) -> None:
     server: Server = request.getfixturevalue("server")  # only once the toolchain is there
     java = CLIENTS / "java"
     _run(["mvn", "-B", "-q", "test"], java, server)
-    report = java / "target" / "surefire-reports" / "TEST-com.igbutton.client.RoundTripTest.xml"
-    suite = ET.parse(report).getroot()  # noqa: S314 - our own build's report
-    assert (suite.get("tests"), suite.get("skipped")) == ("1", "0"), ET.tostring(suite)
+    reports = java / "target" / "surefire-reports"
+    # RoundTripTest: send, tap and receive; dead-letter, GetGroup and RedriveDeadLetters.
+    for name, tests in (("RoundTripTest", "2"), ("ResilienceTest", "2")):
+        suite = ET.parse(reports / f"TEST-com.igbutton.client.{name}.xml").getroot()  # noqa: S314 - our own build's report
+        assert (suite.get("tests"), suite.get("skipped")) == (tests, "0"), ET.tostring(suite)
+        assert (suite.get("failures"), suite.get("errors")) == ("0", "0"), ET.tostring(suite)

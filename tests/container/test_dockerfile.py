@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 
-import yaml
-
 from tests.container.engine import DOCKERFILE, ROOT
 
 
@@ -57,14 +55,6 @@ def test_numeric_user_that_owns_only_the_data_directory() -> None:
     assert "install -d -o 10001 -g 10001 -m 0750 /var/lib/igbutton" in runs
     assert any("IGBUTTON_STORAGE__SQLITE_PATH=/var/lib/igbutton/" in env for env in _all("ENV"))
     assert _all("VOLUME") == ['["/var/lib/igbutton"]']
-
-
-def test_the_kubernetes_manifest_runs_as_the_image_user() -> None:
-    deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "deployment.yaml").read_text())
-    pod = deployment["spec"]["template"]["spec"]["securityContext"]
-    uid, gid = _all("USER")[0].split(":")
-    assert (pod["runAsUser"], pod["runAsGroup"]) == (int(uid), int(gid))
-    assert pod["fsGroup"] == int(gid)
 
 
 def test_health_check_runs_the_subcommand_and_names_no_port() -> None:

@@ -133,9 +133,8 @@ class SlowClients:
 
     async def open(self) -> None:
         for start in range(0, SLOW, 100):  # in batches: the listen backlog is finite
-            batch = await asyncio.gather(*(self._open_raw() for _ in range(100)))
+            batch = await asyncio.gather(*(self._connect(i) for i in range(start, start + 100)))
             for i, (reader, writer) in enumerate(batch, start):
-                self.opened_at[i] = time.monotonic()
                 kind = KINDS[i % 3]
                 if kind == "partial head":
                     writer.write(b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -144,6 +143,13 @@ class SlowClients:
                 self._writers.append((kind, writer))
                 self._tasks.append(asyncio.create_task(self._watch(i, reader)))
         self._tasks.append(asyncio.create_task(self._trickle()))
+
+    async def _connect(self, i: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # Timed as each connection is made, not when its whole batch is: on a loaded machine
+        # a batch takes long enough that its first connections looked closed too early.
+        reader, writer = await self._open_raw()
+        self.opened_at[i] = time.monotonic()
+        return reader, writer
 
     async def _watch(self, i: int, reader: asyncio.StreamReader) -> None:
         self.answers[i] = await read_to_end(reader)

@@ -199,7 +199,8 @@ async def test_call_cancelled_after_the_request_was_written_is_kept_unknown(
 async def test_send_abandoned_by_a_crashed_process_is_unknown(
     app: App, stub: send_service_pb2_grpc.SendServiceStub, sandbox: Sandbox
 ) -> None:
-    """A claim whose lease expired (its process died mid-send) may have sent."""
+    """A claim marked written whose lease expired (its process died mid-send) may have sent.
+    (One never marked written is released and sent: see the dead owner's tests.)"""
     preview = await stub.ValidateButtonTemplate(
         send_service_pb2.ValidateButtonTemplateRequest(
             recipient_id=RECIPIENT, template=send_request().template
@@ -211,6 +212,7 @@ async def test_send_abandoned_by_a_crashed_process_is_unknown(
         RID, fingerprint(ACCOUNT, preview.body_json), lease_seconds=-1, ttl_seconds=3600
     )
     assert claimed is None
+    await app.send.store.mark_written(RID)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
     assert details(caught.value).reason == "SEND_OUTCOME_UNKNOWN"

@@ -31,7 +31,11 @@ async def test_open_creates_the_log_dead_letters_and_bucket(
             ledger = await conn.ensure_postback_layout()
             idempotency = await conn.ensure_idempotency_layout()
             log_info = await conn.js.stream_info(layout.stream)
-            assert log_info.config.subjects == [f"{layout.subject_prefix}.*.*"]
+            # Postbacks, and copies of dead letters redriven to one group (storage.groups).
+            assert log_info.config.subjects == [
+                f"{layout.subject_prefix}.*.*",
+                f"{layout.subject_prefix}.redrive.*.*",
+            ]
             assert log_info.config.max_age == 3600
             assert log_info.config.duplicate_window == DUPLICATE_WINDOW_SECONDS
             assert log_info.config.num_replicas == 1

@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -18,8 +18,9 @@ import grpc
 import pytest
 
 from igbutton_server.app import App
+from igbutton_server.sandbox import Fault
 from tests.conftest import SettingsFactory
-from tests.postbacks.conftest import WebhookClient, delivery, postbacks, webhook_url
+from tests.postbacks.conftest import WebhookClient, delivery, eventually, postbacks, webhook_url
 from tests.send.conftest import details, send_request, stub_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,3 +131,47 @@ def test_corrupt_file_at_start_exits_2_with_one_line(tmp_path: Path) -> None:
     assert said == [stderr.splitlines()[-1]], stderr
     assert said[0].startswith("igbutton-server: cannot start: SQLite file ")
     assert str(path) in said[0]
+
+
+async def test_a_release_the_locked_file_refused_does_not_block_the_retry(
+    make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    """Meta answers a transient error (it did not act), but the file is locked when the
+    claim is to be released: the caller is told to retry, and its retry must send, not wait
+    out the claim's lease as "in progress"."""
+    instance = App(make_settings(graph={"max_attempts": 1}))
+    await instance.start()
+    other = sqlite3.connect(tmp_path / "igbutton.db", isolation_level=None, timeout=5)
+    try:
+        assert instance.sandbox is not None
+        instance.sandbox.add_fault(
+            Fault(kind="graph_error", code=2, is_transient=True, delay_seconds=1.0)
+        )
+        async with stub_for(instance) as stub:
+            first = asyncio.ensure_future(
+                stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+            )
+            await eventually(_received(instance, 1))  # claimed and marked written: at Meta
+            other.execute("BEGIN EXCLUSIVE")  # the release that follows the answer fails
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await first
+            assert details(caught.value).reason == "GRAPH_UNAVAILABLE"
+            other.execute("ROLLBACK")
+            async with aiohttp.ClientSession() as http:
+                await _until_readyz(http, instance, 200)
+            reply = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        assert reply.message_id
+        assert len(instance.sandbox.received) == 2
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+        await instance.stop()
+
+
+def _received(app: App, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        assert app.sandbox is not None
+        return len(app.sandbox.received) >= count
+
+    return check

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -12,7 +13,7 @@ import (
 	"github.com/igbutton/igbutton/clients/go/igbuttonv1"
 )
 
-// Client holds one connection to igbutton and the generated stubs of both
+// Client holds one connection to igbutton and the generated stubs of its
 // services on it. It is safe for concurrent use; create one and share it.
 type Client struct {
 	conn *grpc.ClientConn
@@ -24,6 +25,8 @@ type Client struct {
 	// Accounts is the generated AccountService client (token status,
 	// webhook subscription checks).
 	Accounts igbuttonv1.AccountServiceClient
+	// Groups is the generated GroupService client (admin callers).
+	Groups igbuttonv1.GroupServiceClient
 }
 
 // Option configures Dial.
@@ -58,14 +61,21 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 
 // Dial creates a client for the igbutton server at target ("host:port" or any
 // gRPC target URI). Like grpc.NewClient it does not wait for the connection:
-// the first call connects, and a call made while the server is unreachable
-// fails with UNAVAILABLE.
+// the first call connects. Calls that are safe to repeat are retried after
+// UNAVAILABLE as ServiceConfig says, and a send without a request_id gets one,
+// so a retried send goes out at most once; use Subscribe for a postback stream
+// that resumes after a server restart.
 func Dial(target string, opts ...Option) (*Client, error) {
 	var cfg dialConfig
 	for _, opt := range opts {
 		opt(&cfg)
 	}
-	dialOpts := make([]grpc.DialOption, 0, len(cfg.dialOptions)+2)
+	dialOpts := make([]grpc.DialOption, 0, len(cfg.dialOptions)+4)
+	// Before the caller's options, so theirs win (a service config of their own,
+	// grpc.WithDisableRetry, more interceptors chained after ours).
+	dialOpts = append(dialOpts,
+		grpc.WithDefaultServiceConfig(ServiceConfig),
+		grpc.WithChainUnaryInterceptor(requestIDInterceptor))
 	if cfg.tls != nil {
 		dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(cfg.tls)))
 	} else {
@@ -87,7 +97,38 @@ func Dial(target string, opts ...Option) (*Client, error) {
 		Send:      igbuttonv1.NewSendServiceClient(conn),
 		Postbacks: igbuttonv1.NewPostbackServiceClient(conn),
 		Accounts:  igbuttonv1.NewAccountServiceClient(conn),
+		Groups:    igbuttonv1.NewGroupServiceClient(conn),
 	}, nil
+}
+
+// GroupName is a group's resource name: a plain name such as "billing" is
+// short for "groups/billing" (open mode); names with a "/" are kept.
+func GroupName(name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	return "groups/" + name
+}
+
+// GetGroup returns a consumer group's configuration and state.
+func (c *Client) GetGroup(ctx context.Context, name string) (*igbuttonv1.Group, error) {
+	resp, err := c.Groups.GetGroup(ctx, &igbuttonv1.GetGroupRequest{Name: GroupName(name)})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetGroup(), nil
+}
+
+// RedriveDeadLetters delivers a group's dead letters with these sequences
+// again from attempt 1 (none given: every dead letter) and returns how many
+// were redriven.
+func (c *Client) RedriveDeadLetters(ctx context.Context, name string, sequences ...uint64) (uint32, error) {
+	req := &igbuttonv1.RedriveDeadLettersRequest{Name: GroupName(name), Sequences: sequences, All: len(sequences) == 0}
+	resp, err := c.Groups.RedriveDeadLetters(ctx, req)
+	if err != nil {
+		return 0, err
+	}
+	return resp.GetRedrivenCount(), nil
 }
 
 // Conn returns the underlying connection, for health checks or other stubs.

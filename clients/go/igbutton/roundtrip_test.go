@@ -94,6 +94,84 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestGroupRoundTrip dead-letters a postback in a consumer group (nacked on
+// every attempt), reads the group with GetGroup and redrives it: it comes
+// back with its sequence and delivery attempt 1.
+func TestGroupRoundTrip(t *testing.T) {
+	addr, sandboxURL := os.Getenv("IGBUTTON_ADDR"), os.Getenv("IGBUTTON_SANDBOX_URL")
+	if addr == "" || sandboxURL == "" {
+		t.Skip("IGBUTTON_ADDR and IGBUTTON_SANDBOX_URL are not set (point them at `igbutton-server --sandbox`)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	client, err := igbutton.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	id := igbutton.NewRequestID()
+	group, payload := "go-"+id[:8], "go-group-"+id
+	stream, err := client.Postbacks.SubscribePostbacks(ctx, &igbuttonv1.SubscribePostbacksRequest{
+		PayloadPrefix: payload,
+		Group:         group,
+		Start:         &igbuttonv1.SubscribePostbacksRequest_Position{Position: igbuttonv1.StartPosition_START_POSITION_EARLIEST},
+	})
+	if err != nil {
+		t.Fatalf("SubscribePostbacks: %v", err)
+	}
+	sent, err := client.Send.SendButtonTemplate(ctx, &igbuttonv1.SendButtonTemplateRequest{
+		RecipientId: recipient,
+		RequestId:   igbutton.NewRequestID(),
+		Template:    igbutton.Template("Group round trip from Go", igbutton.PostbackButton("Yes", payload)),
+	})
+	if err != nil {
+		t.Fatalf("SendButtonTemplate: %v", err)
+	}
+	tap(ctx, t, sandboxURL, sent.GetMessageId(), 0)
+
+	var sequence uint64
+	for attempt := uint32(1); ; attempt++ {
+		event, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("receiving attempt %d: %v", attempt, err)
+		}
+		if event.GetDeliveryAttempt() != attempt {
+			t.Fatalf("delivery attempt %d, want %d", event.GetDeliveryAttempt(), attempt)
+		}
+		sequence = event.GetPostback().GetSequence()
+		if _, err := client.Postbacks.AckPostbacks(ctx, &igbuttonv1.AckPostbacksRequest{Group: group, NackIds: []string{event.GetAckId()}}); err != nil {
+			t.Fatalf("AckPostbacks: %v", err)
+		}
+		info, err := client.GetGroup(ctx, group)
+		if err != nil {
+			t.Fatalf("GetGroup: %v", err)
+		}
+		if info.GetDeadLetterCount() == 1 {
+			if attempt != info.GetMaxDeliveryAttempts() {
+				t.Fatalf("dead-lettered after %d attempts, max is %d", attempt, info.GetMaxDeliveryAttempts())
+			}
+			break
+		}
+	}
+
+	redriven, err := client.RedriveDeadLetters(ctx, group, sequence)
+	if err != nil || redriven != 1 {
+		t.Fatalf("RedriveDeadLetters: %d, %v", redriven, err)
+	}
+	again, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("receiving the redriven postback: %v", err)
+	}
+	if again.GetPostback().GetSequence() != sequence || again.GetDeliveryAttempt() != 1 {
+		t.Fatalf("redriven: sequence %d attempt %d, want %d and 1",
+			again.GetPostback().GetSequence(), again.GetDeliveryAttempt(), sequence)
+	}
+	if _, err := client.Postbacks.AckPostbacks(ctx, &igbuttonv1.AckPostbacksRequest{Group: group, AckIds: []string{again.GetAckId()}}); err != nil {
+		t.Fatalf("AckPostbacks: %v", err)
+	}
+}
+
 type tapResult struct {
 	Mid           string `json:"mid"`
 	Payload       string `json:"payload"`

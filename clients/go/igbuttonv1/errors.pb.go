@@ -90,6 +90,14 @@ const (
 	// UNAVAILABLE: a call to Meta about the account (its name, its webhook
 	// subscription) failed; the message says why. Retry later.
 	ErrorReason_ERROR_REASON_ACCOUNT_CHECK_FAILED ErrorReason = 22
+	// PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
+	// caller is not configured with `admin: true`.
+	ErrorReason_ERROR_REASON_ADMIN_REQUIRED ErrorReason = 30
+	// NOT_FOUND: no such consumer group, or one the caller may not see.
+	ErrorReason_ERROR_REASON_GROUP_NOT_FOUND ErrorReason = 31
+	// FAILED_PRECONDITION: the group has members connected; delete it with
+	// `force`, or when they left.
+	ErrorReason_ERROR_REASON_GROUP_HAS_MEMBERS ErrorReason = 32
 )
 
 // Enum value maps for ErrorReason.
@@ -118,6 +126,9 @@ var (
 		20: "ERROR_REASON_STORAGE_UNAVAILABLE",
 		21: "ERROR_REASON_REAUTHORIZATION_REQUIRED",
 		22: "ERROR_REASON_ACCOUNT_CHECK_FAILED",
+		30: "ERROR_REASON_ADMIN_REQUIRED",
+		31: "ERROR_REASON_GROUP_NOT_FOUND",
+		32: "ERROR_REASON_GROUP_HAS_MEMBERS",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":              0,
@@ -143,6 +154,9 @@ var (
 		"ERROR_REASON_STORAGE_UNAVAILABLE":      20,
 		"ERROR_REASON_REAUTHORIZATION_REQUIRED": 21,
 		"ERROR_REASON_ACCOUNT_CHECK_FAILED":     22,
+		"ERROR_REASON_ADMIN_REQUIRED":           30,
+		"ERROR_REASON_GROUP_NOT_FOUND":          31,
+		"ERROR_REASON_GROUP_HAS_MEMBERS":        32,
 	}
 )
 
@@ -177,7 +191,7 @@ var File_igbutton_v1_errors_proto protoreflect.FileDescriptor
 
 const file_igbutton_v1_errors_proto_rawDesc = "" +
 	"\n" +
-	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\xde\x06\n" +
+	"\x18igbutton/v1/errors.proto\x12\vigbutton.v1*\xc5\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cERROR_REASON_INVALID_REQUEST\x10\x01\x12 \n" +
@@ -202,7 +216,10 @@ const file_igbutton_v1_errors_proto_rawDesc = "" +
 	" ERROR_REASON_REQUEST_IN_PROGRESS\x10\x13\x12$\n" +
 	" ERROR_REASON_STORAGE_UNAVAILABLE\x10\x14\x12)\n" +
 	"%ERROR_REASON_REAUTHORIZATION_REQUIRED\x10\x15\x12%\n" +
-	"!ERROR_REASON_ACCOUNT_CHECK_FAILED\x10\x16B_\n" +
+	"!ERROR_REASON_ACCOUNT_CHECK_FAILED\x10\x16\x12\x1f\n" +
+	"\x1bERROR_REASON_ADMIN_REQUIRED\x10\x1e\x12 \n" +
+	"\x1cERROR_REASON_GROUP_NOT_FOUND\x10\x1f\x12\"\n" +
+	"\x1eERROR_REASON_GROUP_HAS_MEMBERS\x10 B_\n" +
 	"\x0fcom.igbutton.v1B\vErrorsProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3"
 
 var (

@@ -9,6 +9,7 @@ package igbuttonv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -20,6 +21,200 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// Whether a send falls inside the messaging window.
+type MessagingWindowState int32
+
+const (
+	// Not used.
+	MessagingWindowState_MESSAGING_WINDOW_STATE_UNSPECIFIED MessagingWindowState = 0
+	// igbutton saw the person write within the window: a send is possible now.
+	MessagingWindowState_MESSAGING_WINDOW_STATE_OPEN MessagingWindowState = 1
+	// The person's last message igbutton saw is older than the window.
+	MessagingWindowState_MESSAGING_WINDOW_STATE_CLOSED MessagingWindowState = 2
+	// igbutton has seen nothing from the person (in the last 30 days).
+	MessagingWindowState_MESSAGING_WINDOW_STATE_UNKNOWN MessagingWindowState = 3
+)
+
+// Enum value maps for MessagingWindowState.
+var (
+	MessagingWindowState_name = map[int32]string{
+		0: "MESSAGING_WINDOW_STATE_UNSPECIFIED",
+		1: "MESSAGING_WINDOW_STATE_OPEN",
+		2: "MESSAGING_WINDOW_STATE_CLOSED",
+		3: "MESSAGING_WINDOW_STATE_UNKNOWN",
+	}
+	MessagingWindowState_value = map[string]int32{
+		"MESSAGING_WINDOW_STATE_UNSPECIFIED": 0,
+		"MESSAGING_WINDOW_STATE_OPEN":        1,
+		"MESSAGING_WINDOW_STATE_CLOSED":      2,
+		"MESSAGING_WINDOW_STATE_UNKNOWN":     3,
+	}
+)
+
+func (x MessagingWindowState) Enum() *MessagingWindowState {
+	p := new(MessagingWindowState)
+	*p = x
+	return p
+}
+
+func (x MessagingWindowState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MessagingWindowState) Descriptor() protoreflect.EnumDescriptor {
+	return file_igbutton_v1_send_service_proto_enumTypes[0].Descriptor()
+}
+
+func (MessagingWindowState) Type() protoreflect.EnumType {
+	return &file_igbutton_v1_send_service_proto_enumTypes[0]
+}
+
+func (x MessagingWindowState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MessagingWindowState.Descriptor instead.
+func (MessagingWindowState) EnumDescriptor() ([]byte, []int) {
+	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{0}
+}
+
+// A request for a person's messaging window.
+type GetMessagingWindowRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// As SendButtonTemplateRequest.account_id.
+	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// The IGSID of the person. Required; at most 64 characters.
+	RecipientId   string `protobuf:"bytes,2,opt,name=recipient_id,json=recipientId,proto3" json:"recipient_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMessagingWindowRequest) Reset() {
+	*x = GetMessagingWindowRequest{}
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMessagingWindowRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMessagingWindowRequest) ProtoMessage() {}
+
+func (x *GetMessagingWindowRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMessagingWindowRequest.ProtoReflect.Descriptor instead.
+func (*GetMessagingWindowRequest) Descriptor() ([]byte, []int) {
+	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GetMessagingWindowRequest) GetAccountId() string {
+	if x != nil {
+		return x.AccountId
+	}
+	return ""
+}
+
+func (x *GetMessagingWindowRequest) GetRecipientId() string {
+	if x != nil {
+		return x.RecipientId
+	}
+	return ""
+}
+
+// A person's messaging window, as igbutton knows it.
+type GetMessagingWindowResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// For sends without a tag (24 hours).
+	State MessagingWindowState `protobuf:"varint,1,opt,name=state,proto3,enum=igbutton.v1.MessagingWindowState" json:"state,omitempty"`
+	// When that window closes (or closed); unset when UNKNOWN.
+	CloseTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=close_time,json=closeTime,proto3" json:"close_time,omitempty"`
+	// For sends with the HUMAN_AGENT tag (7 days).
+	HumanAgentState MessagingWindowState `protobuf:"varint,3,opt,name=human_agent_state,json=humanAgentState,proto3,enum=igbutton.v1.MessagingWindowState" json:"human_agent_state,omitempty"`
+	// When that window closes (or closed); unset when UNKNOWN.
+	HumanAgentCloseTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=human_agent_close_time,json=humanAgentCloseTime,proto3" json:"human_agent_close_time,omitempty"`
+	// The person's last message igbutton saw; unset when UNKNOWN.
+	LastMessageTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_message_time,json=lastMessageTime,proto3" json:"last_message_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GetMessagingWindowResponse) Reset() {
+	*x = GetMessagingWindowResponse{}
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMessagingWindowResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMessagingWindowResponse) ProtoMessage() {}
+
+func (x *GetMessagingWindowResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMessagingWindowResponse.ProtoReflect.Descriptor instead.
+func (*GetMessagingWindowResponse) Descriptor() ([]byte, []int) {
+	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetMessagingWindowResponse) GetState() MessagingWindowState {
+	if x != nil {
+		return x.State
+	}
+	return MessagingWindowState_MESSAGING_WINDOW_STATE_UNSPECIFIED
+}
+
+func (x *GetMessagingWindowResponse) GetCloseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CloseTime
+	}
+	return nil
+}
+
+func (x *GetMessagingWindowResponse) GetHumanAgentState() MessagingWindowState {
+	if x != nil {
+		return x.HumanAgentState
+	}
+	return MessagingWindowState_MESSAGING_WINDOW_STATE_UNSPECIFIED
+}
+
+func (x *GetMessagingWindowResponse) GetHumanAgentCloseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HumanAgentCloseTime
+	}
+	return nil
+}
+
+func (x *GetMessagingWindowResponse) GetLastMessageTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastMessageTime
+	}
+	return nil
+}
 
 // A request to send a button template.
 type SendButtonTemplateRequest struct {
@@ -47,7 +242,7 @@ type SendButtonTemplateRequest struct {
 
 func (x *SendButtonTemplateRequest) Reset() {
 	*x = SendButtonTemplateRequest{}
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[0]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -59,7 +254,7 @@ func (x *SendButtonTemplateRequest) String() string {
 func (*SendButtonTemplateRequest) ProtoMessage() {}
 
 func (x *SendButtonTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[0]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -72,7 +267,7 @@ func (x *SendButtonTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendButtonTemplateRequest.ProtoReflect.Descriptor instead.
 func (*SendButtonTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{0}
+	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SendButtonTemplateRequest) GetAccountId() string {
@@ -123,7 +318,7 @@ type SendButtonTemplateResponse struct {
 
 func (x *SendButtonTemplateResponse) Reset() {
 	*x = SendButtonTemplateResponse{}
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[1]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -135,7 +330,7 @@ func (x *SendButtonTemplateResponse) String() string {
 func (*SendButtonTemplateResponse) ProtoMessage() {}
 
 func (x *SendButtonTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[1]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -148,7 +343,7 @@ func (x *SendButtonTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendButtonTemplateResponse.ProtoReflect.Descriptor instead.
 func (*SendButtonTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{1}
+	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SendButtonTemplateResponse) GetRecipientId() string {
@@ -182,7 +377,7 @@ type ValidateButtonTemplateRequest struct {
 
 func (x *ValidateButtonTemplateRequest) Reset() {
 	*x = ValidateButtonTemplateRequest{}
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[2]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -194,7 +389,7 @@ func (x *ValidateButtonTemplateRequest) String() string {
 func (*ValidateButtonTemplateRequest) ProtoMessage() {}
 
 func (x *ValidateButtonTemplateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[2]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -207,7 +402,7 @@ func (x *ValidateButtonTemplateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateButtonTemplateRequest.ProtoReflect.Descriptor instead.
 func (*ValidateButtonTemplateRequest) Descriptor() ([]byte, []int) {
-	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{2}
+	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ValidateButtonTemplateRequest) GetAccountId() string {
@@ -253,7 +448,7 @@ type ValidateButtonTemplateResponse struct {
 
 func (x *ValidateButtonTemplateResponse) Reset() {
 	*x = ValidateButtonTemplateResponse{}
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[3]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +460,7 @@ func (x *ValidateButtonTemplateResponse) String() string {
 func (*ValidateButtonTemplateResponse) ProtoMessage() {}
 
 func (x *ValidateButtonTemplateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_igbutton_v1_send_service_proto_msgTypes[3]
+	mi := &file_igbutton_v1_send_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +473,7 @@ func (x *ValidateButtonTemplateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateButtonTemplateResponse.ProtoReflect.Descriptor instead.
 func (*ValidateButtonTemplateResponse) Descriptor() ([]byte, []int) {
-	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{3}
+	return file_igbutton_v1_send_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ValidateButtonTemplateResponse) GetMethod() string {
@@ -306,7 +501,18 @@ var File_igbutton_v1_send_service_proto protoreflect.FileDescriptor
 
 const file_igbutton_v1_send_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1eigbutton/v1/send_service.proto\x12\vigbutton.v1\x1a!igbutton/v1/button_template.proto\"\xe0\x01\n" +
+	"\x1eigbutton/v1/send_service.proto\x12\vigbutton.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!igbutton/v1/button_template.proto\"]\n" +
+	"\x19GetMessagingWindowRequest\x12\x1d\n" +
+	"\n" +
+	"account_id\x18\x01 \x01(\tR\taccountId\x12!\n" +
+	"\frecipient_id\x18\x02 \x01(\tR\vrecipientId\"\xf8\x02\n" +
+	"\x1aGetMessagingWindowResponse\x127\n" +
+	"\x05state\x18\x01 \x01(\x0e2!.igbutton.v1.MessagingWindowStateR\x05state\x129\n" +
+	"\n" +
+	"close_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tcloseTime\x12M\n" +
+	"\x11human_agent_state\x18\x03 \x01(\x0e2!.igbutton.v1.MessagingWindowStateR\x0fhumanAgentState\x12O\n" +
+	"\x16human_agent_close_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x13humanAgentCloseTime\x12F\n" +
+	"\x11last_message_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0flastMessageTime\"\xe0\x01\n" +
 	"\x19SendButtonTemplateRequest\x12\x1d\n" +
 	"\n" +
 	"account_id\x18\x01 \x01(\tR\taccountId\x12!\n" +
@@ -328,10 +534,16 @@ const file_igbutton_v1_send_service_proto_rawDesc = "" +
 	"\x1eValidateButtonTemplateResponse\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1b\n" +
-	"\tbody_json\x18\x03 \x01(\tR\bbodyJson2\xe7\x01\n" +
+	"\tbody_json\x18\x03 \x01(\tR\bbodyJson*\xa6\x01\n" +
+	"\x14MessagingWindowState\x12&\n" +
+	"\"MESSAGING_WINDOW_STATE_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bMESSAGING_WINDOW_STATE_OPEN\x10\x01\x12!\n" +
+	"\x1dMESSAGING_WINDOW_STATE_CLOSED\x10\x02\x12\"\n" +
+	"\x1eMESSAGING_WINDOW_STATE_UNKNOWN\x10\x032\xce\x02\n" +
 	"\vSendService\x12e\n" +
 	"\x12SendButtonTemplate\x12&.igbutton.v1.SendButtonTemplateRequest\x1a'.igbutton.v1.SendButtonTemplateResponse\x12q\n" +
-	"\x16ValidateButtonTemplate\x12*.igbutton.v1.ValidateButtonTemplateRequest\x1a+.igbutton.v1.ValidateButtonTemplateResponseBd\n" +
+	"\x16ValidateButtonTemplate\x12*.igbutton.v1.ValidateButtonTemplateRequest\x1a+.igbutton.v1.ValidateButtonTemplateResponse\x12e\n" +
+	"\x12GetMessagingWindow\x12&.igbutton.v1.GetMessagingWindowRequest\x1a'.igbutton.v1.GetMessagingWindowResponseBd\n" +
 	"\x0fcom.igbutton.v1B\x10SendServiceProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3"
 
 var (
@@ -346,29 +558,41 @@ func file_igbutton_v1_send_service_proto_rawDescGZIP() []byte {
 	return file_igbutton_v1_send_service_proto_rawDescData
 }
 
-var file_igbutton_v1_send_service_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_igbutton_v1_send_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_igbutton_v1_send_service_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_igbutton_v1_send_service_proto_goTypes = []any{
-	(*SendButtonTemplateRequest)(nil),      // 0: igbutton.v1.SendButtonTemplateRequest
-	(*SendButtonTemplateResponse)(nil),     // 1: igbutton.v1.SendButtonTemplateResponse
-	(*ValidateButtonTemplateRequest)(nil),  // 2: igbutton.v1.ValidateButtonTemplateRequest
-	(*ValidateButtonTemplateResponse)(nil), // 3: igbutton.v1.ValidateButtonTemplateResponse
-	(*ButtonTemplate)(nil),                 // 4: igbutton.v1.ButtonTemplate
-	(MessageTag)(0),                        // 5: igbutton.v1.MessageTag
+	(MessagingWindowState)(0),              // 0: igbutton.v1.MessagingWindowState
+	(*GetMessagingWindowRequest)(nil),      // 1: igbutton.v1.GetMessagingWindowRequest
+	(*GetMessagingWindowResponse)(nil),     // 2: igbutton.v1.GetMessagingWindowResponse
+	(*SendButtonTemplateRequest)(nil),      // 3: igbutton.v1.SendButtonTemplateRequest
+	(*SendButtonTemplateResponse)(nil),     // 4: igbutton.v1.SendButtonTemplateResponse
+	(*ValidateButtonTemplateRequest)(nil),  // 5: igbutton.v1.ValidateButtonTemplateRequest
+	(*ValidateButtonTemplateResponse)(nil), // 6: igbutton.v1.ValidateButtonTemplateResponse
+	(*timestamppb.Timestamp)(nil),          // 7: google.protobuf.Timestamp
+	(*ButtonTemplate)(nil),                 // 8: igbutton.v1.ButtonTemplate
+	(MessageTag)(0),                        // 9: igbutton.v1.MessageTag
 }
 var file_igbutton_v1_send_service_proto_depIdxs = []int32{
-	4, // 0: igbutton.v1.SendButtonTemplateRequest.template:type_name -> igbutton.v1.ButtonTemplate
-	5, // 1: igbutton.v1.SendButtonTemplateRequest.tag:type_name -> igbutton.v1.MessageTag
-	4, // 2: igbutton.v1.ValidateButtonTemplateRequest.template:type_name -> igbutton.v1.ButtonTemplate
-	5, // 3: igbutton.v1.ValidateButtonTemplateRequest.tag:type_name -> igbutton.v1.MessageTag
-	0, // 4: igbutton.v1.SendService.SendButtonTemplate:input_type -> igbutton.v1.SendButtonTemplateRequest
-	2, // 5: igbutton.v1.SendService.ValidateButtonTemplate:input_type -> igbutton.v1.ValidateButtonTemplateRequest
-	1, // 6: igbutton.v1.SendService.SendButtonTemplate:output_type -> igbutton.v1.SendButtonTemplateResponse
-	3, // 7: igbutton.v1.SendService.ValidateButtonTemplate:output_type -> igbutton.v1.ValidateButtonTemplateResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	0,  // 0: igbutton.v1.GetMessagingWindowResponse.state:type_name -> igbutton.v1.MessagingWindowState
+	7,  // 1: igbutton.v1.GetMessagingWindowResponse.close_time:type_name -> google.protobuf.Timestamp
+	0,  // 2: igbutton.v1.GetMessagingWindowResponse.human_agent_state:type_name -> igbutton.v1.MessagingWindowState
+	7,  // 3: igbutton.v1.GetMessagingWindowResponse.human_agent_close_time:type_name -> google.protobuf.Timestamp
+	7,  // 4: igbutton.v1.GetMessagingWindowResponse.last_message_time:type_name -> google.protobuf.Timestamp
+	8,  // 5: igbutton.v1.SendButtonTemplateRequest.template:type_name -> igbutton.v1.ButtonTemplate
+	9,  // 6: igbutton.v1.SendButtonTemplateRequest.tag:type_name -> igbutton.v1.MessageTag
+	8,  // 7: igbutton.v1.ValidateButtonTemplateRequest.template:type_name -> igbutton.v1.ButtonTemplate
+	9,  // 8: igbutton.v1.ValidateButtonTemplateRequest.tag:type_name -> igbutton.v1.MessageTag
+	3,  // 9: igbutton.v1.SendService.SendButtonTemplate:input_type -> igbutton.v1.SendButtonTemplateRequest
+	5,  // 10: igbutton.v1.SendService.ValidateButtonTemplate:input_type -> igbutton.v1.ValidateButtonTemplateRequest
+	1,  // 11: igbutton.v1.SendService.GetMessagingWindow:input_type -> igbutton.v1.GetMessagingWindowRequest
+	4,  // 12: igbutton.v1.SendService.SendButtonTemplate:output_type -> igbutton.v1.SendButtonTemplateResponse
+	6,  // 13: igbutton.v1.SendService.ValidateButtonTemplate:output_type -> igbutton.v1.ValidateButtonTemplateResponse
+	2,  // 14: igbutton.v1.SendService.GetMessagingWindow:output_type -> igbutton.v1.GetMessagingWindowResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_igbutton_v1_send_service_proto_init() }
@@ -382,13 +606,14 @@ func file_igbutton_v1_send_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_igbutton_v1_send_service_proto_rawDesc), len(file_igbutton_v1_send_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_igbutton_v1_send_service_proto_goTypes,
 		DependencyIndexes: file_igbutton_v1_send_service_proto_depIdxs,
+		EnumInfos:         file_igbutton_v1_send_service_proto_enumTypes,
 		MessageInfos:      file_igbutton_v1_send_service_proto_msgTypes,
 	}.Build()
 	File_igbutton_v1_send_service_proto = out.File

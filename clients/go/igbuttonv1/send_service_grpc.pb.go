@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	SendService_SendButtonTemplate_FullMethodName     = "/igbutton.v1.SendService/SendButtonTemplate"
 	SendService_ValidateButtonTemplate_FullMethodName = "/igbutton.v1.SendService/ValidateButtonTemplate"
+	SendService_GetMessagingWindow_FullMethodName     = "/igbutton.v1.SendService/GetMessagingWindow"
 )
 
 // SendServiceClient is the client API for SendService service.
@@ -48,6 +49,17 @@ type SendServiceClient interface {
 	// would (INVALID_ARGUMENT with google.rpc.BadRequest), or the exact Graph
 	// API request it would make.
 	ValidateButtonTemplate(ctx context.Context, in *ValidateButtonTemplateRequest, opts ...grpc.CallOption) (*ValidateButtonTemplateResponse, error)
+	// Says whether a send to a person is possible now, and until when: Meta
+	// accepts sends within 24 hours of the person's last message, button tap or
+	// other interaction (7 days for the HUMAN_AGENT tag). igbutton knows the
+	// last one it saw in the webhook (only its time); Meta remains the
+	// authority, as the person may have written through another app or
+	// before igbutton was subscribed. With the setting
+	// `send.messaging_window_check: enforce`, SendButtonTemplate refuses a send
+	// whose window is known to be closed with FAILED_PRECONDITION /
+	// OUTSIDE_MESSAGING_WINDOW (metadata `window_closed_at`), without calling
+	// Meta; a send to a person in state UNKNOWN goes to Meta.
+	GetMessagingWindow(ctx context.Context, in *GetMessagingWindowRequest, opts ...grpc.CallOption) (*GetMessagingWindowResponse, error)
 }
 
 type sendServiceClient struct {
@@ -72,6 +84,16 @@ func (c *sendServiceClient) ValidateButtonTemplate(ctx context.Context, in *Vali
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ValidateButtonTemplateResponse)
 	err := c.cc.Invoke(ctx, SendService_ValidateButtonTemplate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sendServiceClient) GetMessagingWindow(ctx context.Context, in *GetMessagingWindowRequest, opts ...grpc.CallOption) (*GetMessagingWindowResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetMessagingWindowResponse)
+	err := c.cc.Invoke(ctx, SendService_GetMessagingWindow_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -103,6 +125,17 @@ type SendServiceServer interface {
 	// would (INVALID_ARGUMENT with google.rpc.BadRequest), or the exact Graph
 	// API request it would make.
 	ValidateButtonTemplate(context.Context, *ValidateButtonTemplateRequest) (*ValidateButtonTemplateResponse, error)
+	// Says whether a send to a person is possible now, and until when: Meta
+	// accepts sends within 24 hours of the person's last message, button tap or
+	// other interaction (7 days for the HUMAN_AGENT tag). igbutton knows the
+	// last one it saw in the webhook (only its time); Meta remains the
+	// authority, as the person may have written through another app or
+	// before igbutton was subscribed. With the setting
+	// `send.messaging_window_check: enforce`, SendButtonTemplate refuses a send
+	// whose window is known to be closed with FAILED_PRECONDITION /
+	// OUTSIDE_MESSAGING_WINDOW (metadata `window_closed_at`), without calling
+	// Meta; a send to a person in state UNKNOWN goes to Meta.
+	GetMessagingWindow(context.Context, *GetMessagingWindowRequest) (*GetMessagingWindowResponse, error)
 	mustEmbedUnimplementedSendServiceServer()
 }
 
@@ -118,6 +151,9 @@ func (UnimplementedSendServiceServer) SendButtonTemplate(context.Context, *SendB
 }
 func (UnimplementedSendServiceServer) ValidateButtonTemplate(context.Context, *ValidateButtonTemplateRequest) (*ValidateButtonTemplateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ValidateButtonTemplate not implemented")
+}
+func (UnimplementedSendServiceServer) GetMessagingWindow(context.Context, *GetMessagingWindowRequest) (*GetMessagingWindowResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetMessagingWindow not implemented")
 }
 func (UnimplementedSendServiceServer) mustEmbedUnimplementedSendServiceServer() {}
 func (UnimplementedSendServiceServer) testEmbeddedByValue()                     {}
@@ -176,6 +212,24 @@ func _SendService_ValidateButtonTemplate_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SendService_GetMessagingWindow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetMessagingWindowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SendServiceServer).GetMessagingWindow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SendService_GetMessagingWindow_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SendServiceServer).GetMessagingWindow(ctx, req.(*GetMessagingWindowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SendService_ServiceDesc is the grpc.ServiceDesc for SendService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -190,6 +244,10 @@ var SendService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ValidateButtonTemplate",
 			Handler:    _SendService_ValidateButtonTemplate_Handler,
+		},
+		{
+			MethodName: "GetMessagingWindow",
+			Handler:    _SendService_GetMessagingWindow_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -11,14 +11,18 @@
  *   template: buttonTemplate("Did it arrive?", postbackButton("Yes", "ANSWER_YES")),
  * });
  */
-export { createIgbuttonClient } from "./client.js";
+export { createIgbuttonClient, groupName } from "./client.js";
 export type { IgbuttonClient, IgbuttonClientOptions } from "./client.js";
 export { buttonTemplate, newRequestId, postbackButton, urlButton } from "./buttons.js";
 export { ERROR_DOMAIN, errorDetails } from "./errors.js";
+export { SERVICE_CONFIG, requestIdInterceptor, retryInterceptor } from "./retry.js";
+export { Subscription } from "./subscription.js";
+export type { SubscribeOptions } from "./subscription.js";
 export type { ErrorDetails, FieldViolation } from "./errors.js";
 export * from "./gen/igbutton/v1/account_service_pb.js";
 export * from "./gen/igbutton/v1/button_template_pb.js";
 export * from "./gen/igbutton/v1/errors_pb.js";
+export * from "./gen/igbutton/v1/group_service_pb.js";
 export * from "./gen/igbutton/v1/postback_service_pb.js";
 export * from "./gen/igbutton/v1/send_service_pb.js";
 export { Code, ConnectError } from "@connectrpc/connect";

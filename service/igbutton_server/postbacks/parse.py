@@ -71,6 +71,9 @@ class ParsedDelivery:
     skipped: Counter[str] = field(default_factory=Counter)
     unknown_accounts: set[str] = field(default_factory=set)
     """The accounts of the postbacks skipped as ``unknown_account``."""
+    last_messages: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(account, IGSID) -> the latest time the person wrote to a kept account in this
+    delivery (any item but receipts and echoes), for the messaging window; times only."""
 
 
 def parse_delivery(body: bytes, accounts: Set[str] | None = None) -> ParsedDelivery:
@@ -141,6 +144,37 @@ def _parse_change(change: object, entry: dict[str, Any], parsed: ParsedDelivery)
         parsed.postbacks.append(postback)
 
 
+_NOT_FROM_THE_PERSON = frozenset({"read", "delivery", "policy_enforcement", "invalid_item"})
+"""Items that do not open the messaging window: receipts, and Meta's own notices."""
+
+
+def _note_message(
+    item: object,
+    kind: str,
+    entry: dict[str, Any],
+    parsed: ParsedDelivery,
+    accounts: Set[str] | None,
+) -> None:
+    """Note when the person behind an item wrote to the account (the window opens)."""
+    if kind in _NOT_FROM_THE_PERSON or not isinstance(item, dict):
+        return
+    message = item.get("message")
+    if isinstance(message, dict) and message.get("is_echo"):
+        return  # the business's own message: does not open the window
+    sender = _get_id(item.get("sender"))
+    entry_id = _id(entry.get("id"))
+    account = _get_id(item.get("recipient")) or entry_id
+    at = _time_ms(item.get("timestamp"))
+    if sender is None or account is None or not at or sender in (account, entry_id):
+        return
+    if accounts is not None and account not in accounts:
+        return
+    if any(len(i.encode()) > MAX_ID_BYTES for i in (sender, account)):
+        return
+    key = (account, sender)
+    parsed.last_messages[key] = max(parsed.last_messages.get(key, 0), at)
+
+
 def _parse_item(
     item: object,
     entry: dict[str, Any],
@@ -150,6 +184,7 @@ def _parse_item(
     standby: bool,
 ) -> None:
     kind = _kind(item)
+    _note_message(item, kind, entry, parsed, accounts)
     if kind != "postback":
         parsed.skipped[kind] += 1
         return

@@ -1,5 +1,5 @@
-"""Removes postbacks older than the retention period, and idle consumer groups, in the
-background."""
+"""Removes postbacks older than the retention period, idle consumer groups and old
+messaging-window records, in the background."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import contextlib
 import logging
 import time
 
-from igbutton_server.storage.postbacks import PostbackStore, StoreClosed
+from igbutton_server.storage.postbacks import PostbackStore, StorageUnavailable, StoreClosed
+from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,10 @@ class RetentionPruner:
         retention: float,
         interval: float,
         group_idle_retention: float | None = None,
+        windows: WindowLedger | None = None,
     ) -> None:
         self._store = store
+        self._windows = windows
         self._retention = retention
         self._interval = interval
         self._group_idle_retention = group_idle_retention
@@ -41,6 +44,10 @@ class RetentionPruner:
         removed = await self._store.prune(cutoff_ms)
         if removed:
             log.info("pruned postbacks past the retention", extra={"removed": removed})
+        if self._windows is not None:
+            forgotten = await self._windows.prune()
+            if forgotten:
+                log.info("pruned old messaging-window records", extra={"removed": forgotten})
         return removed
 
     async def sweep_groups_once(self) -> list[str]:
@@ -60,6 +67,8 @@ class RetentionPruner:
                 await self.sweep_groups_once()
             except StoreClosed:
                 return
+            except StorageUnavailable as exc:  # the store logged it and readiness shows it
+                log.warning("pruning postbacks skipped: %s", exc)
             except Exception:  # keep pruning later; a failure here loses no data
                 log.exception("pruning postbacks failed")
             await asyncio.sleep(self._interval)  # a schedule, not a synchronisation

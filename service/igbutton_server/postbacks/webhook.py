@@ -26,7 +26,8 @@ from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
-from igbutton_server.storage.postbacks import NewPostback, PostbackStore
+from igbutton_server.storage.postbacks import NewPostback, PostbackStore, StorageUnavailable
+from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ class Webhook:
         store: PostbackStore,
         accounts: Collection[str],
         activity: AccountActivity | None = None,
+        windows: WindowLedger | None = None,
     ) -> None:
         self._settings = settings
         self._activity = activity
         self._store = store
+        self._windows = windows
         self._accounts = AccountCheck(accounts, accept_unknown=settings.accept_unknown_accounts)
         self._secrets = settings.secrets()
         # Refusals are caused by whoever reaches the port: at most a few lines a minute each.
@@ -146,20 +149,28 @@ class Webhook:
             log.info("webhook client disconnected before its whole body arrived")
             return _error(400, "incomplete body")
 
+    def _refuse_unsigned(self, request: web.Request, body: bytes) -> web.Response | None:
+        """The refusal of a delivery without Meta's valid signature, or None when it has one."""
+        if self._settings.allow_unsigned:
+            return None
+        header = request.headers.get(SIGNATURE_HEADER)
+        if header is None:
+            metrics.WEBHOOKS.labels(result="unsigned").inc()
+            self._refusals.log(logging.WARNING, "unsigned", "unsigned webhook POST refused")
+            return _error(401, "signature required")
+        if not signature_matches(body, header, self._secrets):
+            metrics.WEBHOOKS.labels(result="bad_signature").inc()
+            self._refusals.log(
+                logging.WARNING, "bad_signature", "webhook POST with a wrong signature refused"
+            )
+            return _error(403, "invalid signature")
+        return None
+
     async def _deliver(self, request: web.Request, body: bytes) -> web.Response:
         """Check the signature over ``body``, parse it and store its postbacks."""
-        if not self._settings.allow_unsigned:
-            header = request.headers.get(SIGNATURE_HEADER)
-            if header is None:
-                metrics.WEBHOOKS.labels(result="unsigned").inc()
-                self._refusals.log(logging.WARNING, "unsigned", "unsigned webhook POST refused")
-                return _error(401, "signature required")
-            if not signature_matches(body, header, self._secrets):
-                metrics.WEBHOOKS.labels(result="bad_signature").inc()
-                self._refusals.log(
-                    logging.WARNING, "bad_signature", "webhook POST with a wrong signature refused"
-                )
-                return _error(403, "invalid signature")
+        refused = self._refuse_unsigned(request, body)
+        if refused is not None:
+            return refused
 
         try:
             delivery = parse_delivery(body, self._accounts.known)
@@ -177,6 +188,18 @@ class Webhook:
         try:
             with metrics.LOG_APPEND_LATENCY.time():
                 result = await self._store.append(delivery.postbacks)
+            # Before the 200 too: a window not recorded is retried with the delivery.
+            if self._windows is not None and delivery.last_messages:
+                await self._windows.note(delivery.last_messages)
+        except (StorageUnavailable, OSError) as exc:
+            # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
+            # store logged the fault and readiness shows it, so each delivery refused
+            # meanwhile is a rate-limited line without a trace. Meta retries a 5xx.
+            metrics.WEBHOOKS.labels(result="store_failed").inc()
+            self._refusals.log(
+                logging.WARNING, "store_unavailable", "webhook delivery not stored (503): %s", exc
+            )
+            return _error(503, "not stored; retry later")
         except Exception:
             # Meta retries a 5xx, so nothing answered here is lost.
             metrics.WEBHOOKS.labels(result="store_failed").inc()

@@ -23,7 +23,13 @@ from igbutton_server.send.graph_client import GraphClient
 from igbutton_server.send.idempotency import IdempotentSends, fingerprint
 from igbutton_server.send.outcome import SendResult, SendTracker
 from igbutton_server.send.translate import GraphRequest, to_graph_request
-from igbutton_server.send.validation import SendRequest, ValidSend, validate_send
+from igbutton_server.send.validation import (
+    SendRequest,
+    ValidSend,
+    validate_send,
+    validate_window_request,
+)
+from igbutton_server.send.window import MessagingWindows, WindowState, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,11 @@ _ANSWER_MARGIN_SECONDS = 0.1
 _ANSWER_MARGIN_FRACTION = 0.1
 
 _TOKEN_INVALID = errors_pb2.ErrorReason.ERROR_REASON_ACCESS_TOKEN_INVALID
+_WINDOW_STATES = {
+    WindowState.OPEN: send_service_pb2.MESSAGING_WINDOW_STATE_OPEN,
+    WindowState.CLOSED: send_service_pb2.MESSAGING_WINDOW_STATE_CLOSED,
+    WindowState.UNKNOWN: send_service_pb2.MESSAGING_WINDOW_STATE_UNKNOWN,
+}
 
 _SENT = metrics.SENDS.labels("sent")
 _REPLAYED = metrics.SENDS.labels("replayed")
@@ -44,19 +55,33 @@ _FAILED = metrics.SENDS.labels("failed")
 class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
     """SendButtonTemplate and its dry run ValidateButtonTemplate."""
 
-    def __init__(self, settings: Settings, graph: GraphClient, sends: IdempotentSends) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        graph: GraphClient,
+        sends: IdempotentSends,
+        windows: MessagingWindows | None = None,
+    ) -> None:
         self._settings = settings
         self._graph = graph
         self._sends = sends
         self.tokens: AccountTokens | None = None
         """Each account's current token; None: the configured tokens, as they were read."""
+        self._windows = windows
 
     async def SendButtonTemplate(
         self, request: send_service_pb2.SendButtonTemplateRequest, context: Context
     ) -> send_service_pb2.SendButtonTemplateResponse:
         """Send one button template message."""
+        return await self.send_button_template(request, self._timeout(context))
+
+    async def send_button_template(
+        self, request: send_service_pb2.SendButtonTemplateRequest, time_left: float
+    ) -> send_service_pb2.SendButtonTemplateResponse:
+        """What SendButtonTemplate does, within ``time_left`` seconds, for the caller in
+        ``auth.current_caller``: the one send path, which the web console uses too. Raises
+        ApiError for expected failures."""
         try:
-            time_left = self._timeout(context)
             valid, graph_request = self._prepare(request)
             result, replayed = await self._send(valid, graph_request, time_left)
         except Exception as error:
@@ -87,10 +112,45 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         self, request: send_service_pb2.ValidateButtonTemplateRequest, _context: Context
     ) -> send_service_pb2.ValidateButtonTemplateResponse:
         """Validate without sending; return the Graph request that would be made."""
+        return self.validate_button_template(request)
+
+    def validate_button_template(
+        self, request: send_service_pb2.ValidateButtonTemplateRequest
+    ) -> send_service_pb2.ValidateButtonTemplateResponse:
+        """What ValidateButtonTemplate does (the web console's preview asks it too): raises
+        InvalidRequest with every violation, or returns the Graph request."""
         _, graph_request = self._prepare(request)
         return send_service_pb2.ValidateButtonTemplateResponse(
             method="POST", url=graph_request.url, body_json=graph_request.body_json
         )
+
+    async def GetMessagingWindow(
+        self, request: send_service_pb2.GetMessagingWindowRequest, _context: Context
+    ) -> send_service_pb2.GetMessagingWindowResponse:
+        """The person's messaging window as igbutton knows it."""
+        if request.account_id and not auth.caller_may_use(request.account_id):
+            raise auth.account_not_allowed(request.account_id)
+        account, recipient = validate_window_request(
+            request.account_id, request.recipient_id, self._settings
+        )
+        if not auth.caller_may_use(account.id):
+            raise auth.account_not_allowed(account.id)
+        answer = send_service_pb2.GetMessagingWindowResponse(
+            state=send_service_pb2.MESSAGING_WINDOW_STATE_UNKNOWN,
+            human_agent_state=send_service_pb2.MESSAGING_WINDOW_STATE_UNKNOWN,
+        )
+        if self._windows is None:
+            return answer
+        window = await self._windows.window(account.id, recipient)
+        if window.last_message_ms is None:
+            return answer
+        now = now_ms()
+        answer.last_message_time.FromMilliseconds(window.last_message_ms)
+        answer.state = _WINDOW_STATES[window.state(now)]
+        answer.close_time.FromMilliseconds(window.closes_ms() or 0)
+        answer.human_agent_state = _WINDOW_STATES[window.state(now, human_agent=True)]
+        answer.human_agent_close_time.FromMilliseconds(window.closes_ms(human_agent=True) or 0)
+        return answer
 
     def _prepare(self, request: SendRequest) -> tuple[ValidSend, GraphRequest]:
         # Permission first for a named account, so a caller learns nothing about
@@ -124,6 +184,11 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
 
         async def send(tracker: SendTracker) -> SendResult:
             nonlocal sent
+            # Here, not before: a repeat of a request_id replays its first result.
+            if self._windows is not None:
+                await self._windows.check_send(
+                    valid.account.id, valid.recipient_id, valid.human_agent
+                )
             sent = True
             try:
                 return await self._graph.send(request, token, deadline, tracker)

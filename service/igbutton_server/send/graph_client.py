@@ -173,8 +173,7 @@ class GraphClient:
             tracker.written = False
             started = time.perf_counter()
             try:
-                with tracing.graph_span(request.account_id, attempt):
-                    result = await self._attempt(request, token, deadline, tracker, attempt)
+                result = await self._traced_attempt(request, token, deadline, tracker, attempt)
             except _AttemptFailed as failed:
                 elapsed = self._observe(failed.outcome, failed.graph_code, started)
                 longest = max(longest, elapsed)
@@ -261,6 +260,23 @@ class GraphClient:
         grown = self._settings.backoff_initial_seconds * 2.0 ** (attempt - 1)
         return min(self._settings.backoff_max_seconds, grown)
 
+    async def _traced_attempt(
+        self,
+        request: GraphRequest,
+        token: str,
+        deadline: float,
+        tracker: SendTracker,
+        attempt: int,
+    ) -> SendResult:
+        """One attempt inside its CLIENT span, which records how it failed."""
+        url = self._url(request.url)
+        with tracing.graph_span(url, request.account_id, attempt) as span:
+            try:
+                return await self._attempt(request, token, deadline, tracker, attempt, span)
+            except _AttemptFailed as failed:
+                span.failed(failed.outcome)
+                raise
+
     async def _attempt(
         self,
         request: GraphRequest,
@@ -268,6 +284,7 @@ class GraphClient:
         deadline: float,
         tracker: SendTracker,
         attempt: int,
+        span: tracing.GraphSpan,
     ) -> SendResult:
         headers = {"Content-Type": "application/json"}
         url = self._url(request.url)
@@ -284,8 +301,9 @@ class GraphClient:
                     allow_redirects=False,
                     trace_request_ctx=tracker,
                 ) as response:
-                    raw = await _read_bounded(response)
                     status = response.status
+                    span.answered(status)
+                    raw = await _read_bounded(response)
                     usage = response.headers.get("X-Business-Use-Case-Usage")
                     retry_after_header = response.headers.get("Retry-After")
                     app_usage = response.headers.get("X-App-Usage")

@@ -19,6 +19,15 @@ was.
 The outcome is stored while the caller is answered (it shares the next claim's commit); the
 in-flight entry answers repeats until it is durable. A crash before that leaves a written
 claim: a repeat answers SEND_OUTCOME_UNKNOWN, never sends again.
+
+When the store is unavailable a claim or a release may fail without the caller knowing
+whether it landed (NATS applied a publish whose answer timed out; SQLite committed a claim
+and then could not release it). Such request_ids are remembered (up to
+``_UNSETTLED_MAX``): the next call for one first releases this process's pending claim,
+which did not reach Meta or which Meta did not act on, so the retry the caller was told to
+make sends instead of waiting out the claim's lease as "in progress". Likewise a claim of this
+process found never written when claiming: no call of this process runs for the request_id
+(one at a time, ``run``), so it is a failed call's that landed late.
 """
 
 from __future__ import annotations
@@ -35,10 +44,14 @@ import grpc
 
 from igbutton.v1 import errors_pb2
 from igbutton_server.errors import ApiError
+from igbutton_server.logs import RateLimitedLog
 from igbutton_server.send.outcome import Outcome, SendResult, SendTracker, is_final, outcome_unknown
 from igbutton_server.storage.idempotency import ClaimLost, IdempotencyStore, Record
+from igbutton_server.storage.postbacks import StorageUnavailable
 
 log = logging.getLogger(__name__)
+_unavailable_log = RateLimitedLog(log)
+"""While the store is down every send would add a line: bounded (the store logs the cause)."""
 
 R = errors_pb2.ErrorReason
 
@@ -46,6 +59,11 @@ R = errors_pb2.ErrorReason
 # the first attempt as dead (crashed mid-send) and answers SEND_OUTCOME_UNKNOWN.
 LEASE_SLACK_SECONDS = 30.0
 _POLL_SECONDS = 0.05
+_OWN_RETAKES = 3
+"""How often a claim releases a never written claim of this process before waiting on it."""
+_UNSETTLED_MAX = 10_000
+"""request_ids remembered as maybe claimed (see the module); beyond, the oldest is dropped
+and its repeat waits for the claim's lease as after a crash."""
 
 
 def fingerprint(account_id: str, body_json: str) -> str:
@@ -103,6 +121,9 @@ class IdempotentSends:
         self._in_flight: dict[str, _InFlight] = {}
         self._storing: set[asyncio.Task[None]] = set()
         """Outcomes being stored after their callers were answered."""
+        self._unsettled: dict[str, None] = {}
+        """request_ids that may hold a pending claim of this process whose call failed before
+        writing to Meta (the claim may have landed after its error)."""
 
     async def run(
         self,
@@ -223,22 +244,45 @@ class IdempotentSends:
     async def _claim(
         self, key: str, fp: str, time_left: float, slot: SendSlot | None
     ) -> bool | Outcome:
-        """Claim the request_id: whether the claim is marked written (its slot taken), or
-        the outcome of the existing record."""
+        """Claim the request_id: whether this call's claim is marked written (its rate-limit
+        slot taken at once; it sends), or the outcome to answer (the first call's, or an
+        error)."""
         lease = time_left + LEASE_SLACK_SECONDS
         deadline = time.monotonic() + time_left
+        if key in self._unsettled:
+            # Only this call runs for the key in this process (``run``), so a pending claim
+            # of ours is the failed call's, and it did not reach Meta or Meta did not act.
+            # Remembered until a claim of this call's own replaces it (the failed one may
+            # still land).
+            await self._store.release(key)
+        retakes = 0
         while True:
             ready = slot is not None and slot.take_now()
             try:
                 existing = await self._store.claim(key, fp, lease, self._ttl, written=ready)
-            except BaseException:
+            except BaseException as exc:
                 if ready and slot is not None:
                     slot.give_back()
+                if isinstance(exc, StorageUnavailable):
+                    self._unsettle(key)
                 raise
             if existing is None:
+                self._unsettled.pop(key, None)
                 return ready
             if ready and slot is not None:
                 slot.give_back()
+            if (
+                existing.own
+                and existing.outcome is None
+                and not existing.written
+                and existing.fingerprint == fp
+                and retakes < _OWN_RETAKES
+            ):
+                # A claim of this process never written, and no call of it runs: a failed
+                # call's, landed late (NATS applied a publish whose answer timed out).
+                retakes += 1
+                await self._store.release(key)
+                continue
             outcome = await self._existing(key, fp, existing, deadline)
             if outcome is not None:
                 return outcome
@@ -247,6 +291,14 @@ class IdempotentSends:
     async def _keep(self, key: str, fp: str, outcome: Outcome, *, batched: bool = False) -> None:
         try:
             await self._store.complete(key, fp, outcome, self._ttl, batched=batched)
+        except StorageUnavailable as exc:  # the cause is in the message; a trace adds nothing
+            _unavailable_log.log(
+                logging.ERROR,
+                "complete",
+                "could not store the outcome of request_id %r: %s",
+                key,
+                exc,
+            )
         except Exception:
             # The send is over either way; the caller still gets its outcome.
             log.exception("could not store the outcome of request_id %r", key)
@@ -254,10 +306,22 @@ class IdempotentSends:
     async def _forget(self, key: str) -> None:
         try:
             await self._store.release(key)
+        except StorageUnavailable as exc:
+            # The next call for the key releases it first; the store's own log line and
+            # readiness already say why.
+            self._unsettle(key)
+            _unavailable_log.log(
+                logging.WARNING, "release", "could not release request_id %r: %s", key, exc
+            )
         except Exception:
             # The claim stays until its lease ends; a repeat then answers SEND_OUTCOME_UNKNOWN,
             # the safe side.
             log.exception("could not release request_id %r", key)
+
+    def _unsettle(self, key: str) -> None:
+        self._unsettled[key] = None
+        if len(self._unsettled) > _UNSETTLED_MAX:
+            del self._unsettled[next(iter(self._unsettled))]
 
     async def _existing(self, key: str, fp: str, record: Record, deadline: float) -> Outcome | None:
         """The outcome for a repeat of an existing record; None: claim it again."""

@@ -77,8 +77,11 @@ def outcome_unknown(message: str, status: grpc.StatusCode = grpc.StatusCode.UNKN
 
 
 def is_final(error: ApiError) -> bool:
-    """Whether the failure is kept for the request_id (False: the caller may retry)."""
-    return error.reason not in _RETRYABLE_REASONS
+    """Whether the failure is kept for the request_id (False: the caller may retry).
+
+    igbutton's own messaging-window refusal is not kept: nothing was asked of Meta, and a
+    retry once the person wrote again may pass."""
+    return error.reason not in _RETRYABLE_REASONS and not getattr(error, "before_meta", False)
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

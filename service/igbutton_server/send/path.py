@@ -17,8 +17,10 @@ from igbutton_server.send.api import SendServiceServicer
 from igbutton_server.send.graph_client import GraphClient
 from igbutton_server.send.idempotency import IdempotentSends
 from igbutton_server.send.ratelimit import AccountRateLimiter, SharedRateLimiter
+from igbutton_server.send.window import MessagingWindows
 from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.ratelimit import RateLedger
+from igbutton_server.storage.windows import WindowLedger
 
 
 class SendPath:
@@ -30,6 +32,7 @@ class SendPath:
         store: IdempotencyStore,
         ledger: RateLedger | None = None,
         activity: AccountActivity | None = None,
+        windows: WindowLedger | None = None,
     ) -> None:
         self.settings = settings
         limits = settings.rate_limit
@@ -53,7 +56,11 @@ class SendPath:
         )
         self.store = store
         self.sends = IdempotentSends(store, settings.idempotency.ttl_seconds)
-        self.servicer = SendServiceServicer(settings, self.graph, self.sends)
+        self.windows = None
+        if windows is not None:
+            enforce = settings.send.messaging_window_check == "enforce"
+            self.windows = MessagingWindows(windows, enforce)
+        self.servicer = SendServiceServicer(settings, self.graph, self.sends, self.windows)
 
     def use_tokens(self, tokens: AccountTokens) -> None:
         """Send with each account's current token (refreshed, re-read) from now on, instead

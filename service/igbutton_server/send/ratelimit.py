@@ -22,13 +22,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-import grpc
-
-from igbutton.v1 import errors_pb2
-from igbutton_server.errors import ApiError, RateLimited
+from igbutton_server.errors import RateLimited
+from igbutton_server.logs import RateLimitedLog
+from igbutton_server.storage.postbacks import StorageUnavailable
 from igbutton_server.storage.ratelimit import AccountRate, RateLedger
 
 log = logging.getLogger(__name__)
+_unreachable_log = RateLimitedLog(log)
+"""One line per failed send would flood the log while NATS is down."""
 
 _STALE_SECONDS = 1.0
 """The least time a leased token stays usable after its send time: longer than a lease's
@@ -195,7 +196,8 @@ class SharedRateLimiter(AccountRateLimiter):
     async def acquire(self, account_id: str, deadline: float) -> None:
         """Wait for a send slot of the account, if the wait ends before ``deadline``
         (time.monotonic()). Raises RateLimited (with ``retry_after``) when it would not,
-        and ApiError UNAVAILABLE when the ledger does not answer before the deadline."""
+        and StorageUnavailable when the ledger cannot be reached or does not answer before
+        the deadline (nothing was sent)."""
         leased = self._account(account_id)
         bucket = self._bucket(account_id)
         while True:
@@ -250,11 +252,9 @@ class SharedRateLimiter(AccountRateLimiter):
             ):
                 yield
         except TimeoutError:
-            raise ApiError(
-                grpc.StatusCode.UNAVAILABLE,
-                errors_pb2.ERROR_REASON_GRAPH_UNAVAILABLE,
+            raise StorageUnavailable(
                 f"the shared rate limit of account {account_id} did not answer before the "
-                "deadline; nothing was sent",
+                "deadline; nothing was sent"
             ) from None
 
     async def _lease(self, account_id: str, bucket: _Bucket, leased: _Leased, until: float) -> None:
@@ -280,13 +280,14 @@ class SharedRateLimiter(AccountRateLimiter):
 
         try:
             state = await self._ledger.update(account_id, take)
-        except OSError as exc:
-            log.warning("the shared rate limit is not reachable: %s", exc)
-            raise ApiError(
-                grpc.StatusCode.UNAVAILABLE,
-                errors_pb2.ERROR_REASON_GRAPH_UNAVAILABLE,
-                f"the shared rate limit of account {account_id} is not reachable; nothing was sent",
-            ) from None
+        except (StorageUnavailable, OSError) as exc:
+            _unreachable_log.log(
+                logging.WARNING, "ledger", "the shared rate limit is not reachable: %s", exc
+            )
+            raise StorageUnavailable(
+                f"the shared rate limit of account {account_id} is not reachable ({exc}); "
+                "nothing was sent"
+            ) from exc
         leased.held_until = max(leased.held_until, state.held_until)
         if not taken:
             now = self._clock()

@@ -96,6 +96,21 @@ def validate_send(request: SendRequest, settings: Settings) -> ValidSend:
     )
 
 
+def validate_window_request(
+    account_id: str, recipient_id: str, settings: Settings
+) -> tuple[Account, str]:
+    """The account and recipient of a GetMessagingWindow request, checked as a send's."""
+    violations: list[FieldViolation] = []
+    account = _check_account(account_id, settings.accounts, violations)
+    _check_recipient(recipient_id, violations)
+    if violations:
+        if all(v.field == "account_id" for v in violations):
+            raise _unknown_account(violations)
+        raise InvalidRequest(violations)
+    assert account is not None
+    return account, recipient_id
+
+
 def _unknown_account(violations: list[FieldViolation]) -> ApiError:
     # The request itself is fine; only the account is not one igbutton can send from.
     return ApiError(

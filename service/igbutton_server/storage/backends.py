@@ -5,13 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from igbutton_server.config import Settings
+from igbutton_server.storage.groups import GroupOperations
 from igbutton_server.storage.idempotency import IdempotencyStore
 from igbutton_server.storage.postbacks import PostbackStore
 from igbutton_server.storage.ratelimit import RateLedger
 from igbutton_server.storage.sqlite import idempotency as sqlite_idempotency
 from igbutton_server.storage.sqlite import postbacks as sqlite_postbacks
+from igbutton_server.storage.sqlite import windows as sqlite_windows
 from igbutton_server.storage.sqlite.file import SqliteFile
 from igbutton_server.storage.tokens import TokenStore
+from igbutton_server.storage.windows import WindowLedger
 
 
 @dataclass(frozen=True)
@@ -23,8 +26,15 @@ class Storage:
     idempotency: IdempotencyStore
     """The send path's request_id records."""
 
+    groups: GroupOperations
+    """Operating the consumer groups (inspect, delete, seek, dead letters, deadlines): the
+    postback store itself, which every engine implements it on."""
+    windows: WindowLedger
+    """Each person's last message time, for the messaging window."""
+
     async def close(self) -> None:
-        """Close both stores (after every user of them stopped)."""
+        """Close the stores (after every user of them stopped)."""
+        await self.windows.close()
         await self.idempotency.close()
         await self.postbacks.close()
 
@@ -35,24 +45,38 @@ async def open_storage(settings: Settings) -> Storage:
     if settings.storage.backend == "nats":
         from igbutton_server.storage.nats.idempotency import NatsIdempotencyStore
         from igbutton_server.storage.nats.postbacks import NatsPostbackStore
+        from igbutton_server.storage.nats.windows import NatsWindowLedger
 
-        postbacks: PostbackStore = await NatsPostbackStore.open(settings)
+        nats_postbacks = await NatsPostbackStore.open(settings)
         try:
-            return Storage(postbacks, await NatsIdempotencyStore.open(settings))
+            nats_idempotency = await NatsIdempotencyStore.open(settings)
         except BaseException:
-            await postbacks.close()
+            await nats_postbacks.close()
             raise
+        try:
+            nats_windows = await NatsWindowLedger.open(settings)
+        except BaseException:
+            await nats_idempotency.close()
+            await nats_postbacks.close()
+            raise
+        return Storage(nats_postbacks, nats_idempotency, nats_postbacks, nats_windows)
     file = SqliteFile(
         settings.storage.sqlite_path,
-        (sqlite_postbacks.create_schema, sqlite_idempotency.create_schema),
+        (
+            sqlite_postbacks.create_schema,
+            sqlite_idempotency.create_schema,
+            sqlite_windows.create_schema,
+        ),
     )
     idempotency = sqlite_idempotency.SqliteIdempotencyStore(file)
+    windows = sqlite_windows.SqliteWindowLedger(file)
     try:
         postbacks = await sqlite_postbacks.SqlitePostbackStore.open(file)
     except BaseException:
+        await windows.close()
         await idempotency.close()
         raise
-    return Storage(postbacks, idempotency)
+    return Storage(postbacks, idempotency, postbacks, windows)
 
 
 async def open_rate_ledger(settings: Settings) -> RateLedger | None:

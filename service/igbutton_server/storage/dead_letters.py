@@ -1,9 +1,8 @@
 """How a dead letter is reported, the same on every backend.
 
-A postback set aside after its group's last delivery attempt is not lost: it stays in the
-log until retention. The metric says that it happened; the log line says which one, so an
-operator can read it again with a broadcast subscription from ``after_sequence`` =
-sequence - 1 (``igbutton tail --from <sequence - 1> --count 1``).
+A postback set aside after its group's last delivery attempt is not lost: the engine keeps
+it in the group's dead letters (``storage.groups``: listed, redriven, purged) and in the log
+until retention. The metric says that it happened; the log line says which one.
 """
 
 from __future__ import annotations

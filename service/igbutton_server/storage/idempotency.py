@@ -37,6 +37,8 @@ class Record:
     """Whether the request may have reached Meta (always True once there is an outcome)."""
     abandoned: bool = False
     """A pending claim whose owner process is gone: it will never get an outcome."""
+    own: bool = False
+    """A pending claim of this store (this process)."""
 
 
 class ClaimLost(Exception):

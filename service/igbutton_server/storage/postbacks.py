@@ -16,7 +16,8 @@ group                  a durable pull consumer: explicit ack, ``AckWait``, ``Max
                        each member fetches at most its free ``max_unacked`` slots, none
                        while stalled (see GroupMember)
 nack                   ``Nak()`` (redelivered at once)
-dead letter            ``MaxDeliver`` reached (the MAX_DELIVERIES advisory is counted)
+dead letter            ``MaxDeliver`` reached (the MAX_DELIVERIES advisory is kept in the
+                       dead-letter stream; see ``storage.groups``)
 =====================  ================================================================
 
 Times crossing the interface are wall-clock milliseconds since the epoch (they survive a
@@ -242,7 +243,8 @@ class GroupInfo:
     unacked: int
     """Deliveries waiting for an ack (including expired ones not yet redelivered)."""
     dead_lettered: int
-    """Postbacks set aside after ``max_attempts`` deliveries."""
+    """Postbacks set aside after ``max_attempts`` deliveries and kept in the group's dead
+    letters (not redriven or purged since; see ``storage.groups``)."""
 
 
 class StoreClosed(Exception):

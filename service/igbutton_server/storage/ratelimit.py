@@ -38,7 +38,9 @@ class RateLedger(Protocol):
     ) -> AccountRate:
         """Apply ``change`` to the account's current state atomically (it may be called
         again on a newer state when another replica wrote first) and return what was
-        written, or the state read when ``change`` returned None (nothing written)."""
+        written, or the state read when ``change`` returned None (nothing written).
+        Raises StorageUnavailable when the ledger cannot be reached, OSError when the state
+        keeps changing under it."""
         ...
 
     async def hold(self, account_id: str, until: float) -> None:
@@ -48,6 +50,10 @@ class RateLedger(Protocol):
 
     def listen(self, listener: HoldListener) -> None:
         """Call ``listener`` for every hold announced, including those current at start."""
+        ...
+
+    def unready_reason(self) -> str | None:
+        """None while the ledger can be reached, else a short reason (for /readyz)."""
         ...
 
     async def close(self) -> None:

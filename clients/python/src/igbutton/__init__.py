@@ -34,6 +34,7 @@ from igbutton.errors import (
     RateLimitedError,
     UnavailableError,
 )
+from igbutton.group_models import DeadLetter, DeadLetterPage, Group, MessagingWindow
 from igbutton.models import AckResult, Postback, SendResult, ValidationResult
 from igbutton.sync_client import Client
 
@@ -52,9 +53,13 @@ __all__ = [
     "Button",
     "ButtonTemplate",
     "Client",
+    "DeadLetter",
+    "DeadLetterPage",
     "FieldViolation",
+    "Group",
     "IgButtonError",
     "InvalidRequestError",
+    "MessagingWindow",
     "OutsideMessagingWindowError",
     "Postback",
     "PostbackButton",

@@ -222,7 +222,70 @@ def _parser() -> _Parser:
         "--timeout", type=_positive_float, default=60.0, help="seconds (%(default)s)"
     )
     _connection_options(doctor)
+    _operating_commands(commands)
     return parser
+
+
+def _operating_commands(commands: Any) -> None:
+    """The commands over GroupService and the messaging window (admin callers)."""
+    groups = commands.add_parser(
+        "groups",
+        help="list the consumer groups, or show one",
+        description="A table of the groups (position, backlog, unacknowledged, dead letters, "
+        "members), or every detail of one. NAME is a group's resource name, or in open mode "
+        "its plain name. Needs an admin caller when callers are configured.",
+        epilog="examples:\n  igbutton groups\n  igbutton groups billing --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    groups.add_argument("name", nargs="?", metavar="NAME", help="one group")
+    groups.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(groups)
+
+    dead = commands.add_parser(
+        "dead-letters",
+        help="list, redrive or purge a group's dead letters",
+        description="Without options: a table of the group's dead letters. --redrive SEQ... "
+        "or --all delivers them to the group again from attempt 1; --purge removes them all.",
+        epilog="examples:\n  igbutton dead-letters billing\n"
+        "  igbutton dead-letters billing --redrive 41 42\n"
+        "  igbutton dead-letters billing --all\n  igbutton dead-letters billing --purge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dead.add_argument("name", metavar="NAME", help="the group")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument(
+        "--redrive", nargs="+", type=_positive_int, metavar="SEQ", help="redrive these"
+    )
+    action.add_argument("--all", action="store_true", help="redrive every dead letter")
+    action.add_argument("--purge", action="store_true", help="remove every dead letter")
+    dead.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(dead)
+
+    seek = commands.add_parser(
+        "seek",
+        help="move a group back (or forward) in the log",
+        description="Deliver again every postback after sequence SEQ, or received at or after "
+        "TIME (ISO 8601, local unless it has an offset or Z), from attempt 1.",
+        epilog="examples:\n  igbutton seek billing --to 1200\n"
+        "  igbutton seek billing --to 2026-03-01T09:00Z",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    seek.add_argument("name", metavar="NAME", help="the group")
+    seek.add_argument("--to", required=True, metavar="SEQ|TIME", help="where to move it")
+    _connection_options(seek)
+
+    window = commands.add_parser(
+        "window",
+        help="show a person's messaging window",
+        description="Whether a send to IGSID from ACCOUNT is possible now and until when, from "
+        "the last message igbutton saw in the webhook (Meta remains the authority).",
+        epilog="example:\n  igbutton window 17841400000000000 1234567890123456",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    window.add_argument("account", metavar="ACCOUNT", help="the IG ID sending")
+    window.add_argument("igsid", metavar="IGSID", help="the person")
+    window.add_argument("--json", action="store_true", help="print JSON")
+    _connection_options(window)
 
 
 def _positive_float(text: str) -> float:
@@ -313,7 +376,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _commands.tail(args)
         if args.command == "doctor":
             return _commands.doctor(args)
-        return _commands.tap(args)
+        if args.command == "tap":
+            return _commands.tap(args)
+        from igbutton import _operating  # imported late: keeps --help fast
+
+        return _operating.run(args)
     except _commands.UsageError as exc:
         print(f"igbutton {args.command}: {exc}", file=sys.stderr)
         return 2

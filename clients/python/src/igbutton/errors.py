@@ -255,6 +255,18 @@ class AccountCheckFailedError(UnavailableError):
     """AccountService: a call to Meta about the account failed; retry later."""
 
 
+class AdminRequiredError(PermissionDeniedError):
+    """A GroupService call from a caller not configured with ``admin: true``."""
+
+
+class GroupNotFoundError(NotFoundError):
+    """No such consumer group, or one the caller may not see."""
+
+
+class GroupHasMembersError(FailedPreconditionError):
+    """DeleteGroup while members are connected; delete with ``force=True``, or later."""
+
+
 _BY_REASON: dict[str, type[IgButtonError]] = {
     "INVALID_REQUEST": InvalidRequestError,
     "UNKNOWN_ACCOUNT": UnknownAccountError,
@@ -278,6 +290,9 @@ _BY_REASON: dict[str, type[IgButtonError]] = {
     "STORAGE_UNAVAILABLE": StorageUnavailableError,
     "REAUTHORIZATION_REQUIRED": ReauthorizationRequiredError,
     "ACCOUNT_CHECK_FAILED": AccountCheckFailedError,
+    "ADMIN_REQUIRED": AdminRequiredError,
+    "GROUP_NOT_FOUND": GroupNotFoundError,
+    "GROUP_HAS_MEMBERS": GroupHasMembersError,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[IgButtonError]] = {

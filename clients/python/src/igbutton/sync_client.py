@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -24,8 +24,23 @@ from igbutton._requests import StartSpec, SubscribeOptions
 from igbutton._subscription import OnDisconnect, SubscribeRequest, Subscription, SyncStream
 from igbutton.buttons import Button, ButtonTemplate
 from igbutton.errors import IgButtonError
+from igbutton.group_models import (
+    DeadLetter,
+    DeadLetterPage,
+    Group,
+    MessagingWindow,
+    deadline,
+    group_name,
+    seek_request,
+)
 from igbutton.models import AckResult, Postback, SendResult, ValidationResult
-from igbutton.v1 import postback_service_pb2_grpc, send_service_pb2_grpc
+from igbutton.v1 import (
+    group_service_pb2,
+    group_service_pb2_grpc,
+    postback_service_pb2_grpc,
+    send_service_pb2,
+    send_service_pb2_grpc,
+)
 
 log = logging.getLogger("igbutton")
 
@@ -48,6 +63,7 @@ class Client(BaseClient[grpc.Channel]):
     def _open_stubs(self, channel: grpc.Channel) -> None:
         self._send = send_service_pb2_grpc.SendServiceStub(channel)
         self._postbacks = postback_service_pb2_grpc.PostbackServiceStub(channel)
+        self._groups = group_service_pb2_grpc.GroupServiceStub(channel)
 
     def close(self) -> None:
         """Close the channel (if this client created it); open calls are cancelled."""
@@ -196,6 +212,106 @@ class Client(BaseClient[grpc.Channel]):
                 if max_messages is not None and handled >= max_messages:
                     break
         return handled
+
+    # --- GroupService (needs an admin caller when callers are configured) ---
+
+    def list_groups(self, *, timeout: float | None = None) -> list[Group]:
+        """Every group the caller may see, ordered by name (all pages)."""
+        groups: list[Group] = []
+        token = ""
+        while True:
+            request = group_service_pb2.ListGroupsRequest(page_size=1000, page_token=token)
+            page = self._unary(self._groups.ListGroups, request, timeout, safe=True)
+            groups.extend(Group.from_proto(g) for g in page.groups)
+            token = page.next_page_token
+            if not token:
+                return groups
+
+    def get_group(self, name: str, *, timeout: float | None = None) -> Group:
+        """One group; ``name`` is its resource name, or the group's name in open mode."""
+        request = group_service_pb2.GetGroupRequest(name=group_name(name))
+        return Group.from_proto(
+            self._unary(self._groups.GetGroup, request, timeout, safe=True).group
+        )
+
+    def delete_group(self, name: str, *, force: bool = False, timeout: float | None = None) -> None:
+        """Delete a group; refused (FAILED_PRECONDITION) with members connected unless
+        ``force``."""
+        request = group_service_pb2.DeleteGroupRequest(name=group_name(name), force=force)
+        self._unary(self._groups.DeleteGroup, request, timeout, safe=True)
+
+    def seek_group(
+        self,
+        name: str,
+        *,
+        after_sequence: int | None = None,
+        since: datetime | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Deliver again everything after ``after_sequence``, or received at or after
+        ``since`` (timezone-aware)."""
+        request = seek_request(name, after_sequence, since)
+        self._unary(self._groups.SeekGroup, request, timeout, safe=True)
+
+    def list_dead_letters(
+        self,
+        name: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> DeadLetterPage:
+        """One page of a group's dead letters, in sequence order."""
+        request = group_service_pb2.ListDeadLettersRequest(
+            parent=group_name(name), page_size=page_size, page_token=page_token
+        )
+        page = self._unary(self._groups.ListDeadLetters, request, timeout, safe=True)
+        letters = tuple(DeadLetter.from_proto(d) for d in page.dead_letters)
+        return DeadLetterPage(letters, page.next_page_token)
+
+    def redrive_dead_letters(
+        self,
+        name: str,
+        sequences: Iterable[int] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Deliver these dead letters (None: all) again from attempt 1; how many were."""
+        request = group_service_pb2.RedriveDeadLettersRequest(
+            name=group_name(name), sequences=list(sequences or ()), all=sequences is None
+        )
+        reply = self._unary(self._groups.RedriveDeadLetters, request, timeout, safe=True)
+        return reply.redriven_count
+
+    def purge_dead_letters(self, name: str, *, timeout: float | None = None) -> int:
+        """Remove every dead letter of a group; how many there were."""
+        request = group_service_pb2.PurgeDeadLettersRequest(name=group_name(name))
+        return self._unary(self._groups.PurgeDeadLetters, request, timeout, safe=True).purged_count
+
+    def modify_ack_deadline(
+        self,
+        name: str,
+        ack_ids: Iterable[str],
+        seconds: float,
+        *,
+        timeout: float | None = None,
+    ) -> AckResult:
+        """Give held deliveries a new deadline ``seconds`` from now (0: nack them)."""
+        request = group_service_pb2.ModifyAckDeadlineRequest(
+            name=group_name(name), ack_ids=list(ack_ids), ack_deadline=deadline(seconds)
+        )
+        reply = self._unary(self._groups.ModifyAckDeadline, request, timeout, safe=True)
+        return AckResult(reply.applied_count, tuple(reply.unknown_ack_ids))
+
+    def get_messaging_window(
+        self, recipient_id: str, *, account_id: str | None = None, timeout: float | None = None
+    ) -> MessagingWindow:
+        """Whether a send to ``recipient_id`` is possible now, as igbutton knows it."""
+        request = send_service_pb2.GetMessagingWindowRequest(
+            account_id=account_id or "", recipient_id=recipient_id
+        )
+        reply = self._unary(self._send.GetMessagingWindow, request, timeout, safe=True)
+        return MessagingWindow.from_proto(reply)
 
     def _settle(self, group: str, postback: Postback, *, ok: bool) -> None:
         ids = [postback.ack_id]

@@ -80,18 +80,36 @@ class AckReply:
             return None
 
 
+REDRIVE_OF_HEADER = "Igbutton-Redrive-Of"
+"""On a redriven copy of a postback (see ``nats._group_admin``): the original's sequence."""
+RECEIVED_MS_HEADER = "Igbutton-Received-Ms"
+"""On a redriven copy: when the original was received (ms since the epoch)."""
+
+
 def decode(msg: Msg, reply: AckReply) -> StoredPostback:
-    """The stored postback a consumer delivered."""
-    body = json.loads(msg.data)
+    """The stored postback a consumer delivered (a redriven copy as its original)."""
+    return decode_body(msg.data, reply.stream_seq, reply.timestamp_ns // 1_000_000, msg.headers)
+
+
+def decode_body(
+    data: bytes, sequence: int, received_ms: int, headers: dict[str, str] | None
+) -> StoredPostback:
+    """The stored postback of a message body at ``sequence`` stored at ``received_ms``."""
+    body = json.loads(data)
+    original = (headers or {}).get(REDRIVE_OF_HEADER, "")
+    if original.isdigit():
+        sequence = int(original)
+        received = (headers or {}).get(RECEIVED_MS_HEADER, "")
+        received_ms = int(received) if received.isdigit() else received_ms
     return StoredPostback(
-        sequence=reply.stream_seq,
+        sequence=sequence,
         account_id=str(body["account_id"]),
         sender_id=str(body["sender_id"]),
         mid=str(body["mid"]),
         title=str(body["title"]),
         payload=str(body["payload"]),
         tap_time_ms=int(body["tap_time_ms"]),
-        received_ms=reply.timestamp_ns // 1_000_000,
+        received_ms=received_ms,
         raw_json=str(body["raw_json"]),
         standby=body.get("standby") is True,
         test=body.get("test") is True,

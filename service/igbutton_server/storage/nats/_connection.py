@@ -39,8 +39,12 @@ from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from igbutton_server.config import Settings
+from igbutton_server.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+_errors_log = RateLimitedLog(log)
+"""nats-py reports every failed reconnect attempt (one a second per connection while NATS
+is down): bounded, so an outage does not flood the log."""
 
 DUPLICATE_WINDOW_SECONDS = 120.0
 """How long JetStream remembers a ``Nats-Msg-Id``. Meta retries for up to 36 h; the
@@ -104,6 +108,23 @@ class NatsLayout:
     def postback_subject(self, account_id: str, mid: str) -> str:
         """The subject of one postback."""
         return f"{self.subject_prefix}.{subject_token(account_id)}.{subject_token(mid)}"
+
+    def redrive_subject(self, consumer: str, sequence: int | str = "*") -> str:
+        """Where a redriven copy of postback ``sequence`` for one group's consumer is
+        published: in the log, beside the postbacks (one token more, so no account
+        filter and no broadcast reader matches it), and in that group's filter only."""
+        return f"{self.subject_prefix}.redrive.{consumer}.{sequence}"
+
+    def group_subjects(self, consumer: str, account_ids: frozenset[str]) -> list[str]:
+        """The filter subjects of a group's durable consumer: its accounts' postbacks and
+        the copies redriven to it."""
+        return [*self.account_subjects(account_ids), self.redrive_subject(consumer)]
+
+    def group_notice_subject(self, consumer: str) -> str:
+        """Core NATS subject on which operations on a group reach its members on every
+        replica: ``reset`` after a seek, ``deadline <seq>.<attempt>.<ms>`` lines after
+        ModifyAckDeadline."""
+        return f"_IGBUTTON.GROUP.{self.stream}.{consumer}"
 
     def account_subjects(self, account_ids: frozenset[str]) -> list[str]:
         """Subjects matching the postbacks of these accounts (all accounts when empty)."""
@@ -290,9 +311,13 @@ class NatsConnection:
             return
         try:
             await self.client.drain()
-        except Exception:  # a broken connection still has to be closed
-            log.warning("NATS drain failed; closing", exc_info=True)
-            await self.client.close()
+        except Exception as exc:  # noqa: BLE001 - a broken connection still has to be closed
+            log.warning("NATS drain failed (%r); closing", exc)
+            try:
+                await self.client.close()
+            except Exception as closing:  # noqa: BLE001 - closed as far as it goes; shutting down
+                # While reconnecting (NATS down) nats-py's close raises on the lost socket.
+                log.warning("closing the NATS client failed: %r", closing)
 
 
 async def ensure_postback_layout(
@@ -306,7 +331,8 @@ async def ensure_postback_layout(
         api.StreamConfig(
             name=layout.stream,
             description="igbutton postback log",
-            subjects=[f"{layout.subject_prefix}.*.*"],
+            # Postbacks, and copies of dead letters redriven to one group.
+            subjects=[f"{layout.subject_prefix}.*.*", layout.redrive_subject("*")],
             retention=api.RetentionPolicy.LIMITS,
             max_age=retention,
             # The log's identity check: see nats_postbacks. Kept short on purpose.
@@ -420,7 +446,7 @@ async def _connect(
     nats_settings = settings.storage.nats
 
     async def on_error(exc: Exception) -> None:
-        log.warning("NATS connection error: %s", exc)
+        _errors_log.log(logging.WARNING, "connection_error", "NATS connection error: %s", exc)
 
     async def on_disconnected() -> None:
         if not (client.is_draining or client.is_closed):  # not our own close

@@ -60,6 +60,8 @@ from igbutton_server.storage.postbacks import (
 log = logging.getLogger(__name__)
 
 FILTER_METADATA_KEY = "igbutton_filter"
+GENERATION_METADATA_KEY = "igbutton_generation"
+"""Consumer metadata: how many times a seek recreated the group's consumer."""
 JOINED_METADATA_KEY = "igbutton_joined_ms"
 """Consumer metadata: wall-clock ms of the group's last join (for the idle sweep)."""
 _ACK_TIMEOUT_SECONDS = 5.0
@@ -67,6 +69,9 @@ _ACK_CONCURRENCY = 64
 _MARKER_TTL = "60"
 """Seconds a ledger delete marker lives (long enough for watchers, then gone)."""
 _KV_OPERATION = "KV-Operation"
+_SEEK_GRACE_SECONDS = 2.0
+"""How long a member whose consumer vanished waits for it to come back (a seek recreates
+it) before it ends as for a deleted group."""
 _STALL_MARGIN_SECONDS = 0.2
 """How long before a held delivery's deadline the member counts it as let expire (at most
 a quarter of the deadline): JetStream's AckWait started when it sent the message, a bit
@@ -134,7 +139,10 @@ def filter_from_metadata(text: str | None) -> Filter:
 
 
 class AckLedger:
-    """The delivery ledger: ``<consumer>.<stream seq>`` -> attempt of the current delivery."""
+    """The delivery ledger: ``<consumer>.<stream seq>`` -> ``<attempt>.<consumer seq>`` of
+    the current delivery. The consumer sequence tells a delivery from one of the same
+    attempt by an earlier consumer of the group (before a seek recreated it); entries
+    written before it was kept hold the attempt only, and match any consumer sequence."""
 
     def __init__(self, conn: NatsConnection, bucket: KeyValue) -> None:
         self._conn = conn
@@ -145,19 +153,36 @@ class AckLedger:
         """Core NATS subject on which every change to a consumer's entries is seen."""
         return f"{self._prefix}{consumer}.*"
 
-    async def record(self, consumer: str, stream_seq: int, attempt: int) -> None:
-        """Note the attempt now being handed out (any earlier one is superseded)."""
-        await self._conn.js.publish(f"{self._prefix}{consumer}.{stream_seq}", str(attempt).encode())
+    async def record(self, consumer: str, reply: AckReply) -> None:
+        """Note the delivery now being handed out (any earlier one is superseded)."""
+        await self._conn.js.publish(
+            f"{self._prefix}{consumer}.{reply.stream_seq}",
+            f"{reply.delivered}.{reply.consumer_seq}".encode(),
+        )
 
     async def current(self, consumer: str, stream_seq: int) -> tuple[int, int] | None:
         """(attempt, revision) of the current delivery, or None if settled or unknown."""
+        found = await self._entry(consumer, stream_seq)
+        return None if found is None else (found[0], found[2])
+
+    async def revision_of(self, consumer: str, reply: AckReply) -> int | None:
+        """The entry's revision if ``reply`` is the current delivery, else None."""
+        found = await self._entry(consumer, reply.stream_seq)
+        if found is None or found[0] != reply.delivered:
+            return None
+        if found[1] is not None and found[1] != reply.consumer_seq:
+            return None  # the same attempt, from a consumer of the group since replaced
+        return found[2]
+
+    async def _entry(self, consumer: str, stream_seq: int) -> tuple[int, int | None, int] | None:
         try:
             entry = await self._bucket.get(f"{consumer}.{stream_seq}")
         except (KeyNotFoundError, KeyDeletedError):
             return None
         if entry.value is None or entry.revision is None:
             return None
-        return int(entry.value), entry.revision
+        attempt, _, consumer_seq = entry.value.decode().partition(".")
+        return int(attempt), int(consumer_seq) if consumer_seq else None, entry.revision
 
     async def settle(self, consumer: str, stream_seq: int, revision: int) -> bool:
         """Remove the entry if it is still at ``revision``; False if someone else did."""
@@ -178,19 +203,32 @@ class AckLedger:
         return True
 
 
+def generation_of(info: api.ConsumerInfo) -> str:
+    """The generation of a group's consumer: "0" until a seek first recreated it."""
+    return (info.config.metadata or {}).get(GENERATION_METADATA_KEY) or "0"
+
+
+def split_ack_id(ack_id: str) -> tuple[str, str]:
+    """(the delivery's reply tail, the consumer generation it was handed out by)."""
+    tail, sep, generation = ack_id.rpartition("~")
+    return (tail, generation) if sep else (ack_id, "0")
+
+
 def reply_subject(stream: str, consumer: str, ack_id: str) -> str:
     """The ``$JS.ACK`` subject an ack id stands for."""
-    if ack_id.startswith("$JS.ACK."):
-        return ack_id
-    return f"$JS.ACK.{stream}.{consumer}.{ack_id}"
+    tail = split_ack_id(ack_id)[0]
+    if tail.startswith("$JS.ACK."):
+        return tail
+    return f"$JS.ACK.{stream}.{consumer}.{tail}"
 
 
-def ack_id_of(reply: AckReply) -> str:
-    """The ack id of a delivery: the reply subject without what the group already says."""
+def ack_id_of(reply: AckReply, generation: str = "0") -> str:
+    """The ack id of a delivery: the reply subject without what the group already says, and
+    the consumer's generation when a seek recreated it (a delivery of the new consumer can
+    have the same attempt and consumer sequence as one of the old)."""
     prefix = f"$JS.ACK.{reply.stream}.{reply.consumer}."
-    if reply.subject.startswith(prefix):
-        return reply.subject[len(prefix) :]
-    return reply.subject
+    tail = reply.subject.removeprefix(prefix)
+    return tail if generation == "0" else f"{tail}~{generation}"
 
 
 class ExpiredDeadLetters:
@@ -271,23 +309,24 @@ async def ack_group(
     except (ValueError, NotFoundError):
         return AckOutcome(AckResult(0, every), frozenset())
     max_deliver = info.config.max_deliver or 0
+    generation = generation_of(info)
     gate = asyncio.Semaphore(_ACK_CONCURRENCY)
     await _announce(conn, consumer, every)
 
     async def one(ack_id: str, nack: bool) -> int | None:
+        if split_ack_id(ack_id)[1] != generation:
+            return None  # handed out by the group's consumer before a seek replaced it
         reply = AckReply.parse(reply_subject(conn.layout.stream, consumer, ack_id))
         if reply is None or reply.stream != conn.layout.stream or reply.consumer != consumer:
             return None
         async with gate:
-            current = await ledger.current(consumer, reply.stream_seq)
-            if current is None or current[0] != reply.delivered:
-                return None
-            if not await ledger.settle(consumer, reply.stream_seq, current[1]):
+            revision = await ledger.revision_of(consumer, reply)
+            if revision is None or not await ledger.settle(consumer, reply.stream_seq, revision):
                 return None
             if not nack:
                 await conn.client.request(reply.subject, b"+ACK", timeout=_ACK_TIMEOUT_SECONDS)
             elif max_deliver > 0 and reply.delivered >= max_deliver:
-                await _dead_letter(conn, consumer, reply, "nacked on the last attempt")
+                await _dead_letter(conn, consumer, reply, "nacked on the last attempt", nacked=True)
                 dead_letters.report(group, (reply.stream_seq,), "nacked on its last attempt")
             else:
                 await conn.client.request(reply.subject, b"-NAK", timeout=_ACK_TIMEOUT_SECONDS)
@@ -314,7 +353,9 @@ async def _announce(conn: NatsConnection, consumer: str, ids: Sequence[str]) -> 
         await conn.client.publish(conn.layout.acks_subject(consumer), "\n".join(named).encode())
 
 
-async def _dead_letter(conn: NatsConnection, consumer: str, reply: AckReply, reason: str) -> None:
+async def _dead_letter(
+    conn: NatsConnection, consumer: str, reply: AckReply, reason: str, *, nacked: bool
+) -> None:
     """Record igbutton's own dead letter of a delivery (settled in the ledger) and end it."""
     record = {
         "stream": reply.stream,
@@ -322,6 +363,7 @@ async def _dead_letter(conn: NatsConnection, consumer: str, reply: AckReply, rea
         "stream_seq": reply.stream_seq,
         "deliveries": reply.delivered,
         "reason": reason,
+        "kind": "nacked" if nacked else "expired",
     }
     await conn.js.publish(
         conn.layout.nacked_dead_letter_subject(consumer),
@@ -353,8 +395,11 @@ class NatsGroupMember:
         options: GroupOptions,
         ack_wait: float,
         on_close: Callable[[NatsGroupMember], None],
+        generation: str = "0",
     ) -> None:
         self._conn = conn
+        self._generation = generation
+        """The generation of the consumer this member pulls from (see ack_id_of)."""
         self._ledger = ledger
         self._on_close = on_close
         self.group = group
@@ -364,6 +409,8 @@ class NatsGroupMember:
         self._ack_wait = ack_wait
         self._held: dict[int, _Held] = {}
         """Stream sequence -> delivery handed out and not yet settled or expired."""
+        self._to_give_back: list[str] = []
+        """Reply subjects of expired deliveries to NAK once the waiting request is withdrawn."""
         self._expired: set[tuple[int, int]] = set()
         """(stream sequence, attempt) of this member's deliveries whose deadline passed
         unacknowledged since an ack or nack last named one of its deliveries: while any
@@ -372,6 +419,7 @@ class NatsGroupMember:
         self._inbox = PullInbox(conn.client, conn.layout.stream, self.consumer, self._event.set)
         self._watch: NatsSubscription | None = None
         self._acks: NatsSubscription | None = None
+        self._notices: NatsSubscription | None = None
         self._closed = False
 
     @classmethod
@@ -384,9 +432,10 @@ class NatsGroupMember:
         options: GroupOptions,
         ack_wait: float,
         on_close: Callable[[NatsGroupMember], None],
+        generation: str = "0",
     ) -> NatsGroupMember:
         """Start pulling for the group; ``on_close`` is told when the member leaves."""
-        member = cls(conn, ledger, group, flt, options, ack_wait, on_close)
+        member = cls(conn, ledger, group, flt, options, ack_wait, on_close, generation)
         await member._inbox.open()
         member._watch = await conn.client.subscribe(
             ledger.watch_subject(member.consumer), cb=member._on_ledger
@@ -394,7 +443,47 @@ class NatsGroupMember:
         member._acks = await conn.client.subscribe(
             conn.layout.acks_subject(member.consumer), cb=member._on_acks
         )
+        member._notices = await conn.client.subscribe(
+            conn.layout.group_notice_subject(member.consumer), cb=member._on_notice
+        )
         return member
+
+    async def _on_notice(self, msg: Msg) -> None:
+        """An operation on the group (see ``NatsLayout.group_notice_subject``)."""
+        kind, _, rest = msg.data.partition(b"\n")
+        if kind == b"reset":
+            if rest.isdigit():
+                self._generation = rest.decode()
+            # Sought: the consumer was made afresh and its ledger entries dropped, so what
+            # this member held from the old one is gone. A delivery of the new consumer it
+            # may hold already (it pulls again as soon as the consumer is back) is in the
+            # ledger under its own consumer sequence: that one is kept.
+            self._expired.clear()
+            self._inbox.messages.clear()
+            self._inbox.outstanding = 0
+            for seq, held in list(self._held.items()):
+                reply = AckReply.parse(held.reply)
+                current = None
+                if reply is not None:
+                    with contextlib.suppress(Exception):  # unknown: treat it as gone
+                        current = await self._ledger.revision_of(self.consumer, reply)
+                if current is None:
+                    self._held.pop(seq, None)
+        elif kind == b"deadline":
+            self._extend(rest)
+        self._event.set()
+
+    def _extend(self, lines: bytes) -> None:
+        """New deadlines (wall-clock ms) for deliveries, by ModifyAckDeadline: those this
+        member holds keep them (JetStream's AckWait is kept running by ``_tend``)."""
+        now, wall_ms = time.monotonic(), time.time() * 1000
+        for line in lines.split(b"\n"):
+            seq, attempt, deadline_ms = (int(t) if t.isdigit() else -1 for t in line.split(b"."))
+            held = self._held.get(seq)
+            if held is None or held.attempt != attempt:
+                continue
+            held.deadline = now + (deadline_ms - wall_ms) / 1000
+            self._expired.discard((seq, attempt))
 
     def settle(self, stream_seqs: frozenset[int], *, acked: bool = True) -> None:
         """These deliveries were acked or nacked (``acked``), or handed to another member:
@@ -415,7 +504,7 @@ class NatsGroupMember:
         operation = (msg.headers or {}).get(_KV_OPERATION)
         if operation in ("DEL", "PURGE"):
             self.settle(frozenset({int(seq_text)}))
-        elif msg.data.isdigit() and int(msg.data) > held.attempt:
+        elif (attempt := msg.data.partition(b".")[0]).isdigit() and int(attempt) > held.attempt:
             self.settle(frozenset({int(seq_text)}), acked=False)
 
     async def _on_acks(self, msg: Msg) -> None:
@@ -442,11 +531,17 @@ class NatsGroupMember:
             self._event.clear()
             wake_at = await self._tend(time.monotonic())
             if self._expired:
+                # Withdraw the waiting request before giving expired deliveries back: a NAK
+                # first would have JetStream redeliver into that request, an attempt burnt
+                # on this member; and accept nothing while stalled, since a message can
+                # arrive while the withdrawal is on its way (seen under load).
                 await self._hold_back()
-            while self._inbox.messages:
-                delivery = await self._accept(self._inbox.messages.popleft())
-                if delivery is not None:
-                    return delivery
+            await self._give_back_expired()
+            if not self._expired:
+                while self._inbox.messages:
+                    delivery = await self._accept(self._inbox.messages.popleft())
+                    if delivery is not None:
+                        return delivery
             if self._inbox.gone:
                 if await self._consumer_deleted():
                     # Deleted by an operator: end; the client rejoins and recreates it.
@@ -510,17 +605,26 @@ class NatsGroupMember:
         )
         if reply.delivered > 1:
             metrics.REDELIVERIES.labels(group=self.group).inc()
-        return Delivery(postback, ack_id_of(reply), reply.delivered)
+        return Delivery(postback, ack_id_of(reply, self._generation), reply.delivered)
 
     async def _consumer_deleted(self) -> bool:
         conn = self._conn
-        try:
-            await conn.js.consumer_info(conn.layout.stream, self.consumer)
-        except NotFoundError:
-            return True
-        except Exception as exc:  # noqa: BLE001 - any other failure: not known to be deleted
-            log.info("group %s consumer unreachable: %s", self.group, exc)
-        return False
+        # A seek deletes the consumer and creates it again at once: only a consumer still
+        # missing a moment later was deleted for good.
+        give_up = time.monotonic() + _SEEK_GRACE_SECONDS
+        while True:
+            try:
+                info = await conn.js.consumer_info(conn.layout.stream, self.consumer)
+            except NotFoundError:
+                if self._closed or time.monotonic() >= give_up:
+                    return True
+                await asyncio.sleep(0.05)  # a bounded retry, not a synchronisation
+                continue
+            except Exception as exc:  # noqa: BLE001 - any other failure: not known to be deleted
+                log.info("group %s consumer unreachable: %s", self.group, exc)
+            else:
+                self._generation = generation_of(info)  # a seek may have made it anew
+            return False
 
     async def _record(self, reply: AckReply) -> bool:
         """Note the delivery in the ledger, retrying while NATS elects a leader (a node
@@ -529,7 +633,7 @@ class NatsGroupMember:
         delay = 0.1
         while True:
             try:
-                await self._ledger.record(self.consumer, reply.stream_seq, reply.delivered)
+                await self._ledger.record(self.consumer, reply)
                 return True
             except Exception as exc:  # noqa: BLE001 - whatever failed, retry, then give it back
                 if self._closed or time.monotonic() + delay > give_up:
@@ -544,7 +648,6 @@ class NatsGroupMember:
         look again."""
         client = self._conn.client
         wait = self._ack_wait
-        shorter = self._options.ack_deadline < wait
         wake_at: float | None = None
         margin = min(_STALL_MARGIN_SECONDS, self._options.ack_deadline / 4)
         for seq, held in list(self._held.items()):
@@ -556,8 +659,12 @@ class NatsGroupMember:
                     continue
             if now >= held.deadline:
                 del self._held[seq]
-                if shorter:  # redeliver now rather than at the group's later AckWait
-                    await client.publish(held.reply, b"-NAK")
+                # A deadline before the group's AckWait (a shorter ack_deadline, or one
+                # ModifyAckDeadline shortened): redeliver now rather than at AckWait. Not
+                # within the margin of AckWait, whose timer started a little earlier: a
+                # NAK after JetStream redelivered would apply to the redelivery.
+                if held.deadline < held.server_expiry - _STALL_MARGIN_SECONDS:
+                    self._to_give_back.append(held.reply)
                 continue
             due = held.deadline if (seq, held.attempt) in self._expired else held.deadline - margin
             if held.server_expiry < held.deadline:  # this member allows longer than AckWait
@@ -571,6 +678,13 @@ class NatsGroupMember:
             wake_at = due if wake_at is None else min(wake_at, due)
         return wake_at
 
+    async def _give_back_expired(self) -> None:
+        """NAK the deliveries ``_tend`` found past this member's deadline (after
+        ``_hold_back`` when it is stalled), so the group redelivers them now."""
+        replies, self._to_give_back = self._to_give_back, []
+        for reply in replies:
+            await self._conn.client.publish(reply, b"-NAK")
+
     async def _dead_letter_expired(self, seq: int, held: _Held) -> None:
         """Dead-letter a last attempt this member let expire. JetStream would do so only
         when it next finds a pull request waiting, and a stalled member sends none; done
@@ -580,12 +694,12 @@ class NatsGroupMember:
         if reply is None:
             return
         try:
-            current = await self._ledger.current(self.consumer, seq)
-            if current is None or current[0] != held.attempt:
+            revision = await self._ledger.revision_of(self.consumer, reply)
+            if revision is None or not await self._ledger.settle(self.consumer, seq, revision):
                 return
-            if not await self._ledger.settle(self.consumer, seq, current[1]):
-                return
-            await _dead_letter(self._conn, self.consumer, reply, "its last attempt expired")
+            await _dead_letter(
+                self._conn, self.consumer, reply, "its last attempt expired", nacked=False
+            )
         except Exception as exc:  # noqa: BLE001 - JetStream dead-letters it later instead
             log.warning("cannot dead-letter an expired last attempt: %s", exc)
             return
@@ -600,7 +714,7 @@ class NatsGroupMember:
         self._on_close(self)
         # Unsubscribing withdraws the outstanding pull requests (the server checks interest).
         await self._inbox.close()
-        for sub in (self._watch, self._acks):
+        for sub in (self._watch, self._acks, self._notices):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()

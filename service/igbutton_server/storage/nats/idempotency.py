@@ -13,6 +13,12 @@ claim names its owner; a pending claim whose owner's heartbeat is older than
 ``OWNER_DEAD_SECONDS`` (or gone) is abandoned: its process crashed or lost NATS for good.
 Taking over a claim, marking it written and releasing it are compare-and-set writes on the
 claim's revision, so a presumed-dead owner that comes back cannot write after a take-over.
+
+When NATS cannot be reached (disconnected, or JetStream does not answer within nats-py's
+request timeout) every operation raises StorageUnavailable naming the bucket, at once when
+the client is disconnected: a publish would otherwise wait in the client's buffer and could
+land after the caller was told it failed. From then on operations fail at once and the store
+is not ready until the heartbeat (every second) is answered again.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import math
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import nats.errors
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
@@ -42,6 +50,7 @@ from igbutton_server.storage.nats._connection import (
     WRONG_LAST_SEQUENCE,
     NatsConnection,
 )
+from igbutton_server.storage.postbacks import StorageUnavailable
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _CLAIM_ATTEMPTS = 5
@@ -53,6 +62,8 @@ OWNER_DEAD_SECONDS = 5.0
 _OWNER_PREFIX = "_owner."
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def bucket_key(request_id: str) -> str:
@@ -74,11 +85,33 @@ class NatsIdempotencyStore:
         self._beat_ok = True
         self._unwritten: dict[str, tuple[dict[str, Any], int]] = {}
         """This store's claims not yet marked written: the value and revision it wrote."""
+        self._problem: str | None = None
+        """Why the last operation failed for want of NATS; None once one succeeded."""
         conn.on_revived = self._on_revived
 
     async def _on_revived(self) -> None:
         """The client closed and a new one replaced it: read the bucket through that one."""
         self._bucket = self._conn.bucket(self._conn.layout.idempotency_bucket)
+
+    def _unavailable(self, why: str) -> StorageUnavailable:
+        self._problem = why
+        bucket = self._conn.layout.idempotency_bucket
+        return StorageUnavailable(f"NATS idempotency store (bucket {bucket}) unavailable: {why}")
+
+    async def _guarded(self, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
+        """``operation()``'s result; StorageUnavailable when NATS cannot be reached, at once
+        while a request failed and the heartbeat has not been answered since: only probes
+        (the heartbeat every second, outcomes, releases) try then, so new calls do not each
+        wait out nats-py's request timeout. Only the heartbeat clears the problem: it is a
+        write, and a read may be answered (by any replica) while writes are not."""
+        if not self._conn.connected:
+            raise self._unavailable("not connected to NATS")
+        if self._problem is not None and not probe:
+            raise self._unavailable(self._problem)
+        try:
+            return await operation()
+        except (nats.errors.Error, ConnectionError) as exc:
+            raise self._unavailable(f"NATS did not answer ({exc!r})") from exc
 
     @classmethod
     async def open(cls, settings: Settings) -> NatsIdempotencyStore:
@@ -125,13 +158,14 @@ class NatsIdempotencyStore:
             if not self._conn.connected:
                 continue  # a publish now would sit in the client's buffer until reconnected
             try:
-                await self._beat()
-            except Exception:
-                if self._beat_ok:
-                    log.warning("could not write the idempotency owner heartbeat", exc_info=True)
+                await self._guarded(self._beat, probe=True)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat goes on; logged once
+                if self._beat_ok:  # once per outage, not once a second
+                    log.warning("could not write the idempotency owner heartbeat: %s", exc)
                 self._beat_ok = False
             else:
                 self._beat_ok = True
+                self._problem = None
 
     async def _owner_alive(self, owner: str) -> bool:
         if owner == self._owner:
@@ -195,24 +229,27 @@ class NatsIdempotencyStore:
         owner = value.get("owner")
         alive = owner is None or await self._owner_alive(str(owner))
         return Record(
-            fingerprint, None, lease, written=bool(value.get("written", True)), abandoned=not alive
+            fingerprint,
+            None,
+            lease,
+            written=bool(value.get("written", True)),
+            abandoned=not alive,
+            own=owner == self._owner,
         )
 
-    async def get(self, key: str) -> Record | None:
-        """See IdempotencyStore.get."""
+    async def _get(self, key: str) -> Record | None:
         value, _ = await self._latest(key)
         return await self._record(value, time.time())
 
-    async def claim(
+    async def _claim(
         self,
         key: str,
         fingerprint: str,
         lease_seconds: float,
         ttl_seconds: float,
         *,
-        written: bool = False,
+        written: bool,
     ) -> Record | None:
-        """See IdempotencyStore.claim."""
         for _ in range(_CLAIM_ATTEMPTS):
             now = time.time()
             claim = {
@@ -236,10 +273,10 @@ class NatsIdempotencyStore:
                 if not written:
                     self._unwritten[key] = (claim, revision)
                 return None
-        raise OSError(f"request_id {key!r} keeps changing; cannot claim it")
+        # Seen when JetStream lost its quorum: reads answered, conditional writes refused.
+        raise self._unavailable(f"request_id {key!r} keeps changing; cannot claim it")
 
-    async def mark_written(self, key: str) -> None:
-        """See IdempotencyStore.mark_written."""
+    async def _mark_written(self, key: str) -> None:
         # The claim as this store wrote it: one compare-and-set on its revision, no read.
         # A take-over or a release since changed the revision, so the write fails.
         mine = self._unwritten.pop(key, None)
@@ -255,16 +292,9 @@ class NatsIdempotencyStore:
         if await self._write(key, {**value, "written": True}, ttl, last=revision) is None:
             raise ClaimLost(key)
 
-    async def complete(
-        self,
-        key: str,
-        fingerprint: str,
-        outcome: Outcome,
-        ttl_seconds: float,
-        *,
-        batched: bool = False,  # noqa: ARG002 - each publish is its own write on NATS
+    async def _complete(
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
     ) -> None:
-        """See IdempotencyStore.complete."""
         self._unwritten.pop(key, None)
         now = time.time()
         record = {
@@ -275,16 +305,62 @@ class NatsIdempotencyStore:
         }
         await self._write(key, record, ttl_seconds, last=None)
 
-    async def release(self, key: str) -> None:
-        """See IdempotencyStore.release."""
+    async def _release(self, key: str) -> None:
         self._unwritten.pop(key, None)
         value, revision = await self._latest(key)
         if value is not None and value.get("outcome") is None and value.get("owner") == self._owner:
             await self._write(key, None, 0, last=revision)  # lost a race: fine either way
 
+    async def get(self, key: str) -> Record | None:
+        """See IdempotencyStore.get."""
+        return await self._guarded(lambda: self._get(key))
+
+    async def claim(
+        self,
+        key: str,
+        fingerprint: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+        *,
+        written: bool = False,
+    ) -> Record | None:
+        """See IdempotencyStore.claim."""
+        return await self._guarded(
+            lambda: self._claim(key, fingerprint, lease_seconds, ttl_seconds, written=written)
+        )
+
+    async def mark_written(self, key: str) -> None:
+        """See IdempotencyStore.mark_written."""
+        await self._guarded(lambda: self._mark_written(key))
+
+    async def complete(
+        self,
+        key: str,
+        fingerprint: str,
+        outcome: Outcome,
+        ttl_seconds: float,
+        *,
+        batched: bool = False,  # noqa: ARG002 - each publish is its own write on NATS
+    ) -> None:
+        """See IdempotencyStore.complete."""
+        # Tried even while the last request failed: the outcome of a send that happened is
+        # worth the wait (lost, a repeat answers SEND_OUTCOME_UNKNOWN).
+        await self._guarded(
+            lambda: self._complete(key, fingerprint, outcome, ttl_seconds), probe=True
+        )
+
+    async def release(self, key: str) -> None:
+        """See IdempotencyStore.release."""
+        await self._guarded(lambda: self._release(key), probe=True)  # lets a retry send
+
     def unready_reason(self) -> str | None:
-        """None while connected to NATS (the client reconnects on its own)."""
-        return None if self._conn.connected else "idempotency store: not connected to NATS"
+        """None while connected to NATS (the client reconnects on its own) and its last
+        operation was answered."""
+        if not self._conn.connected:
+            return "idempotency store: not connected to NATS"
+        if self._problem is not None:
+            return f"idempotency store: {self._problem}"
+        return None
 
     async def close(self) -> None:
         """Stop the heartbeat, remove it (no claim of ours is left), close the connection."""

@@ -40,12 +40,21 @@ from nats.js.errors import APIError, NotFoundError
 
 from igbutton_server import metrics
 from igbutton_server.config import Settings
-from igbutton_server.storage.nats._codec import encode
+from igbutton_server.storage.groups import (
+    DEAD_LETTER_PAGE_MAX,
+    DeadLetterPage,
+    GroupDetails,
+    GroupHasMembers,
+    GroupNotFound,
+)
+from igbutton_server.storage.nats import _group_admin as admin
+from igbutton_server.storage.nats._codec import AckReply, encode
 from igbutton_server.storage.nats._connection import WRONG_LAST_SEQUENCE, NatsConnection
 from igbutton_server.storage.nats._consumers import deliver_policy
 from igbutton_server.storage.nats._cursor import BroadcastCursor
 from igbutton_server.storage.nats._groups import (
     FILTER_METADATA_KEY,
+    GENERATION_METADATA_KEY,
     JOINED_METADATA_KEY,
     AckLedger,
     ExpiredDeadLetters,
@@ -54,9 +63,12 @@ from igbutton_server.storage.nats._groups import (
     consumer_name,
     filter_from_metadata,
     filter_to_metadata,
+    generation_of,
     group_consumers,
     group_of,
+    reply_subject,
     scope_prefix,
+    split_ack_id,
 )
 from igbutton_server.storage.nats._tail import SharedTail
 from igbutton_server.storage.postbacks import (
@@ -68,6 +80,7 @@ from igbutton_server.storage.postbacks import (
     GroupOptions,
     NewPostback,
     Start,
+    StorageUnavailable,
     StoreClosed,
     TooManyGroups,
     split_group_key,
@@ -435,7 +448,7 @@ class NatsPostbackStore:
         config.ack_wait = options.ack_deadline
         config.max_deliver = options.max_attempts
         config.max_ack_pending = -1  # members cap themselves (max_unacked)
-        config.filter_subjects = layout.account_subjects(flt.account_ids)
+        config.filter_subjects = layout.group_subjects(consumer, flt.account_ids)
         config.metadata = {FILTER_METADATA_KEY: filter_to_metadata(flt), **joined}
         info = await self._existing_consumer(consumer)
         created = info is None
@@ -453,6 +466,9 @@ class NatsPostbackStore:
             # join's time is noted for the idle sweep (one consumer update per join).
             info.config.max_deliver = options.max_attempts
             info.config.metadata = {**(info.config.metadata or {}), **joined}
+            # Groups made before redrive existed gain its subject (see group_subjects).
+            info.config.filter_subjects = layout.group_subjects(consumer, existing.account_ids)
+            info.config.filter_subject = None
             info = await self.conn.js.add_consumer(layout.stream, info.config)
         member = await NatsGroupMember.open(
             self.conn,
@@ -462,6 +478,7 @@ class NatsPostbackStore:
             options,
             ack_wait=info.config.ack_wait or options.ack_deadline,
             on_close=self.forget,
+            generation=generation_of(info),
         )
         self._members.setdefault(group, set()).add(member)
         metrics.GROUPS.set(len(self._members))
@@ -544,6 +561,8 @@ class NatsPostbackStore:
         await self.conn.js.purge_stream(
             layout.dead_letter_stream, subject=layout.dead_letter_filter(consumer)
         )
+        # Redriven copies too: a group made again from EARLIEST must not get them.
+        await self.conn.js.purge_stream(layout.stream, subject=layout.redrive_subject(consumer))
         for member in list(self._members.pop(group, ())):
             await member.close()
         metrics.GROUPS.set(len(self._members))
@@ -556,6 +575,16 @@ class NatsPostbackStore:
         pull request waiting while it has room for more; activity is the latest of the
         group's creation, last join (consumer metadata), last delivery and last ack."""
         self._check_open()
+        if not self.conn.connected:  # a request now would wait in the client's buffer
+            raise StorageUnavailable("NATS postback store unavailable: not connected to NATS")
+        try:
+            return await self._delete_idle_groups(idle_since_ms)
+        except (nats.errors.Error, ConnectionError) as exc:  # the pruner tries again later
+            raise StorageUnavailable(
+                f"NATS postback store (stream {self.conn.layout.stream}) unavailable: {exc!r}"
+            ) from exc
+
+    async def _delete_idle_groups(self, idle_since_ms: int) -> list[str]:
         deleted: list[str] = []
         for consumer in await group_consumers(self.conn):
             group = group_of(consumer)
@@ -567,6 +596,173 @@ class NatsPostbackStore:
             if _last_active_ms(info) < idle_since_ms and await self.delete_group(group):
                 deleted.append(group)
         return deleted
+
+    # --- operating groups (storage.groups.GroupOperations; see nats._group_admin) ---
+
+    async def _group_consumer(self, group: str) -> tuple[str, api.ConsumerInfo]:
+        try:
+            consumer = consumer_name(group)
+        except ValueError:
+            raise GroupNotFound(group) from None
+        info = await self._existing_consumer(consumer)
+        if info is None:
+            raise GroupNotFound(group)
+        return consumer, info
+
+    async def _details(self, group: str, consumer: str, info: api.ConsumerInfo) -> GroupDetails:
+        layout = self.conn.layout
+        dead = await self.conn.js.stream_info(
+            layout.dead_letter_stream, subjects_filter=layout.dead_letter_filter(consumer)
+        )
+        subjects = info.config.filter_subjects or [
+            s for s in (info.config.filter_subject,) if s is not None
+        ]
+        oldest = await admin.oldest_unacked_ms(self.conn, info, subjects)
+        found = admin.details(
+            group,
+            info,
+            len(self._members.get(group, ())),
+            sum((dead.state.subjects or {}).values()),
+            oldest,
+        )
+        metrics.observe_group(found)
+        return found
+
+    async def list_groups(self) -> list[GroupDetails]:
+        """See GroupOperations.list_groups."""
+        self._check_open()
+        found: list[GroupDetails] = []
+        for consumer in sorted(await group_consumers(self.conn)):
+            group = group_of(consumer)
+            info = await self._existing_consumer(consumer)
+            if group is not None and info is not None:
+                found.append(await self._details(group, consumer, info))
+        return sorted(found, key=lambda d: d.key)
+
+    async def get_group(self, group: str) -> GroupDetails:
+        """See GroupOperations.get_group."""
+        self._check_open()
+        consumer, info = await self._group_consumer(group)
+        return await self._details(group, consumer, info)
+
+    async def remove_group(self, group: str, *, force: bool = False) -> None:
+        """See GroupOperations.remove_group."""
+        found = await self.get_group(group)
+        if found.members and not force:
+            raise GroupHasMembers(group, found.members)
+        await self.delete_group(group)
+
+    async def seek_group(self, group: str, to: Start) -> None:
+        """See GroupOperations.seek_group."""
+        self._check_open()
+        layout = self.conn.layout
+        consumer, info = await self._group_consumer(group)
+        config = info.config
+        generation = str(int(generation_of(info)) + 1)
+        config.metadata = {**(config.metadata or {}), GENERATION_METADATA_KEY: generation}
+        moved = deliver_policy(to)
+        config.deliver_policy = moved.deliver_policy
+        config.opt_start_seq = moved.opt_start_seq
+        config.opt_start_time = moved.opt_start_time
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        await self.conn.js.delete_consumer(layout.stream, consumer)
+        await self.conn.js.purge_stream(
+            f"KV_{layout.delivery_bucket}", subject=self.ledger.watch_subject(consumer)
+        )
+        # Redriven copies already handed out: their originals after the new start come
+        # again anyway. Copies not yet delivered stay (they are owed to the group).
+        if delivered:
+            await self.conn.js.purge_stream(
+                layout.stream, seq=delivered + 1, subject=layout.redrive_subject(consumer)
+            )
+        await self._create_consumer(consumer, config)
+        notice = b"reset\n" + generation.encode()
+        await self.conn.client.publish(layout.group_notice_subject(consumer), notice)
+        metrics.UNACKED.labels(group=group).set(0)
+
+    async def list_dead_letters(
+        self, group: str, after: int = 0, limit: int = 100
+    ) -> DeadLetterPage:
+        """See GroupOperations.list_dead_letters."""
+        self._check_open()
+        consumer, _ = await self._group_consumer(group)
+        size = max(1, min(limit, DEAD_LETTER_PAGE_MAX))
+        records = [
+            r
+            for r in await admin.dead_letter_records(self.conn, consumer)
+            if r.letter.postback.sequence > after
+        ]
+        letters = [r.letter for r in records[:size]]
+        more = len(records) > size
+        return DeadLetterPage(letters, letters[-1].postback.sequence if more else None)
+
+    async def redrive_dead_letters(self, group: str, sequences: Sequence[int] | None) -> int:
+        """See GroupOperations.redrive_dead_letters."""
+        self._check_open()
+        consumer, info = await self._group_consumer(group)
+        subject = self.conn.layout.redrive_subject(consumer)
+        if subject not in (info.config.filter_subjects or ()):
+            # A group made before redrive existed: its consumer gains the subject.
+            flt = filter_from_metadata((info.config.metadata or {}).get(FILTER_METADATA_KEY))
+            info.config.filter_subjects = self.conn.layout.group_subjects(consumer, flt.account_ids)
+            info.config.filter_subject = None
+            await self.conn.js.add_consumer(self.conn.layout.stream, info.config)
+        wanted = None if sequences is None else set(sequences)
+        redriven = 0
+        for record in await admin.dead_letter_records(self.conn, consumer):
+            if wanted is None or record.letter.postback.sequence in wanted:
+                await admin.redrive_copy(self.conn, consumer, record)
+                redriven += 1
+        if redriven:
+            metrics.DEAD_LETTERS_REDRIVEN.labels(group=group).inc(redriven)
+        return redriven
+
+    async def purge_dead_letters(self, group: str) -> int:
+        """See GroupOperations.purge_dead_letters."""
+        self._check_open()
+        consumer, _ = await self._group_consumer(group)
+        layout = self.conn.layout
+        count = len(await admin.dead_letter_records(self.conn, consumer))
+        await self.conn.js.purge_stream(
+            layout.dead_letter_stream, subject=layout.dead_letter_filter(consumer)
+        )
+        return count
+
+    async def modify_ack_deadline(
+        self, group: str, ack_ids: Sequence[str], seconds: float
+    ) -> AckResult:
+        """See GroupOperations.modify_ack_deadline: checked against the ledger (the
+        delivery is current), then the member holding it, on any replica, is told."""
+        self._check_open()
+        consumer, info = await self._group_consumer(group)
+        if seconds <= 0:
+            return await self.ack(group, [], ack_ids)
+        layout = self.conn.layout
+        deadline_ms = admin.wall_ms() + int(seconds * 1000)
+        lines: list[tuple[int, int, int]] = []
+        unknown: list[str] = []
+        generation = generation_of(info)
+        for ack_id in ack_ids:
+            reply = AckReply.parse(reply_subject(layout.stream, consumer, ack_id))
+            current = None
+            if (
+                reply is not None
+                and reply.consumer == consumer
+                and (split_ack_id(ack_id)[1] == generation)
+            ):
+                current = await self.ledger.revision_of(consumer, reply)
+            if reply is None or current is None:
+                unknown.append(ack_id)
+                continue
+            lines.append((reply.stream_seq, reply.delivered, deadline_ms))
+            if seconds > (info.config.ack_wait or 0) / 2:
+                # Restart JetStream's AckWait now; the member keeps it running after.
+                await self.conn.client.publish(reply.subject, b"+WPI")
+        if lines:
+            await self.conn.client.publish(
+                layout.group_notice_subject(consumer), admin.deadline_notice(lines)
+            )
+        return AckResult(len(lines), tuple(unknown))
 
     def forget(self, source: BroadcastCursor | NatsGroupMember) -> None:
         """A cursor or member closed."""

@@ -11,6 +11,12 @@ Two keys per account:
   lease.
 
 The bucket's max age forgets an idle account's bucket (it starts full again).
+
+When NATS cannot be reached an update raises StorageUnavailable naming the bucket: at once
+while the client is disconnected (a publish would wait in the client's buffer), else when
+JetStream does not answer within nats-py's request timeout; after such a failure, updates
+fail at once for ``_RETRY_SECONDS`` and then one tries again, so sends do not each wait out
+the timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -35,6 +42,7 @@ from igbutton_server.storage.nats._connection import (
     _kv_stream_config,
 )
 from igbutton_server.storage.nats.idempotency import bucket_key
+from igbutton_server.storage.postbacks import StorageUnavailable
 from igbutton_server.storage.ratelimit import AccountRate, HoldListener
 
 log = logging.getLogger(__name__)
@@ -43,6 +51,8 @@ MAX_AGE_SECONDS = 24 * 3600.0
 """How long an account's bucket and hold are kept after their last change."""
 
 _UPDATE_ATTEMPTS = 50
+_RETRY_SECONDS = 1.0
+"""After JetStream did not answer, how long updates fail without trying."""
 _WATCH_RETRY_SECONDS = 1.0
 
 
@@ -67,6 +77,9 @@ class NatsRateLedger:
         """Each account's last state seen and its revision: the first compare-and-set
         tries it, saving a read when this replica wrote last."""
         self._watching: asyncio.Task[None] | None = None
+        self._failed: tuple[float, str] | None = None
+        """When an update last failed for want of NATS (monotonic) and why; None after one
+        succeeded."""
         conn.on_revived = self._on_revived
 
     @classmethod
@@ -163,14 +176,32 @@ class NatsRateLedger:
             raise
         return ack.seq
 
+    def _unavailable(self, why: str) -> StorageUnavailable:
+        return StorageUnavailable(f"NATS rate-limit bucket {self._name} unavailable: {why}")
+
+    def unready_reason(self) -> str | None:
+        """See RateLedger.unready_reason. Only the connection: nothing probes the bucket
+        between sends, and JetStream not answering shows in the idempotency store's
+        readiness (its heartbeat, on the same JetStream)."""
+        return None if self._conn.connected else "rate-limit bucket: not connected to NATS"
+
     async def update(
         self, account_id: str, change: Callable[[AccountRate], AccountRate | None]
     ) -> AccountRate:
-        """See RateLedger.update (OSError when NATS does not answer)."""
+        """See RateLedger.update."""
+        if not self._conn.connected:
+            raise self._unavailable("not connected to NATS")
+        failed = self._failed
+        if failed is not None and time.monotonic() - failed[0] < _RETRY_SECONDS:
+            raise self._unavailable(failed[1])
         try:
-            return await self._update(account_id, change)
-        except nats.errors.Error as exc:
-            raise OSError(f"NATS did not take the rate-limit update: {exc}") from exc
+            state = await self._update(account_id, change)
+        except (nats.errors.Error, ConnectionError) as exc:
+            why = f"NATS did not answer ({exc!r})"
+            self._failed = (time.monotonic(), why)
+            raise self._unavailable(why) from exc
+        self._failed = None
+        return state
 
     async def _update(
         self, account_id: str, change: Callable[[AccountRate], AccountRate | None]
@@ -199,8 +230,8 @@ class NatsRateLedger:
         payload = json.dumps({"account_id": account_id, "until": until}).encode()
         try:
             await self._conn.js.publish(self._prefix + _hold_key(account_id), payload)
-        except nats.errors.Error as exc:
-            raise OSError(f"NATS did not take the hold: {exc}") from exc
+        except (nats.errors.Error, ConnectionError) as exc:
+            raise self._unavailable(f"NATS did not take the hold ({exc!r})") from exc
 
     async def close(self) -> None:
         """Stop watching and close the connection."""

@@ -9,18 +9,22 @@ dead-letters.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from igbutton_server.storage.groups import DeadLetterReason
 from igbutton_server.storage.postbacks import (
     AckResult,
     Delivery,
     Filter,
     GroupFilterMismatch,
     GroupInfo,
+    GroupOptions,
     Start,
+    StartKind,
     StoredPostback,
     TooManyGroups,
     split_group_key,
@@ -45,32 +49,58 @@ def join_group(
     group: str,
     flt: Filter,
     start: Start,
-    max_attempts: int,
+    options: GroupOptions,
     now_ms: int,
     max_groups: int | None,
 ) -> None:
     """Create the group at ``start`` (unless its scope holds ``max_groups`` already), or
-    check an existing group's filter."""
+    check an existing group's filter. The joining member's ack deadline and max attempts
+    become the group's."""
     row = conn.execute(
         "SELECT filter_json FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
+    deadline_ms = int(options.ack_deadline * 1000)
     if row is None:
         if max_groups is not None and count_groups(conn, split_group_key(group)[0]) >= max_groups:
             raise TooManyGroups(group, max_groups)
         conn.execute(
-            "INSERT INTO postback_groups"
-            " (name, filter_json, position, max_attempts, created_ms, active_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (group, filter_to_json(flt), start_cursor(conn, start), max_attempts, now_ms, now_ms),
+            "INSERT INTO postback_groups (name, filter_json, position, max_attempts, created_ms,"
+            " active_ms, ack_deadline_ms, start_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                group,
+                filter_to_json(flt),
+                start_cursor(conn, start),
+                options.max_attempts,
+                now_ms,
+                now_ms,
+                deadline_ms,
+                start_to_json(start),
+            ),
         )
         return
     existing = filter_from_json(row[0])
     if existing != flt:
         raise GroupFilterMismatch(group, existing)
     conn.execute(
-        "UPDATE postback_groups SET max_attempts = ?, active_ms = ? WHERE name = ?",
-        (max_attempts, now_ms, group),
+        "UPDATE postback_groups SET max_attempts = ?, active_ms = ?, ack_deadline_ms = ?"
+        " WHERE name = ?",
+        (options.max_attempts, now_ms, deadline_ms, group),
     )
+
+
+def start_to_json(start: Start) -> str:
+    """A start position as stored with a group."""
+    return json.dumps(
+        {"kind": start.kind.value, "after": start.after_sequence, "since": start.since_ms}
+    )
+
+
+def start_from_json(text: str) -> Start:
+    """The start stored with a group (latest for a group from before it was stored)."""
+    if not text:
+        return Start.latest()
+    data = json.loads(text)
+    return Start(StartKind(data["kind"]), int(data["after"]), int(data["since"]))
 
 
 def count_groups(conn: sqlite3.Connection, scope: str | None) -> int:
@@ -129,15 +159,20 @@ class Claim:
 
 
 def _dead_letter(
-    conn: sqlite3.Connection, group: str, seq: int, attempts: int, now_ms: int
+    conn: sqlite3.Connection,
+    group: str,
+    seq: int,
+    attempts: int,
+    now_ms: int,
+    reason: DeadLetterReason = DeadLetterReason.EXPIRED,
 ) -> None:
     conn.execute(
         "DELETE FROM postback_group_pending WHERE group_name = ? AND seq = ?", (group, seq)
     )
     conn.execute(
-        "INSERT OR REPLACE INTO postback_dead_letters (group_name, seq, attempts, dead_ms)"
-        " VALUES (?, ?, ?, ?)",
-        (group, seq, attempts, now_ms),
+        "INSERT OR REPLACE INTO postback_dead_letters"
+        " (group_name, seq, attempts, dead_ms, reason) VALUES (?, ?, ?, ?, ?)",
+        (group, seq, attempts, now_ms, reason.value),
     )
     conn.execute(
         "UPDATE postback_groups SET dead_lettered = dead_lettered + 1 WHERE name = ?", (group,)
@@ -358,7 +393,7 @@ def ack(
         seq, attempt = found
         settled.add(ack_id)
         if attempt >= max_attempts:
-            _dead_letter(conn, group, seq, attempt, now_ms)
+            _dead_letter(conn, group, seq, attempt, now_ms, DeadLetterReason.NACKED)
             dead.append(seq)
         else:
             conn.execute(
@@ -377,13 +412,16 @@ def ack(
 def group_info(conn: sqlite3.Connection, group: str) -> GroupInfo | None:
     """The group's filter, unacknowledged count and dead-letter count."""
     row = conn.execute(
-        "SELECT filter_json, dead_lettered FROM postback_groups WHERE name = ?", (group,)
+        "SELECT filter_json FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
         return None
     (unacked,) = conn.execute(
         "SELECT COUNT(*) FROM postback_group_pending WHERE group_name = ?", (group,)
     ).fetchone()
+    (dead,) = conn.execute(
+        "SELECT COUNT(*) FROM postback_dead_letters WHERE group_name = ?", (group,)
+    ).fetchone()
     return GroupInfo(
-        name=group, filter=filter_from_json(row[0]), unacked=int(unacked), dead_lettered=int(row[1])
+        name=group, filter=filter_from_json(row[0]), unacked=int(unacked), dead_lettered=int(dead)
     )

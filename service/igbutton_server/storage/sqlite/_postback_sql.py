@@ -57,7 +57,9 @@ CREATE TABLE IF NOT EXISTS postback_groups (
     max_attempts  INTEGER NOT NULL,
     dead_lettered INTEGER NOT NULL DEFAULT 0,
     created_ms    INTEGER NOT NULL,
-    active_ms     INTEGER NOT NULL DEFAULT 0
+    active_ms     INTEGER NOT NULL DEFAULT 0,
+    ack_deadline_ms INTEGER NOT NULL DEFAULT 0,
+    start_json    TEXT    NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS postback_group_pending (
     group_name  TEXT    NOT NULL,
@@ -75,6 +77,7 @@ CREATE TABLE IF NOT EXISTS postback_dead_letters (
     seq        INTEGER NOT NULL,
     attempts   INTEGER NOT NULL,
     dead_ms    INTEGER NOT NULL,
+    reason     TEXT    NOT NULL DEFAULT 'expired',
     PRIMARY KEY (group_name, seq)
 ) WITHOUT ROWID;
 """
@@ -99,6 +102,19 @@ def create_schema(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(postback_groups)")}
     if "active_ms" not in columns:
         conn.execute("ALTER TABLE postback_groups ADD COLUMN active_ms INTEGER NOT NULL DEFAULT 0")
+    # Groups from before GroupService: their deadline and start are shown as unknown (0, '')
+    # until a member joins again (which sets the deadline).
+    for column, kind in (
+        ("ack_deadline_ms", "INTEGER NOT NULL DEFAULT 0"),
+        ("start_json", "TEXT NOT NULL DEFAULT ''"),
+    ):
+        if column not in columns:
+            conn.execute(f"ALTER TABLE postback_groups ADD COLUMN {column} {kind}")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(postback_dead_letters)")}
+    if "reason" not in columns:  # dead letters from before were not told apart
+        conn.execute(
+            "ALTER TABLE postback_dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT 'expired'"
+        )
     # Groups from before the idle sweep (0: every group made since sets it) count as
     # active now: a full idle retention passes before any of them may be removed.
     conn.execute(

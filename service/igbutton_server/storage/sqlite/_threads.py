@@ -13,7 +13,15 @@ StorageUnavailable; while it is set, the writer probes with a small real write e
 ``_CHECK_SECONDS`` and clears it once one commits. Before every batch and every
 ``_CHECK_SECONDS`` it also compares the path's device and inode with the file it opened: a
 file removed or replaced under it would take writes that nobody will ever read, so from
-then on every job fails.
+then on every job fails. A corrupt file (SQLite says so on a write or a read) does not heal
+either: from then on every job and every read fails at once, until an operator restores the
+file and restarts the process.
+
+A storage fault raised inside a job (full, read-only, I/O, corrupt) fails the whole batch
+like a failed commit, never as that job's own error: its callers get StorageUnavailable, not
+SQLite's exception. The writer logs one ERROR line when the file's problem starts or
+changes and one WARNING when it ends, not one per batch: a flood of webhooks during an
+outage must not flood the log.
 """
 
 from __future__ import annotations
@@ -124,6 +132,10 @@ class SqliteWriter:
         self._identity: tuple[int, int] | None = None
         self._gone = False
         """The file was removed or replaced: permanent for this process."""
+        self._corrupt = False
+        """SQLite reported the file corrupt: permanent for this process."""
+        self._lock = threading.Lock()
+        """Guards ``problem`` changes made from reader threads (see :meth:`fault`)."""
 
     async def start(self) -> None:
         """Open the connection, run ``setup`` (the schema) and start taking jobs."""
@@ -162,7 +174,7 @@ class SqliteWriter:
             # The thread reported why it could not open the file and ended: nobody would
             # ever take the job (a store closing after a failed start writes one).
             raise StoreClosed(f"the SQLite store did not open: {self._start_error}")
-        if self._gone:
+        if self._gone or self._corrupt:
             raise StorageUnavailable(f"SQLite store unavailable: {self.problem}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
@@ -190,6 +202,11 @@ class SqliteWriter:
             # Not OperationalError (locked, cannot open): the file is not a database.
             if type(exc) is sqlite3.DatabaseError:
                 self._start_error = StorageCorrupt(f"SQLite file {self._path} is corrupt: {exc}")
+            elif isinstance(exc, sqlite3.OperationalError):
+                # Read-only, full, locked, cannot be opened: one line for the operator.
+                self._start_error = StorageUnavailable(
+                    f"SQLite file {self._path} cannot be used: {_describe(self._path, exc)}"
+                )
             else:
                 self._start_error = exc
         except BaseException as exc:  # noqa: BLE001 - reported to start(), which raises it
@@ -218,7 +235,7 @@ class SqliteWriter:
                     break
                 batch, stopping = self._gather(first)
                 try:
-                    if self._file_gone():
+                    if self._file_gone() or self._corrupt:
                         self._fail(
                             batch, StorageUnavailable(f"SQLite store unavailable: {self.problem}")
                         )
@@ -268,9 +285,37 @@ class SqliteWriter:
         log.error("%s; writes fail from now on, restart the process", self.problem)
         return True
 
+    @property
+    def corrupt(self) -> bool:
+        """Whether SQLite reported the file corrupt (reads fail too)."""
+        return self._corrupt
+
+    def fault(self, exc: sqlite3.Error) -> StorageUnavailable | None:
+        """If ``exc`` is a storage fault (see :func:`is_fault`), note it as the file's problem
+        (logged when it starts or changes) and return the error for callers; else None.
+        Safe from any thread (readers report theirs)."""
+        if not is_fault(exc):
+            return None
+        with self._lock:
+            if not self._gone and not self._corrupt:
+                problem = _describe(self._path, exc)
+                if _is_corrupt(exc):
+                    self._corrupt = True
+                    log.error(
+                        "%s; reads and writes fail from now on: restore the file from a "
+                        "backup (or remove it) and restart the process",
+                        problem,
+                    )
+                elif problem != self.problem:
+                    log.error("%s; failing writes until it takes one again", problem)
+                self.problem = problem
+        failure = StorageUnavailable(f"SQLite store unavailable: {self.problem}")
+        failure.__cause__ = exc
+        return failure
+
     def _check(self, conn: sqlite3.Connection) -> None:
         """Idle: notice a removed file; while there is a problem, probe with a real write."""
-        if self._file_gone() or self.problem is None:
+        if self._file_gone() or self._corrupt or self.problem is None:
             return
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -281,7 +326,8 @@ class SqliteWriter:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            self.problem = _describe(self._path, exc)
+            if self.fault(exc) is None:  # not a storage fault: still report why
+                self.problem = _describe(self._path, exc)
         else:
             log.warning("the SQLite file %s takes writes again", self._path)
             self.problem = None
@@ -301,19 +347,23 @@ class SqliteWriter:
                 log.warning("the SQLite file %s takes writes again", self._path)
                 self.problem = None
         except sqlite3.Error as exc:
-            self.problem = _describe(self._path, exc)
-            log.error(  # noqa: TRY400 - the cause is in the message; a trace adds nothing
-                "SQLite transaction failed; failing %d jobs: %s", len(batch), self.problem
-            )
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed")
-            failure = StorageUnavailable(f"SQLite store unavailable: {self.problem}")
-            failure.__cause__ = exc
+            failure = self._failed(conn, exc, len(batch))
             outcomes = [(job, None, failure) for job in batch]
         self._finish(outcomes)
+
+    def _failed(self, conn: sqlite3.Connection, exc: sqlite3.Error, jobs: int) -> BaseException:
+        """Roll a failed transaction back; the error for its jobs."""
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback:  # the first error is the one that matters
+                log.warning("rollback after %r failed: %r", exc, rollback)
+        failure = self.fault(exc)
+        if failure is None:  # a bug in SQL of ours, not the file: logged with its trace
+            log.error("SQLite transaction failed; failing %d jobs", jobs, exc_info=exc)
+            failure = StorageUnavailable(f"SQLite store unavailable: {_describe(self._path, exc)}")
+            failure.__cause__ = exc
+        return failure
 
     @staticmethod
     def _job(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
@@ -323,8 +373,10 @@ class SqliteWriter:
         try:
             result = job.work(conn)
         except Exception as exc:
-            if isinstance(exc, sqlite3.Error) and not conn.in_transaction:
-                raise  # SQLite rolled the whole transaction back (full, I/O, corrupt)
+            if isinstance(exc, sqlite3.Error) and (not conn.in_transaction or is_fault(exc)):
+                # SQLite rolled the whole transaction back, or the file cannot take writes
+                # (full, read-only, I/O, corrupt): the batch fails, not the job.
+                raise
             # A job's own failure (a bug, or a constraint) must not sink the batch.
             if job.savepoint:
                 try:
@@ -348,27 +400,50 @@ class SqliteWriter:
                 loop.call_soon_threadsafe(_resolve_all, done)
 
 
+_FAULT_WORDS = ("locked", "busy", "full", "readonly", "read-only", "disk i/o", "malformed")
+
+
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    # Plain DatabaseError is SQLITE_CORRUPT / SQLITE_NOTADB ("file is not a database").
+    return type(exc) is sqlite3.DatabaseError or "malformed" in str(exc)
+
+
+def is_fault(exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error is the file's (locked, full, read-only, I/O, corrupt), not
+    the statement's (a constraint, a bug)."""
+    if _is_corrupt(exc):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc).lower() for word in _FAULT_WORDS
+    )
+
+
 def _describe(path: Path, exc: sqlite3.Error) -> str:
     """A short reason for readiness and for callers, from SQLite's error."""
     text = str(exc)
     if "locked" in text or "busy" in text:
-        what = "locked by another connection"
+        what = "is locked by another connection"
     elif "full" in text:
-        what = "the disk is full"
+        what = "cannot take writes: the disk is full"
     elif "readonly" in text or "read-only" in text:
-        what = "read-only"
-    elif type(exc) is sqlite3.DatabaseError or "malformed" in text:
-        what = "corrupt"
+        what = "is read-only"
+    elif _is_corrupt(exc):
+        what = "is corrupt"
+    elif "disk i/o" in text.lower():
+        what = "cannot be read or written (disk I/O error)"
     else:
-        what = "cannot write"
-    return f"the SQLite file {path} is {what} ({text})"
+        what = "cannot take writes"
+    return f"the SQLite file {path} {what} ({text})"
 
 
 class SqliteReaders:
-    """A small pool of read-only connections used from worker threads."""
+    """A small pool of read-only connections used from worker threads. With the file's
+    writer, a storage fault on a read is the file's problem too (see SqliteWriter.fault),
+    and reads of a file known to be corrupt fail at once."""
 
-    def __init__(self, path: Path, size: int = 2) -> None:
+    def __init__(self, path: Path, size: int = 2, writer: SqliteWriter | None = None) -> None:
         self._path = path
+        self._writer = writer
         self._executor = ThreadPoolExecutor(size, thread_name_prefix="sqlite-reader")
         self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = []
@@ -379,6 +454,8 @@ class SqliteReaders:
         """Run a read in a worker thread and return its result."""
         if self._closed:
             raise StoreClosed("the store is closed")
+        if self._writer is not None and self._writer.corrupt:
+            raise StorageUnavailable(f"SQLite store unavailable: {self._writer.problem}")
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._call, work)
@@ -394,9 +471,15 @@ class SqliteReaders:
                 self._all.append(conn)
         try:
             return work(conn)
+        except sqlite3.Error as exc:
+            failure = None if self._writer is None else self._writer.fault(exc)
+            if failure is None:
+                raise
+            raise failure from exc
         finally:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # never mask the read's own error
+                    conn.execute("ROLLBACK")
             self._idle.put(conn)
 
     async def close(self) -> None:

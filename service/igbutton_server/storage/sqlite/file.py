@@ -27,7 +27,7 @@ class SqliteFile:
         self.path = path
         self._schemas = tuple(schemas)
         self.writer = SqliteWriter(path, self._create_tables)
-        self.readers = SqliteReaders(path)
+        self.readers = SqliteReaders(path, writer=self.writer)
         self._started = False
         self._users = 0
 

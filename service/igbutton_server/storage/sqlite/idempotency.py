@@ -207,4 +207,5 @@ class SqliteIdempotencyStore:
         fp, outcome, lease, written, owner = row
         if outcome is not None:
             return Record(fp, load_outcome(outcome), lease)
-        return Record(fp, None, lease, written=bool(written), abandoned=owner != self._owner)
+        mine = owner == self._owner
+        return Record(fp, None, lease, written=bool(written), abandoned=not mine, own=mine)

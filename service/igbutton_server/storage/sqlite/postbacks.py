@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -22,6 +23,13 @@ from pathlib import Path
 from igbutton_server import metrics
 from igbutton_server.storage import dead_letters
 from igbutton_server.storage._events import wait_event
+from igbutton_server.storage.groups import (
+    DEAD_LETTER_PAGE_MAX,
+    DeadLetterPage,
+    GroupDetails,
+    GroupHasMembers,
+    GroupNotFound,
+)
 from igbutton_server.storage.postbacks import (
     AckResult,
     AppendResult,
@@ -35,6 +43,7 @@ from igbutton_server.storage.postbacks import (
     StoredPostback,
     split_group_key,
 )
+from igbutton_server.storage.sqlite import _group_admin_sql as admin
 from igbutton_server.storage.sqlite import _group_sql as groups
 from igbutton_server.storage.sqlite import _postback_sql as sql
 from igbutton_server.storage.sqlite.file import SqliteFile
@@ -191,9 +200,7 @@ class SqlitePostbackStore:
         self._check_open()
         split_group_key(group)  # raises ValueError for a key no scope gives
         await self._writer.run(
-            lambda conn: groups.join_group(
-                conn, group, flt, start, options.max_attempts, _now_ms(), max_groups
-            )
+            lambda conn: groups.join_group(conn, group, flt, start, options, _now_ms(), max_groups)
         )
         member = _SqliteGroupMember(self, group, options)
         self._members.setdefault(group, set()).add(member)
@@ -253,6 +260,126 @@ class SqlitePostbackStore:
         idle = await self._readers.run(lambda conn: groups.idle_groups(conn, idle_since_ms))
         # A group with a member here is in use, whatever its active_ms says.
         return [g for g in idle if g not in self._members and await self.delete_group(g)]
+
+    # --- operating groups (storage.groups.GroupOperations) ---
+
+    def _member_count(self, group: str) -> int:
+        return len(self._members.get(group, ()))
+
+    async def list_groups(self) -> list[GroupDetails]:
+        """See GroupOperations.list_groups."""
+        self._check_open()
+
+        def read(conn: sqlite3.Connection) -> list[GroupDetails]:
+            found = (admin.details(conn, key, 0) for key in admin.group_keys(conn))
+            return [d for d in found if d is not None]
+
+        # Members are counted here, on the loop that owns them, not in the reader thread.
+        every = [
+            dataclasses.replace(d, members=self._member_count(d.key))
+            for d in await self._readers.run(read)
+        ]
+        for details in every:
+            metrics.observe_group(details)
+        return every
+
+    async def get_group(self, group: str) -> GroupDetails:
+        """See GroupOperations.get_group."""
+        self._check_open()
+        members = self._member_count(group)
+        found = await self._readers.run(lambda conn: admin.details(conn, group, members))
+        if found is None:
+            raise GroupNotFound(group)
+        metrics.observe_group(found)
+        return found
+
+    async def remove_group(self, group: str, *, force: bool = False) -> None:
+        """See GroupOperations.remove_group."""
+        self._check_open()
+        members = self._member_count(group)
+        if members and not force:
+            raise GroupHasMembers(group, members)
+        if not await self.delete_group(group):
+            raise GroupNotFound(group)
+
+    async def seek_group(self, group: str, to: Start) -> None:
+        """See GroupOperations.seek_group."""
+        self._check_open()
+        if not await self._writer.run(lambda conn: admin.seek(conn, group, to)):
+            raise GroupNotFound(group)
+        metrics.UNACKED.labels(group=group).set(0)
+        for member in self._members.get(group, ()):
+            member.reset()
+
+    async def list_dead_letters(
+        self, group: str, after: int = 0, limit: int = 100
+    ) -> DeadLetterPage:
+        """See GroupOperations.list_dead_letters."""
+        self._check_open()
+        size = max(1, min(limit, DEAD_LETTER_PAGE_MAX))
+
+        def read(conn: sqlite3.Connection) -> DeadLetterPage | None:
+            if not admin.exists(conn, group):
+                return None
+            return admin.dead_letter_page(conn, group, after, size)
+
+        page = await self._readers.run(read)
+        if page is None:
+            raise GroupNotFound(group)
+        return page
+
+    async def redrive_dead_letters(self, group: str, sequences: Sequence[int] | None) -> int:
+        """See GroupOperations.redrive_dead_letters."""
+        self._check_open()
+        chosen = None if sequences is None else list(sequences)
+
+        def write(conn: sqlite3.Connection) -> int | None:
+            if not admin.exists(conn, group):
+                return None
+            return admin.redrive(conn, group, chosen)
+
+        moved = await self._writer.run(write)
+        if moved is None:
+            raise GroupNotFound(group)
+        if moved:
+            metrics.DEAD_LETTERS_REDRIVEN.labels(group=group).inc(moved)
+            for member in self._members.get(group, ()):
+                member.wake()
+        return moved
+
+    async def purge_dead_letters(self, group: str) -> int:
+        """See GroupOperations.purge_dead_letters."""
+        self._check_open()
+
+        def write(conn: sqlite3.Connection) -> int | None:
+            return admin.purge(conn, group) if admin.exists(conn, group) else None
+
+        purged = await self._writer.run(write)
+        if purged is None:
+            raise GroupNotFound(group)
+        return purged
+
+    async def modify_ack_deadline(
+        self, group: str, ack_ids: Sequence[str], seconds: float
+    ) -> AckResult:
+        """See GroupOperations.modify_ack_deadline."""
+        self._check_open()
+        ids = list(ack_ids)
+        if seconds <= 0:
+            return await self.ack(group, [], ids)
+        deadline_ms = _now_ms() + int(seconds * 1000)
+
+        def write(conn: sqlite3.Connection) -> admin.Extended | None:
+            if not admin.exists(conn, group):
+                return None
+            return admin.set_deadlines(conn, group, ids, deadline_ms)
+
+        outcome = await self._writer.run(write)
+        if outcome is None:
+            raise GroupNotFound(group)
+        for member in self._members.get(group, ()):
+            member.extend(outcome.applied)
+        return AckResult(len(outcome.applied), outcome.unknown)
 
     def forget(self, cursor: _SqliteSubscription) -> None:
         """A subscription closed: stop waking it. For this module's cursors; not part of
@@ -355,6 +482,23 @@ class _SqliteGroupMember:
 
     def wake(self) -> None:
         """Something changed (an append, an ack or nack in the group): look again."""
+        self._wake.set()
+
+    def reset(self) -> None:
+        """The group was sought: what this member held is gone (nothing to ack, nothing
+        it let expire), and the log is to be read again from the group's new position."""
+        self._held.clear()
+        self._expired.clear()
+        self._buffer.clear()
+        self._wake.set()
+
+    def extend(self, deadlines: dict[str, int]) -> None:
+        """Deliveries got new deadlines (ModifyAckDeadline): those this member holds, or
+        let expire without another member taking them, are its own again until then."""
+        for ack_id, deadline_ms in deadlines.items():
+            if ack_id in self._held or ack_id in self._expired:
+                self._expired.discard(ack_id)
+                self._held[ack_id] = deadline_ms
         self._wake.set()
 
     def settle(self, named: frozenset[str]) -> None:

@@ -97,6 +97,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: a call to Meta about the account (its name, its webhook
     subscription) failed; the message says why. Retry later.
     """
+    ERROR_REASON_ADMIN_REQUIRED: _ErrorReason.ValueType  # 30
+    """PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
+    caller is not configured with `admin: true`.
+    """
+    ERROR_REASON_GROUP_NOT_FOUND: _ErrorReason.ValueType  # 31
+    """NOT_FOUND: no such consumer group, or one the caller may not see."""
+    ERROR_REASON_GROUP_HAS_MEMBERS: _ErrorReason.ValueType  # 32
+    """FAILED_PRECONDITION: the group has members connected; delete it with
+    `force`, or when they left.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons igbutton puts in google.rpc.ErrorInfo.reason, under the domain
@@ -178,5 +188,15 @@ a new token is configured (a person must log in again). Metadata:
 ERROR_REASON_ACCOUNT_CHECK_FAILED: ErrorReason.ValueType  # 22
 """UNAVAILABLE: a call to Meta about the account (its name, its webhook
 subscription) failed; the message says why. Retry later.
+"""
+ERROR_REASON_ADMIN_REQUIRED: ErrorReason.ValueType  # 30
+"""PERMISSION_DENIED: the RPC administers igbutton (GroupService) and the
+caller is not configured with `admin: true`.
+"""
+ERROR_REASON_GROUP_NOT_FOUND: ErrorReason.ValueType  # 31
+"""NOT_FOUND: no such consumer group, or one the caller may not see."""
+ERROR_REASON_GROUP_HAS_MEMBERS: ErrorReason.ValueType  # 32
+"""FAILED_PRECONDITION: the group has members connected; delete it with
+`force`, or when they left.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

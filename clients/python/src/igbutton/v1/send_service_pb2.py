@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from igbutton.v1 import button_template_pb2 as igbutton_dot_v1_dot_button__template__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eigbutton/v1/send_service.proto\x12\x0bigbutton.v1\x1a!igbutton/v1/button_template.proto\"\xae\x01\n\x19SendButtonTemplateRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\x12-\n\x08template\x18\x03 \x01(\x0b\x32\x1b.igbutton.v1.ButtonTemplate\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12$\n\x03tag\x18\x05 \x01(\x0e\x32\x17.igbutton.v1.MessageTag\"F\n\x1aSendButtonTemplateResponse\x12\x14\n\x0crecipient_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x9e\x01\n\x1dValidateButtonTemplateRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\x12-\n\x08template\x18\x03 \x01(\x0b\x32\x1b.igbutton.v1.ButtonTemplate\x12$\n\x03tag\x18\x04 \x01(\x0e\x32\x17.igbutton.v1.MessageTag\"P\n\x1eValidateButtonTemplateResponse\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x11\n\tbody_json\x18\x03 \x01(\t2\xe7\x01\n\x0bSendService\x12\x65\n\x12SendButtonTemplate\x12&.igbutton.v1.SendButtonTemplateRequest\x1a\'.igbutton.v1.SendButtonTemplateResponse\x12q\n\x16ValidateButtonTemplate\x12*.igbutton.v1.ValidateButtonTemplateRequest\x1a+.igbutton.v1.ValidateButtonTemplateResponseBd\n\x0f\x63om.igbutton.v1B\x10SendServiceProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eigbutton/v1/send_service.proto\x12\x0bigbutton.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!igbutton/v1/button_template.proto\"E\n\x19GetMessagingWindowRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\"\xaf\x02\n\x1aGetMessagingWindowResponse\x12\x30\n\x05state\x18\x01 \x01(\x0e\x32!.igbutton.v1.MessagingWindowState\x12.\n\nclose_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x11human_agent_state\x18\x03 \x01(\x0e\x32!.igbutton.v1.MessagingWindowState\x12:\n\x16human_agent_close_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_message_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x01\n\x19SendButtonTemplateRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\x12-\n\x08template\x18\x03 \x01(\x0b\x32\x1b.igbutton.v1.ButtonTemplate\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12$\n\x03tag\x18\x05 \x01(\x0e\x32\x17.igbutton.v1.MessageTag\"F\n\x1aSendButtonTemplateResponse\x12\x14\n\x0crecipient_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\"\x9e\x01\n\x1dValidateButtonTemplateRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0crecipient_id\x18\x02 \x01(\t\x12-\n\x08template\x18\x03 \x01(\x0b\x32\x1b.igbutton.v1.ButtonTemplate\x12$\n\x03tag\x18\x04 \x01(\x0e\x32\x17.igbutton.v1.MessageTag\"P\n\x1eValidateButtonTemplateResponse\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x11\n\tbody_json\x18\x03 \x01(\t*\xa6\x01\n\x14MessagingWindowState\x12&\n\"MESSAGING_WINDOW_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMESSAGING_WINDOW_STATE_OPEN\x10\x01\x12!\n\x1dMESSAGING_WINDOW_STATE_CLOSED\x10\x02\x12\"\n\x1eMESSAGING_WINDOW_STATE_UNKNOWN\x10\x03\x32\xce\x02\n\x0bSendService\x12\x65\n\x12SendButtonTemplate\x12&.igbutton.v1.SendButtonTemplateRequest\x1a\'.igbutton.v1.SendButtonTemplateResponse\x12q\n\x16ValidateButtonTemplate\x12*.igbutton.v1.ValidateButtonTemplateRequest\x1a+.igbutton.v1.ValidateButtonTemplateResponse\x12\x65\n\x12GetMessagingWindow\x12&.igbutton.v1.GetMessagingWindowRequest\x1a\'.igbutton.v1.GetMessagingWindowResponseBd\n\x0f\x63om.igbutton.v1B\x10SendServiceProtoP\x01Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +34,20 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'igbutton.v1.send_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017com.igbutton.v1B\020SendServiceProtoP\001Z=github.com/igbutton/igbutton/clients/go/igbuttonv1;igbuttonv1'
-  _globals['_SENDBUTTONTEMPLATEREQUEST']._serialized_start=83
-  _globals['_SENDBUTTONTEMPLATEREQUEST']._serialized_end=257
-  _globals['_SENDBUTTONTEMPLATERESPONSE']._serialized_start=259
-  _globals['_SENDBUTTONTEMPLATERESPONSE']._serialized_end=329
-  _globals['_VALIDATEBUTTONTEMPLATEREQUEST']._serialized_start=332
-  _globals['_VALIDATEBUTTONTEMPLATEREQUEST']._serialized_end=490
-  _globals['_VALIDATEBUTTONTEMPLATERESPONSE']._serialized_start=492
-  _globals['_VALIDATEBUTTONTEMPLATERESPONSE']._serialized_end=572
-  _globals['_SENDSERVICE']._serialized_start=575
-  _globals['_SENDSERVICE']._serialized_end=806
+  _globals['_MESSAGINGWINDOWSTATE']._serialized_start=985
+  _globals['_MESSAGINGWINDOWSTATE']._serialized_end=1151
+  _globals['_GETMESSAGINGWINDOWREQUEST']._serialized_start=115
+  _globals['_GETMESSAGINGWINDOWREQUEST']._serialized_end=184
+  _globals['_GETMESSAGINGWINDOWRESPONSE']._serialized_start=187
+  _globals['_GETMESSAGINGWINDOWRESPONSE']._serialized_end=490
+  _globals['_SENDBUTTONTEMPLATEREQUEST']._serialized_start=493
+  _globals['_SENDBUTTONTEMPLATEREQUEST']._serialized_end=667
+  _globals['_SENDBUTTONTEMPLATERESPONSE']._serialized_start=669
+  _globals['_SENDBUTTONTEMPLATERESPONSE']._serialized_end=739
+  _globals['_VALIDATEBUTTONTEMPLATEREQUEST']._serialized_start=742
+  _globals['_VALIDATEBUTTONTEMPLATEREQUEST']._serialized_end=900
+  _globals['_VALIDATEBUTTONTEMPLATERESPONSE']._serialized_start=902
+  _globals['_VALIDATEBUTTONTEMPLATERESPONSE']._serialized_end=982
+  _globals['_SENDSERVICE']._serialized_start=1154
+  _globals['_SENDSERVICE']._serialized_end=1488
 # @@protoc_insertion_point(module_scope)

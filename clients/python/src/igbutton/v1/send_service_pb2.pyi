@@ -5,6 +5,8 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from igbutton.v1 import button_template_pb2 as _button_template_pb2
 import builtins as _builtins
 import sys
@@ -16,6 +18,104 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _MessagingWindowState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessagingWindowStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessagingWindowState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGING_WINDOW_STATE_UNSPECIFIED: _MessagingWindowState.ValueType  # 0
+    """Not used."""
+    MESSAGING_WINDOW_STATE_OPEN: _MessagingWindowState.ValueType  # 1
+    """igbutton saw the person write within the window: a send is possible now."""
+    MESSAGING_WINDOW_STATE_CLOSED: _MessagingWindowState.ValueType  # 2
+    """The person's last message igbutton saw is older than the window."""
+    MESSAGING_WINDOW_STATE_UNKNOWN: _MessagingWindowState.ValueType  # 3
+    """igbutton has seen nothing from the person (in the last 30 days)."""
+
+class MessagingWindowState(_MessagingWindowState, metaclass=_MessagingWindowStateEnumTypeWrapper):
+    """Whether a send falls inside the messaging window."""
+
+MESSAGING_WINDOW_STATE_UNSPECIFIED: MessagingWindowState.ValueType  # 0
+"""Not used."""
+MESSAGING_WINDOW_STATE_OPEN: MessagingWindowState.ValueType  # 1
+"""igbutton saw the person write within the window: a send is possible now."""
+MESSAGING_WINDOW_STATE_CLOSED: MessagingWindowState.ValueType  # 2
+"""The person's last message igbutton saw is older than the window."""
+MESSAGING_WINDOW_STATE_UNKNOWN: MessagingWindowState.ValueType  # 3
+"""igbutton has seen nothing from the person (in the last 30 days)."""
+Global___MessagingWindowState: _TypeAlias = MessagingWindowState  # noqa: Y015
+
+@_typing.final
+class GetMessagingWindowRequest(_message.Message):
+    """A request for a person's messaging window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """As SendButtonTemplateRequest.account_id."""
+    recipient_id: _builtins.str
+    """The IGSID of the person. Required; at most 64 characters."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        recipient_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "recipient_id", b"recipient_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessagingWindowRequest: _TypeAlias = GetMessagingWindowRequest  # noqa: Y015
+
+@_typing.final
+class GetMessagingWindowResponse(_message.Message):
+    """A person's messaging window, as igbutton knows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    HUMAN_AGENT_STATE_FIELD_NUMBER: _builtins.int
+    HUMAN_AGENT_CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_MESSAGE_TIME_FIELD_NUMBER: _builtins.int
+    state: Global___MessagingWindowState.ValueType
+    """For sends without a tag (24 hours)."""
+    human_agent_state: Global___MessagingWindowState.ValueType
+    """For sends with the HUMAN_AGENT tag (7 days)."""
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp:
+        """When that window closes (or closed); unset when UNKNOWN."""
+
+    @_builtins.property
+    def human_agent_close_time(self) -> _timestamp_pb2.Timestamp:
+        """When that window closes (or closed); unset when UNKNOWN."""
+
+    @_builtins.property
+    def last_message_time(self) -> _timestamp_pb2.Timestamp:
+        """The person's last message igbutton saw; unset when UNKNOWN."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___MessagingWindowState.ValueType = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
+        human_agent_state: Global___MessagingWindowState.ValueType = ...,
+        human_agent_close_time: _timestamp_pb2.Timestamp | None = ...,
+        last_message_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "human_agent_close_time", b"human_agent_close_time", "last_message_time", b"last_message_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close_time", b"close_time", "human_agent_close_time", b"human_agent_close_time", "human_agent_state", b"human_agent_state", "last_message_time", b"last_message_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessagingWindowResponse: _TypeAlias = GetMessagingWindowResponse  # noqa: Y015
 
 @_typing.final
 class SendButtonTemplateRequest(_message.Message):

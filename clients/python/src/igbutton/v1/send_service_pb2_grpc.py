@@ -55,6 +55,11 @@ class SendServiceStub:
                 request_serializer=igbutton_dot_v1_dot_send__service__pb2.ValidateButtonTemplateRequest.SerializeToString,
                 response_deserializer=igbutton_dot_v1_dot_send__service__pb2.ValidateButtonTemplateResponse.FromString,
                 _registered_method=True)
+        self.GetMessagingWindow = channel.unary_unary(
+                '/igbutton.v1.SendService/GetMessagingWindow',
+                request_serializer=igbutton_dot_v1_dot_send__service__pb2.GetMessagingWindowRequest.SerializeToString,
+                response_deserializer=igbutton_dot_v1_dot_send__service__pb2.GetMessagingWindowResponse.FromString,
+                _registered_method=True)
 
 
 class SendServiceServicer:
@@ -90,6 +95,22 @@ class SendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetMessagingWindow(self, request, context):
+        """Says whether a send to a person is possible now, and until when: Meta
+        accepts sends within 24 hours of the person's last message, button tap or
+        other interaction (7 days for the HUMAN_AGENT tag). igbutton knows the
+        last one it saw in the webhook (only its time); Meta remains the
+        authority, as the person may have written through another app or
+        before igbutton was subscribed. With the setting
+        `send.messaging_window_check: enforce`, SendButtonTemplate refuses a send
+        whose window is known to be closed with FAILED_PRECONDITION /
+        OUTSIDE_MESSAGING_WINDOW (metadata `window_closed_at`), without calling
+        Meta; a send to a person in state UNKNOWN goes to Meta.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +123,11 @@ def add_SendServiceServicer_to_server(servicer, server):
                     servicer.ValidateButtonTemplate,
                     request_deserializer=igbutton_dot_v1_dot_send__service__pb2.ValidateButtonTemplateRequest.FromString,
                     response_serializer=igbutton_dot_v1_dot_send__service__pb2.ValidateButtonTemplateResponse.SerializeToString,
+            ),
+            'GetMessagingWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMessagingWindow,
+                    request_deserializer=igbutton_dot_v1_dot_send__service__pb2.GetMessagingWindowRequest.FromString,
+                    response_serializer=igbutton_dot_v1_dot_send__service__pb2.GetMessagingWindowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -169,6 +195,33 @@ class SendService:
             '/igbutton.v1.SendService/ValidateButtonTemplate',
             igbutton_dot_v1_dot_send__service__pb2.ValidateButtonTemplateRequest.SerializeToString,
             igbutton_dot_v1_dot_send__service__pb2.ValidateButtonTemplateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMessagingWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/igbutton.v1.SendService/GetMessagingWindow',
+            igbutton_dot_v1_dot_send__service__pb2.GetMessagingWindowRequest.SerializeToString,
+            igbutton_dot_v1_dot_send__service__pb2.GetMessagingWindowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,18 @@ class SendServiceStub:
     would (INVALID_ARGUMENT with google.rpc.BadRequest), or the exact Graph
     API request it would make.
     """
+    GetMessagingWindow: _grpc.UnaryUnaryMultiCallable[_send_service_pb2.GetMessagingWindowRequest, _send_service_pb2.GetMessagingWindowResponse]
+    """Says whether a send to a person is possible now, and until when: Meta
+    accepts sends within 24 hours of the person's last message, button tap or
+    other interaction (7 days for the HUMAN_AGENT tag). igbutton knows the
+    last one it saw in the webhook (only its time); Meta remains the
+    authority, as the person may have written through another app or
+    before igbutton was subscribed. With the setting
+    `send.messaging_window_check: enforce`, SendButtonTemplate refuses a send
+    whose window is known to be closed with FAILED_PRECONDITION /
+    OUTSIDE_MESSAGING_WINDOW (metadata `window_closed_at`), without calling
+    Meta; a send to a person in state UNKNOWN goes to Meta.
+    """
 
 @_typing.type_check_only
 class SendServiceAsyncStub(SendServiceStub):
@@ -82,6 +94,18 @@ class SendServiceAsyncStub(SendServiceStub):
     """Validates a send without sending it: returns the same violations a send
     would (INVALID_ARGUMENT with google.rpc.BadRequest), or the exact Graph
     API request it would make.
+    """
+    GetMessagingWindow: _aio.UnaryUnaryMultiCallable[_send_service_pb2.GetMessagingWindowRequest, _send_service_pb2.GetMessagingWindowResponse]  # type: ignore[assignment]
+    """Says whether a send to a person is possible now, and until when: Meta
+    accepts sends within 24 hours of the person's last message, button tap or
+    other interaction (7 days for the HUMAN_AGENT tag). igbutton knows the
+    last one it saw in the webhook (only its time); Meta remains the
+    authority, as the person may have written through another app or
+    before igbutton was subscribed. With the setting
+    `send.messaging_window_check: enforce`, SendButtonTemplate refuses a send
+    whose window is known to be closed with FAILED_PRECONDITION /
+    OUTSIDE_MESSAGING_WINDOW (metadata `window_closed_at`), without calling
+    Meta; a send to a person in state UNKNOWN goes to Meta.
     """
 
 class SendServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +143,24 @@ class SendServiceServicer(metaclass=_abc_1.ABCMeta):
         """Validates a send without sending it: returns the same violations a send
         would (INVALID_ARGUMENT with google.rpc.BadRequest), or the exact Graph
         API request it would make.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMessagingWindow(
+        self,
+        request: _send_service_pb2.GetMessagingWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_send_service_pb2.GetMessagingWindowResponse, _abc.Awaitable[_send_service_pb2.GetMessagingWindowResponse]]:
+        """Says whether a send to a person is possible now, and until when: Meta
+        accepts sends within 24 hours of the person's last message, button tap or
+        other interaction (7 days for the HUMAN_AGENT tag). igbutton knows the
+        last one it saw in the webhook (only its time); Meta remains the
+        authority, as the person may have written through another app or
+        before igbutton was subscribed. With the setting
+        `send.messaging_window_check: enforce`, SendButtonTemplate refuses a send
+        whose window is known to be closed with FAILED_PRECONDITION /
+        OUTSIDE_MESSAGING_WINDOW (metadata `window_closed_at`), without calling
+        Meta; a send to a person in state UNKNOWN goes to Meta.
         """
 
 def add_SendServiceServicer_to_server(servicer: SendServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

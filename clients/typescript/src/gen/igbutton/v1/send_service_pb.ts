@@ -2,8 +2,10 @@
 // @generated from file igbutton/v1/send_service.proto (package igbutton.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { ButtonTemplate, MessageTag } from "./button_template_pb.js";
 import { file_igbutton_v1_button_template } from "./button_template_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +14,84 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file igbutton/v1/send_service.proto.
  */
 export const file_igbutton_v1_send_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5pZ2J1dHRvbi92MS9zZW5kX3NlcnZpY2UucHJvdG8SC2lnYnV0dG9uLnYxIq4BChlTZW5kQnV0dG9uVGVtcGxhdGVSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSFAoMcmVjaXBpZW50X2lkGAIgASgJEi0KCHRlbXBsYXRlGAMgASgLMhsuaWdidXR0b24udjEuQnV0dG9uVGVtcGxhdGUSEgoKcmVxdWVzdF9pZBgEIAEoCRIkCgN0YWcYBSABKA4yFy5pZ2J1dHRvbi52MS5NZXNzYWdlVGFnIkYKGlNlbmRCdXR0b25UZW1wbGF0ZVJlc3BvbnNlEhQKDHJlY2lwaWVudF9pZBgBIAEoCRISCgptZXNzYWdlX2lkGAIgASgJIp4BCh1WYWxpZGF0ZUJ1dHRvblRlbXBsYXRlUmVxdWVzdBISCgphY2NvdW50X2lkGAEgASgJEhQKDHJlY2lwaWVudF9pZBgCIAEoCRItCgh0ZW1wbGF0ZRgDIAEoCzIbLmlnYnV0dG9uLnYxLkJ1dHRvblRlbXBsYXRlEiQKA3RhZxgEIAEoDjIXLmlnYnV0dG9uLnYxLk1lc3NhZ2VUYWciUAoeVmFsaWRhdGVCdXR0b25UZW1wbGF0ZVJlc3BvbnNlEg4KBm1ldGhvZBgBIAEoCRILCgN1cmwYAiABKAkSEQoJYm9keV9qc29uGAMgASgJMucBCgtTZW5kU2VydmljZRJlChJTZW5kQnV0dG9uVGVtcGxhdGUSJi5pZ2J1dHRvbi52MS5TZW5kQnV0dG9uVGVtcGxhdGVSZXF1ZXN0GicuaWdidXR0b24udjEuU2VuZEJ1dHRvblRlbXBsYXRlUmVzcG9uc2UScQoWVmFsaWRhdGVCdXR0b25UZW1wbGF0ZRIqLmlnYnV0dG9uLnYxLlZhbGlkYXRlQnV0dG9uVGVtcGxhdGVSZXF1ZXN0GisuaWdidXR0b24udjEuVmFsaWRhdGVCdXR0b25UZW1wbGF0ZVJlc3BvbnNlQmQKD2NvbS5pZ2J1dHRvbi52MUIQU2VuZFNlcnZpY2VQcm90b1ABWj1naXRodWIuY29tL2lnYnV0dG9uL2lnYnV0dG9uL2NsaWVudHMvZ28vaWdidXR0b252MTtpZ2J1dHRvbnYxYgZwcm90bzM", [file_igbutton_v1_button_template]);
+  fileDesc("Ch5pZ2J1dHRvbi92MS9zZW5kX3NlcnZpY2UucHJvdG8SC2lnYnV0dG9uLnYxIkUKGUdldE1lc3NhZ2luZ1dpbmRvd1JlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRIUCgxyZWNpcGllbnRfaWQYAiABKAkirwIKGkdldE1lc3NhZ2luZ1dpbmRvd1Jlc3BvbnNlEjAKBXN0YXRlGAEgASgOMiEuaWdidXR0b24udjEuTWVzc2FnaW5nV2luZG93U3RhdGUSLgoKY2xvc2VfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASPAoRaHVtYW5fYWdlbnRfc3RhdGUYAyABKA4yIS5pZ2J1dHRvbi52MS5NZXNzYWdpbmdXaW5kb3dTdGF0ZRI6ChZodW1hbl9hZ2VudF9jbG9zZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI1ChFsYXN0X21lc3NhZ2VfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAirgEKGVNlbmRCdXR0b25UZW1wbGF0ZVJlcXVlc3QSEgoKYWNjb3VudF9pZBgBIAEoCRIUCgxyZWNpcGllbnRfaWQYAiABKAkSLQoIdGVtcGxhdGUYAyABKAsyGy5pZ2J1dHRvbi52MS5CdXR0b25UZW1wbGF0ZRISCgpyZXF1ZXN0X2lkGAQgASgJEiQKA3RhZxgFIAEoDjIXLmlnYnV0dG9uLnYxLk1lc3NhZ2VUYWciRgoaU2VuZEJ1dHRvblRlbXBsYXRlUmVzcG9uc2USFAoMcmVjaXBpZW50X2lkGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkingEKHVZhbGlkYXRlQnV0dG9uVGVtcGxhdGVSZXF1ZXN0EhIKCmFjY291bnRfaWQYASABKAkSFAoMcmVjaXBpZW50X2lkGAIgASgJEi0KCHRlbXBsYXRlGAMgASgLMhsuaWdidXR0b24udjEuQnV0dG9uVGVtcGxhdGUSJAoDdGFnGAQgASgOMhcuaWdidXR0b24udjEuTWVzc2FnZVRhZyJQCh5WYWxpZGF0ZUJ1dHRvblRlbXBsYXRlUmVzcG9uc2USDgoGbWV0aG9kGAEgASgJEgsKA3VybBgCIAEoCRIRCglib2R5X2pzb24YAyABKAkqpgEKFE1lc3NhZ2luZ1dpbmRvd1N0YXRlEiYKIk1FU1NBR0lOR19XSU5ET1dfU1RBVEVfVU5TUEVDSUZJRUQQABIfChtNRVNTQUdJTkdfV0lORE9XX1NUQVRFX09QRU4QARIhCh1NRVNTQUdJTkdfV0lORE9XX1NUQVRFX0NMT1NFRBACEiIKHk1FU1NBR0lOR19XSU5ET1dfU1RBVEVfVU5LTk9XThADMs4CCgtTZW5kU2VydmljZRJlChJTZW5kQnV0dG9uVGVtcGxhdGUSJi5pZ2J1dHRvbi52MS5TZW5kQnV0dG9uVGVtcGxhdGVSZXF1ZXN0GicuaWdidXR0b24udjEuU2VuZEJ1dHRvblRlbXBsYXRlUmVzcG9uc2UScQoWVmFsaWRhdGVCdXR0b25UZW1wbGF0ZRIqLmlnYnV0dG9uLnYxLlZhbGlkYXRlQnV0dG9uVGVtcGxhdGVSZXF1ZXN0GisuaWdidXR0b24udjEuVmFsaWRhdGVCdXR0b25UZW1wbGF0ZVJlc3BvbnNlEmUKEkdldE1lc3NhZ2luZ1dpbmRvdxImLmlnYnV0dG9uLnYxLkdldE1lc3NhZ2luZ1dpbmRvd1JlcXVlc3QaJy5pZ2J1dHRvbi52MS5HZXRNZXNzYWdpbmdXaW5kb3dSZXNwb25zZUJkCg9jb20uaWdidXR0b24udjFCEFNlbmRTZXJ2aWNlUHJvdG9QAVo9Z2l0aHViLmNvbS9pZ2J1dHRvbi9pZ2J1dHRvbi9jbGllbnRzL2dvL2lnYnV0dG9udjE7aWdidXR0b252MWIGcHJvdG8z", [file_google_protobuf_timestamp, file_igbutton_v1_button_template]);
+
+/**
+ * A request for a person's messaging window.
+ *
+ * @generated from message igbutton.v1.GetMessagingWindowRequest
+ */
+export type GetMessagingWindowRequest = Message<"igbutton.v1.GetMessagingWindowRequest"> & {
+  /**
+   * As SendButtonTemplateRequest.account_id.
+   *
+   * @generated from field: string account_id = 1;
+   */
+  accountId: string;
+
+  /**
+   * The IGSID of the person. Required; at most 64 characters.
+   *
+   * @generated from field: string recipient_id = 2;
+   */
+  recipientId: string;
+};
+
+/**
+ * Describes the message igbutton.v1.GetMessagingWindowRequest.
+ * Use `create(GetMessagingWindowRequestSchema)` to create a new message.
+ */
+export const GetMessagingWindowRequestSchema: GenMessage<GetMessagingWindowRequest> = /*@__PURE__*/
+  messageDesc(file_igbutton_v1_send_service, 0);
+
+/**
+ * A person's messaging window, as igbutton knows it.
+ *
+ * @generated from message igbutton.v1.GetMessagingWindowResponse
+ */
+export type GetMessagingWindowResponse = Message<"igbutton.v1.GetMessagingWindowResponse"> & {
+  /**
+   * For sends without a tag (24 hours).
+   *
+   * @generated from field: igbutton.v1.MessagingWindowState state = 1;
+   */
+  state: MessagingWindowState;
+
+  /**
+   * When that window closes (or closed); unset when UNKNOWN.
+   *
+   * @generated from field: google.protobuf.Timestamp close_time = 2;
+   */
+  closeTime?: Timestamp | undefined;
+
+  /**
+   * For sends with the HUMAN_AGENT tag (7 days).
+   *
+   * @generated from field: igbutton.v1.MessagingWindowState human_agent_state = 3;
+   */
+  humanAgentState: MessagingWindowState;
+
+  /**
+   * When that window closes (or closed); unset when UNKNOWN.
+   *
+   * @generated from field: google.protobuf.Timestamp human_agent_close_time = 4;
+   */
+  humanAgentCloseTime?: Timestamp | undefined;
+
+  /**
+   * The person's last message igbutton saw; unset when UNKNOWN.
+   *
+   * @generated from field: google.protobuf.Timestamp last_message_time = 5;
+   */
+  lastMessageTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message igbutton.v1.GetMessagingWindowResponse.
+ * Use `create(GetMessagingWindowResponseSchema)` to create a new message.
+ */
+export const GetMessagingWindowResponseSchema: GenMessage<GetMessagingWindowResponse> = /*@__PURE__*/
+  messageDesc(file_igbutton_v1_send_service, 1);
 
 /**
  * A request to send a button template.
@@ -68,7 +147,7 @@ export type SendButtonTemplateRequest = Message<"igbutton.v1.SendButtonTemplateR
  * Use `create(SendButtonTemplateRequestSchema)` to create a new message.
  */
 export const SendButtonTemplateRequestSchema: GenMessage<SendButtonTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_igbutton_v1_send_service, 0);
+  messageDesc(file_igbutton_v1_send_service, 2);
 
 /**
  * The result of a send.
@@ -96,7 +175,7 @@ export type SendButtonTemplateResponse = Message<"igbutton.v1.SendButtonTemplate
  * Use `create(SendButtonTemplateResponseSchema)` to create a new message.
  */
 export const SendButtonTemplateResponseSchema: GenMessage<SendButtonTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_igbutton_v1_send_service, 1);
+  messageDesc(file_igbutton_v1_send_service, 3);
 
 /**
  * A dry run of SendButtonTemplate. Same fields, same rules.
@@ -138,7 +217,7 @@ export type ValidateButtonTemplateRequest = Message<"igbutton.v1.ValidateButtonT
  * Use `create(ValidateButtonTemplateRequestSchema)` to create a new message.
  */
 export const ValidateButtonTemplateRequestSchema: GenMessage<ValidateButtonTemplateRequest> = /*@__PURE__*/
-  messageDesc(file_igbutton_v1_send_service, 2);
+  messageDesc(file_igbutton_v1_send_service, 4);
 
 /**
  * What igbutton would send to the Graph API.
@@ -173,7 +252,48 @@ export type ValidateButtonTemplateResponse = Message<"igbutton.v1.ValidateButton
  * Use `create(ValidateButtonTemplateResponseSchema)` to create a new message.
  */
 export const ValidateButtonTemplateResponseSchema: GenMessage<ValidateButtonTemplateResponse> = /*@__PURE__*/
-  messageDesc(file_igbutton_v1_send_service, 3);
+  messageDesc(file_igbutton_v1_send_service, 5);
+
+/**
+ * Whether a send falls inside the messaging window.
+ *
+ * @generated from enum igbutton.v1.MessagingWindowState
+ */
+export enum MessagingWindowState {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: MESSAGING_WINDOW_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * igbutton saw the person write within the window: a send is possible now.
+   *
+   * @generated from enum value: MESSAGING_WINDOW_STATE_OPEN = 1;
+   */
+  OPEN = 1,
+
+  /**
+   * The person's last message igbutton saw is older than the window.
+   *
+   * @generated from enum value: MESSAGING_WINDOW_STATE_CLOSED = 2;
+   */
+  CLOSED = 2,
+
+  /**
+   * igbutton has seen nothing from the person (in the last 30 days).
+   *
+   * @generated from enum value: MESSAGING_WINDOW_STATE_UNKNOWN = 3;
+   */
+  UNKNOWN = 3,
+}
+
+/**
+ * Describes the enum igbutton.v1.MessagingWindowState.
+ */
+export const MessagingWindowStateSchema: GenEnum<MessagingWindowState> = /*@__PURE__*/
+  enumDesc(file_igbutton_v1_send_service, 0);
 
 /**
  * Sends Instagram button template messages through the Graph API.
@@ -215,6 +335,25 @@ export const SendService: GenService<{
     methodKind: "unary";
     input: typeof ValidateButtonTemplateRequestSchema;
     output: typeof ValidateButtonTemplateResponseSchema;
+  },
+  /**
+   * Says whether a send to a person is possible now, and until when: Meta
+   * accepts sends within 24 hours of the person's last message, button tap or
+   * other interaction (7 days for the HUMAN_AGENT tag). igbutton knows the
+   * last one it saw in the webhook (only its time); Meta remains the
+   * authority, as the person may have written through another app or
+   * before igbutton was subscribed. With the setting
+   * `send.messaging_window_check: enforce`, SendButtonTemplate refuses a send
+   * whose window is known to be closed with FAILED_PRECONDITION /
+   * OUTSIDE_MESSAGING_WINDOW (metadata `window_closed_at`), without calling
+   * Meta; a send to a person in state UNKNOWN goes to Meta.
+   *
+   * @generated from rpc igbutton.v1.SendService.GetMessagingWindow
+   */
+  getMessagingWindow: {
+    methodKind: "unary";
+    input: typeof GetMessagingWindowRequestSchema;
+    output: typeof GetMessagingWindowResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_igbutton_v1_send_service, 0);

@@ -8,8 +8,10 @@ import static org.junit.jupiter.api.Assumptions.assumeTrue;
 import com.google.protobuf.Struct;
 import com.google.protobuf.Value;
 import com.google.protobuf.util.JsonFormat;
+import com.igbutton.v1.AckPostbacksRequest;
 import com.igbutton.v1.GetAccountRequest;
 import com.igbutton.v1.GetAccountResponse;
+import com.igbutton.v1.Group;
 import com.igbutton.v1.SendButtonTemplateRequest;
 import com.igbutton.v1.SendButtonTemplateResponse;
 import com.igbutton.v1.StartPosition;
@@ -95,6 +97,72 @@ class RoundTripTest {
               .getAccount(GetAccountRequest.getDefaultInstance());
       assertFalse(got.getAccount().getId().isEmpty(), "GetAccount returned no account id");
       assertEquals(TokenStatus.TOKEN_STATUS_OK, got.getAccount().getTokenStatus());
+    }
+  }
+
+  /**
+   * Dead-letters a postback in a consumer group (nacked on every attempt), reads the group with
+   * getGroup and redrives it: it comes back with its sequence and delivery attempt 1.
+   */
+  @Test
+  @Timeout(60)
+  void deadLetterReadTheGroupAndRedrive() throws Exception {
+    String addr = System.getenv("IGBUTTON_ADDR");
+    String sandboxUrl = System.getenv("IGBUTTON_SANDBOX_URL");
+    assumeTrue(
+        addr != null && !addr.isEmpty() && sandboxUrl != null && !sandboxUrl.isEmpty(),
+        "IGBUTTON_ADDR and IGBUTTON_SANDBOX_URL are not set (point them at igbutton-server --sandbox)");
+    String id = Buttons.newRequestId();
+    String group = "java-" + id.substring(0, 8);
+    String payload = "java-group-" + id;
+    try (IgbuttonClient ig = IgbuttonClient.connect(addr);
+        Context.CancellableContext stream = Context.current().withCancellation()) {
+      SubscribePostbacksRequest subscribe =
+          SubscribePostbacksRequest.newBuilder()
+              .setPayloadPrefix(payload)
+              .setGroup(group)
+              .setPosition(StartPosition.START_POSITION_EARLIEST)
+              .build();
+      Iterator<SubscribePostbacksResponse> postbacks =
+          stream.call(
+              () -> ig.postbacks().withDeadlineAfter(60, TimeUnit.SECONDS).subscribePostbacks(subscribe));
+      SendButtonTemplateResponse sent =
+          ig.send()
+              .withDeadlineAfter(30, TimeUnit.SECONDS)
+              .sendButtonTemplate(
+                  SendButtonTemplateRequest.newBuilder()
+                      .setRecipientId(RECIPIENT)
+                      .setRequestId(Buttons.newRequestId())
+                      .setTemplate(
+                          Buttons.template(
+                              "Group round trip from Java", Buttons.postbackButton("Yes", payload)))
+                      .build());
+      tap(sandboxUrl, sent.getMessageId(), 0);
+
+      long sequence;
+      for (int attempt = 1; ; attempt++) {
+        assertTrue(postbacks.hasNext(), "the stream ended");
+        SubscribePostbacksResponse event = postbacks.next();
+        assertEquals(attempt, event.getDeliveryAttempt());
+        sequence = event.getPostback().getSequence();
+        ig.postbacks()
+            .ackPostbacks(
+                AckPostbacksRequest.newBuilder().setGroup(group).addNackIds(event.getAckId()).build());
+        Group info = ig.getGroup(group);
+        if (info.getDeadLetterCount() == 1) {
+          assertEquals(info.getMaxDeliveryAttempts(), attempt);
+          break;
+        }
+      }
+
+      assertEquals(1, ig.redriveDeadLetters(group, sequence));
+      assertTrue(postbacks.hasNext(), "the stream ended");
+      SubscribePostbacksResponse again = postbacks.next();
+      assertEquals(sequence, again.getPostback().getSequence());
+      assertEquals(1, again.getDeliveryAttempt());
+      ig.postbacks()
+          .ackPostbacks(
+              AckPostbacksRequest.newBuilder().setGroup(group).addAckIds(again.getAckId()).build());
     }
   }
 

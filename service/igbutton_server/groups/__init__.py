@@ -1,0 +1,1 @@
+"""Operating consumer groups: the GroupService RPCs over storage.groups."""

@@ -1,0 +1,122 @@
+"""The messaging window's record on NATS (storage.windows): a KV bucket every replica
+shares, ``<stream>_windows``, key ``<account>.<person>``, value the last message time.
+
+A newer time replaces an older one with a compare-and-set (the revision read), so two
+replicas recording the same person at once keep the later time, and a late delivery
+never moves a window back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+from nats.js.errors import (
+    APIError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+
+from igbutton_server.config import Settings
+from igbutton_server.storage.nats._connection import (
+    NatsConnection,
+    _create_or_update,
+    _kv_stream_config,
+)
+from igbutton_server.storage.nats.idempotency import bucket_key
+from igbutton_server.storage.windows import RECORD_TTL_SECONDS, Person
+
+_CAS_ATTEMPTS = 20
+
+
+def bucket_name(settings: Settings) -> str:
+    """The bucket of the window records, named after the postback stream as its others."""
+    return f"{settings.storage.nats.stream}_windows"
+
+
+def _key(account_id: str, person_id: str) -> str:
+    return f"{bucket_key(account_id)}.{bucket_key(person_id)}"
+
+
+class NatsWindowLedger:
+    """WindowLedger on a JetStream KV bucket. Build with :meth:`open`."""
+
+    def __init__(self, conn: NatsConnection, name: str) -> None:
+        self._conn = conn
+        self._name = name
+
+    @classmethod
+    async def open(cls, settings: Settings) -> NatsWindowLedger:
+        """Connect and create or update the bucket."""
+        conn = await NatsConnection.open(settings)
+        name = bucket_name(settings)
+        try:
+            await _create_or_update(
+                conn.js,
+                _kv_stream_config(
+                    name,
+                    "igbutton messaging windows: each person's last message time per account",
+                    float(RECORD_TTL_SECONDS),
+                    settings.storage.nats.replicas,
+                ),
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, name)
+
+    async def note(self, seen: Mapping[Person, int]) -> None:
+        """See WindowLedger.note."""
+        await asyncio.gather(*(self._note_one(p, ms) for p, ms in seen.items()))
+
+    async def _note_one(self, person: Person, ms: int) -> None:
+        key = _key(*person)
+        value = str(ms).encode()
+        for _ in range(_CAS_ATTEMPTS):
+            bucket = self._conn.bucket(self._name)  # on the current client (see NatsConnection)
+            try:
+                entry = await bucket.get(key)
+            except (KeyNotFoundError, KeyDeletedError):
+                entry = None
+            try:
+                if entry is None or entry.value is None or entry.revision is None:
+                    await bucket.create(key, value)
+                elif int(entry.value) >= ms:
+                    return
+                else:
+                    await bucket.update(key, value, last=entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # another replica wrote meanwhile: compare again
+            except APIError as exc:
+                if exc.err_code != 10071:  # wrong last sequence, as create reports it
+                    raise
+        raise OSError(f"the messaging window of {key} kept changing; not recorded")
+
+    async def last_message_ms(self, account_id: str, person_id: str) -> int | None:
+        """See WindowLedger.last_message_ms. Read from the stream's leader, not a direct
+        get that a follower may answer a moment behind: a window a webhook just opened on
+        another replica must not read as closed."""
+        subject = f"$KV.{self._name}.{_key(account_id, person_id)}"
+        try:
+            msg = await self._conn.js.get_last_msg(f"KV_{self._name}", subject)
+        except NotFoundError:
+            return None
+        data = msg.data or b""
+        if not data.isdigit():
+            return None
+        # The bucket's max age counts from the write; a record is forgotten from the time
+        # it holds, as on every engine.
+        oldest = int(time.time() * 1000) - RECORD_TTL_SECONDS * 1000
+        return int(data) if int(data) >= oldest else None
+
+    async def prune(self) -> int:
+        """See WindowLedger.prune: the bucket's max age expires records on its own."""
+        return 0
+
+    async def close(self) -> None:
+        """See WindowLedger.close."""
+        await self._conn.close()

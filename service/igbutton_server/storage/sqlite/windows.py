@@ -1,0 +1,87 @@
+"""The messaging window's record on SQLite (storage.windows), in the shared file."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Mapping
+
+from igbutton_server.storage.sqlite.file import SqliteFile
+from igbutton_server.storage.windows import RECORD_TTL_SECONDS, Person
+
+_PRUNE_BATCH = 5000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messaging_windows (
+    account_id   TEXT    NOT NULL,
+    person_id    TEXT    NOT NULL,
+    last_ms      INTEGER NOT NULL,
+    PRIMARY KEY (account_id, person_id)
+) WITHOUT ROWID;
+"""
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create the table if it does not exist (idempotent)."""
+    conn.executescript(SCHEMA)
+
+
+class SqliteWindowLedger:
+    """WindowLedger on the file's writer thread and reader pool."""
+
+    def __init__(self, file: SqliteFile) -> None:
+        file.attach()
+        self._file = file
+
+    async def note(self, seen: Mapping[Person, int]) -> None:
+        """See WindowLedger.note."""
+        rows = [(account, person, ms) for (account, person), ms in seen.items()]
+        if not rows:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO messaging_windows (account_id, person_id, last_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (account_id, person_id)"
+                " DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
+                rows,
+            )
+
+        await self._file.writer.run(write)
+
+    async def last_message_ms(self, account_id: str, person_id: str) -> int | None:
+        """See WindowLedger.last_message_ms."""
+        oldest = int(time.time() * 1000) - RECORD_TTL_SECONDS * 1000
+
+        def read(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT last_ms FROM messaging_windows WHERE account_id = ? AND person_id = ?"
+                " AND last_ms >= ?",
+                (account_id, person_id, oldest),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._file.readers.run(read)
+
+    async def prune(self) -> int:
+        """See WindowLedger.prune: in batches, so appends never wait long for the lock."""
+        oldest = int(time.time() * 1000) - RECORD_TTL_SECONDS * 1000
+        total = 0
+        while True:
+            deleted = await self._file.writer.run(
+                lambda conn: (
+                    conn.execute(
+                        "DELETE FROM messaging_windows WHERE (account_id, person_id) IN"
+                        " (SELECT account_id, person_id FROM messaging_windows"
+                        "  WHERE last_ms < ? LIMIT ?)",
+                        (oldest, _PRUNE_BATCH),
+                    ).rowcount
+                )
+            )
+            total += deleted
+            if deleted < _PRUNE_BATCH:
+                return total
+
+    async def close(self) -> None:
+        """See WindowLedger.close."""
+        await self._file.release()
