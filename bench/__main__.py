@@ -175,6 +175,8 @@ def main() -> int:
     print(f"process logs in {work}", flush=True)
     if "send" in sections:
         results["send"] = send_bench.run(plan, work, knobs)
+        print("send: the idempotency store's share of a send (bench.idempotency_cost)")
+        results["send"]["store_cost"] = send_bench.store_cost(plan, work, backends)
     if "postbacks" in sections:
         results["postbacks"] = {
             backend: postback_bench.run(plan, work, dataclasses.replace(knobs, backend=backend))
@@ -188,9 +190,28 @@ def main() -> int:
     report.write_json(results, out)
     report.chart(results, args.results_dir / f"{label}.png")
     print(f"\nwrote {out} and {out.with_suffix('.png')} in {results['meta']['elapsed_s']} s")
+    failed = failures(results)
+    if failed:
+        # A run that measured nothing (or measured failures) must not pass as a result.
+        print(f"\nBENCH FAILED: {len(failed)} run(s) failed; the docs were not updated:")
+        for name, why in failed.items():
+            print(f"  {name}: {why}")
+        return 1
     if plan.name == "full" and not args.no_docs:
         _write_docs(args, results)
     return 0
+
+
+def failures(results: dict[str, Any]) -> dict[str, str]:
+    """Every run of the results that failed: its process, no call completed, or errors."""
+    send = results.get("send", {})
+    out = {f"send {k}": v for k, v in send.get("failures", {}).items()}
+    for backend, cost in send.get("store_cost", {}).items():
+        if "failed" in cost:
+            out[f"store cost {backend}"] = cost["failed"]
+    for backend, section in results.get("postbacks", {}).items():
+        out.update({f"postbacks {backend} {k}": v for k, v in section.get("failed", {}).items()})
+    return out
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 ``python -m bench.loadgen_send grpc --target HOST:PORT ...`` calls SendButtonTemplate (on
 igbutton or on the trivial servicer); ``python -m bench.loadgen_send http --url URL ...``
-POSTs the same message's Graph JSON straight to the sandbox. After the warm-up it prints
+POSTs the same message's Graph JSON straight to the sandbox (pre-encoded: the ceiling);
+``client --target`` sends through igbutton's AsyncClient with its defaults (a request_id
+per send) and ``aiohttp --sandbox-url`` the way a team calls the Graph API directly with
+aiohttp (bench.peers). After the warm-up it prints
 ``{"event": "start"}``, at the end ``{"event": "end"}`` (the orchestrator measures the
 server between the two), then one ``{"event": "result", ...}`` line. Only calls that
 complete inside the measured window count.
@@ -22,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import grpc
 
-from bench import payloads
+import igbutton
+from bench import payloads, peers
 from bench.stats import latency_summary
 from igbutton.v1 import send_service_pb2_grpc
 
@@ -68,7 +72,13 @@ async def _caller(call: Call, window: Window) -> None:
         except grpc.aio.AioRpcError as exc:
             error = exc.code().name
             window.first_error = window.first_error or f"{error}: {exc.details()}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        except (
+            aiohttp.ClientError,
+            OSError,
+            TimeoutError,
+            igbutton.IgButtonError,
+            peers.SendFailed,
+        ) as exc:
             error = type(exc).__name__
             window.first_error = window.first_error or f"{error}: {exc}"
         window.record(started, time.perf_counter(), error)
@@ -134,21 +144,31 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for ch in chans:
                 await ch.close()
+    elif args.mode == "client":
+        clients = [igbutton.AsyncClient(args.target) for _ in range(args.channels)]
+        try:
+            sends = [peers.igbutton_async_send(client) for client in clients]
+            calls = [sends[n % len(sends)] for n in range(args.concurrency)]
+            window = await _run(calls, args.warmup, args.duration)
+        finally:
+            for client in clients:
+                await client.close()
     else:
         connector = aiohttp.TCPConnector(limit=args.concurrency)
         timeout = aiohttp.ClientTimeout(total=args.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            window = await _run(
-                _http_calls(session, args.url, args.token, args.concurrency),
-                args.warmup,
-                args.duration,
+            calls = (
+                _http_calls(session, args.url, args.token, args.concurrency)
+                if args.mode == "http"
+                else [peers.aiohttp_send(session, args.sandbox_url)] * args.concurrency
             )
+            window = await _run(calls, args.warmup, args.duration)
     usage1 = resource.getrusage(resource.RUSAGE_SELF)
     ok = len(window.latencies)
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
-        "channels": args.channels if args.mode == "grpc" else None,
+        "channels": args.channels if args.mode in ("grpc", "client") else None,
         "duration_s": args.duration,
         "calls": ok,
         "calls_per_s": round(ok / args.duration, 1),
@@ -164,9 +184,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["grpc", "http"])
-    parser.add_argument("--target", help="host:port of a SendService (grpc mode)")
+    parser.add_argument("mode", choices=["grpc", "http", "client", "aiohttp"])
+    parser.add_argument("--target", help="host:port of a SendService (grpc, client)")
     parser.add_argument("--url", help="the Graph send URL (http mode)")
+    parser.add_argument("--sandbox-url", help="the sandbox's base URL (aiohttp mode)")
     parser.add_argument("--token", default=payloads.ACCESS_TOKEN)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--channels", type=int, default=1, help="gRPC connections")

@@ -34,13 +34,28 @@ class Plan:
     send_targets: tuple[str, ...] = (
         "grpc_ceiling",
         "http_ceiling",
+        "igbutton_client",
         "igbutton",
         "igbutton_asyncio",
         "igbutton_inproc",
     )
-    """Send targets; ``igbutton`` runs the defaults (uvloop); ``igbutton_asyncio``,
+    """Send targets; ``igbutton_client`` is igbutton through its AsyncClient with its
+    defaults (request_id set), ``igbutton`` the same server through the raw stub without
+    request_id; both run the server's defaults (uvloop); ``igbutton_asyncio``,
     ``igbutton_workers2`` (any N), ``igbutton_inproc_asyncio`` ... run igbutton with those
     knobs side by side with the plain one (BENCH_SEND_TARGETS)."""
+    peer_targets: tuple[str, ...] = (
+        "igbutton_client",
+        "igbutton_sync",
+        "peer_fbmessenger",
+        "peer_pymessenger",
+        "peer_aiohttp",
+    )
+    """Run at ``peer_concurrency`` callers (threads for the blocking libraries)."""
+    peer_concurrency: int = 50
+    """Callers of the peer comparison: a pool of 50 threads, or 50 tasks for asyncio."""
+    store_cost_sends: int = 4000
+    """Sends per concurrency of bench.idempotency_cost (the store's share of a send)."""
     throughput_batches: tuple[int, ...] = (1, 50)
     throughput_concurrency: int = 16
     postback_duration: float = 8.0
@@ -73,7 +88,8 @@ QUICK = Plan(
     send_concurrency=(1, 16),
     send_duration=2.0,
     send_warmup=0.5,
-    send_targets=("grpc_ceiling", "http_ceiling", "igbutton"),
+    send_targets=("grpc_ceiling", "http_ceiling", "igbutton_client", "igbutton"),
+    store_cost_sends=1000,
     throughput_batches=(1, 50),
     postback_duration=2.0,
     postback_warmup=0.5,
@@ -87,7 +103,9 @@ TINY = Plan(
     send_concurrency=(1,),
     send_duration=0.3,
     send_warmup=0.1,
-    send_targets=("grpc_ceiling", "http_ceiling", "igbutton"),
+    send_targets=("grpc_ceiling", "http_ceiling", "igbutton_client", "igbutton"),
+    peer_concurrency=4,
+    store_cost_sends=100,
     throughput_batches=(),
     postback_duration=0.5,
     postback_warmup=0.1,

@@ -305,4 +305,23 @@ def run(plan: Plan, work: Path, knobs: ServerKnobs) -> dict[str, Any]:
             out["memory"] = result
         else:
             out[key].append(result)
+            problem = measured_nothing(result)
+            if problem is not None:
+                out["failed"][name] = problem
+                print(f"  FAILED {name} ({knobs.backend}): {problem}", flush=True)
     return out
+
+
+def measured_nothing(run: dict[str, Any]) -> str | None:
+    """Why a postback run cannot be reported (None: it can): nothing was stored, a POST
+    or a subscriber failed, or postbacks never reached the subscribers."""
+    subs = run["subscribers"]
+    if run["errors"] or run["first_error"]:
+        return f"webhook POST errors {run['errors']}: {run['first_error']}"
+    if subs["errors"] or subs["first_error"]:
+        return f"subscriber errors {subs['errors']}: {subs['first_error']}"
+    if not run["bench_events_ok"]:
+        return "no postback was accepted in the measured window"
+    if subs["missing"]:
+        return f"{subs['missing']} of {subs['expected']} postbacks never reached the subscribers"
+    return None

@@ -15,6 +15,11 @@ whether they help without changing igbutton_server:
   bind the same ports once it is ready. Each worker has its own ops HTTP port and, with
   --sandbox, its own in-process sandbox. With SQLite, live subscribers are woken only by
   appends in their own worker, so use workers for the send path (or with NATS).
+
+Each worker also serves ``igbutton_bench_sqlite_commits_total`` on its ``/metrics``: the
+SQLite writers' ``commits`` counters (one durable commit, one WAL fsync, per write
+transaction), which the send benchmark reads before and after a window to count commits
+per idempotent send.
 """
 
 from __future__ import annotations
@@ -65,9 +70,41 @@ def _patch_reuseport() -> None:
     web.TCPSite = ReusePortSite  # type: ignore[misc]
 
 
+def _expose_sqlite_commits() -> None:
+    """Serve the SQLite writers' ``commits`` counters as a metric (a bench-only debug hook)."""
+    import weakref
+    from collections.abc import Iterator
+
+    from prometheus_client import REGISTRY
+    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.registry import Collector
+
+    from igbutton_server.storage.sqlite._threads import SqliteWriter
+
+    writers: weakref.WeakSet[SqliteWriter] = weakref.WeakSet()
+    original_init = SqliteWriter.__init__
+
+    def init(self: SqliteWriter, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        writers.add(self)
+
+    SqliteWriter.__init__ = init  # type: ignore[method-assign]
+
+    class Commits(Collector):
+        def collect(self) -> Iterator[CounterMetricFamily]:
+            yield CounterMetricFamily(
+                "igbutton_bench_sqlite_commits",
+                "SQLite write transactions committed (bench hook on SqliteWriter.commits).",
+                value=sum(w.commits for w in list(writers)),
+            )
+
+    REGISTRY.register(Commits())
+
+
 def _worker(argv: list[str]) -> int:
     if os.environ.get("IGBUTTON_BENCH_REUSEPORT") == "1":
         _patch_reuseport()
+    _expose_sqlite_commits()
     use_uvloop_if_asked()
     from igbutton_server.main import main
 

@@ -172,12 +172,14 @@ def start_igbutton(
         "IGBUTTON_BENCH_UVLOOP": "1" if knobs.uvloop else "0",
         "IGBUTTON_BENCH_WORKERS": str(knobs.workers),
     }
+    # The bench account is configured for every run: the webhook skips (answers 200 and
+    # does not store) postbacks for accounts igbutton does not know.
+    env["IGBUTTON_ACCOUNTS"] = json.dumps(
+        [{"id": payloads.ACCOUNT_ID, "access_token": payloads.ACCESS_TOKEN}]
+    )
     if graph_url is not None:
         env["IGBUTTON_GRAPH__BASE_URL"] = graph_url
         env["IGBUTTON_GRAPH__API_VERSION"] = payloads.GRAPH_VERSION
-        env["IGBUTTON_ACCOUNTS"] = json.dumps(
-            [{"id": payloads.ACCOUNT_ID, "access_token": payloads.ACCESS_TOKEN}]
-        )
     if knobs.backend == "nats":
         nats = start_nats(work, f"{name}-nats")
         helpers.append(nats.child)

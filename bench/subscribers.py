@@ -110,6 +110,9 @@ async def _consume(
             postback = response.postback
             if acker is not None:
                 acker.add(response.ack_id)
+            # Any postback is progress for the drain: a subscriber still reading the
+            # warm-up's backlog is behind, not stalled.
+            score.last_receipt = time.monotonic()
             if not postback.payload.startswith(BENCH_PREFIX):
                 continue
             sent = sent_time(postback.payload)
@@ -198,6 +201,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "errors": dict(score.errors),
         "first_error": score.first_error,
         "latency": latency_summary(score.latencies),
+        # By order of receipt: a subscriber that keeps up has the same latency in its first
+        # and last quarters; one that falls behind the posters has it growing (a backlog).
+        "latency_by_quarter_p50_ms": [
+            latency_summary(
+                score.latencies[n * len(score.latencies) // 4 :][
+                    : max(1, len(score.latencies) // 4)
+                ]
+            )["p50_ms"]
+            for n in range(4)
+        ]
+        if score.latencies
+        else [],
         "subscriber_cpu_seconds": round(
             usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime, 3
         ),

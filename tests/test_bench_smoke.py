@@ -16,14 +16,20 @@ import pytest
 
 pytest.importorskip("psutil")
 pytest.importorskip("matplotlib")
+PEERS = ("igbutton_client", "igbutton_sync", "peer_fbmessenger", "peer_pymessenger", "peer_aiohttp")
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {
     "send_throughput_ratio",
+    "idempotent_vs_plain",
     "added_p50_latency",
+    "vs_fbmessenger_throughput",
+    "vs_fbmessenger_p99",
+    "vs_fbmessenger_caller_cpu",
     "stored_postbacks_batch1",
     "stored_postbacks_batch50",
     "e2e_p99_500_per_s_10_subscribers",
+    "nats_max_b1_e2e_p50",
     "idle_subscriber_memory_growth",
 }
 
@@ -52,11 +58,16 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((results / "tiny.json").read_text())
+    assert data["send"]["failures"] == {}
+    # The idempotency store's own cost per send, at one caller and at the peers' callers.
+    store_rows = data["send"]["store_cost"]["sqlite"]["rows"]
+    assert [row["concurrency"] for row in store_rows] == [1, 4]
+    assert all(row["commits_per_send"] > 0 for row in store_rows)
     assert {"meta", "send", "postbacks", "targets"} <= set(data)
     assert data["meta"]["plan"] == "tiny"
     assert {t["name"] for t in data["targets"]} == TARGETS
     assert all(t["pass"] in (True, False, None) for t in data["targets"])
-    assert "PASS" in proc.stdout or "FAIL" in proc.stdout or "N/A" in proc.stdout
+    assert "PASS" in proc.stdout or "MISS" in proc.stdout or "N/A" in proc.stdout
 
     ceiling = [r for r in data["send"]["runs"] if r["target"] == "grpc_ceiling"]
     assert len(ceiling) == 1
@@ -66,12 +77,49 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     assert {"p50_ms", "p90_ms", "p99_ms"} <= set(run["latency"])
     assert {"cpu_seconds", "peak_rss_mb"} <= set(run["usage"]["server"])
     assert run["usage"]["server"]["peak_rss_mb"] > 0
-    for target in ("http_ceiling", "igbutton"):
+    for target in ("http_ceiling", "igbutton", "igbutton_client"):
         ran = [r for r in data["send"]["runs"] if r["target"] == target]
         assert ran or target in data["send"]["skipped"]
     assert {"best_calls_per_s", "added_latency_c1", "per_concurrency"} <= set(
         data["send"]["summary"]
     )
+    # Every peer runner sent (the tiny plan runs them at a few callers) and was measured.
+    peers = {r["target"]: r for r in data["send"]["peer_runs"]}
+    for target in PEERS:
+        assert target in peers, data["send"]["skipped"]
+        assert peers[target]["calls"] > 0
+        assert peers[target]["errors"] == {}, peers[target]["first_error"]
+        assert peers[target]["usage"]["caller"]["cpu_seconds"] > 0
+    # Idempotent sends commit to SQLite (the commits hook works); plain ones do not.
+    cost = data["send"]["idempotent_cost"][0]
+    assert cost["idempotent"]["commits_per_send"] > 0
+    assert cost["plain"]["commits_per_send"] == 0
+    assert (results / "tiny-peers.png").stat().st_size > 0
     sqlite = data["postbacks"]["sqlite"]
+    assert sqlite["failed"] == {}
     assert "skipped" in sqlite or {"throughput", "cases", "memory"} <= set(sqlite)
     assert (results / "tiny.png").stat().st_size > 0
+
+
+def _run(calls: int, errors: dict[str, int], first_error: str | None = None) -> dict[str, object]:
+    return {"calls": calls, "errors": errors, "first_error": first_error}
+
+
+def test_a_run_without_calls_or_with_errors_fails_the_bench() -> None:
+    from bench.__main__ import failures
+    from bench.send_bench import measured_nothing
+
+    assert measured_nothing(_run(10, {})) is None
+    assert measured_nothing(_run(0, {})) == "no call completed in the measured window"
+    # A client that retried until past the window: no error counted, but one was seen.
+    assert measured_nothing(_run(0, {}, "UNAVAILABLE: store")) is not None
+    assert measured_nothing(_run(10, {"UNAVAILABLE": 1}, "UNAVAILABLE: x")) is not None
+    results = {
+        "send": {"failures": {"igbutton_client@1#0": "no call"}},
+        "postbacks": {"nats": {"failed": {"max-b1": "exited"}}, "sqlite": {"failed": {}}},
+    }
+    assert failures(results) == {
+        "send igbutton_client@1#0": "no call",
+        "postbacks nats max-b1": "exited",
+    }
+    assert failures({"send": {"failures": {}}}) == {}

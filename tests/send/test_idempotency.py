@@ -327,6 +327,13 @@ async def test_store_a_dead_owners_claim_never_written_is_taken_over(
             await first.idempotency.claim("sent", "fp", lease_seconds=300, ttl_seconds=600) is None
         )
         await first.idempotency.mark_written("sent")
+        # Claimed as written in one step (its send had its rate-limit slot at once).
+        assert (
+            await first.idempotency.claim(
+                "at-once", "fp", lease_seconds=300, ttl_seconds=600, written=True
+            )
+            is None
+        )
     finally:
         await first.close()
     second = await open_storage(engine_settings())
@@ -334,11 +341,68 @@ async def test_store_a_dead_owners_claim_never_written_is_taken_over(
         assert (
             await second.idempotency.claim("held", "fp", lease_seconds=300, ttl_seconds=600) is None
         )
-        sent = await second.idempotency.claim("sent", "fp", lease_seconds=300, ttl_seconds=600)
-        assert sent is not None
-        assert (sent.outcome, sent.written, sent.abandoned) == (None, True, True)
+        for key in ("sent", "at-once"):
+            sent = await second.idempotency.claim(key, "fp", lease_seconds=300, ttl_seconds=600)
+            assert sent is not None, key
+            assert (sent.outcome, sent.written, sent.abandoned) == (None, True, True), key
         own = await second.idempotency.get("held")
         assert own is not None
         assert (own.written, own.abandoned) == (False, False)
     finally:
         await second.close()
+
+
+async def test_store_a_claim_made_written_needs_no_mark(store: IdempotencyStore) -> None:
+    assert await store.claim("k", "fp", lease_seconds=30, ttl_seconds=60, written=True) is None
+    record = await store.get("k")
+    assert record is not None
+    assert (record.outcome, record.written, record.abandoned) == (None, True, False)
+    await store.release("k")  # its send failed before writing: the claim goes
+    assert await store.get("k") is None
+
+
+async def test_concurrent_idempotent_sends_share_commits(make_settings: SettingsFactory) -> None:
+    """N concurrent sends with request_ids commit fewer than N SQLite transactions (each one
+    fsync): every claim is one durable write (the slot was free, so no mark_written), and
+    concurrent claims and outcomes share the writer's transactions."""
+    sends = 50
+    async with starting_apps(make_settings) as start:
+        app = await start()
+        assert app.send is not None
+        store = app.send.store
+        assert isinstance(store, SqliteIdempotencyStore)
+        async with stub_for(app) as stub:
+            await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)  # warm
+            await app.send.sends.flush()
+            before, jobs = store.commits, store.jobs
+            replies = await asyncio.gather(
+                *(
+                    stub.SendButtonTemplate(
+                        send_request(request_id=f"00000000-0000-4000-8000-{n:012d}"), timeout=30
+                    )
+                    for n in range(sends)
+                )
+            )
+            await app.send.sends.flush()  # outcomes are stored after the answers
+            committed, writes = store.commits - before, store.jobs - jobs
+    assert len({r.message_id for r in replies}) == sends
+    assert writes == 2 * sends  # a claim (already marked written) and an outcome per send
+    assert 0 < committed < sends
+
+
+async def test_a_repeat_does_not_use_up_a_rate_limit_slot(start_app: AppFactory) -> None:
+    """A repeat takes the free slot before its claim finds the record, and gives it back:
+    the next new send still goes at once (one slot per 2 s, burst 2)."""
+    app = await start_app(rate_limit={"per_account_per_second": 0.5, "burst": 2})
+    assert app.sandbox is not None
+    async with stub_for(app) as stub:
+        first = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        assert app.send is not None
+        await app.send.sends.flush()  # the repeat reads the stored record, not memory
+        again = await stub.SendButtonTemplate(send_request(request_id=RID), timeout=10)
+        assert again == first
+        # A 1 s deadline cannot hold a 2 s wait: this passes only if the repeat left the
+        # burst's second slot free.
+        other = "123e4567-e89b-12d3-a456-426614174001"
+        await stub.SendButtonTemplate(send_request(request_id=other), timeout=1)
+    assert len(app.sandbox.received) == 2

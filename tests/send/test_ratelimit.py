@@ -123,6 +123,20 @@ def test_per_account_rate_overrides_the_default() -> None:
     assert limiter.reserve("fast", clock.now + 5) == pytest.approx(0.01)
 
 
+def test_take_now_takes_only_a_free_slot_and_give_back_returns_it() -> None:
+    clock = FakeClock()
+    limiter = AccountRateLimiter(10, burst=2, clock=clock)
+    assert limiter.take_now("a")
+    assert limiter.take_now("a")
+    assert not limiter.take_now("a")  # the next slot is 0.1 s away: nothing is taken
+    assert limiter.reserve("a", clock.now + 1) == pytest.approx(0.1)
+    limiter.give_back("a")  # the reserved one is the next again
+    assert limiter.reserve("a", clock.now + 1) == pytest.approx(0.1)
+    clock.now += 1
+    limiter.hold("a", 5)
+    assert not limiter.take_now("a")
+
+
 # The shared limiter (NATS backend): real ledgers on the session's nats-server, one per
 # "replica", on one fake wall clock.
 
@@ -214,3 +228,17 @@ async def test_a_hold_reaches_every_replica(
     clock.now += 60
     await two.acquire("a", time.monotonic() + 5)
     await one.close()
+
+
+async def test_take_now_uses_leased_tokens_without_a_round_trip(
+    ledgers: Callable[[], Awaitable[NatsRateLedger]],
+) -> None:
+    clock = FakeClock()
+    limiter = SharedRateLimiter(await ledgers(), 100, burst=10, clock=clock)
+    assert not limiter.take_now("a")  # nothing leased yet: no round trip from take_now
+    await limiter.acquire("a", time.monotonic() + 5)  # leases ten, the burst: all due now
+    taken = [limiter.take_now("a") for _ in range(10)]
+    assert taken == [True] * 9 + [False]
+    limiter.give_back("a")
+    assert limiter.take_now("a")
+    assert not limiter.take_now("a")

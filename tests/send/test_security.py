@@ -235,6 +235,8 @@ async def test_graph_error_fields_are_redacted_and_bounded_for_the_caller_and_th
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.SendButtonTemplate(request, timeout=10)
             seen.append(details(caught.value))
+            assert app.send is not None
+            await app.send.sends.flush()  # outcomes are stored after the answer
     assert len(app.sandbox.received) == 1
     assert seen[0] == seen[1]
     got = seen[1]

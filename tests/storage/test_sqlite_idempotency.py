@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from igbutton_server.storage.backends import open_storage
+from igbutton_server.storage.sqlite import _threads
+from igbutton_server.storage.sqlite._threads import SqliteWriter
 from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
 from igbutton_server.storage.sqlite.postbacks import SqlitePostbackStore
 from tests.conftest import SettingsFactory
@@ -21,6 +27,8 @@ CHILD = """
 import asyncio, sys
 from igbutton_server.config import Settings
 from igbutton_server.storage.backends import open_storage
+from igbutton_server.storage.sqlite import _threads
+from igbutton_server.storage.sqlite._threads import SqliteWriter
 
 async def main() -> None:
     settings = Settings.load(storage={"sqlite_path": sys.argv[1]}, sandbox={"enabled": True})
@@ -112,3 +120,54 @@ async def test_a_claim_survives_a_kill_right_after_it_returned(tmp_path: Path) -
     assert record is not None
     assert record.fingerprint == "fp"
     assert record.outcome is None  # still pending: a repeat must not send again
+
+
+def _insert(key: str) -> Callable[[sqlite3.Connection], None]:
+    def work(db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO t VALUES (?)", (key,))
+
+    return work
+
+
+def _table(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY)")
+
+
+async def test_a_lazy_write_shares_the_next_writes_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long window, so the test does not depend on how fast the second job follows.
+    monkeypatch.setattr(_threads, "_LAZY_SECONDS", 30.0)
+    writer = SqliteWriter(tmp_path / "w.db", _table)
+    await writer.start()
+    try:
+        before = writer.commits
+        lazy = asyncio.ensure_future(writer.run(_insert("outcome"), savepoint=False, lazy=True))
+        await asyncio.sleep(0)  # queued (and maybe picked up) first
+        await writer.run(_insert("claim"))
+        await lazy
+        assert writer.commits - before == 1
+        assert writer.jobs == 2
+    finally:
+        await writer.close()
+
+
+async def test_a_lazy_write_alone_is_committed_and_close_commits_what_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = SqliteWriter(tmp_path / "w.db", _table)
+    await writer.start()
+    try:
+        async with asyncio.timeout(10):  # the default window is 20 ms: no second job needed
+            await writer.run(_insert("alone"), lazy=True)
+        assert writer.commits == 1
+        monkeypatch.setattr(_threads, "_LAZY_SECONDS", 30.0)
+        waiting = asyncio.ensure_future(writer.run(_insert("at-close"), lazy=True))
+        await asyncio.sleep(0)
+    finally:
+        async with asyncio.timeout(10):  # close does not wait out the window
+            await writer.close()
+    await waiting
+    with sqlite3.connect(tmp_path / "w.db") as db:
+        assert sorted(r[0] for r in db.execute("SELECT k FROM t")) == ["alone", "at-close"]
+    db.close()

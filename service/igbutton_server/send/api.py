@@ -200,5 +200,22 @@ class SendServiceServicer(send_service_pb2_grpc.SendServiceServicer):
         if not valid.request_id:
             return await send(SendTracker()), False
         fp = fingerprint(valid.account.id, request.body_json)
-        result = await self._sends.run(valid.request_id, fp, time_left, send)
+        slot = _AccountSlot(self._graph, valid.account.id)
+        result = await self._sends.run(valid.request_id, fp, time_left, send, slot)
         return result, not sent
+
+
+class _AccountSlot:
+    """The send's rate-limit slot in the Graph client's limiter (IdempotentSends' SendSlot)."""
+
+    __slots__ = ("_account_id", "_graph")
+
+    def __init__(self, graph: GraphClient, account_id: str) -> None:
+        self._graph = graph
+        self._account_id = account_id
+
+    def take_now(self) -> bool:
+        return self._graph.take_slot_now(self._account_id)
+
+    def give_back(self) -> None:
+        self._graph.give_back_slot(self._account_id)

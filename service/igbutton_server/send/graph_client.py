@@ -161,7 +161,9 @@ class GraphClient:
         last_error: ApiError | None = None
         while True:
             attempt += 1
-            await self._acquire(request.account_id, deadline)
+            await self._acquire(
+                request.account_id, deadline, slot_taken=attempt == 1 and tracker.slot_taken
+            )
             if last_error is not None and not self._attempt_fits(longest, 0.0, deadline):
                 # The rate limiter's wait used up the time the retry needed.
                 raise last_error
@@ -224,7 +226,19 @@ class GraphClient:
             )
         return elapsed
 
-    async def _acquire(self, account_id: str, deadline: float) -> None:
+    def take_slot_now(self, account_id: str) -> bool:
+        """Take the account's next rate-limit slot if it is free now (no wait, no round
+        trip); a send given :class:`SendTracker` ``slot_taken`` then uses it."""
+        return self._limiter.take_now(account_id)
+
+    def give_back_slot(self, account_id: str) -> None:
+        """Return a slot :meth:`take_slot_now` took for a send that did not happen."""
+        self._limiter.give_back(account_id)
+
+    async def _acquire(self, account_id: str, deadline: float, *, slot_taken: bool) -> None:
+        if slot_taken:  # the send took its slot before its claim (take_slot_now)
+            metrics.RATE_LIMIT_WAITS.labels(account_id).observe(0.0)
+            return
         started = time.monotonic()
         try:
             await self._limiter.acquire(account_id, deadline)

@@ -8,10 +8,17 @@ failure the caller may retry (Meta did not act). A send that may have reached Me
 never repeated: if it ends without an answer (time_left, dropped connection, cancelled
 call, process crash) the request_id keeps SEND_OUTCOME_UNKNOWN.
 
-A claim starts "not written" and is marked written (durably) just before the Graph client
-writes the request, after igbutton's rate limiter let it go. A claim left by a crashed
-process (the store reports it abandoned) is answered at once: SEND_OUTCOME_UNKNOWN if it
-was written, and taken over (the repeat sends) if it never was.
+A claim must say whether its request may have reached Meta. When the rate limiter has a
+slot free at once, the slot is taken first and the claim is stored already marked written:
+one durable write before Meta is called. Otherwise the claim is stored "not written" and
+marked written (durably) just before the Graph client writes the request, once the limiter
+let it go. A claim left by a crashed process (the store reports it abandoned) is answered at
+once: SEND_OUTCOME_UNKNOWN if it was written, and taken over (the repeat sends) if it never
+was.
+
+The outcome is stored while the caller is answered (it shares the next claim's commit); the
+in-flight entry answers repeats until it is durable. A crash before that leaves a written
+claim: a repeat answers SEND_OUTCOME_UNKNOWN, never sends again.
 
 When the store is unavailable a claim or a release may fail without the caller knowing
 whether it landed (NATS applied a publish whose answer timed out; SQLite committed a claim
@@ -31,6 +38,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 
@@ -83,10 +91,25 @@ def _raise_or_return(outcome: Outcome) -> SendResult:
     return outcome
 
 
+class SendSlot(Protocol):
+    """The rate-limit slot of one send, taken before its claim when it is free at once."""
+
+    def take_now(self) -> bool:
+        """Take the slot if it is free now, without waiting; False: take nothing."""
+        ...
+
+    def give_back(self) -> None:
+        """Return the slot taken, unused (the request_id had a record already)."""
+        ...
+
+
 @dataclass
 class _InFlight:
     fingerprint: str
     future: asyncio.Future[Outcome | None]
+    storing: bool = False
+    """The outcome is being stored after the caller was answered: the entry stays (and
+    answers repeats) until it is durable."""
 
 
 class IdempotentSends:
@@ -96,8 +119,11 @@ class IdempotentSends:
         self._store = store
         self._ttl = ttl_seconds
         self._in_flight: dict[str, _InFlight] = {}
+        self._storing: set[asyncio.Task[None]] = set()
+        """Outcomes being stored after their callers were answered."""
         self._unsettled: dict[str, None] = {}
-        """request_ids that may hold a pending, never written claim of this process."""
+        """request_ids that may hold a pending claim of this process whose call failed before
+        writing to Meta (the claim may have landed after its error)."""
 
     async def run(
         self,
@@ -105,11 +131,16 @@ class IdempotentSends:
         fp: str,
         time_left: float,
         send: Callable[[SendTracker], Awaitable[SendResult]],
+        slot: SendSlot | None = None,
     ) -> SendResult:
         """The outcome of the send for request_id ``key`` with fingerprint ``fp``.
 
         ``time_left`` is the caller's remaining time. Raises the ApiError the send ended with
-        (or the first call's, or REQUEST_ID_REUSED).
+        (or the first call's, or REQUEST_ID_REUSED). With a ``slot`` that is free at once,
+        the claim is stored already marked written (one durable write instead of two) and
+        the send's first attempt uses that slot; otherwise the claim is stored unwritten
+        and marked written once the rate limiter lets the send go, so a crash while it
+        waits lets a repeat send.
         """
         while True:
             running = self._in_flight.get(key)
@@ -125,11 +156,12 @@ class IdempotentSends:
             self._in_flight[key] = entry
             shared_outcome: Outcome | None = None
             try:
-                outcome = await self._first(key, fp, time_left, send, entry)
+                outcome = await self._first(key, fp, time_left, send, entry, slot)
                 shared_outcome = outcome
                 return _raise_or_return(outcome)
             finally:
-                del self._in_flight[key]
+                if not entry.storing:
+                    del self._in_flight[key]
                 if not entry.future.done():
                     entry.future.set_result(shared_outcome)
 
@@ -140,10 +172,12 @@ class IdempotentSends:
         time_left: float,
         send: Callable[[SendTracker], Awaitable[SendResult]],
         entry: _InFlight,
+        slot: SendSlot | None,
     ) -> Outcome:
-        settled = await self._claim(key, fp, time_left)
-        if settled is not None:
-            return settled
+        claimed = await self._claim(key, fp, time_left, slot)
+        if not isinstance(claimed, bool):
+            return claimed
+        ready = claimed
 
         async def mark_written() -> None:
             try:
@@ -157,12 +191,12 @@ class IdempotentSends:
                     metadata={"requestId": key},
                 ) from None
 
-        tracker = SendTracker(mark_written)
+        tracker = SendTracker(None if ready else mark_written, slot_taken=ready)
         try:
             result = await send(tracker)
         except ApiError as error:
             if is_final(error):
-                await asyncio.shield(self._keep(key, fp, error))
+                self._keep_after_answer(key, fp, error, entry)
             else:
                 await self._forget(key)
             return error
@@ -176,13 +210,43 @@ class IdempotentSends:
             else:
                 await asyncio.shield(self._forget(key))
             raise
-        # Shielded: a cancellation now must not lose the record of a send that happened.
-        await asyncio.shield(self._keep(key, fp, result))
+        self._keep_after_answer(key, fp, result, entry)
         return result
 
-    async def _claim(self, key: str, fp: str, time_left: float) -> Outcome | None:
-        """Claim the request_id: None once this call holds the claim (it sends), else the
-        outcome to answer (the first call's, or an error)."""
+    def _keep_after_answer(self, key: str, fp: str, outcome: Outcome, entry: _InFlight) -> None:
+        """Store the outcome while the caller is answered, not before.
+
+        The claim (durable before Meta was called) already rules out a second send; the
+        outcome only decides what a repeat is told. Until it is durable the in-flight entry
+        stays and answers repeats in this process; if the process dies before (within one
+        commit, at most about 20 ms on SQLite), a repeat is told SEND_OUTCOME_UNKNOWN, as
+        for a crash while Meta was answering. So one send pays one fsync on the path to its
+        answer (the claim), and its outcome shares the next claim's commit. A task of its
+        own: the caller's cancellation must not lose the record of a send that happened.
+        """
+        entry.future.set_result(outcome)
+        entry.storing = True
+        task = asyncio.get_running_loop().create_task(self._keep(key, fp, outcome, batched=True))
+        self._storing.add(task)
+
+        def stored(done: asyncio.Task[None]) -> None:
+            self._storing.discard(done)
+            if self._in_flight.get(key) is entry:
+                del self._in_flight[key]
+
+        task.add_done_callback(stored)
+
+    async def flush(self) -> None:
+        """Wait until every outcome being stored is durable (before the store closes)."""
+        while self._storing:
+            await asyncio.wait(set(self._storing))
+
+    async def _claim(
+        self, key: str, fp: str, time_left: float, slot: SendSlot | None
+    ) -> bool | Outcome:
+        """Claim the request_id: whether this call's claim is marked written (its rate-limit
+        slot taken at once; it sends), or the outcome to answer (the first call's, or an
+        error)."""
         lease = time_left + LEASE_SLACK_SECONDS
         deadline = time.monotonic() + time_left
         if key in self._unsettled:
@@ -193,14 +257,20 @@ class IdempotentSends:
             await self._store.release(key)
         retakes = 0
         while True:
+            ready = slot is not None and slot.take_now()
             try:
-                existing = await self._store.claim(key, fp, lease, self._ttl)
-            except StorageUnavailable:
-                self._unsettle(key)
+                existing = await self._store.claim(key, fp, lease, self._ttl, written=ready)
+            except BaseException as exc:
+                if ready and slot is not None:
+                    slot.give_back()
+                if isinstance(exc, StorageUnavailable):
+                    self._unsettle(key)
                 raise
             if existing is None:
                 self._unsettled.pop(key, None)
-                return None
+                return ready
+            if ready and slot is not None:
+                slot.give_back()
             if (
                 existing.own
                 and existing.outcome is None
@@ -218,9 +288,9 @@ class IdempotentSends:
                 return outcome
             # Abandoned before it was written: claim again (the store takes it over).
 
-    async def _keep(self, key: str, fp: str, outcome: Outcome) -> None:
+    async def _keep(self, key: str, fp: str, outcome: Outcome, *, batched: bool = False) -> None:
         try:
-            await self._store.complete(key, fp, outcome, self._ttl)
+            await self._store.complete(key, fp, outcome, self._ttl, batched=batched)
         except StorageUnavailable as exc:  # the cause is in the message; a trace adds nothing
             _unavailable_log.log(
                 logging.ERROR,

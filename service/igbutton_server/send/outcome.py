@@ -45,10 +45,17 @@ class SendTracker:
     been sent, so the send must not be repeated.
     """
 
-    def __init__(self, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        before_write: Callable[[], Awaitable[None]] | None = None,
+        *,
+        slot_taken: bool = False,
+    ) -> None:
         self.written = False
         self.attempts = 0
         self._before_write = before_write
+        self.slot_taken = slot_taken
+        """The first attempt's rate-limit slot was taken already (RateLimiter.take_now)."""
 
     async def about_to_write(self) -> None:
         """Called by the Graph client before it starts writing a request (each attempt).
@@ -77,6 +84,10 @@ def is_final(error: ApiError) -> bool:
     return error.reason not in _RETRYABLE_REASONS and not getattr(error, "before_meta", False)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""Built once: ``json.dumps`` with arguments builds an encoder per call (3 of its 8 µs)."""
+
+
 def dump_outcome(outcome: Outcome) -> str:
     """The outcome as JSON, for a store."""
     if isinstance(outcome, SendResult):
@@ -92,7 +103,7 @@ def dump_outcome(outcome: Outcome) -> str:
                 "metadata": dict(outcome.metadata),
             }
         }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(body)
 
 
 def load_outcome(text: str) -> Outcome:

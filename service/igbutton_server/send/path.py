@@ -75,5 +75,6 @@ class SendPath:
         """Close the HTTP session (after in-flight sends finished); the store and ledger are
         the App's."""
         await self.graph.close()
+        await self.sends.flush()  # outcomes still being stored, before the store closes
         if isinstance(self.limiter, SharedRateLimiter):
             await self.limiter.close()

@@ -107,6 +107,22 @@ class AccountRateLimiter:
         if wait > 0:
             await asyncio.sleep(wait)
 
+    def take_now(self, account_id: str) -> bool:
+        """Take a send slot of the account if one is free now, without waiting; else take
+        nothing. (An idempotent send that gets one claims its request_id as written.)"""
+        bucket = self._bucket(account_id)
+        now = self._clock()
+        start = max(now, bucket.next_free - bucket.tolerance, bucket.held_until)
+        if start > now:
+            return False
+        bucket.next_free = max(bucket.next_free, start) + bucket.interval
+        return True
+
+    def give_back(self, account_id: str) -> None:
+        """Return a slot :meth:`take_now` took and nothing used (the send was a repeat)."""
+        bucket = self._bucket(account_id)
+        bucket.next_free -= bucket.interval
+
     def hold(self, account_id: str, seconds: float) -> None:
         """Let no send of the account start for ``seconds`` (Meta throttled it)."""
         bucket = self._bucket(account_id)
@@ -189,10 +205,7 @@ class SharedRateLimiter(AccountRateLimiter):
             until = now + (deadline - time.monotonic())
             if leased.held_until > until:
                 raise _refused(account_id, leased.held_until - now, throttled=True)
-            stale = now - max(self.lease_size(account_id) * bucket.interval, _STALE_SECONDS)
-            slots = leased.slots
-            while slots and (slots[0] < stale or slots[0] < leased.held_until):
-                slots.popleft()
+            slots = self._usable(account_id, leased, now)
             if slots:
                 if slots[0] > until:
                     raise _refused(account_id, slots[0] - now, throttled=False)
@@ -206,6 +219,30 @@ class SharedRateLimiter(AccountRateLimiter):
                     continue
             async with leased.leasing, self._bounded(account_id, deadline):
                 await self._lease(account_id, bucket, leased, until)
+
+    def take_now(self, account_id: str) -> bool:
+        """Take a leased token whose time has come, without a round trip; else nothing."""
+        leased = self._account(account_id)
+        now = self._clock()
+        slots = self._usable(account_id, leased, now)
+        if not slots or slots[0] > now or leased.held_until > now:
+            return False
+        slots.popleft()
+        return True
+
+    def _usable(self, account_id: str, leased: _Leased, now: float) -> deque[float]:
+        """The account's leased tokens, less those gone stale or voided by a hold."""
+        stale = now - max(
+            self.lease_size(account_id) * self._bucket(account_id).interval, _STALE_SECONDS
+        )
+        slots = leased.slots
+        while slots and (slots[0] < stale or slots[0] < leased.held_until):
+            slots.popleft()
+        return slots
+
+    def give_back(self, account_id: str) -> None:
+        """Return a token :meth:`take_now` took and nothing used, to be taken next."""
+        self._account(account_id).slots.appendleft(self._clock())
 
     @contextlib.asynccontextmanager
     async def _bounded(self, account_id: str, deadline: float) -> AsyncIterator[None]:

@@ -54,11 +54,19 @@ class IdempotencyStore(Protocol):
         ...
 
     async def claim(
-        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+        *,
+        written: bool = False,
     ) -> Record | None:
-        """Create a pending record, not yet written, owned by this store. None when created
-        (the caller sends); else the existing one. An abandoned claim that was never written
-        is taken over (None); an abandoned written one is returned with ``abandoned`` set.
+        """Create a pending record owned by this store, not yet written (or, with
+        ``written``, already marked as :meth:`mark_written` would: the caller writes to Meta
+        at once, so one durable write serves both). None when created (the caller sends);
+        else the existing one. An abandoned claim that was never written is taken over
+        (None); an abandoned written one is returned with ``abandoned`` set.
 
         Durable on return: once it returns None the claim survives a crash of the process."""
         ...
@@ -70,9 +78,17 @@ class IdempotencyStore(Protocol):
         ...
 
     async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        outcome: Outcome,
+        ttl_seconds: float,
+        *,
+        batched: bool = False,
     ) -> None:
-        """Keep the outcome of the request_id for ``ttl_seconds``."""
+        """Keep the outcome of the request_id for ``ttl_seconds``; durable on return. With
+        ``batched`` the write may wait a moment (SQLite: up to 20 ms) to share a durable
+        write with the next claim instead of costing one of its own."""
         ...
 
     async def release(self, key: str) -> None:

@@ -83,6 +83,8 @@ class NatsIdempotencyStore:
         self._owner = uuid.uuid4().hex
         self._heartbeat: asyncio.Task[None] | None = None
         self._beat_ok = True
+        self._unwritten: dict[str, tuple[dict[str, Any], int]] = {}
+        """This store's claims not yet marked written: the value and revision it wrote."""
         self._problem: str | None = None
         """Why the last operation failed for want of NATS; None once one succeeded."""
         conn.on_revived = self._on_revived
@@ -193,9 +195,9 @@ class NatsIdempotencyStore:
 
     async def _write(
         self, key: str, value: dict[str, Any] | None, ttl: float, last: int | None
-    ) -> bool:
+    ) -> int | None:
         """Write (or delete, with ``value`` None); with ``last``, only if the record is still
-        at that revision. False if it was not."""
+        at that revision. The new revision; None if the record was not at ``last``."""
         headers: dict[str, Any] = {api.Header.MSG_TTL: str(max(1, math.ceil(ttl)))}
         if last is not None:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(last)
@@ -206,12 +208,14 @@ class NatsIdempotencyStore:
         else:
             payload = json.dumps(value, separators=(",", ":")).encode()
         try:
-            await self._conn.js.publish(self._prefix + bucket_key(key), payload, headers=headers)
+            ack = await self._conn.js.publish(
+                self._prefix + bucket_key(key), payload, headers=headers
+            )
         except APIError as exc:
             if exc.err_code in WRONG_LAST_SEQUENCE:
-                return False
+                return None
             raise
-        return True
+        return int(ack.seq)
 
     async def _record(self, value: dict[str, Any] | None, now: float) -> Record | None:
         if value is None or float(value["expires_at"]) <= now:
@@ -238,7 +242,13 @@ class NatsIdempotencyStore:
         return await self._record(value, time.time())
 
     async def _claim(
-        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+        *,
+        written: bool,
     ) -> Record | None:
         for _ in range(_CLAIM_ATTEMPTS):
             now = time.time()
@@ -248,32 +258,44 @@ class NatsIdempotencyStore:
                 "lease_expires_at": now + lease_seconds,
                 "expires_at": now + ttl_seconds,
                 "owner": self._owner,
-                "written": False,
+                "written": written,
             }
-            if await self._write(key, claim, ttl_seconds, last=0):
-                return None
-            value, revision = await self._latest(key)
-            existing = await self._record(value, now)
-            if existing is not None and not (existing.abandoned and not existing.written):
-                return existing
-            # Absent, deleted, expired, or abandoned before it was written: take it over,
-            # unless another claim wins meanwhile.
-            if await self._write(key, claim, ttl_seconds, last=revision):
+            revision = await self._write(key, claim, ttl_seconds, last=0)
+            if revision is None:
+                value, latest = await self._latest(key)
+                existing = await self._record(value, now)
+                if existing is not None and not (existing.abandoned and not existing.written):
+                    return existing
+                # Absent, deleted, expired, or abandoned before it was written: take it
+                # over, unless another claim wins meanwhile.
+                revision = await self._write(key, claim, ttl_seconds, last=latest)
+            if revision is not None:
+                if not written:
+                    self._unwritten[key] = (claim, revision)
                 return None
         # Seen when JetStream lost its quorum: reads answered, conditional writes refused.
         raise self._unavailable(f"request_id {key!r} keeps changing; cannot claim it")
 
     async def _mark_written(self, key: str) -> None:
-        value, revision = await self._latest(key)
-        if value is None or value.get("outcome") is not None or value.get("owner") != self._owner:
+        # The claim as this store wrote it: one compare-and-set on its revision, no read.
+        # A take-over or a release since changed the revision, so the write fails.
+        mine = self._unwritten.pop(key, None)
+        if mine is None:  # not one of this store's unwritten claims: read what is there
+            found, revision = await self._latest(key)
+            if found is None or found.get("outcome") is not None:
+                raise ClaimLost(key)
+            mine = (found, revision)
+        value, revision = mine
+        if value.get("owner") != self._owner:
             raise ClaimLost(key)
         ttl = float(value["expires_at"]) - time.time()
-        if not await self._write(key, {**value, "written": True}, ttl, last=revision):
+        if await self._write(key, {**value, "written": True}, ttl, last=revision) is None:
             raise ClaimLost(key)
 
     async def _complete(
         self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
     ) -> None:
+        self._unwritten.pop(key, None)
         now = time.time()
         record = {
             "fingerprint": fingerprint,
@@ -284,6 +306,7 @@ class NatsIdempotencyStore:
         await self._write(key, record, ttl_seconds, last=None)
 
     async def _release(self, key: str) -> None:
+        self._unwritten.pop(key, None)
         value, revision = await self._latest(key)
         if value is not None and value.get("outcome") is None and value.get("owner") == self._owner:
             await self._write(key, None, 0, last=revision)  # lost a race: fine either way
@@ -293,11 +316,17 @@ class NatsIdempotencyStore:
         return await self._guarded(lambda: self._get(key))
 
     async def claim(
-        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+        *,
+        written: bool = False,
     ) -> Record | None:
         """See IdempotencyStore.claim."""
         return await self._guarded(
-            lambda: self._claim(key, fingerprint, lease_seconds, ttl_seconds)
+            lambda: self._claim(key, fingerprint, lease_seconds, ttl_seconds, written=written)
         )
 
     async def mark_written(self, key: str) -> None:
@@ -305,7 +334,13 @@ class NatsIdempotencyStore:
         await self._guarded(lambda: self._mark_written(key))
 
     async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        outcome: Outcome,
+        ttl_seconds: float,
+        *,
+        batched: bool = False,  # noqa: ARG002 - each publish is its own write on NATS
     ) -> None:
         """See IdempotencyStore.complete."""
         # Tried even while the last request failed: the outcome of a send that happened is

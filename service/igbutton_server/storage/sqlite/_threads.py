@@ -33,6 +33,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ _BUSY_TIMEOUT_MS = 10_000
 _WRITER_BUSY_TIMEOUT_MS = 1_000
 """How long the writer waits for a lock another process holds before failing its batch:
 short, so sends fail fast and readiness shows it instead of callers waiting out deadlines."""
+_LAZY_SECONDS = 0.02
+"""How long a lazy job (an idempotent send's outcome, its caller already answered) waits
+for a job that is not (the next send's claim, an append) to share a commit with."""
 _CHECK_SECONDS = 0.5
 """How often an idle writer checks its file (and, while it has a problem, probes it)."""
 _PROBE = (
@@ -80,6 +84,8 @@ class _Job(Generic[T]):
     future: asyncio.Future[T]
     loop: asyncio.AbstractEventLoop
     on_commit: Callable[[T], None] | None
+    savepoint: bool = True
+    lazy: bool = False
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -89,6 +95,21 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+_Outcome = tuple[_Job[Any], Any, BaseException | None]
+"""A job, and its result or its error."""
+
+
+def _resolve_all(outcomes: list[_Outcome]) -> None:
+    """On the callers' loop: each committed job's ``on_commit``, then every future, in order."""
+    for job, result, error in outcomes:
+        if error is None and job.on_commit is not None:
+            try:
+                job.on_commit(result)
+            except Exception:  # one callback's bug must not leave the other callers waiting
+                log.exception("SQLite on_commit callback failed")
+        _resolve(job.future, result, error)
 
 
 class SqliteWriter:
@@ -104,6 +125,8 @@ class SqliteWriter:
         self._closed = False
         self.commits = 0
         """Transactions committed (each covering one or more jobs); for tests and metrics."""
+        self.jobs = 0
+        """Jobs run in committed transactions; for tests and metrics."""
         self.problem: str | None = None
         """Why the file cannot take writes now (None: it can). Set and cleared by the thread."""
         self._identity: tuple[int, int] | None = None
@@ -129,11 +152,19 @@ class SqliteWriter:
         self,
         work: Callable[[sqlite3.Connection], T],
         on_commit: Callable[[T], None] | None = None,
+        *,
+        savepoint: bool = True,
+        lazy: bool = False,
     ) -> T:
         """Run ``work`` in the writer's next transaction; return once it is committed.
 
         ``on_commit`` runs on the event loop after the commit, even if the caller was
-        cancelled meanwhile (the job's effect is durable either way).
+        cancelled meanwhile (the job's effect is durable either way). ``savepoint=False``
+        saves the two statements of the job's own savepoint, for a job whose statements
+        may stand each on its own if a later one fails (SQLite undoes a failed statement
+        by itself): a single statement, say. A ``lazy`` job may wait up to
+        ``_LAZY_SECONDS`` for a job that is not, to share its transaction (and fsync)
+        instead of committing alone: for writes whose caller need not wait for them.
         """
         if self._closed:
             raise StoreClosed("the store is closed")
@@ -147,7 +178,7 @@ class SqliteWriter:
             raise StorageUnavailable(f"SQLite store unavailable: {self.problem}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, future, loop, on_commit))
+        self._queue.put(_Job(work, future, loop, on_commit, savepoint, lazy))
         return await future
 
     async def close(self) -> None:
@@ -202,16 +233,7 @@ class SqliteWriter:
                     continue
                 if first is None:
                     break
-                batch: list[_Job[Any]] = [first]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    batch.append(job)
+                batch, stopping = self._gather(first)
                 try:
                     if self._file_gone() or self._corrupt:
                         self._fail(
@@ -223,6 +245,27 @@ class SqliteWriter:
                     log.exception("SQLite writer failed on a batch")
         finally:
             conn.close()
+
+    def _gather(self, first: _Job[Any]) -> tuple[list[_Job[Any]], bool]:
+        """The batch that starts with ``first``: every job queued now; and if all of them
+        are lazy, what comes within ``_LAZY_SECONDS`` until a job that is not. Whether the
+        writer was told to stop meanwhile."""
+        batch: list[_Job[Any]] = [first]
+        lazy = first.lazy
+        until = time.monotonic() + _LAZY_SECONDS
+        while len(batch) < _MAX_BATCH:
+            try:
+                if lazy:
+                    job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+            lazy = lazy and job.lazy
+        return batch, False
 
     def _file_gone(self) -> bool:
         """Whether the path no longer names the file the writer opened (checked each time
@@ -293,32 +336,13 @@ class SqliteWriter:
         self._finish([(job, None, error) for job in batch])
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        outcomes: list[tuple[_Job[Any], Any, BaseException | None]] = []
+        outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job.work(conn)
-                except Exception as exc:
-                    if isinstance(exc, sqlite3.Error) and (
-                        not conn.in_transaction or is_fault(exc)
-                    ):
-                        # SQLite rolled the whole transaction back, or the file cannot take
-                        # writes (full, read-only, I/O, corrupt): the batch fails, not the job.
-                        raise
-                    # A job's own failure (a bug, or a constraint) must not sink the batch.
-                    try:
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                    except sqlite3.Error:
-                        raise exc from None  # the job's error is the one to report
-                    outcomes.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append((job, result, None))
+            outcomes = [self._job(conn, job) for job in batch]
             conn.execute("COMMIT")
             self.commits += 1
+            self.jobs += len(batch)
             if self.problem is not None:
                 log.warning("the SQLite file %s takes writes again", self._path)
                 self.problem = None
@@ -341,14 +365,39 @@ class SqliteWriter:
             failure.__cause__ = exc
         return failure
 
-    def _finish(self, outcomes: list[tuple[_Job[Any], Any, BaseException | None]]) -> None:
-        for job, result, error in outcomes:
-            try:
-                if error is None and job.on_commit is not None:
-                    job.loop.call_soon_threadsafe(job.on_commit, result)
-                job.loop.call_soon_threadsafe(_resolve, job.future, result, error)
-            except RuntimeError:  # the caller's loop is closed; nobody is waiting
-                pass
+    @staticmethod
+    def _job(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
+        """Run one job of the open transaction, in its own savepoint unless it has none."""
+        if job.savepoint:
+            conn.execute("SAVEPOINT job")
+        try:
+            result = job.work(conn)
+        except Exception as exc:
+            if isinstance(exc, sqlite3.Error) and (not conn.in_transaction or is_fault(exc)):
+                # SQLite rolled the whole transaction back, or the file cannot take writes
+                # (full, read-only, I/O, corrupt): the batch fails, not the job.
+                raise
+            # A job's own failure (a bug, or a constraint) must not sink the batch.
+            if job.savepoint:
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error:
+                    raise exc from None  # the job's error is the one to report
+            return (job, None, exc)
+        if job.savepoint:
+            conn.execute("RELEASE job")
+        return (job, result, None)
+
+    def _finish(self, outcomes: list[_Outcome]) -> None:
+        # One wake-up of each event loop for the whole batch, not one per job.
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for outcome in outcomes:
+            by_loop.setdefault(outcome[0].loop, []).append(outcome)
+        for loop, done in by_loop.items():
+            # RuntimeError: the caller's loop is closed; nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve_all, done)
 
 
 _FAULT_WORDS = ("locked", "busy", "full", "readonly", "read-only", "disk i/o", "malformed")

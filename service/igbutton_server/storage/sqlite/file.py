@@ -40,6 +40,11 @@ class SqliteFile:
         """Write transactions committed so far (several jobs, of any store, may share one)."""
         return self.writer.commits
 
+    @property
+    def jobs(self) -> int:
+        """Writes of any store committed so far (each a job of one of the transactions)."""
+        return self.writer.jobs
+
     def unready_reason(self) -> str | None:
         """None while the file takes writes, else why not (for /readyz)."""
         if not self._started:

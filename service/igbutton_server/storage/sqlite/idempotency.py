@@ -45,6 +45,17 @@ _COLUMNS = "fingerprint, outcome, lease_expires_at, written, owner"
 
 _PRUNE_EVERY_SECONDS = 60.0
 
+_CLAIM = (
+    "INSERT INTO idempotency AS old (request_id, fingerprint, outcome, lease_expires_at, "
+    "expires_at, owner, written) VALUES (?, ?, NULL, ?, ?, ?, ?) "
+    "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+    "outcome = NULL, lease_expires_at = excluded.lease_expires_at, "
+    "expires_at = excluded.expires_at, owner = excluded.owner, written = excluded.written "
+    "WHERE old.expires_at <= ? OR (old.outcome IS NULL AND old.written = 0 AND old.owner != ?)"
+)
+"""A new claim, or one taking over a record that counts as absent (expired) or abandoned
+before it was written; changes no row when the record stands."""
+
 
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the table if it does not exist (idempotent)."""
@@ -84,6 +95,11 @@ class SqliteIdempotencyStore:
         """Write transactions of the file committed so far (claims may share one)."""
         return self._file.commits
 
+    @property
+    def jobs(self) -> int:
+        """Writes of the file committed so far (a claim, an outcome, a postback append...)."""
+        return self._file.jobs
+
     async def get(self, key: str) -> Record | None:
         """See IdempotencyStore.get."""
         now = time.time()
@@ -98,32 +114,25 @@ class SqliteIdempotencyStore:
         return await self._file.readers.run(read)
 
     async def claim(
-        self, key: str, fingerprint: str, lease_seconds: float, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        lease_seconds: float,
+        ttl_seconds: float,
+        *,
+        written: bool = False,
     ) -> Record | None:
         """See IdempotencyStore.claim."""
         now = time.time()
+        claim = (key, fingerprint, now + lease_seconds, now + ttl_seconds, self._owner, written)
 
         def write(db: sqlite3.Connection) -> Record | None:
             if now - self._last_prune > _PRUNE_EVERY_SECONDS:
                 db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
                 self._last_prune = now
-            else:
-                db.execute(
-                    "DELETE FROM idempotency WHERE request_id = ? AND expires_at <= ?",
-                    (key, now),
-                )
-            # A crashed process's claim that never reached Meta: take it over.
-            db.execute(
-                "DELETE FROM idempotency WHERE request_id = ? AND outcome IS NULL "
-                "AND written = 0 AND owner != ?",
-                (key, self._owner),
-            )
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO idempotency (request_id, fingerprint, outcome, "
-                "lease_expires_at, expires_at, owner, written) VALUES (?, ?, NULL, ?, ?, ?, 0)",
-                (key, fingerprint, now + lease_seconds, now + ttl_seconds, self._owner),
-            ).rowcount
-            if inserted:
+            # One statement: insert, or take over an expired record or a
+            # crashed process's claim that never reached Meta.
+            if db.execute(_CLAIM, (*claim, now, self._owner)).rowcount:
                 return None
             row = db.execute(
                 f"SELECT {_COLUMNS} FROM idempotency WHERE request_id = ?",  # noqa: S608 - constant
@@ -131,7 +140,9 @@ class SqliteIdempotencyStore:
             ).fetchone()
             return self._record(row)
 
-        return await self._file.writer.run(write)
+        # Without a savepoint: the prune may stand if the claim fails; each statement is
+        # atomic by itself.
+        return await self._file.writer.run(write, savepoint=False)
 
     async def mark_written(self, key: str) -> None:
         """See IdempotencyStore.mark_written."""
@@ -144,11 +155,17 @@ class SqliteIdempotencyStore:
             ).rowcount
             return bool(updated)
 
-        if not await self._file.writer.run(write):
+        if not await self._file.writer.run(write, savepoint=False):
             raise ClaimLost(key)
 
     async def complete(
-        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+        self,
+        key: str,
+        fingerprint: str,
+        outcome: Outcome,
+        ttl_seconds: float,
+        *,
+        batched: bool = False,
     ) -> None:
         """See IdempotencyStore.complete."""
         now = time.time()
@@ -163,7 +180,7 @@ class SqliteIdempotencyStore:
                 (key, fingerprint, text, now, now + ttl_seconds, self._owner),
             )
 
-        await self._file.writer.run(write)
+        await self._file.writer.run(write, savepoint=False, lazy=batched)
 
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""
@@ -174,7 +191,7 @@ class SqliteIdempotencyStore:
                 (key, self._owner),
             )
 
-        await self._file.writer.run(write)
+        await self._file.writer.run(write, savepoint=False)
 
     def unready_reason(self) -> str | None:
         """None while the file takes writes, else why not (for /readyz)."""
