@@ -142,7 +142,14 @@ class AckLedger:
     """The delivery ledger: ``<consumer>.<stream seq>`` -> ``<attempt>.<consumer seq>`` of
     the current delivery. The consumer sequence tells a delivery from one of the same
     attempt by an earlier consumer of the group (before a seek recreated it); entries
-    written before it was kept hold the attempt only, and match any consumer sequence."""
+    written before it was kept hold the attempt only, and match any consumer sequence.
+
+    The bucket is read from its leader, never with direct gets (``NatsConnection.bucket``):
+    a member records a delivery just before handing it out and the client may ack it at
+    once through another replica, whose direct get a lagging replica of the bucket may
+    answer without the entry. The ack was then reported unknown while the member went on
+    holding the delivery until its deadline (the replicas' group test after a seek: two
+    slots held and dead-lettered by the member itself, which then stalled)."""
 
     def __init__(self, conn: NatsConnection, bucket: KeyValue) -> None:
         self._conn = conn
