@@ -459,6 +459,13 @@ class NatsGroupMember:
         """An operation on the group (see ``NatsLayout.group_notice_subject``)."""
         kind, _, rest = msg.data.partition(b"\n")
         if kind == b"reset":
+            # A member that saw its consumer vanish has already read the new one's
+            # generation (``_consumer_deleted``) and pulled from it: what its inbox holds
+            # and the request it has out are the new consumer's. Dropping them would leave
+            # deliveries never handed out nor given back (JetStream waits out their AckWait,
+            # and dead-letters a last attempt), and a second request would bring more than
+            # its free slots.
+            switched = rest.decode() == self._generation
             if rest.isdigit():
                 self._generation = rest.decode()
             # Sought: the consumer was made afresh and its ledger entries dropped, so what
@@ -466,8 +473,9 @@ class NatsGroupMember:
             # may hold already (it pulls again as soon as the consumer is back) is in the
             # ledger under its own consumer sequence: that one is kept.
             self._expired.clear()
-            self._inbox.messages.clear()
-            self._inbox.outstanding = 0
+            if not switched:
+                self._inbox.messages.clear()
+                self._inbox.outstanding = 0
             for seq, held in list(self._held.items()):
                 reply = AckReply.parse(held.reply)
                 current = None
