@@ -143,6 +143,23 @@ class NatsServer:
         """SIGKILL, as a crash."""
         self.stop(signal.SIGKILL)
 
+    def freeze(self) -> None:
+        """SIGSTOP, and return only once the server is stopped.
+
+        A signal is delivered asynchronously: ``kill`` returns before the process stops,
+        and on a busy machine the server went on answering for a while (a PubAck a test
+        meant to lose came back in time). As its parent, wait for the kernel to report the
+        stop (every thread stopped)."""
+        assert self.process is not None, "not started"
+        self.process.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(self.process.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), f"nats-server {self.name} did not stop: {status:#x}"
+
+    def thaw(self) -> None:
+        """SIGCONT: a frozen server runs on."""
+        assert self.process is not None, "not started"
+        self.process.send_signal(signal.SIGCONT)
+
 
 @dataclass
 class NatsCluster:

@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import json
 import logging
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -190,8 +189,6 @@ async def test_a_postback_whose_puback_came_too_late_counts_as_stored_once(
     monkeypatch.setattr(nats_postbacks, "PUBACK_WAIT_SECONDS", 0.3)
     caplog.set_level(logging.INFO, logger=nats_postbacks.__name__)
     settings = nats_test_settings(make_settings, [restartable_server.url])
-    process = restartable_server.process
-    assert process is not None
     async with removing_layout(settings):
         store = await NatsPostbackStore.open(settings)
         try:
@@ -199,12 +196,12 @@ async def test_a_postback_whose_puback_came_too_late_counts_as_stored_once(
             async def gave_up_waiting() -> bool:
                 return any("no PubAck in time" in r.getMessage() for r in caplog.records)
 
-            process.send_signal(signal.SIGSTOP)
+            restartable_server.freeze()  # stopped for certain before the publish
             try:
                 appending = asyncio.create_task(store.append([new(1)]))
                 await eventually(gave_up_waiting)
             finally:
-                process.send_signal(signal.SIGCONT)
+                restartable_server.thaw()
             result = await appending
             assert (result.stored, result.duplicates) == (1, 0)
             info = await store.conn.js.stream_info(store.conn.layout.stream)

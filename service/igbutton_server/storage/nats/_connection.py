@@ -267,9 +267,9 @@ class NatsConnection:
 
     async def ensure_postback_layout(self) -> KeyValue:
         """Create or update the log, dead-letter stream and delivery ledger; return the
-        ledger bucket."""
+        ledger bucket (read from its leader, see ``bucket``)."""
         await ensure_postback_layout(self.js, self.layout, self.settings)
-        return self._bucket(self.layout.delivery_bucket)
+        return self._bucket(self.layout.delivery_bucket, direct=False)
 
     async def ensure_idempotency_layout(self) -> KeyValue:
         """Create or update the idempotency bucket and return it."""
@@ -285,14 +285,19 @@ class NatsConnection:
         )
         return self._bucket(self.layout.idempotency_bucket)
 
-    def bucket(self, name: str) -> KeyValue:
-        """A KV bucket that exists, on the current client."""
-        return self._bucket(name)
+    def bucket(self, name: str, *, direct: bool = True) -> KeyValue:
+        """A KV bucket that exists, on the current client. A ``direct`` read may be
+        answered by any replica of the bucket, one that has not yet applied a write
+        already acknowledged (JetStream does not promise read-after-write for direct
+        gets); otherwise every read goes to the bucket's leader."""
+        return self._bucket(name, direct=direct)
 
-    def _bucket(self, name: str) -> KeyValue:
+    def _bucket(self, name: str, *, direct: bool = True) -> KeyValue:
         # Built directly: js.key_value() first asks for the stream's info, which a cluster
         # may not answer yet right after creating it.
-        return KeyValue(name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=self.js, direct=True)
+        return KeyValue(
+            name=name, stream=f"KV_{name}", pre=f"$KV.{name}.", js=self.js, direct=direct
+        )
 
     @property
     def connected(self) -> bool:

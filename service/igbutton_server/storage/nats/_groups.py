@@ -142,7 +142,14 @@ class AckLedger:
     """The delivery ledger: ``<consumer>.<stream seq>`` -> ``<attempt>.<consumer seq>`` of
     the current delivery. The consumer sequence tells a delivery from one of the same
     attempt by an earlier consumer of the group (before a seek recreated it); entries
-    written before it was kept hold the attempt only, and match any consumer sequence."""
+    written before it was kept hold the attempt only, and match any consumer sequence.
+
+    The bucket is read from its leader, never with direct gets (``NatsConnection.bucket``):
+    a member records a delivery just before handing it out and the client may ack it at
+    once through another replica, whose direct get a lagging replica of the bucket may
+    answer without the entry. The ack was then reported unknown while the member went on
+    holding the delivery until its deadline (the replicas' group test after a seek: two
+    slots held and dead-lettered by the member itself, which then stalled)."""
 
     def __init__(self, conn: NatsConnection, bucket: KeyValue) -> None:
         self._conn = conn
@@ -452,6 +459,13 @@ class NatsGroupMember:
         """An operation on the group (see ``NatsLayout.group_notice_subject``)."""
         kind, _, rest = msg.data.partition(b"\n")
         if kind == b"reset":
+            # A member that saw its consumer vanish has already read the new one's
+            # generation (``_consumer_deleted``) and pulled from it: what its inbox holds
+            # and the request it has out are the new consumer's. Dropping them would leave
+            # deliveries never handed out nor given back (JetStream waits out their AckWait,
+            # and dead-letters a last attempt), and a second request would bring more than
+            # its free slots.
+            switched = rest.decode() == self._generation
             if rest.isdigit():
                 self._generation = rest.decode()
             # Sought: the consumer was made afresh and its ledger entries dropped, so what
@@ -459,8 +473,9 @@ class NatsGroupMember:
             # may hold already (it pulls again as soon as the consumer is back) is in the
             # ledger under its own consumer sequence: that one is kept.
             self._expired.clear()
-            self._inbox.messages.clear()
-            self._inbox.outstanding = 0
+            if not switched:
+                self._inbox.messages.clear()
+                self._inbox.outstanding = 0
             for seq, held in list(self._held.items()):
                 reply = AckReply.parse(held.reply)
                 current = None

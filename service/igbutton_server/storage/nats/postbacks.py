@@ -273,7 +273,8 @@ class NatsPostbackStore:
     async def _on_revived(self) -> None:
         """Rebuild on the new client what lived on the closed one."""
         await asyncio.gather(*self._ending)
-        self.ledger = AckLedger(self.conn, self.conn.bucket(self.conn.layout.delivery_bucket))
+        ledger_bucket = self.conn.bucket(self.conn.layout.delivery_bucket, direct=False)
+        self.ledger = AckLedger(self.conn, ledger_bucket)
         await self._dead_letters.close()
         self._dead_letters = ExpiredDeadLetters(self.conn, self.ledger)
         await self._publisher.close()
