@@ -610,7 +610,11 @@ class NatsPostbackStore:
             raise GroupNotFound(group)
         return consumer, info
 
-    async def _details(self, group: str, consumer: str, info: api.ConsumerInfo) -> GroupDetails:
+    async def _details(
+        self, group: str, consumer: str, info: api.ConsumerInfo, deletions: int
+    ) -> GroupDetails:
+        """The group's details from ``info``, read when ``deletions`` groups had been
+        deleted by this store."""
         layout = self.conn.layout
         dead = await self.conn.js.stream_info(
             layout.dead_letter_stream, subjects_filter=layout.dead_letter_filter(consumer)
@@ -626,7 +630,10 @@ class NatsPostbackStore:
             sum((dead.state.subjects or {}).values()),
             oldest,
         )
-        metrics.observe_group(found)
+        # As in group_info: a deletion while this was read removed the group's series, and
+        # setting the gauges now would bring them back for a group that no longer exists.
+        if deletions == self._deletions:
+            metrics.observe_group(found)
         return found
 
     async def list_groups(self) -> list[GroupDetails]:
@@ -635,16 +642,18 @@ class NatsPostbackStore:
         found: list[GroupDetails] = []
         for consumer in sorted(await group_consumers(self.conn)):
             group = group_of(consumer)
+            deletions = self._deletions
             info = await self._existing_consumer(consumer)
             if group is not None and info is not None:
-                found.append(await self._details(group, consumer, info))
+                found.append(await self._details(group, consumer, info, deletions))
         return sorted(found, key=lambda d: d.key)
 
     async def get_group(self, group: str) -> GroupDetails:
         """See GroupOperations.get_group."""
         self._check_open()
+        deletions = self._deletions
         consumer, info = await self._group_consumer(group)
-        return await self._details(group, consumer, info)
+        return await self._details(group, consumer, info, deletions)
 
     async def remove_group(self, group: str, *, force: bool = False) -> None:
         """See GroupOperations.remove_group."""

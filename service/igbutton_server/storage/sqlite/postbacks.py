@@ -77,6 +77,9 @@ class SqlitePostbackStore:
         self._readers = file.readers
         self._cursors: set[_SqliteSubscription] = set()
         self._members: dict[str, set[_SqliteGroupMember]] = {}
+        self._deletions = 0
+        """Groups deleted by this store so far: a read of a group's details that a deletion
+        overtook must not set its gauges again (that would bring back its series)."""
         self._closed = False
         self._tail: deque[StoredPostback] = deque()
         self._tail_floor = 0
@@ -250,6 +253,7 @@ class SqlitePostbackStore:
         for member in list(self._members.pop(group, ())):
             await member.close()
         metrics.GROUPS.set(len(self._members))
+        self._deletions += 1
         metrics.forget_group(group)
         return existed
 
@@ -275,22 +279,26 @@ class SqlitePostbackStore:
             return [d for d in found if d is not None]
 
         # Members are counted here, on the loop that owns them, not in the reader thread.
+        deletions = self._deletions
         every = [
             dataclasses.replace(d, members=self._member_count(d.key))
             for d in await self._readers.run(read)
         ]
-        for details in every:
-            metrics.observe_group(details)
+        if deletions == self._deletions:
+            for details in every:
+                metrics.observe_group(details)
         return every
 
     async def get_group(self, group: str) -> GroupDetails:
         """See GroupOperations.get_group."""
         self._check_open()
         members = self._member_count(group)
+        deletions = self._deletions
         found = await self._readers.run(lambda conn: admin.details(conn, group, members))
         if found is None:
             raise GroupNotFound(group)
-        metrics.observe_group(found)
+        if deletions == self._deletions:
+            metrics.observe_group(found)
         return found
 
     async def remove_group(self, group: str, *, force: bool = False) -> None:
