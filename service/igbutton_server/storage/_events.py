@@ -21,3 +21,15 @@ async def wait_event(event: asyncio.Event, seconds: float | None) -> bool:
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def stop_task(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to end, cancelling again while it runs on.
+
+    A task iterating a library's watcher (nats-py's KV watch waits with ``asyncio.wait_for``)
+    can swallow one cancellation on Python 3.11 and carry on; awaiting it once then waits
+    forever (seen: a rate-limit ledger's close hung a test's teardown for 120 s).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)

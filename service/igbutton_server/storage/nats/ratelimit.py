@@ -35,6 +35,7 @@ from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
 from igbutton_server.config import Settings
+from igbutton_server.storage._events import stop_task
 from igbutton_server.storage.nats._connection import (
     WRONG_LAST_SEQUENCE,
     NatsConnection,
@@ -109,9 +110,7 @@ class NatsRateLedger:
         self._bucket = self._conn.bucket(self._name)
         self._cache.clear()
         if self._watching is not None:
-            self._watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watching
+            await stop_task(self._watching)
         self._watching = asyncio.create_task(self._watch(), name="nats-rate-holds")
 
     def listen(self, listener: HoldListener) -> None:
@@ -237,7 +236,5 @@ class NatsRateLedger:
         """Stop watching and close the connection."""
         self._conn.closing = True
         if self._watching is not None:
-            self._watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watching
+            await stop_task(self._watching)
         await self._conn.close()

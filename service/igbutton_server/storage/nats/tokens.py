@@ -22,6 +22,7 @@ from nats.js import api
 from nats.js.errors import APIError, KeyNotFoundError
 
 from igbutton_server.config import Settings
+from igbutton_server.storage._events import stop_task
 from igbutton_server.storage.nats._connection import (
     WRONG_LAST_SEQUENCE,
     NatsConnection,
@@ -90,9 +91,7 @@ class NatsTokenStore:
     async def _on_revived(self) -> None:
         self._bucket = self._conn.bucket(self._name)
         if self._watching is not None:
-            self._watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watching
+            await stop_task(self._watching)
         self._watching = asyncio.create_task(self._watch(), name="nats-token-watch")
 
     async def _watch(self) -> None:
@@ -167,7 +166,5 @@ class NatsTokenStore:
         """Stop watching and close the connection."""
         self._conn.closing = True
         if self._watching is not None:
-            self._watching.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watching
+            await stop_task(self._watching)
         await self._conn.close()
