@@ -373,6 +373,22 @@ async def ensure_postback_layout(
     )
 
 
+async def open_kv_bucket(
+    settings: Settings, name: str, description: str, ttl: float
+) -> NatsConnection:
+    """Connect and create or update the KV bucket ``name`` (the tokens, rate-limit and
+    messaging-window stores each keep one); the connection is closed if that fails."""
+    conn = await NatsConnection.open(settings)
+    try:
+        await _create_or_update(
+            conn.js, _kv_stream_config(name, description, ttl, settings.storage.nats.replicas)
+        )
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
 def _kv_stream_config(bucket: str, description: str, ttl: float, replicas: int) -> api.StreamConfig:
     # The same stream nats-py's create_key_value builds, so js.key_value() accepts it;
     # built here because create_key_value cannot update an existing bucket.

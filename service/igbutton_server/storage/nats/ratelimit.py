@@ -39,8 +39,7 @@ from igbutton_server.storage._events import stop_task
 from igbutton_server.storage.nats._connection import (
     WRONG_LAST_SEQUENCE,
     NatsConnection,
-    _create_or_update,
-    _kv_stream_config,
+    open_kv_bucket,
 )
 from igbutton_server.storage.nats.idempotency import bucket_key
 from igbutton_server.storage.postbacks import StorageUnavailable
@@ -86,21 +85,13 @@ class NatsRateLedger:
     @classmethod
     async def open(cls, settings: Settings) -> NatsRateLedger:
         """Connect, create or update the bucket, and start watching holds."""
-        conn = await NatsConnection.open(settings)
         name = settings.rate_limit.nats_bucket or f"{settings.storage.nats.stream}_ratelimit"
-        try:
-            await _create_or_update(
-                conn.js,
-                _kv_stream_config(
-                    name,
-                    "igbutton send rate limit: token buckets and holds per account",
-                    MAX_AGE_SECONDS,
-                    settings.storage.nats.replicas,
-                ),
-            )
-        except BaseException:
-            await conn.close()
-            raise
+        conn = await open_kv_bucket(
+            settings,
+            name,
+            "igbutton send rate limit: token buckets and holds per account",
+            MAX_AGE_SECONDS,
+        )
         ledger = cls(conn, name)
         ledger._watching = asyncio.create_task(ledger._watch(), name="nats-rate-holds")
         return ledger

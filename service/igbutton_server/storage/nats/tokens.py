@@ -26,8 +26,7 @@ from igbutton_server.storage._events import stop_task
 from igbutton_server.storage.nats._connection import (
     WRONG_LAST_SEQUENCE,
     NatsConnection,
-    _create_or_update,
-    _kv_stream_config,
+    open_kv_bucket,
 )
 from igbutton_server.storage.nats.idempotency import bucket_key
 from igbutton_server.storage.tokens import StoredToken, TokenRecord
@@ -65,21 +64,13 @@ class NatsTokenStore:
     @classmethod
     async def open(cls, settings: Settings) -> NatsTokenStore:
         """Connect, create or update the bucket, and start watching it."""
-        conn = await NatsConnection.open(settings)
         name = bucket_name(settings)
-        try:
-            await _create_or_update(
-                conn.js,
-                _kv_stream_config(
-                    name,
-                    "igbutton access tokens per account (refreshed tokens and leases)",
-                    MAX_AGE_SECONDS,
-                    settings.storage.nats.replicas,
-                ),
-            )
-        except BaseException:
-            await conn.close()
-            raise
+        conn = await open_kv_bucket(
+            settings,
+            name,
+            "igbutton access tokens per account (refreshed tokens and leases)",
+            MAX_AGE_SECONDS,
+        )
         store = cls(conn, name)
         store._watching = asyncio.create_task(store._watch(), name="nats-token-watch")
         return store

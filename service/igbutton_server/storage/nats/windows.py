@@ -23,8 +23,7 @@ from nats.js.errors import (
 from igbutton_server.config import Settings
 from igbutton_server.storage.nats._connection import (
     NatsConnection,
-    _create_or_update,
-    _kv_stream_config,
+    open_kv_bucket,
 )
 from igbutton_server.storage.nats.idempotency import bucket_key
 from igbutton_server.storage.windows import RECORD_TTL_SECONDS, Person
@@ -51,21 +50,13 @@ class NatsWindowLedger:
     @classmethod
     async def open(cls, settings: Settings) -> NatsWindowLedger:
         """Connect and create or update the bucket."""
-        conn = await NatsConnection.open(settings)
         name = bucket_name(settings)
-        try:
-            await _create_or_update(
-                conn.js,
-                _kv_stream_config(
-                    name,
-                    "igbutton messaging windows: each person's last message time per account",
-                    float(RECORD_TTL_SECONDS),
-                    settings.storage.nats.replicas,
-                ),
-            )
-        except BaseException:
-            await conn.close()
-            raise
+        conn = await open_kv_bucket(
+            settings,
+            name,
+            "igbutton messaging windows: each person's last message time per account",
+            float(RECORD_TTL_SECONDS),
+        )
         return cls(conn, name)
 
     async def note(self, seen: Mapping[Person, int]) -> None:
