@@ -4,6 +4,7 @@ per file, and a claim that is durable once the claim call returns."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import sqlite3
 import sys
@@ -171,3 +172,78 @@ async def test_a_lazy_write_alone_is_committed_and_close_commits_what_waits(
     with sqlite3.connect(tmp_path / "w.db") as db:
         assert sorted(r[0] for r in db.execute("SELECT k FROM t")) == ["alone", "at-close"]
     db.close()
+
+
+class _SleepWatch:
+    """The writer thread's ``time.sleep``, counted: the group-commit delay is one sleep."""
+
+    def __init__(self) -> None:
+        self.sleeping = threading.Event()
+        self.sleeps = 0
+        self._sleep = _threads.time.sleep
+
+    def __call__(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.sleeping.set()
+        self._sleep(seconds)
+
+
+async def _until(flag: threading.Event) -> None:
+    assert await asyncio.to_thread(flag.wait, 10), "the writer never waited"
+
+
+async def _held_writer(
+    writer: SqliteWriter, jobs: list[Callable[[], asyncio.Future[None]]]
+) -> None:
+    """Run ``jobs`` as one batch: queued while the writer is busy with a job that waits."""
+    release = threading.Event()
+    busy = writer.submit(lambda _db: release.wait(10))
+    queued = [job() for job in jobs]
+    release.set()
+    await busy
+    await asyncio.gather(*queued)
+
+
+async def test_claims_under_load_wait_a_moment_to_share_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = _SleepWatch()
+    monkeypatch.setattr(_threads.time, "sleep", watch)
+    monkeypatch.setattr(_threads, "_GROUP_DELAY_SECONDS", 0.5)
+    writer = SqliteWriter(tmp_path / "w.db", _table)
+    await writer.start()
+    try:
+        # Two claims in one batch: the writer has company, so the next claim's batch waits.
+        claims = [functools.partial(writer.submit, _insert(k), patient=True) for k in "ab"]
+        await _held_writer(writer, claims)
+        assert watch.sleeps == 0  # the batch after a lone job did not wait
+        before = writer.commits
+        third = writer.submit(_insert("c"), patient=True)
+        await _until(watch.sleeping)  # the writer waits for company: give it some
+        fourth = writer.submit(_insert("d"), patient=True)
+        await asyncio.gather(third, fourth)
+        assert (writer.commits - before, watch.sleeps) == (1, 1)
+    finally:
+        await writer.close()
+
+
+async def test_appends_and_a_lone_caller_never_wait_for_company(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = _SleepWatch()
+    monkeypatch.setattr(_threads.time, "sleep", watch)
+    monkeypatch.setattr(_threads, "_GROUP_DELAY_SECONDS", 30.0)  # a wait would show
+    writer = SqliteWriter(tmp_path / "w.db", _table)
+    await writer.start()
+    try:
+        async with asyncio.timeout(10):
+            # Appends (not patient) after a batch with company: committed at once.
+            appends = [functools.partial(writer.submit, _insert(k)) for k in "ab"]
+            await _held_writer(writer, appends)
+            await writer.run(_insert("c"))
+            # One caller's claims, one at a time: each batch alone, none waits.
+            for key in "def":
+                await writer.run(_insert(key), patient=True)
+        assert watch.sleeps == 0
+    finally:
+        await writer.close()

@@ -119,7 +119,7 @@ class IdempotentSends:
         self._store = store
         self._ttl = ttl_seconds
         self._in_flight: dict[str, _InFlight] = {}
-        self._storing: set[asyncio.Task[None]] = set()
+        self._storing: set[asyncio.Future[None]] = set()
         """Outcomes being stored after their callers were answered."""
         self._unsettled: dict[str, None] = {}
         """request_ids that may hold a pending claim of this process whose call failed before
@@ -221,20 +221,28 @@ class IdempotentSends:
         stays and answers repeats in this process; if the process dies before (within one
         commit, at most about 20 ms on SQLite), a repeat is told SEND_OUTCOME_UNKNOWN, as
         for a crash while Meta was answering. So one send pays one fsync on the path to its
-        answer (the claim), and its outcome shares the next claim's commit. A task of its
-        own: the caller's cancellation must not lose the record of a send that happened.
+        answer (the claim), and its outcome shares the next claim's commit. The store's own
+        future, not the caller's task: the caller's cancellation must not lose the record of
+        a send that happened.
         """
         entry.future.set_result(outcome)
         entry.storing = True
-        task = asyncio.get_running_loop().create_task(self._keep(key, fp, outcome, batched=True))
-        self._storing.add(task)
+        # A future of the store's, not a task: no coroutine to run per send.
+        try:
+            stored = self._store.complete_soon(key, fp, outcome, self._ttl)
+        except Exception as exc:  # noqa: BLE001 - reported like a failed write, below
+            stored = asyncio.get_running_loop().create_future()
+            stored.set_exception(exc)
+        self._storing.add(stored)
 
-        def stored(done: asyncio.Task[None]) -> None:
-            self._storing.discard(done)
+        def done(future: asyncio.Future[None]) -> None:
+            self._storing.discard(future)
             if self._in_flight.get(key) is entry:
                 del self._in_flight[key]
+            if not future.cancelled() and (error := future.exception()) is not None:
+                self._not_kept(key, error)
 
-        task.add_done_callback(stored)
+        stored.add_done_callback(done)
 
     async def flush(self) -> None:
         """Wait until every outcome being stored is durable (before the store closes)."""
@@ -288,10 +296,17 @@ class IdempotentSends:
                 return outcome
             # Abandoned before it was written: claim again (the store takes it over).
 
-    async def _keep(self, key: str, fp: str, outcome: Outcome, *, batched: bool = False) -> None:
+    async def _keep(self, key: str, fp: str, outcome: Outcome) -> None:
         try:
-            await self._store.complete(key, fp, outcome, self._ttl, batched=batched)
-        except StorageUnavailable as exc:  # the cause is in the message; a trace adds nothing
+            await self._store.complete(key, fp, outcome, self._ttl)
+        except Exception as exc:  # noqa: BLE001 - the send is over either way: logged
+            self._not_kept(key, exc)
+
+    @staticmethod
+    def _not_kept(key: str, exc: BaseException) -> None:
+        """Log an outcome that could not be stored: the send is over either way, and the
+        caller still gets its outcome."""
+        if isinstance(exc, StorageUnavailable):  # the cause is in the message; no trace
             _unavailable_log.log(
                 logging.ERROR,
                 "complete",
@@ -299,9 +314,8 @@ class IdempotentSends:
                 key,
                 exc,
             )
-        except Exception:
-            # The send is over either way; the caller still gets its outcome.
-            log.exception("could not store the outcome of request_id %r", key)
+        else:
+            log.error("could not store the outcome of request_id %r", key, exc_info=exc)
 
     async def _forget(self, key: str) -> None:
         try:

@@ -18,6 +18,7 @@ written is answered SEND_OUTCOME_UNKNOWN at once, without waiting for its lease.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -78,17 +79,18 @@ class IdempotencyStore(Protocol):
         ...
 
     async def complete(
-        self,
-        key: str,
-        fingerprint: str,
-        outcome: Outcome,
-        ttl_seconds: float,
-        *,
-        batched: bool = False,
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
     ) -> None:
-        """Keep the outcome of the request_id for ``ttl_seconds``; durable on return. With
-        ``batched`` the write may wait a moment (SQLite: up to 20 ms) to share a durable
-        write with the next claim instead of costing one of its own."""
+        """Keep the outcome of the request_id for ``ttl_seconds``; durable on return."""
+        ...
+
+    def complete_soon(
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+    ) -> asyncio.Future[None]:
+        """:meth:`complete` without waiting: a future done once the outcome is durable (or
+        failed). The write may wait a moment (SQLite: up to 20 ms) to share a durable
+        write with the next claim instead of costing one of its own. Raises at once if
+        the store cannot take it."""
         ...
 
     async def release(self, key: str) -> None:

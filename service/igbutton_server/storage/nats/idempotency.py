@@ -334,13 +334,7 @@ class NatsIdempotencyStore:
         await self._guarded(lambda: self._mark_written(key))
 
     async def complete(
-        self,
-        key: str,
-        fingerprint: str,
-        outcome: Outcome,
-        ttl_seconds: float,
-        *,
-        batched: bool = False,  # noqa: ARG002 - each publish is its own write on NATS
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
     ) -> None:
         """See IdempotencyStore.complete."""
         # Tried even while the last request failed: the outcome of a send that happened is
@@ -348,6 +342,12 @@ class NatsIdempotencyStore:
         await self._guarded(
             lambda: self._complete(key, fingerprint, outcome, ttl_seconds), probe=True
         )
+
+    def complete_soon(
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+    ) -> asyncio.Future[None]:
+        """See IdempotencyStore.complete_soon: each publish is its own write on NATS."""
+        return asyncio.ensure_future(self.complete(key, fingerprint, outcome, ttl_seconds))
 
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""

@@ -15,6 +15,7 @@ Meta.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 import uuid
@@ -142,7 +143,7 @@ class SqliteIdempotencyStore:
 
         # Without a savepoint: the prune may stand if the claim fails; each statement is
         # atomic by itself.
-        return await self._file.writer.run(write, savepoint=False)
+        return await self._file.writer.run(write, savepoint=False, patient=True)
 
     async def mark_written(self, key: str) -> None:
         """See IdempotencyStore.mark_written."""
@@ -159,15 +160,22 @@ class SqliteIdempotencyStore:
             raise ClaimLost(key)
 
     async def complete(
+        self, key: str, fingerprint: str, outcome: Outcome, ttl_seconds: float
+    ) -> None:
+        """See IdempotencyStore.complete."""
+        await self.complete_soon(key, fingerprint, outcome, ttl_seconds, lazy=False)
+
+    def complete_soon(
         self,
         key: str,
         fingerprint: str,
         outcome: Outcome,
         ttl_seconds: float,
         *,
-        batched: bool = False,
-    ) -> None:
-        """See IdempotencyStore.complete."""
+        lazy: bool = True,
+    ) -> asyncio.Future[None]:
+        """See IdempotencyStore.complete_soon: a lazy job of the writer, which shares the
+        next claim's (or append's) commit."""
         now = time.time()
         text = dump_outcome(outcome)
 
@@ -180,7 +188,7 @@ class SqliteIdempotencyStore:
                 (key, fingerprint, text, now, now + ttl_seconds, self._owner),
             )
 
-        await self._file.writer.run(write, savepoint=False, lazy=batched)
+        return self._file.writer.submit(write, savepoint=False, lazy=lazy)
 
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""
