@@ -1,14 +1,14 @@
 """Closed-loop send load: N concurrent callers for a fixed time, in its own process.
 
 ``python -m bench.loadgen_send grpc --target HOST:PORT ...`` calls SendButtonTemplate (on
-igbutton or on the trivial servicer); ``python -m bench.loadgen_send http --url URL ...``
-POSTs the same message's Graph JSON straight to the sandbox (pre-encoded: the ceiling);
-``client --target`` sends through igbutton's AsyncClient with its defaults (a request_id
-per send) and ``aiohttp --sandbox-url`` the way a team calls the Graph API directly with
-aiohttp (bench.peers). After the warm-up it prints
-``{"event": "start"}``, at the end ``{"event": "end"}`` (the orchestrator measures the
-server between the two), then one ``{"event": "result", ...}`` line. Only calls that
-complete inside the measured window count.
+igbutton or on the trivial servicer); ``grpc_rid`` does the same with a fresh request_id
+per send; ``python -m bench.loadgen_send http --url URL ...`` POSTs the same message's
+Graph JSON straight to the sandbox (pre-encoded: the ceiling); ``client --target`` sends
+through igbutton's AsyncClient with its defaults (a request_id per send) and ``aiohttp
+--sandbox-url`` the way a team calls the Graph API directly with aiohttp (bench.peers).
+After the warm-up it prints ``{"event": "start"}``, at the end ``{"event": "end"}`` (the
+orchestrator measures the server between the two), then one ``{"event": "result", ...}``
+line. Only calls that complete inside the measured window count.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import asyncio
 import json
 import resource
 import time
+import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ import grpc
 import igbutton
 from bench import payloads, peers
 from bench.stats import latency_summary
-from igbutton.v1 import send_service_pb2_grpc
+from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
 
 if TYPE_CHECKING:
     from igbutton.v1.send_service_pb2_grpc import SendServiceAsyncStub
@@ -98,7 +99,7 @@ async def _run(calls: list[Call], warmup: float, duration: float) -> Window:
 
 
 def _grpc_calls(
-    target: str, concurrency: int, channels: int, timeout: float
+    target: str, concurrency: int, channels: int, timeout: float, *, request_ids: bool = False
 ) -> tuple[list[Call], list[grpc.aio.Channel]]:
     # A local subchannel pool per channel gives each its own TCP connection (SO_REUSEPORT
     # workers are balanced per connection).
@@ -111,7 +112,13 @@ def _grpc_calls(
         stub = stubs[n % channels]
 
         async def call(stub: SendServiceAsyncStub = stub) -> None:
-            await stub.SendButtonTemplate(request, timeout=timeout)
+            if request_ids:  # what the clients add: a fresh request_id per send
+                one = send_service_pb2.SendButtonTemplateRequest()
+                one.CopyFrom(request)
+                one.request_id = str(uuid.uuid4())
+                await stub.SendButtonTemplate(one, timeout=timeout)
+            else:
+                await stub.SendButtonTemplate(request, timeout=timeout)
 
         calls.append(call)
     return calls, chans
@@ -135,8 +142,14 @@ def _http_calls(
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     """Run the load and return the result record."""
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    if args.mode == "grpc":
-        calls, chans = _grpc_calls(args.target, args.concurrency, args.channels, args.timeout)
+    if args.mode in ("grpc", "grpc_rid"):
+        calls, chans = _grpc_calls(
+            args.target,
+            args.concurrency,
+            args.channels,
+            args.timeout,
+            request_ids=args.mode == "grpc_rid",
+        )
         for ch in chans:
             await asyncio.wait_for(ch.channel_ready(), 30)
         try:
@@ -168,7 +181,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
-        "channels": args.channels if args.mode in ("grpc", "client") else None,
+        "channels": args.channels if args.mode in ("grpc", "grpc_rid", "client") else None,
         "duration_s": args.duration,
         "calls": ok,
         "calls_per_s": round(ok / args.duration, 1),
@@ -184,7 +197,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["grpc", "http", "client", "aiohttp"])
+    parser.add_argument("mode", choices=["grpc", "grpc_rid", "http", "client", "aiohttp"])
     parser.add_argument("--target", help="host:port of a SendService (grpc, client)")
     parser.add_argument("--url", help="the Graph send URL (http mode)")
     parser.add_argument("--sandbox-url", help="the sandbox's base URL (aiohttp mode)")

@@ -123,3 +123,22 @@ def test_a_run_without_calls_or_with_errors_fails_the_bench() -> None:
         "postbacks nats max-b1": "exited",
     }
     assert failures({"send": {"failures": {}}}) == {}
+
+
+@pytest.mark.slow
+def test_send_profile_splits_an_idempotent_sends_cost_by_thread(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IGBUTTON_", "BENCH_"))}
+    out = tmp_path / "windows.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.send_profile", "--rounds=1", "--duration=1",
+         "--warmup=0.3", "--concurrency=4", f"--json={out}"],
+        cwd=REPO, env=env, check=True, timeout=240,
+    )  # fmt: skip
+    windows = {w["mode"]: w for w in json.loads(out.read_text())}
+    assert set(windows) == {"client", "grpc"}
+    for window in windows.values():
+        assert window["sends_per_s"] > 0
+        assert window["cpu_us"] > 0
+    # Only the idempotent sends (request_id) commit to SQLite.
+    assert windows["client"]["commits"] > 0
+    assert windows["grpc"]["commits"] == 0
