@@ -14,6 +14,8 @@ import pytest
 
 from igbutton.v1 import button_template_pb2, send_service_pb2, send_service_pb2_grpc
 from igbutton_server.app import App
+from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
+from tests.conftest import SettingsFactory, starting_apps
 from tests.postbacks.conftest import (
     ACCOUNT,
     OTHER_ACCOUNT,
@@ -21,6 +23,7 @@ from tests.postbacks.conftest import (
     WebhookClient,
     delivery,
     postback_item,
+    postback_overrides,
     webhook_url,
 )
 from tests.send.conftest import details, send_request
@@ -199,3 +202,24 @@ async def test_a_caller_reads_windows_only_of_its_accounts(start_app: AppFactory
                 S.GetMessagingWindowRequest(account_id=ACCOUNT), metadata=auth
             )
         assert details(invalid.value).violations[0][0] == "recipient_id"
+
+
+async def test_a_delivery_and_the_windows_it_opens_share_one_sqlite_commit(
+    make_settings: SettingsFactory, http: Any
+) -> None:
+    # The postbacks and the windows they open are both stored before the 200: in one
+    # commit (one fsync), not one after the other.
+    async with starting_apps(lambda **o: make_settings(**postback_overrides(), **o)) as start:
+        app = await start()
+        assert app.send is not None
+        file = app.send.store
+        assert isinstance(file, SqliteIdempotencyStore)  # the file's writer, shared
+        webhook = WebhookClient(http, webhook_url(app))
+        now = int(time.time() * 1000)
+        await webhook.deliver(postback_item("warm", sender="1000000000000001", timestamp=now))
+        for n in range(5):
+            before, jobs = file.commits, file.jobs
+            await webhook.deliver(
+                postback_item(f"one-{n}", sender="1000000000000002", timestamp=now + n)
+            )
+            assert (file.jobs - jobs, file.commits - before) == (2, 1)

@@ -187,10 +187,16 @@ class Webhook:
         self._accounts.report(delivery.unknown_accounts)
         try:
             with metrics.LOG_APPEND_LATENCY.time():
-                result = await self._store.append(delivery.postbacks)
-            # Before the 200 too: a window not recorded is retried with the delivery.
-            if self._windows is not None and delivery.last_messages:
-                await self._windows.note(delivery.last_messages)
+                if self._windows is not None and delivery.last_messages:
+                    # Before the 200 too: a window not recorded is retried with the delivery.
+                    # Side by side, not one after the other: on SQLite the two writes share
+                    # one commit (one fsync), on NATS their round trips overlap.
+                    result, _ = await asyncio.gather(
+                        self._store.append(delivery.postbacks),
+                        self._windows.note(delivery.last_messages),
+                    )
+                else:
+                    result = await self._store.append(delivery.postbacks)
         except (StorageUnavailable, OSError) as exc:
             # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
             # store logged the fault and readiness shows it, so each delivery refused
