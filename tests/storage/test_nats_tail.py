@@ -259,3 +259,27 @@ async def test_a_stuck_cursor_holds_the_reader_back_only_so_far(open_store: Open
     await store.append([new(count)])
     assert mids(await take(late, 1)) == [f"m{count}"]
     assert mids(await take(stuck, count + 1)) == [f"m{i}" for i in range(count + 1)]
+
+
+async def test_a_cursor_opened_far_ahead_of_a_held_back_reader_does_not_wait_for_it(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    stuck = await store.subscribe(Filter(), Start.latest())
+    await store.append([new(i) for i in range(3 * TAIL)])
+    await _until(_tail_is(store, lambda t: getattr(t, "resume_index", 0) != float("inf")))
+    # The reader waits for the stuck cursor, two rings behind the log's end.
+    late = await store.subscribe(Filter(), Start.latest())
+    assert not on_tail(late)  # it would wait for the reader to get there
+    await store.append([new(3 * TAIL)])
+    assert mids(await take(late, 1)) == [f"m{3 * TAIL}"]
+    assert on_tail(stuck)
+    assert mids(await take(stuck, 3 * TAIL + 1)) == [f"m{i}" for i in range(3 * TAIL + 1)]
+    # Once the reader is near it again, the late cursor moves to the ring.
+    await store.append([new(3 * TAIL + 1)])
+    assert mids(await take(late, 1)) == [f"m{3 * TAIL + 1}"]
+    await _until(_tail_is(store, lambda t: t.end == 3 * TAIL + 2))
+    await store.append([new(3 * TAIL + 2)])
+    assert mids(await take(late, 1)) == [f"m{3 * TAIL + 2}"]
+    assert on_tail(late)
+    assert await consumer_count(store) == 1

@@ -20,9 +20,12 @@ twice in this process (once for the ring that nobody reads, once for the cursor)
 busy machine is what kept such a cursor from ever catching up. So the reader waits, the
 backlog stays in JetStream, and the cursors go on from the ring. A cursor that keeps up
 (at the end of the ring) is never held back: with one on the ring the reader reads on, and
-slower ones fall out as before. Pacing is bounded (``PACE_LIMIT``): once the reader is that
-far behind the log's end (the consumer's pending count) it reads on regardless, so one stuck
-subscriber cannot hold the ring (and any cursor opened at "latest") behind the log forever.
+slower ones fall out as before. A cursor opened while the reader is held back, more than a
+ring ahead of it (at "latest", say), does not wait on the ring for the reader to get there: it
+reads a consumer of its own until the ring is near, then joins it. Pacing is bounded
+(``PACE_LIMIT_TAILS``): once the reader is that far behind the log's end (the consumer's
+pending count) it reads on regardless, so subscribers that stopped reading altogether cannot
+hold the ring behind the log forever.
 
 The reader runs only while some broadcast cursor is open (:meth:`SharedTail.acquire` /
 :meth:`SharedTail.release`): a replica nobody subscribes to does not read and decode every
@@ -54,7 +57,7 @@ READ_BATCH = 1024
 """Messages the reader asks for at once."""
 START_WAIT_SECONDS = 5.0
 """How long the first subscriber waits for the reader's consumer before going without."""
-PACE_LIMIT_TAILS = 4
+PACE_LIMIT_TAILS = 16
 """Pacing stops once the reader is this many ring sizes behind the log's end (see above)."""
 
 
@@ -115,9 +118,12 @@ class SharedTail:
 
     def index_after(self, position: int) -> int | None:
         """The ring index of the first postback above stream sequence ``position``, or None
-        if the ring does not hold everything after it."""
+        if the ring does not hold everything after it (or the reader is more than a ring
+        behind ``position``)."""
         if self.floor is None or position < self.floor:
             return None
+        if position > self._head + self._size:
+            return None  # the reader is held back far behind: not worth waiting for
         low, high = self.oldest, self.end
         while low < high:
             mid = (low + high) // 2
@@ -145,10 +151,15 @@ class SharedTail:
         attached cursor out of the ring (see the module's docstring)."""
         if self._pending >= PACE_LIMIT_TAILS * self._size:
             return READ_BATCH - outstanding  # too far behind the log's end to wait
-        nearest = max((i for r in self._listeners if (i := r.tail_index) is not None), default=None)
-        # Nobody on the ring: keep it at the log's end (a pull of at most a ring, so that a
-        # cursor joining at its end is not pushed out by what is already on its way).
-        behind = 0 if nearest is None else self.end - max(nearest, self.oldest)
+        oldest = self.oldest
+        nearest = max(
+            (i for r in self._listeners if (i := r.tail_index) is not None and i >= oldest),
+            default=None,
+        )
+        # Nobody on the ring (a cursor already pushed out of it does not count): keep it at
+        # the log's end, with pulls of at most a ring, so that a cursor joining at its end is
+        # not pushed out by what is already on its way.
+        behind = 0 if nearest is None else self.end - nearest
         return min(READ_BATCH, self._size - behind) - outstanding
 
     async def acquire(self) -> None:
