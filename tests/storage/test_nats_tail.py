@@ -283,3 +283,25 @@ async def test_a_cursor_opened_far_ahead_of_a_held_back_reader_does_not_wait_for
     assert mids(await take(late, 1)) == [f"m{3 * TAIL + 2}"]
     assert on_tail(late)
     assert await consumer_count(store) == 1
+
+
+async def test_a_paced_cursor_gets_two_replicas_concurrent_appends_in_order(
+    open_store: OpenStore,
+) -> None:
+    a, b = await open_store(), await open_store()
+    slow = await b.subscribe(Filter(), Start.latest())  # alone on b's ring: it paces b's reader
+    batches = [[new(i + j, account=f"acct-{i % 2}") for j in range(16)] for i in range(0, 512, 16)]
+    # Both replicas append at once; the slow cursor reads one at a time meanwhile.
+    writers = [
+        asyncio.create_task(store.append(batch))
+        for i, batch in enumerate(batches)
+        for store in ((a,) if i % 2 else (b,))
+    ]
+    got = [p for _ in range(100) for p in await take(slow, 1)]
+    await asyncio.gather(*writers)
+    got += await take(slow, 512 - len(got))
+    assert on_tail(slow)
+    everything = await take(await a.subscribe(Filter(), Start.earliest()), 512)
+    assert [p.sequence for p in got] == [p.sequence for p in everything]
+    assert [p.sequence for p in got] == sorted({p.sequence for p in got})  # no duplicate
+    assert sorted(mids(got)) == sorted(f"m{i}" for i in range(512))
