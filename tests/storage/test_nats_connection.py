@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from igbutton_server.storage.nats._connection import (
     DUPLICATE_WINDOW_SECONDS,
     NatsConnection,
     NatsLayout,
+    parse_header_lines,
     redact_url,
     subject_token,
 )
@@ -110,3 +112,38 @@ def test_layout_subjects() -> None:
 def test_redact_url() -> None:
     assert redact_url("nats://u:p@h:4222") == "nats://h:4222"
     assert redact_url("tls://h:4222") == "tls://h:4222"
+
+
+HEADER_BLOCKS = [
+    (
+        b"Nats-Msg-Id: 1784:m_abc\r\nNats-Expected-Last-Subject-Sequence: 0\r\n"
+        b"Nats-Expected-Stream: IGBUTTON_POSTBACKS\r\n\r\n"
+    ),
+    b"Name:Value\r\nName2:\tValue2  \r\nEmpty:\r\n:no-name\r\nno colon\r\n\r\n",
+    b"Bad Name: 1\r\nTab\tName: 2\r\nUnit\x1fSep: 3\r\nFile\x1cSep: 4\r\n  Padded  : 5\r\n",
+    b"Caf\xc3\xa9: 1\r\nUtf8: caf\xc3\xa9\r\nBroken: \xff\xfe\r\nDup: a\r\nDup: b\r\n",
+    b"Colon: a:b:c\r\nDEL\x7f: 6\r\nCtrl\x01: 7\r\nVert\x0bTab: 8\r\n\r\n\r\n",
+    b"",
+]
+
+
+@pytest.mark.parametrize("raw", HEADER_BLOCKS)
+def test_the_header_parser_reads_headers_as_nats_py_does(raw: bytes) -> None:
+    assert parse_header_lines(raw) == NatsClient._parse_header_lines(raw)
+
+
+async def test_the_client_reads_headers_with_the_faster_parser(
+    make_settings: SettingsFactory, nats_server: NatsServer
+) -> None:
+    settings = nats_test_settings(make_settings, [nats_server.url])
+    async with removing_layout(settings):
+        conn = await NatsConnection.open(settings)
+        try:
+            assert type(conn.client)._parse_header_lines is parse_header_lines
+            sub = await conn.client.subscribe("igbutton.test.headers")
+            headers = {"Nats-Msg-Id": "a:b", "Igbutton-Redrive-Of": "12", "Empty": ""}
+            await conn.client.publish("igbutton.test.headers", b"x", headers=headers)
+            msg = await sub.next_msg(timeout=5)
+            assert msg.headers == headers
+        finally:
+            await conn.close()

@@ -203,3 +203,105 @@ async def test_the_reader_stops_with_the_last_cursor_and_starts_with_the_next(
     await store.append([new(6)])
     assert mids(await take(latest, 1)) == ["m6"]  # what came while stopped is not "latest"
     assert mids(await take(earliest, 7)) == [f"m{i}" for i in range(7)]
+
+
+def _tail_is(
+    store: NatsPostbackStore, check: Callable[[nats_tail.SharedTail], bool]
+) -> Callable[[], Awaitable[bool]]:
+    async def condition() -> bool:
+        return check(store.tail)
+
+    return condition
+
+
+async def test_a_lone_slow_cursor_paces_the_reader_and_stays_on_the_ring(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    slow = await store.subscribe(Filter(), Start.latest())
+    await store.append([new(i) for i in range(3 * TAIL)])
+    # The reader fills the ring and then waits for the cursor (it would otherwise read all
+    # of them, and the cursor would fall out onto a consumer of its own).
+    await _until(
+        _tail_is(
+            store, lambda t: getattr(t, "resume_index", 0) != float("inf") or t.end >= 3 * TAIL
+        )
+    )
+    assert store.tail.end <= TAIL
+    got: list[StoredPostback] = []
+    for _ in range(3 * TAIL):
+        got += await take(slow, 1)
+        assert on_tail(slow)
+    assert mids(got) == [f"m{i}" for i in range(3 * TAIL)]
+    assert await consumer_count(store) == 1  # the shared reader's only
+
+
+async def test_a_fast_cursor_is_not_held_back_by_a_slow_one(open_store: OpenStore) -> None:
+    store = await open_store()
+    slow = await store.subscribe(Filter(), Start.latest())
+    fast = await store.subscribe(Filter(), Start.latest())
+    await store.append([new(i) for i in range(3 * TAIL)])
+    assert mids(await take(fast, 3 * TAIL)) == [f"m{i}" for i in range(3 * TAIL)]
+    assert mids(await take(slow, 3 * TAIL)) == [f"m{i}" for i in range(3 * TAIL)]
+
+
+async def test_a_stuck_cursor_holds_the_reader_back_only_so_far(open_store: OpenStore) -> None:
+    store = await open_store()
+    stuck = await store.subscribe(Filter(), Start.latest())
+    await store.append([new(i) for i in range(TAIL)])
+    await _until(_tail_is(store, lambda t: t.end == TAIL))
+    # More than the pacing limit arrives while the reader waits for the stuck cursor: the
+    # reader learns of it (within a heartbeat) and reads on to the log's end.
+    count = (nats_tail.PACE_LIMIT_TAILS + 2) * TAIL
+    await store.append([new(i) for i in range(TAIL, count)])
+    await _until(_tail_is(store, lambda t: t.end == count))
+    late = await store.subscribe(Filter(), Start.latest())
+    await store.append([new(count)])
+    assert mids(await take(late, 1)) == [f"m{count}"]
+    assert mids(await take(stuck, count + 1)) == [f"m{i}" for i in range(count + 1)]
+
+
+async def test_a_cursor_opened_far_ahead_of_a_held_back_reader_does_not_wait_for_it(
+    open_store: OpenStore,
+) -> None:
+    store = await open_store()
+    stuck = await store.subscribe(Filter(), Start.latest())
+    await store.append([new(i) for i in range(3 * TAIL)])
+    await _until(_tail_is(store, lambda t: getattr(t, "resume_index", 0) != float("inf")))
+    # The reader waits for the stuck cursor, two rings behind the log's end.
+    late = await store.subscribe(Filter(), Start.latest())
+    assert not on_tail(late)  # it would wait for the reader to get there
+    await store.append([new(3 * TAIL)])
+    assert mids(await take(late, 1)) == [f"m{3 * TAIL}"]
+    assert on_tail(stuck)
+    assert mids(await take(stuck, 3 * TAIL + 1)) == [f"m{i}" for i in range(3 * TAIL + 1)]
+    # Once the reader is near it again, the late cursor moves to the ring.
+    await store.append([new(3 * TAIL + 1)])
+    assert mids(await take(late, 1)) == [f"m{3 * TAIL + 1}"]
+    await _until(_tail_is(store, lambda t: t.end == 3 * TAIL + 2))
+    await store.append([new(3 * TAIL + 2)])
+    assert mids(await take(late, 1)) == [f"m{3 * TAIL + 2}"]
+    assert on_tail(late)
+    assert await consumer_count(store) == 1
+
+
+async def test_a_paced_cursor_gets_two_replicas_concurrent_appends_in_order(
+    open_store: OpenStore,
+) -> None:
+    a, b = await open_store(), await open_store()
+    slow = await b.subscribe(Filter(), Start.latest())  # alone on b's ring: it paces b's reader
+    batches = [[new(i + j, account=f"acct-{i % 2}") for j in range(16)] for i in range(0, 512, 16)]
+    # Both replicas append at once; the slow cursor reads one at a time meanwhile.
+    writers = [
+        asyncio.create_task(store.append(batch))
+        for i, batch in enumerate(batches)
+        for store in ((a,) if i % 2 else (b,))
+    ]
+    got = [p for _ in range(100) for p in await take(slow, 1)]
+    await asyncio.gather(*writers)
+    got += await take(slow, 512 - len(got))
+    assert on_tail(slow)
+    everything = await take(await a.subscribe(Filter(), Start.earliest()), 512)
+    assert [p.sequence for p in got] == [p.sequence for p in everything]
+    assert [p.sequence for p in got] == sorted({p.sequence for p in got})  # no duplicate
+    assert sorted(mids(got)) == sorted(f"m{i}" for i in range(512))

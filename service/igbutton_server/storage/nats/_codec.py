@@ -57,6 +57,8 @@ class AckReply:
     consumer_seq: int
     timestamp_ns: int
     """When the message was stored in the stream."""
+    pending: int = 0
+    """Messages the consumer had left to deliver after this one."""
 
     @classmethod
     def parse(cls, subject: str) -> AckReply | None:
@@ -75,6 +77,7 @@ class AckReply:
                 stream_seq=int(tokens[5]),
                 consumer_seq=int(tokens[6]),
                 timestamp_ns=int(tokens[7]),
+                pending=int(tokens[8]),
             )
         except ValueError:
             return None

@@ -89,6 +89,15 @@ class BroadcastCursor:
             raise
         return cursor
 
+    @property
+    def tail_index(self) -> int | None:
+        """See TailReader: the next ring index, None while on a consumer of its own."""
+        return self._index
+
+    def wake(self) -> None:
+        """See TailReader."""
+        self._event.set()
+
     def _attach(self) -> bool:
         """Continue from the shared tail if it holds everything after the position."""
         if self._start.kind is not StartKind.AFTER_SEQUENCE:
@@ -97,12 +106,12 @@ class BroadcastCursor:
         if index is None:
             return False
         self._index = index
-        self._tail.listen(self._event)
+        self._tail.listen(self)
         return True
 
     def _detach(self) -> None:
         self._index = None
-        self._tail.unlisten(self._event)
+        self._tail.unlisten(self)
 
     async def _create(self) -> None:
         conn = self._conn
@@ -181,6 +190,8 @@ class BroadcastCursor:
                 return None
             postback = tail.at(self._index)
             self._index += 1
+            if self._index >= tail.resume_index:
+                tail.resume()  # the reader waits for this cursor to make room
             if postback.sequence <= self._start.after_sequence:
                 continue  # attached while the reader was behind this cursor's position
             self._start = Start.after(postback.sequence)
