@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from igbutton_server.storage.postbacks import Filter, GroupOptions, NewPostback,
 from igbutton_server.storage.sqlite._postback_sql import PAGE_SIZE
 from igbutton_server.storage.sqlite._threads import SqliteWriter
 from igbutton_server.storage.sqlite.postbacks import SqlitePostbackStore
-from tests.postbacks.test_store_contract import new, next_of
+from tests.postbacks.conftest import WAIT
+from tests.postbacks.test_store_contract import new, next_of, options
 
 
 @pytest.fixture
@@ -117,6 +120,42 @@ async def test_a_cursor_behind_the_memory_tail_reads_the_log_without_a_gap(
     assert [p.sequence for p in got] == sorted(p.sequence for p in got)
     await store.append([new(10)])
     assert (await next_of(sub)).mid == new(10).mid
+
+
+async def test_a_claim_behind_a_busy_writer_still_gets_the_whole_ack_deadline(
+    store: SqlitePostbackStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A member looks at the clock, then its claim waits for the writer (a loaded machine):
+    # its deliveries are due an ack deadline after the claim ran, not after the member
+    # looked, or one comes out with its time spent and goes at once to another member.
+    clock = [1_800_000_000_000]
+    monkeypatch.setattr("igbutton_server.storage.sqlite.postbacks._now_ms", lambda: clock[0])
+    first = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=1))
+    second = await store.join_group("g", Filter(), Start.latest(), options(ack_deadline=1))
+    await store.append([new(1)])
+    busy, release = threading.Event(), threading.Event()
+
+    def occupy(_: sqlite3.Connection) -> None:
+        busy.set()
+        release.wait(WAIT)
+
+    blocker = asyncio.ensure_future(store._writer.run(occupy))
+    try:
+        assert await asyncio.to_thread(busy.wait, WAIT)
+        claiming = asyncio.ensure_future(anext(first))
+        deadline = time.monotonic() + WAIT
+        while store._writer._queue.qsize() == 0:  # until the claim is queued behind it
+            assert time.monotonic() < deadline, "the member did not claim"
+            await asyncio.sleep(0)
+        clock[0] += 1500  # the writer was busy for longer than the ack deadline
+    finally:
+        release.set()
+    await blocker
+    got = await asyncio.wait_for(claiming, WAIT)
+    assert (got.postback.mid, got.attempt) == ("m1", 1)
+    await store.append([new(2)])
+    other = await next_of(second)
+    assert (other.postback.mid, other.attempt) == ("m2", 1)  # not m1's second attempt
 
 
 async def test_pruned_postbacks_are_not_served_from_memory(store: SqlitePostbackStore) -> None:

@@ -156,6 +156,8 @@ class Claim:
     """Deliveries pending in the group after this claim."""
     more: bool
     """The scan stopped early; claim again at once."""
+    deadline_ms: int
+    """The deadline of this claim's deliveries: its ack deadline after the claim ran."""
 
 
 def _dead_letter(
@@ -192,18 +194,21 @@ def claim(
     group: str,
     member: str,
     limit: int,
-    deadline_ms: int,
+    ack_deadline_ms: int,
     now_ms: int,
 ) -> Claim:
-    """Hand up to ``limit`` deliveries to ``member``: expired or nacked ones first (their
-    attempt counted, or dead-lettered after the group's maximum), then new postbacks after
-    the group's position that pass its filter. With ``limit`` 0 it only dead-letters the
-    expired last attempts."""
+    """Hand up to ``limit`` deliveries to ``member``, each due ``ack_deadline_ms`` after
+    ``now_ms`` (the time of this transaction, not of the member's call: a claim queued
+    behind a busy writer must not hand out deliveries with their time already spent):
+    expired or nacked ones first (their attempt counted, or dead-lettered after the
+    group's maximum), then new postbacks after the group's position that pass its filter.
+    With ``limit`` 0 it only dead-letters the expired last attempts."""
+    deadline_ms = now_ms + ack_deadline_ms
     row = conn.execute(
         "SELECT filter_json, position, max_attempts FROM postback_groups WHERE name = ?", (group,)
     ).fetchone()
     if row is None:
-        return Claim([], (), None, 0, more=False)
+        return Claim([], (), None, 0, more=False, deadline_ms=deadline_ms)
     flt, position, max_attempts = filter_from_json(row[0]), int(row[1]), int(row[2])
     deliveries: list[Delivery] = []
     dead: list[int] = []
@@ -238,7 +243,7 @@ def claim(
     (unacked,) = conn.execute(
         "SELECT COUNT(*) FROM postback_group_pending WHERE group_name = ?", (group,)
     ).fetchone()
-    return Claim(deliveries, tuple(dead), next_deadline, int(unacked), more)
+    return Claim(deliveries, tuple(dead), next_deadline, int(unacked), more, deadline_ms)
 
 
 def _dead_letter_last_attempts(

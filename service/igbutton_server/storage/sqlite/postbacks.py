@@ -210,11 +210,15 @@ class SqlitePostbackStore:
         metrics.GROUPS.set(len(self._members))
         return member
 
-    async def claim(self, member: _SqliteGroupMember, limit: int, deadline_ms: int) -> groups.Claim:
-        """Claim up to ``limit`` deliveries for ``member`` until ``deadline_ms``. For this
-        module's group members; not part of PostbackStore."""
+    async def claim(self, member: _SqliteGroupMember, limit: int) -> groups.Claim:
+        """Claim up to ``limit`` deliveries for ``member``, due its ack deadline after the
+        claim runs on the writer (``Claim.deadline_ms``). For this module's group members;
+        not part of PostbackStore."""
+        ack_deadline_ms = int(member.options.ack_deadline * 1000)
         claim = await self._writer.run(
-            lambda conn: groups.claim(conn, member.group, member.id, limit, deadline_ms, _now_ms())
+            lambda conn: groups.claim(
+                conn, member.group, member.id, limit, ack_deadline_ms, _now_ms()
+            )
         )
         if member.group in self._members:  # not for a group deleted meanwhile
             metrics.UNACKED.labels(group=member.group).set(claim.unacked)
@@ -542,13 +546,12 @@ class _SqliteGroupMember:
             wait_until: int | None
             if free > 0 or self._expired:
                 # Stalled (free 0), the claim only dead-letters expired last attempts.
-                deadline_ms = now_ms + int(self.options.ack_deadline * 1000)
                 try:
-                    claim = await self._store.claim(self, free, deadline_ms)
+                    claim = await self._store.claim(self, free)
                 except StoreClosed:
                     raise StopAsyncIteration from None
                 for delivery in claim.deliveries:
-                    self._held[delivery.ack_id] = deadline_ms
+                    self._held[delivery.ack_id] = claim.deadline_ms
                 self._buffer.extend(claim.deliveries)
                 if claim.deliveries or claim.more:
                     continue
