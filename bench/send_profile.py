@@ -24,16 +24,15 @@ import re
 import shutil
 import subprocess
 import tempfile
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from bench import procs, servers
+from bench.send_bench import CommitsMeter
 from bench.servers import ServerKnobs
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-_COMMITS = re.compile(r"^igbutton_bench_sqlite_commits_total ([0-9.e+]+)", re.MULTILINE)
 _DUMPED_THREAD = re.compile(r'^Thread (\d+) \([^)]*\): "([^"]*)"', re.MULTILINE)
 
 ThreadUse = dict[str, tuple[float, int, int]]
@@ -77,12 +76,6 @@ def _threads(pid: int, names: dict[int, str]) -> ThreadUse:
     return {name: (cpu, int(vol), int(inv)) for name, (cpu, vol, inv) in use.items()}
 
 
-def _commits(http_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics") as answer:
-        found = _COMMITS.search(answer.read().decode())
-    return float(found.group(1)) if found else 0.0
-
-
 def _window(
     igb: servers.Running, mode: str, args: argparse.Namespace, spy: Path | None
 ) -> dict[str, Any]:
@@ -108,7 +101,9 @@ def _window(
         events = (json.loads(line) for line in load.stdout if line.startswith("{"))
         next(e for e in events if e["event"] == "start")
         names = _python_names(igb.child.pid)
-        before, commits = _threads(igb.child.pid, names), _commits(igb.ports["http"])
+        commits = CommitsMeter(igb.ports["http"])
+        before = _threads(igb.child.pid, names)
+        commits.begin()
         if spy is not None:
             sampler = subprocess.Popen(
                 [_py_spy(),
@@ -120,7 +115,7 @@ def _window(
             )  # fmt: skip
         next(e for e in events if e["event"] == "end")
         after = _threads(igb.child.pid, names)
-        commits = _commits(igb.ports["http"]) - commits
+        committed = commits.end()["commits"] or 0
         result = next(e for e in events if e["event"] == "result")
     finally:
         load.wait(timeout=60)
@@ -141,7 +136,7 @@ def _window(
         "sends_per_s": result["calls_per_s"],
         "p50_ms": result["latency"]["p50_ms"],
         "cpu_us": round(sum(t["cpu_us"] for t in threads.values()), 1),
-        "commits": round(commits / sends, 3),
+        "commits": round(committed / sends, 3),
         "threads": threads,
     }
 

@@ -26,7 +26,12 @@ from igbutton_server.accounts.activity import AccountActivity
 from igbutton_server.config import WebhookSettings
 from igbutton_server.postbacks.accounts import AccountCheck
 from igbutton_server.postbacks.parse import MalformedDelivery, parse_delivery
-from igbutton_server.storage.postbacks import NewPostback, PostbackStore, StorageUnavailable
+from igbutton_server.storage.postbacks import (
+    AppendResult,
+    NewPostback,
+    PostbackStore,
+    StorageUnavailable,
+)
 from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
@@ -149,6 +154,10 @@ class Webhook:
             log.info("webhook client disconnected before its whole body arrived")
             return _error(400, "incomplete body")
 
+    async def _append(self, postbacks: Sequence[NewPostback]) -> AppendResult:
+        with metrics.LOG_APPEND_LATENCY.time():
+            return await self._store.append(postbacks)
+
     def _refuse_unsigned(self, request: web.Request, body: bytes) -> web.Response | None:
         """The refusal of a delivery without Meta's valid signature, or None when it has one."""
         if self._settings.allow_unsigned:
@@ -186,17 +195,16 @@ class Webhook:
         self._report_tests(delivery.self_tests, [p for p in delivery.postbacks if p.test])
         self._accounts.report(delivery.unknown_accounts)
         try:
-            with metrics.LOG_APPEND_LATENCY.time():
-                if self._windows is not None and delivery.last_messages:
-                    # Before the 200 too: a window not recorded is retried with the delivery.
-                    # Side by side, not one after the other: on SQLite the two writes share
-                    # one commit (one fsync), on NATS their round trips overlap.
-                    result, _ = await asyncio.gather(
-                        self._store.append(delivery.postbacks),
-                        self._windows.note(delivery.last_messages),
-                    )
-                else:
-                    result = await self._store.append(delivery.postbacks)
+            appended = self._append(delivery.postbacks)
+            if self._windows is not None and delivery.last_messages:
+                # Before the 200 too: a window not recorded is retried with the delivery.
+                # Side by side, not one after the other: on SQLite the two writes share one
+                # commit (one fsync), on NATS their round trips overlap.
+                result, _ = await asyncio.gather(
+                    appended, self._windows.note(delivery.last_messages)
+                )
+            else:
+                result = await appended
         except (StorageUnavailable, OSError) as exc:
             # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
             # store logged the fault and readiness shows it, so each delivery refused
