@@ -394,8 +394,11 @@ class App:
         return f"http://{host}:{self.ports.webhook}{self.settings.webhook.path}"
 
     async def _look_up_accounts(self) -> None:
-        """Read each account's name and webhook fields at Meta once, after start."""
+        """Read each account's name and webhook fields at Meta once, after start and after
+        the tokens' first pass: not with a token a refresh due at start is about to replace."""
         assert self._checks is not None
+        assert self.tokens is not None
+        await self.tokens.first_pass()
         for account in self.settings.accounts:
             await self._checks.look_up(account.id)
 

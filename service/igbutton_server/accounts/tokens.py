@@ -92,6 +92,7 @@ class AccountTokens:
             on_token(account.configured)
             account.file_stamp = _stamp(account.config.access_token_file)
         self._wake = asyncio.Event()
+        self._first_pass = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         listen = getattr(store, "listen", None)
@@ -112,6 +113,12 @@ class AccountTokens:
                 )
             self._export(account)
         self._task = asyncio.create_task(self._run(), name="account-tokens")
+
+    async def first_pass(self) -> None:
+        """Return once the background task has made its first pass over every account
+        (a refresh due at start included), so that what reads the account at Meta next uses
+        the token that pass left, and a 190 is told by the refresh that met it."""
+        await self._first_pass.wait()
 
     async def stop(self) -> None:
         """Stop the background task."""
@@ -220,6 +227,7 @@ class AccountTokens:
                         "keeping the account's token failed",
                         extra={"account_id": account.config.id},
                     )
+            self._first_pass.set()
             await wait_event(self._wake, self._settings.check_interval_seconds)
 
     async def _tick(self, account: _Account) -> None:
