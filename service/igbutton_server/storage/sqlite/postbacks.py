@@ -127,8 +127,13 @@ class SqlitePostbackStore:
         batch = list(postbacks)
         if not batch:
             return AppendResult(0, 0)
+        # One postback is one statement, atomic by itself: no savepoint (two statements
+        # fewer in the writer's transaction, each a hand-over of the GIL to and from the
+        # event loop). Several must be all or none.
         result, _ = await self._writer.run(
-            lambda conn: sql.append(conn, batch, _now_ms()), self._on_appended
+            lambda conn: sql.append(conn, batch, _now_ms()),
+            self._on_appended,
+            savepoint=len(batch) > 1,
         )
         return result
 

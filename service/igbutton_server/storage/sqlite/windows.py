@@ -47,7 +47,9 @@ class SqliteWindowLedger:
                 rows,
             )
 
-        await self._file.writer.run(write)
+        # No savepoint: each upsert only raises a time, so rows that stand when a later
+        # one fails are right by themselves (and the delivery is retried in full).
+        await self._file.writer.run(write, savepoint=False)
 
     async def last_message_ms(self, account_id: str, person_id: str) -> int | None:
         """See WindowLedger.last_message_ms."""
