@@ -7,6 +7,13 @@ everything queued, runs each job in its own savepoint inside one transaction, co
 only its savepoint; a failed commit fails the whole batch. Readers use separate connections
 (WAL lets them read while the writer writes) in a small thread pool.
 
+Jobs of one kind that a single statement can do together (idempotency claims, outcomes,
+window notes: :class:`Merge`) run as one statement per batch when the batch holds several.
+Every statement hands the GIL to the event loop and back (Python's sqlite3 releases it
+around each step), and under load the event loop keeps it for up to the switch interval
+before the writer gets it again: a batch of 30 jobs run one by one took milliseconds at the
+tail while the callers of all 30 waited for its commit.
+
 The writer keeps the file's health for readiness (:attr:`SqliteWriter.problem`): a failed
 transaction (locked, full, read-only, corrupt) sets it and fails its jobs with
 StorageUnavailable; while it is set, the writer probes with a small real write every
@@ -34,11 +41,11 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from igbutton_server.storage.postbacks import StorageCorrupt, StorageUnavailable, StoreClosed
 
@@ -85,6 +92,18 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+class Merge(Protocol):
+    """A kind of job that one statement can run for several at once (see
+    :meth:`SqliteWriter.submit`)."""
+
+    def run_all(self, conn: sqlite3.Connection, items: Sequence[Any]) -> list[Any] | None:
+        """Run the jobs given by their ``items``, in the open transaction; each one's
+        result, in order. None, or an exception from a statement that SQLite undid by
+        itself (a constraint): nothing was written, and each job runs its own ``work``
+        instead. What this writes before the statement that failed must stand on its own."""
+        ...
+
+
 @dataclass
 class _Job(Generic[T]):
     work: Callable[[sqlite3.Connection], T]
@@ -94,6 +113,8 @@ class _Job(Generic[T]):
     savepoint: bool = True
     lazy: bool = False
     patient: bool = False
+    merge: Merge | None = None
+    item: Any = None
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -169,10 +190,13 @@ class SqliteWriter:
         savepoint: bool = True,
         lazy: bool = False,
         patient: bool = False,
+        merge: tuple[Merge, Any] | None = None,
     ) -> T:
         """Run ``work`` in the writer's next transaction; return once it is committed.
         See :meth:`submit`."""
-        return await self.submit(work, on_commit, savepoint=savepoint, lazy=lazy, patient=patient)
+        return await self.submit(
+            work, on_commit, savepoint=savepoint, lazy=lazy, patient=patient, merge=merge
+        )
 
     def submit(
         self,
@@ -182,6 +206,7 @@ class SqliteWriter:
         savepoint: bool = True,
         lazy: bool = False,
         patient: bool = False,
+        merge: tuple[Merge, Any] | None = None,
     ) -> asyncio.Future[T]:
         """Queue ``work`` for the writer's next transaction: a future done once it is
         committed (or failed). Raises at once if the store cannot take it.
@@ -194,6 +219,10 @@ class SqliteWriter:
         ``_LAZY_SECONDS`` for a job that is not, to share its transaction (and fsync)
         instead of committing alone: for writes whose caller need not wait for them. A
         ``patient`` job's batch may wait ``_GROUP_DELAY_SECONDS`` for company under load.
+        With ``merge=(kind, item)``, the batch's jobs of that kind run as one
+        ``kind.run_all`` (one statement) when there are several, ``work`` being the job
+        alone; such jobs run before the batch's others, so their order among the others
+        must not matter (jobs on different keys).
         """
         if self._closed:
             raise StoreClosed("the store is closed")
@@ -207,7 +236,8 @@ class SqliteWriter:
             raise StorageUnavailable(f"SQLite store unavailable: {self.problem}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(work, future, loop, on_commit, savepoint, lazy, patient))
+        kind, item = merge if merge is not None else (None, None)
+        self._queue.put(_Job(work, future, loop, on_commit, savepoint, lazy, patient, kind, item))
         return future
 
     async def close(self) -> None:
@@ -376,31 +406,67 @@ class SqliteWriter:
         outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            outcomes = [self._job(conn, job) for job in batch]
+            outcomes = self._jobs(conn, batch)
             conn.execute("COMMIT")
             self.commits += 1
             self.jobs += len(batch)
             if self.problem is not None:
                 log.warning("the SQLite file %s takes writes again", self._path)
                 self.problem = None
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - SQLite's, or a bug in a Merge: the batch fails
             failure = self._failed(conn, exc, len(batch))
             outcomes = [(job, None, failure) for job in batch]
         self._finish(outcomes)
 
-    def _failed(self, conn: sqlite3.Connection, exc: sqlite3.Error, jobs: int) -> BaseException:
+    def _failed(self, conn: sqlite3.Connection, exc: Exception, jobs: int) -> BaseException:
         """Roll a failed transaction back; the error for its jobs."""
         if conn.in_transaction:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error as rollback:  # the first error is the one that matters
                 log.warning("rollback after %r failed: %r", exc, rollback)
-        failure = self.fault(exc)
-        if failure is None:  # a bug in SQL of ours, not the file: logged with its trace
+        if not isinstance(exc, sqlite3.Error):  # a bug of ours: logged with its trace
+            log.error("SQLite writer failed on a batch; failing %d jobs", jobs, exc_info=exc)
+            failure = StorageUnavailable("SQLite store unavailable: the writer failed (logged)")
+        elif (fault := self.fault(exc)) is not None:
+            return fault
+        else:  # a bug in SQL of ours, not the file: logged with its trace
             log.error("SQLite transaction failed; failing %d jobs", jobs, exc_info=exc)
             failure = StorageUnavailable(f"SQLite store unavailable: {_describe(self._path, exc)}")
-            failure.__cause__ = exc
+        failure.__cause__ = exc
         return failure
+
+    def _jobs(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[_Outcome]:
+        """Run the batch's jobs in the open transaction: those of a :class:`Merge` kind
+        with company as one ``run_all`` each, then every other one by itself."""
+        kinds: dict[Merge, list[_Job[Any]]] = {}
+        for job in batch:
+            if job.merge is not None:
+                kinds.setdefault(job.merge, []).append(job)
+        merged: dict[int, _Outcome] = {}
+        for kind, jobs in kinds.items():
+            if len(jobs) < 2:
+                continue
+            results = self._merged(conn, kind, jobs)
+            if results is not None:
+                for job, result in zip(jobs, results, strict=True):
+                    merged[id(job)] = (job, result, None)
+        if not merged:
+            return [self._job(conn, job) for job in batch]
+        return [merged.get(id(job)) or self._job(conn, job) for job in batch]
+
+    @staticmethod
+    def _merged(conn: sqlite3.Connection, kind: Merge, jobs: list[_Job[Any]]) -> list[Any] | None:
+        """``kind.run_all`` for ``jobs``; None: each runs by itself instead."""
+        try:
+            results = kind.run_all(conn, [job.item for job in jobs])
+        except sqlite3.Error as exc:
+            if not conn.in_transaction or is_fault(exc):
+                raise  # the batch fails, as in _job
+            return None  # the statement was undone; each job finds out for itself
+        if results is not None and len(results) != len(jobs):
+            raise RuntimeError(f"{kind!r} returned {len(results)} results for {len(jobs)} jobs")
+        return results
 
     @staticmethod
     def _job(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:
@@ -438,6 +504,11 @@ class SqliteWriter:
 
 
 _FAULT_WORDS = ("locked", "busy", "full", "readonly", "read-only", "disk i/o", "malformed")
+
+
+def fits(conn: sqlite3.Connection, values: int) -> bool:
+    """Whether one statement of ``conn`` may bind that many values (a Merge's statement)."""
+    return values <= conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:

@@ -5,7 +5,8 @@ Claims, outcomes and releases are jobs of the file's one writer thread, so concu
 share a transaction and its fsync with each other and with postback appends. The writer
 answers a job only after its transaction committed with ``synchronous=FULL``: a claim is on
 disk before the send path calls Meta, so a crash cannot send twice. Reads use the reader
-pool.
+pool. The claims of one batch are one INSERT, and its lazy outcomes one upsert
+(``_Claims``, ``_Outcomes``: see :class:`Merge`), not one statement each.
 
 The owner of a claim is the store that made it: a fresh id per process (the file belongs to
 one process at a time). A pending claim of another owner was left by an earlier process that
@@ -16,13 +17,16 @@ Meta.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from igbutton_server.send.outcome import Outcome, dump_outcome, load_outcome
 from igbutton_server.storage.idempotency import ClaimLost, Record
+from igbutton_server.storage.sqlite._threads import fits
 from igbutton_server.storage.sqlite.file import SqliteFile
 
 _STATEMENTS = (
@@ -57,6 +61,38 @@ _CLAIM = (
 """A new claim, or one taking over a record that counts as absent (expired) or abandoned
 before it was written; changes no row when the record stands."""
 
+_CLAIM_ROW = "(?, ?, NULL, ?, ?, ?, ?)"
+_OUTCOME_ROW = "(?, ?, ?, ?, ?, ?, 1)"
+_OUTCOME = (
+    "INSERT INTO idempotency (request_id, fingerprint, outcome, lease_expires_at, "
+    "expires_at, owner, written) VALUES {rows} "
+    "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
+    "outcome = excluded.outcome, expires_at = excluded.expires_at, written = 1"
+)
+_CLAIM_VALUES = 6
+_OUTCOME_VALUES = 6
+
+
+@functools.cache
+def _new_claims_sql(rows: int) -> str:
+    # A plain INSERT: a request_id that has a record fails it (UNIQUE), SQLite undoes it,
+    # and every claim of the batch then runs _CLAIM on its own.
+    return (
+        "INSERT INTO idempotency (request_id, fingerprint, outcome, lease_expires_at, "  # noqa: S608 - placeholders only
+        "expires_at, owner, written) VALUES " + ", ".join([_CLAIM_ROW] * rows)
+    )
+
+
+@functools.cache
+def _outcomes_sql(rows: int) -> str:
+    return _OUTCOME.format(rows=", ".join([_OUTCOME_ROW] * rows))
+
+
+_ClaimItem = tuple[str, str, float, float, str, bool]
+"""request_id, fingerprint, lease_expires_at, expires_at, owner, written: _CLAIM's values."""
+_OutcomeItem = tuple[str, str, str, float, float, str]
+"""request_id, fingerprint, outcome, lease_expires_at, expires_at, owner: _OUTCOME's."""
+
 
 def create_schema(conn: sqlite3.Connection) -> None:
     """Create the table if it does not exist (idempotent)."""
@@ -85,6 +121,8 @@ class SqliteIdempotencyStore:
         """When the writer last removed every expired record (only the writer touches it)."""
         self._owner = uuid.uuid4().hex
         """This process's claims; any other owner's pending claim was left by a crash."""
+        self._claims = _Claims(self)
+        self._outcomes = _Outcomes()
 
     def open(self) -> None:
         """Start the file's threads and create the table if not done yet. Blocks; call at
@@ -128,9 +166,7 @@ class SqliteIdempotencyStore:
         claim = (key, fingerprint, now + lease_seconds, now + ttl_seconds, self._owner, written)
 
         def write(db: sqlite3.Connection) -> Record | None:
-            if now - self._last_prune > _PRUNE_EVERY_SECONDS:
-                db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
-                self._last_prune = now
+            self.prune_if_due(db, now)
             # One statement: insert, or take over an expired record or a
             # crashed process's claim that never reached Meta.
             if db.execute(_CLAIM, (*claim, now, self._owner)).rowcount:
@@ -143,7 +179,15 @@ class SqliteIdempotencyStore:
 
         # Without a savepoint: the prune may stand if the claim fails; each statement is
         # atomic by itself.
-        return await self._file.writer.run(write, savepoint=False, patient=True)
+        return await self._file.writer.run(
+            write, savepoint=False, patient=True, merge=(self._claims, claim)
+        )
+
+    def prune_if_due(self, db: sqlite3.Connection, now: float) -> None:
+        """Remove every expired record, at most once a ``_PRUNE_EVERY_SECONDS`` (writer)."""
+        if now - self._last_prune > _PRUNE_EVERY_SECONDS:
+            db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+            self._last_prune = now
 
     async def mark_written(self, key: str) -> None:
         """See IdempotencyStore.mark_written."""
@@ -177,18 +221,14 @@ class SqliteIdempotencyStore:
         """See IdempotencyStore.complete_soon: a lazy job of the writer, which shares the
         next claim's (or append's) commit."""
         now = time.time()
-        text = dump_outcome(outcome)
+        values = (key, fingerprint, dump_outcome(outcome), now, now + ttl_seconds, self._owner)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO idempotency (request_id, fingerprint, outcome, lease_expires_at, "
-                "expires_at, owner, written) VALUES (?, ?, ?, ?, ?, ?, 1) "
-                "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
-                "outcome = excluded.outcome, expires_at = excluded.expires_at, written = 1",
-                (key, fingerprint, text, now, now + ttl_seconds, self._owner),
-            )
+            db.execute(_outcomes_sql(1), values)
 
-        return self._file.writer.submit(write, savepoint=False, lazy=lazy)
+        return self._file.writer.submit(
+            write, savepoint=False, lazy=lazy, merge=(self._outcomes, values)
+        )
 
     async def release(self, key: str) -> None:
         """See IdempotencyStore.release."""
@@ -217,3 +257,28 @@ class SqliteIdempotencyStore:
             return Record(fp, load_outcome(outcome), lease)
         mine = owner == self._owner
         return Record(fp, None, lease, written=bool(written), abandoned=not mine, own=mine)
+
+
+class _Claims:
+    """A batch's claims as one INSERT when none of their request_ids has a record (the
+    usual case); else None, and each claim runs ``_CLAIM`` by itself."""
+
+    def __init__(self, store: SqliteIdempotencyStore) -> None:
+        self._store = store
+
+    def run_all(self, conn: sqlite3.Connection, items: Sequence[_ClaimItem]) -> list[None] | None:
+        if not fits(conn, len(items) * _CLAIM_VALUES):
+            return None
+        self._store.prune_if_due(conn, time.time())
+        conn.execute(_new_claims_sql(len(items)), [value for item in items for value in item])
+        return [None] * len(items)  # None: claimed (no record stood in the way)
+
+
+class _Outcomes:
+    """A batch's outcomes as one upsert."""
+
+    def run_all(self, conn: sqlite3.Connection, items: Sequence[_OutcomeItem]) -> list[None] | None:
+        if not fits(conn, len(items) * _OUTCOME_VALUES):
+            return None
+        conn.execute(_outcomes_sql(len(items)), [value for item in items for value in item])
+        return [None] * len(items)

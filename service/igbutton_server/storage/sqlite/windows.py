@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from igbutton_server.storage.sqlite._threads import fits
 from igbutton_server.storage.sqlite.file import SqliteFile
 from igbutton_server.storage.windows import RECORD_TTL_SECONDS, Person
 
 _PRUNE_BATCH = 5000
+
+_Row = tuple[str, str, int]
+"""account_id, person_id, last_ms."""
+
+
+@functools.cache
+def _note_sql(rows: int) -> str:
+    # max(): a late delivery never moves a window back.
+    return (
+        "INSERT INTO messaging_windows (account_id, person_id, last_ms) VALUES "  # noqa: S608 - placeholders only
+        + ", ".join(["(?, ?, ?)"] * rows)
+        + " ON CONFLICT (account_id, person_id)"
+        " DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)"
+    )
+
+
+class _Notes:
+    """A batch's window notes as one upsert."""
+
+    def run_all(self, conn: sqlite3.Connection, items: Sequence[list[_Row]]) -> list[None] | None:
+        rows = [row for item in items for row in item]
+        if not fits(conn, 3 * len(rows)):
+            return None
+        conn.execute(_note_sql(len(rows)), [value for row in rows for value in row])
+        return [None] * len(items)
+
+
+_NOTES = _Notes()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messaging_windows (
@@ -40,16 +70,11 @@ class SqliteWindowLedger:
             return
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO messaging_windows (account_id, person_id, last_ms) VALUES (?, ?, ?)"
-                " ON CONFLICT (account_id, person_id)"
-                " DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
-                rows,
-            )
+            conn.executemany(_note_sql(1), rows)
 
         # No savepoint: each upsert only raises a time, so rows that stand when a later
         # one fails are right by themselves (and the delivery is retried in full).
-        await self._file.writer.run(write, savepoint=False)
+        await self._file.writer.run(write, savepoint=False, merge=(_NOTES, rows))
 
     async def last_message_ms(self, account_id: str, person_id: str) -> int | None:
         """See WindowLedger.last_message_ms."""

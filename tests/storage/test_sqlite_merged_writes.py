@@ -1,0 +1,175 @@
+"""Writes of one kind in one batch of the SQLite writer run as one statement: idempotency
+claims, their outcomes, window notes. Each test queues its writes while the writer is busy,
+so they make one batch, and reads the SQL the writer ran."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from igbutton_server.send.outcome import SendResult
+from igbutton_server.storage.sqlite import _threads, idempotency, windows
+from igbutton_server.storage.sqlite.file import SqliteFile
+from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
+from igbutton_server.storage.sqlite.windows import SqliteWindowLedger
+
+WRITES = 40
+
+
+def traced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the writer's connection runs, in order (its trace callback)."""
+    statements: list[str] = []
+    connect = _threads.connect
+
+    def connect_traced(path: Path, *, readonly: bool) -> sqlite3.Connection:
+        conn = connect(path, readonly=readonly)
+        if not readonly:
+            conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(_threads, "connect", connect_traced)
+    return statements
+
+
+async def one_batch(file: SqliteFile, calls: Sequence[Callable[[], Awaitable[Any]]]) -> list[Any]:
+    """Run ``calls``, their writes queued while the writer runs a job that waits."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_db: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    busy = file.writer.submit(hold)
+    assert await asyncio.to_thread(started.wait, 10), "the writer never ran the job"
+    tasks = [asyncio.ensure_future(call()) for call in calls]
+    await asyncio.sleep(0)  # one turn of the loop: every task has queued its write
+    release.set()
+    await busy
+    async with asyncio.timeout(10):
+        return await asyncio.gather(*tasks)
+
+
+def count(statements: list[str], prefix: str) -> int:
+    return sum(1 for s in statements if s.startswith(prefix))
+
+
+def claim(store: SqliteIdempotencyStore, key: str) -> Callable[[], Awaitable[Any]]:
+    return functools.partial(store.claim, key, "fp", lease_seconds=30, ttl_seconds=60)
+
+
+async def test_a_batch_of_new_claims_is_one_insert(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    statements = traced(monkeypatch)
+    file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
+    store = SqliteIdempotencyStore(file)
+    store.open()
+    try:
+        statements.clear()
+        results = await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
+        assert results == [None] * WRITES  # every one claimed
+        assert count(statements, "INSERT INTO idempotency") == 1
+        for i in range(WRITES):
+            record = await store.get(f"k{i}")
+            assert record is not None
+            assert (record.fingerprint, record.outcome, record.own) == ("fp", None, True)
+    finally:
+        await store.close()
+
+
+async def test_a_taken_request_id_in_the_batch_sends_every_claim_its_own_way(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    statements = traced(monkeypatch)
+    file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
+    store = SqliteIdempotencyStore(file)
+    store.open()
+    try:
+        assert await store.claim("k0", "fp", lease_seconds=30, ttl_seconds=60) is None
+        await store.complete("k0", "fp", SendResult("r", "m0"), ttl_seconds=60)
+        statements.clear()
+        results = await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
+        # The one INSERT failed on k0 and was undone; then each claim by itself.
+        assert count(statements, "INSERT INTO idempotency") == 1 + WRITES
+        assert results[0] is not None
+        assert results[0].outcome == SendResult("r", "m0")  # the first send's, replayed
+        assert results[1:] == [None] * (WRITES - 1)
+        for i in range(1, WRITES):
+            record = await store.get(f"k{i}")
+            assert record is not None
+            assert record.outcome is None
+    finally:
+        await store.close()
+
+
+async def test_a_batch_of_outcomes_is_one_upsert_and_each_is_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    statements = traced(monkeypatch)
+    file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
+    store = SqliteIdempotencyStore(file)
+    store.open()
+    try:
+        await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
+        statements.clear()
+
+        def complete(i: int) -> Callable[[], Awaitable[None]]:
+            result = SendResult("r", f"m{i}")
+            return functools.partial(store.complete, f"k{i}", "fp", result, 60)
+
+        await one_batch(file, [complete(i) for i in range(WRITES)])
+        assert count(statements, "INSERT INTO idempotency") == 1
+        for i in range(WRITES):
+            record = await store.get(f"k{i}")
+            assert record is not None
+            assert record.outcome == SendResult("r", f"m{i}")
+    finally:
+        await store.close()
+
+
+async def test_notes_of_one_batch_are_one_upsert_and_the_latest_time_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    statements = traced(monkeypatch)
+    file = SqliteFile(tmp_path / "igbutton.db", (windows.create_schema,))
+    ledger = SqliteWindowLedger(file)
+    file.start_blocking()
+    try:
+        now = int(time.time() * 1000)
+        statements.clear()
+        # The same person in several notes of the batch, the latest neither first nor last.
+        times = [now - 5000, now - 1000, now - 9000]
+        notes = [functools.partial(ledger.note, {("a", "p"): ms}) for ms in times]
+        notes += [functools.partial(ledger.note, {("a", f"q{i}"): now}) for i in range(WRITES)]
+        await one_batch(file, notes)
+        assert count(statements, "INSERT INTO messaging_windows") == 1
+        assert await ledger.last_message_ms("a", "p") == now - 1000
+        for i in range(WRITES):
+            assert await ledger.last_message_ms("a", f"q{i}") == now
+    finally:
+        await file.release()
+
+
+async def test_a_batch_too_big_for_one_statement_runs_each_write_by_itself(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    statements = traced(monkeypatch)
+    monkeypatch.setattr(idempotency, "fits", lambda _conn, _values: False)
+    file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
+    store = SqliteIdempotencyStore(file)
+    store.open()
+    try:
+        statements.clear()
+        results = await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
+        assert results == [None] * WRITES
+        assert count(statements, "INSERT INTO idempotency") == WRITES
+    finally:
+        await store.close()
