@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from igbutton_server.send.outcome import SendResult
+from igbutton_server.storage.postbacks import StorageUnavailable
 from igbutton_server.storage.sqlite import _threads, idempotency, windows
 from igbutton_server.storage.sqlite.file import SqliteFile
 from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
@@ -173,3 +174,38 @@ async def test_a_batch_too_big_for_one_statement_runs_each_write_by_itself(
         assert count(statements, "INSERT INTO idempotency") == WRITES
     finally:
         await store.close()
+
+
+class _Broken:
+    """A Merge with a bug."""
+
+    def run_all(self, conn: sqlite3.Connection, items: Sequence[Any]) -> list[Any] | None:  # noqa: ARG002
+        conn.execute("INSERT INTO t VALUES ('merged')")
+        raise ValueError("a bug")
+
+
+async def test_a_bug_in_a_merge_fails_its_batch_and_writes_nothing(tmp_path: Path) -> None:
+    def table(db: sqlite3.Connection) -> None:
+        db.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY)")
+
+    file = SqliteFile(tmp_path / "w.db", (table,))
+    file.start_blocking()
+    try:
+        broken = _Broken()
+
+        def write(key: str) -> Callable[[], Awaitable[Any]]:
+            def work(db: sqlite3.Connection) -> None:
+                db.execute("INSERT INTO t VALUES (?)", (key,))
+
+            return functools.partial(file.writer.run, work, merge=(broken, key))
+
+        calls = [write(f"k{i}") for i in range(3)]
+        with pytest.raises(StorageUnavailable, match="the writer failed"):
+            await one_batch(file, calls)
+        # The writer goes on: the next batch commits.
+        await file.writer.run(lambda db: db.execute("INSERT INTO t VALUES ('after')"))
+    finally:
+        await file.release()
+    with sqlite3.connect(tmp_path / "w.db") as db:
+        assert [r[0] for r in db.execute("SELECT k FROM t")] == ["after"]
+    db.close()
