@@ -159,48 +159,92 @@ def filter_from_json(text: str) -> Filter:
 # --- the log ---
 
 
-def append(
-    conn: sqlite3.Connection, postbacks: Sequence[NewPostback], now_ms: int
-) -> tuple[AppendResult, list[StoredPostback]]:
+_APPEND_COLUMNS = (
+    "account_id, sender_id, mid, title, payload, tap_time_ms, received_ms, raw_json, standby, test"
+)
+_APPEND_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+APPEND_VALUES = 10
+"""Values bound per postback appended."""
+
+
+def _values(p: NewPostback, now_ms: int) -> tuple[object, ...]:
+    return (
+        p.account_id,
+        p.sender_id,
+        p.mid,
+        p.title,
+        p.payload,
+        p.tap_time_ms,
+        now_ms,
+        p.raw_json,
+        int(p.standby),
+        int(p.test),
+    )
+
+
+def _stored(p: NewPostback, sequence: int, now_ms: int) -> StoredPostback:
+    return StoredPostback(
+        sequence=sequence,
+        account_id=p.account_id,
+        sender_id=p.sender_id,
+        mid=p.mid,
+        title=p.title,
+        payload=p.payload,
+        tap_time_ms=p.tap_time_ms,
+        received_ms=now_ms,
+        raw_json=p.raw_json,
+        standby=p.standby,
+        test=p.test,
+    )
+
+
+Appended = tuple[AppendResult, list[StoredPostback]]
+"""What one append stored, and the rows it stored in sequence order (for live cursors)."""
+
+
+def append(conn: sqlite3.Connection, postbacks: Sequence[NewPostback], now_ms: int) -> Appended:
     """Insert postbacks not yet in the log, keyed on (account_id, mid); also return the rows
     stored, in sequence order, so live cursors can be served without reading them back."""
     stored: list[StoredPostback] = []
     for p in postbacks:
-        cursor = conn.execute(
-            "INSERT INTO postbacks (account_id, sender_id, mid, title, payload, tap_time_ms,"
-            " received_ms, raw_json, standby, test) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        row = conn.execute(
+            f"INSERT INTO postbacks ({_APPEND_COLUMNS}) VALUES {_APPEND_ROW}"  # noqa: S608 - constant
             " ON CONFLICT (account_id, mid) DO NOTHING RETURNING seq",
-            (
-                p.account_id,
-                p.sender_id,
-                p.mid,
-                p.title,
-                p.payload,
-                p.tap_time_ms,
-                now_ms,
-                p.raw_json,
-                int(p.standby),
-                int(p.test),
-            ),
-        )
-        row = cursor.fetchone()
+            _values(p, now_ms),
+        ).fetchone()
         if row is not None:
-            stored.append(
-                StoredPostback(
-                    sequence=int(row[0]),
-                    account_id=p.account_id,
-                    sender_id=p.sender_id,
-                    mid=p.mid,
-                    title=p.title,
-                    payload=p.payload,
-                    tap_time_ms=p.tap_time_ms,
-                    received_ms=now_ms,
-                    raw_json=p.raw_json,
-                    standby=p.standby,
-                    test=p.test,
-                )
-            )
+            stored.append(_stored(p, int(row[0]), now_ms))
     return AppendResult(stored=len(stored), duplicates=len(postbacks) - len(stored)), stored
+
+
+def append_new(
+    conn: sqlite3.Connection, appends: Sequence[Sequence[NewPostback]], now_ms: int
+) -> list[Appended]:
+    """:func:`append` of several appends in one statement, for postbacks none of which is in
+    the log yet (the usual case): raises sqlite3.IntegrityError, the statement undone, if
+    one is (a delivery Meta sent again), and :func:`append` then tells them apart.
+
+    One INSERT of n rows takes n consecutive sequences in order (AUTOINCREMENT: one above the
+    highest ever used, per row, under the one writer's lock), so the rows' sequences follow
+    from the last one without reading them back."""
+    postbacks = [p for one in appends for p in one]
+    values = [value for p in postbacks for value in _values(p, now_ms)]
+    last = conn.execute(
+        f"INSERT INTO postbacks ({_APPEND_COLUMNS}) VALUES "  # noqa: S608 - placeholders only
+        + ", ".join([_APPEND_ROW] * len(postbacks)),
+        values,
+    ).lastrowid
+    if last is None:
+        raise RuntimeError("SQLite gave no rowid for an INSERT")
+    sequence = last - len(postbacks)
+    results: list[Appended] = []
+    for one in appends:
+        stored = []
+        for p in one:
+            sequence += 1
+            stored.append(_stored(p, sequence, now_ms))
+        results.append((AppendResult(stored=len(stored), duplicates=0), stored))
+    return results
 
 
 def last_sequence(conn: sqlite3.Connection) -> int:

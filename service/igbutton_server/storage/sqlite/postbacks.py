@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import sqlite3
 import time
@@ -46,6 +47,7 @@ from igbutton_server.storage.postbacks import (
 from igbutton_server.storage.sqlite import _group_admin_sql as admin
 from igbutton_server.storage.sqlite import _group_sql as groups
 from igbutton_server.storage.sqlite import _postback_sql as sql
+from igbutton_server.storage.sqlite._threads import fits
 from igbutton_server.storage.sqlite.file import SqliteFile
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,29 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _append(postbacks: list[NewPostback], conn: sqlite3.Connection) -> sql.Appended:
+    """One append by itself: one INSERT for them all when none is in the log yet."""
+    now_ms = _now_ms()
+    if len(postbacks) > 1:
+        with contextlib.suppress(sqlite3.IntegrityError):  # one is: told apart row by row
+            return sql.append_new(conn, [postbacks], now_ms)[0]
+    return sql.append(conn, postbacks, now_ms)
+
+
+class _Appends:
+    """A batch's appends as one INSERT when none of their postbacks is in the log yet."""
+
+    def run_all(
+        self, conn: sqlite3.Connection, items: Sequence[list[NewPostback]]
+    ) -> list[sql.Appended] | None:
+        if not fits(conn, sql.APPEND_VALUES * sum(len(item) for item in items)):
+            return None
+        return sql.append_new(conn, items, _now_ms())
+
+
+_APPENDS = _Appends()
 
 
 class SqlitePostbackStore:
@@ -131,13 +156,14 @@ class SqlitePostbackStore:
         # fewer in the writer's transaction, each a hand-over of the GIL to and from the
         # event loop). Several must be all or none.
         result, _ = await self._writer.run(
-            lambda conn: sql.append(conn, batch, _now_ms()),
+            functools.partial(_append, batch),
             self._on_appended,
             savepoint=len(batch) > 1,
+            merge=(_APPENDS, batch),
         )
         return result
 
-    def _on_appended(self, appended: tuple[AppendResult, list[StoredPostback]]) -> None:
+    def _on_appended(self, appended: sql.Appended) -> None:
         # Called in commit order, so the tail stays in sequence order.
         _, stored = appended
         if not stored:
