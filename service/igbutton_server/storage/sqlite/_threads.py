@@ -167,9 +167,6 @@ class SqliteWriter:
         """Guards ``problem`` changes made from reader threads (see :meth:`fault`)."""
         self._company = False
         """The last batch had two or more jobs whose callers wait (see _GROUP_DELAY_SECONDS)."""
-        import os as _os
-
-        self._delay = float(_os.environ.get("EXP_GROUP_DELAY_US", "4000")) / 1e6
 
     async def start(self) -> None:
         """Open the connection, run ``setup`` (the schema) and start taking jobs."""
