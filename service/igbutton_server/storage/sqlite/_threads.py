@@ -436,6 +436,8 @@ class SqliteWriter:
     def _jobs(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> list[_Outcome]:
         """Run the batch's jobs in the open transaction: those of a :class:`Merge` kind
         with company as one ``run_all`` each, then every other one by itself."""
+        if len(batch) == 1:  # a caller alone: nothing to merge
+            return [self._job(conn, batch[0])]
         kinds: dict[Merge, list[_Job[Any]]] = {}
         for job in batch:
             if job.merge is not None:
