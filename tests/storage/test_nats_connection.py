@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import nats
+import nats.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
@@ -146,4 +150,48 @@ async def test_the_client_reads_headers_with_the_faster_parser(
             msg = await sub.next_msg(timeout=5)
             assert msg.headers == headers
         finally:
+            await conn.close()
+
+
+async def test_a_flush_returns_once_the_server_has_seen_what_was_sent_before(
+    make_settings: SettingsFactory, nats_server: NatsServer
+) -> None:
+    # nats-py wrote the PING ahead of commands still in its write buffer: an UNSUB just
+    # before a flush reached the server after the PONG left it (a closed group member's
+    # pull request outlived its close).
+    settings = nats_test_settings(make_settings, [nats_server.url])
+    async with removing_layout(settings):
+        conn = await NatsConnection.open(settings)
+        other = await nats.connect(nats_server.url)
+        try:
+            client = conn.client
+            sub = await client.subscribe("igbutton.test.flush")
+            await client.flush()
+            transport = client._transport
+            assert transport is not None
+            wire: list[bytes] = []
+            write, writelines = transport.write, transport.writelines
+
+            def record(data: bytes | bytearray | memoryview) -> None:
+                wire.append(bytes(data))
+                write(data)
+
+            def record_lines(lines: Iterable[bytes | bytearray | memoryview]) -> None:
+                lines = list(lines)
+                wire.extend(bytes(line) for line in lines)
+                writelines(lines)
+
+            transport.write = record  # type: ignore[method-assign]
+            transport.writelines = record_lines  # type: ignore[method-assign]
+            try:
+                await sub.unsubscribe()
+                await client.flush()
+            finally:
+                del transport.write, transport.writelines
+            sent = b"".join(wire)
+            assert sent.index(b"UNSUB") < sent.index(b"PING"), sent
+            with pytest.raises(nats.errors.NoRespondersError):  # the interest is gone
+                await other.request("igbutton.test.flush", b"", timeout=5)
+        finally:
+            await other.close()
             await conn.close()

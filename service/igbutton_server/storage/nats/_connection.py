@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import nats
+from nats.aio.client import DEFAULT_FLUSH_TIMEOUT
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
@@ -462,9 +463,23 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
 
 
 class _Client(NatsClient):
-    """nats-py's client with a faster header parser (see parse_header_lines)."""
+    """nats-py's client with a faster header parser (see parse_header_lines), and a
+    ``flush`` that waits for what was sent before it."""
 
     _parse_header_lines = staticmethod(parse_header_lines)
+
+    async def flush(self, timeout: int = DEFAULT_FLUSH_TIMEOUT) -> None:  # noqa: ASYNC109 - nats-py's
+        """Return once the server has processed every command sent before the call.
+
+        nats-py writes the PING straight to the socket, ahead of commands still waiting in
+        the client's write buffer for its flusher task (an UNSUB, say), so its PONG alone
+        could come back before the server saw them: a closed group member's pull request
+        then outlived its close and JetStream gave a postback's attempt to an inbox nobody
+        read. Those commands are handed to the socket first, so the PING follows them.
+        """
+        if self.is_connected:
+            await asyncio.wait_for(self._flush_pending(force_flush=True), timeout)
+        await super().flush(timeout)
 
 
 def redact_url(url: str) -> str:

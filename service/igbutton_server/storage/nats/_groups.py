@@ -69,6 +69,8 @@ _ACK_CONCURRENCY = 64
 _MARKER_TTL = "60"
 """Seconds a ledger delete marker lives (long enough for watchers, then gone)."""
 _KV_OPERATION = "KV-Operation"
+_CLOSE_FLUSH_TIMEOUT_SECONDS = 2
+"""How long a member's close waits for the server to confirm its pull request withdrawn."""
 _SEEK_GRACE_SECONDS = 2.0
 """How long a member whose consumer vanished waits for it to come back (a seek recreates
 it) before it ends as for a deleted group."""
@@ -727,7 +729,8 @@ class NatsGroupMember:
         self._closed = True
         self._event.set()
         self._on_close(self)
-        # Unsubscribing withdraws the outstanding pull requests (the server checks interest).
+        # Unsubscribing withdraws the outstanding pull requests (the server checks interest
+        # before it delivers); the flush below makes sure the server has seen it.
         await self._inbox.close()
         for sub in (self._watch, self._acks, self._notices):
             if sub is not None:
@@ -740,3 +743,10 @@ class NatsGroupMember:
                 if msg.reply:
                     with contextlib.suppress(Exception):
                         await self._conn.client.publish(msg.reply, b"-NAK")
+            # Return only once the server has seen the unsubscribe: until then JetStream may
+            # still hand the waiting request a postback appended after close returned, an
+            # attempt burnt on an inbox nobody reads (with max attempts, maybe its last).
+            try:
+                await self._conn.client.flush(_CLOSE_FLUSH_TIMEOUT_SECONDS)
+            except Exception:  # disconnected (the server dropped its interest) or slow
+                log.debug("flush on leaving group %s failed", self.group, exc_info=True)
