@@ -142,3 +142,19 @@ def test_send_profile_splits_an_idempotent_sends_cost_by_thread(tmp_path: Path) 
     # Only the idempotent sends (request_id) commit to SQLite.
     assert windows["client"]["commits"] > 0
     assert windows["grpc"]["commits"] == 0
+
+
+@pytest.mark.slow
+def test_append_cost_counts_the_writers_statements_per_delivery() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IGBUTTON_", "BENCH_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.append_cost", "--concurrency=8", "--deliveries=400",
+         "--statements"],
+        cwd=REPO, env=env, check=True, timeout=240, capture_output=True, text=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["deliveries_per_s"] > 0
+    assert 0 < result["commits_per_delivery"] <= 1
+    # A delivery alone in its batch: BEGIN, the append, the note, COMMIT. Together, each
+    # kind is one statement for the batch (no savepoints): never more than that.
+    assert result["statements_per_delivery"] <= 4
