@@ -9,7 +9,8 @@ import functools
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,74 +69,74 @@ def claim(store: SqliteIdempotencyStore, key: str) -> Callable[[], Awaitable[Any
     return functools.partial(store.claim, key, "fp", lease_seconds=30, ttl_seconds=60)
 
 
-async def test_a_batch_of_new_claims_is_one_insert(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@dataclass
+class Idempotency:
+    """An idempotency store on a file of its own, and the SQL its writer runs."""
+
+    file: SqliteFile
+    store: SqliteIdempotencyStore
+    statements: list[str]
+
+
+@pytest.fixture
+async def idem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[Idempotency]:
     statements = traced(monkeypatch)
     file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
     store = SqliteIdempotencyStore(file)
     store.open()
     try:
-        statements.clear()
-        results = await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
-        assert results == [None] * WRITES  # every one claimed
-        assert count(statements, "INSERT INTO idempotency") == 1
-        for i in range(WRITES):
-            record = await store.get(f"k{i}")
-            assert record is not None
-            assert (record.fingerprint, record.outcome, record.own) == ("fp", None, True)
+        yield Idempotency(file, store, statements)
     finally:
         await store.close()
+
+
+def claims(idem: Idempotency) -> list[Callable[[], Awaitable[Any]]]:
+    return [claim(idem.store, f"k{i}") for i in range(WRITES)]
+
+
+async def test_a_batch_of_new_claims_is_one_insert(idem: Idempotency) -> None:
+    idem.statements.clear()
+    results = await one_batch(idem.file, claims(idem))
+    assert results == [None] * WRITES  # every one claimed
+    assert count(idem.statements, "INSERT INTO idempotency") == 1
+    for i in range(WRITES):
+        record = await idem.store.get(f"k{i}")
+        assert record is not None
+        assert (record.fingerprint, record.outcome, record.own) == ("fp", None, True)
 
 
 async def test_a_taken_request_id_in_the_batch_sends_every_claim_its_own_way(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    idem: Idempotency,
 ) -> None:
-    statements = traced(monkeypatch)
-    file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
-    store = SqliteIdempotencyStore(file)
-    store.open()
-    try:
-        assert await store.claim("k0", "fp", lease_seconds=30, ttl_seconds=60) is None
-        await store.complete("k0", "fp", SendResult("r", "m0"), ttl_seconds=60)
-        statements.clear()
-        results = await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
-        # The one INSERT failed on k0 and was undone; then each claim by itself.
-        assert count(statements, "INSERT INTO idempotency") == 1 + WRITES
-        assert results[0] is not None
-        assert results[0].outcome == SendResult("r", "m0")  # the first send's, replayed
-        assert results[1:] == [None] * (WRITES - 1)
-        for i in range(1, WRITES):
-            record = await store.get(f"k{i}")
-            assert record is not None
-            assert record.outcome is None
-    finally:
-        await store.close()
+    assert await idem.store.claim("k0", "fp", lease_seconds=30, ttl_seconds=60) is None
+    await idem.store.complete("k0", "fp", SendResult("r", "m0"), ttl_seconds=60)
+    idem.statements.clear()
+    results = await one_batch(idem.file, claims(idem))
+    # The one INSERT failed on k0 and was undone; then each claim by itself.
+    assert count(idem.statements, "INSERT INTO idempotency") == 1 + WRITES
+    assert results[0] is not None
+    assert results[0].outcome == SendResult("r", "m0")  # the first send's, replayed
+    assert results[1:] == [None] * (WRITES - 1)
+    for i in range(1, WRITES):
+        record = await idem.store.get(f"k{i}")
+        assert record is not None
+        assert record.outcome is None
 
 
-async def test_a_batch_of_outcomes_is_one_upsert_and_each_is_kept(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    statements = traced(monkeypatch)
-    file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
-    store = SqliteIdempotencyStore(file)
-    store.open()
-    try:
-        await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
-        statements.clear()
+async def test_a_batch_of_outcomes_is_one_upsert_and_each_is_kept(idem: Idempotency) -> None:
+    await one_batch(idem.file, claims(idem))
+    idem.statements.clear()
 
-        def complete(i: int) -> Callable[[], Awaitable[None]]:
-            result = SendResult("r", f"m{i}")
-            return functools.partial(store.complete, f"k{i}", "fp", result, 60)
+    def complete(i: int) -> Callable[[], Awaitable[None]]:
+        result = SendResult("r", f"m{i}")
+        return functools.partial(idem.store.complete, f"k{i}", "fp", result, 60)
 
-        await one_batch(file, [complete(i) for i in range(WRITES)])
-        assert count(statements, "INSERT INTO idempotency") == 1
-        for i in range(WRITES):
-            record = await store.get(f"k{i}")
-            assert record is not None
-            assert record.outcome == SendResult("r", f"m{i}")
-    finally:
-        await store.close()
+    await one_batch(idem.file, [complete(i) for i in range(WRITES)])
+    assert count(idem.statements, "INSERT INTO idempotency") == 1
+    for i in range(WRITES):
+        record = await idem.store.get(f"k{i}")
+        assert record is not None
+        assert record.outcome == SendResult("r", f"m{i}")
 
 
 async def test_notes_of_one_batch_are_one_upsert_and_the_latest_time_wins(
@@ -162,20 +163,13 @@ async def test_notes_of_one_batch_are_one_upsert_and_the_latest_time_wins(
 
 
 async def test_a_batch_too_big_for_one_statement_runs_each_write_by_itself(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    idem: Idempotency, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    statements = traced(monkeypatch)
     monkeypatch.setattr(idempotency, "fits", lambda _conn, _values: False)
-    file = SqliteFile(tmp_path / "igbutton.db", (idempotency.create_schema,))
-    store = SqliteIdempotencyStore(file)
-    store.open()
-    try:
-        statements.clear()
-        results = await one_batch(file, [claim(store, f"k{i}") for i in range(WRITES)])
-        assert results == [None] * WRITES
-        assert count(statements, "INSERT INTO idempotency") == WRITES
-    finally:
-        await store.close()
+    idem.statements.clear()
+    results = await one_batch(idem.file, claims(idem))
+    assert results == [None] * WRITES
+    assert count(idem.statements, "INSERT INTO idempotency") == WRITES
 
 
 class _Broken:
