@@ -207,59 +207,66 @@ async def test_a_bug_in_a_merge_fails_its_batch_and_writes_nothing(tmp_path: Pat
     db.close()
 
 
+@dataclass
+class Log:
+    """A postback store on a file of its own, and the SQL its writer runs."""
+
+    file: SqliteFile
+    store: SqlitePostbackStore
+    statements: list[str]
+
+
+@pytest.fixture
+async def log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[Log]:
+    statements = traced(monkeypatch)
+    file = SqliteFile(tmp_path / "igbutton.db", (create_schema,))
+    store = await SqlitePostbackStore.open(file)
+    try:
+        yield Log(file, store, statements)
+    finally:
+        await store.close()
+
+
 async def test_a_batch_of_new_appends_is_one_insert_in_sequence_order(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    log: Log, tmp_path: Path
 ) -> None:
-    statements = traced(monkeypatch)
-    file = SqliteFile(tmp_path / "igbutton.db", (create_schema,))
-    store = await SqlitePostbackStore.open(file)
-    try:
-        cursor = await store.subscribe(Filter(), Start.earliest())
-        statements.clear()
-        # Deliveries of one and of three postbacks, side by side.
-        sizes = [1, 3] * (WRITES // 2)
-        batches, i = [], 0
-        for size in sizes:
-            batches.append([new(i + k) for k in range(size)])
-            i += size
-        appends = [functools.partial(store.append, batch) for batch in batches]
-        results = await one_batch(file, appends)
-        assert count(statements, "INSERT INTO postbacks") == 1
-        assert [(r.stored, r.duplicates) for r in results] == [(n, 0) for n in sizes]
-        seen = await take(cursor, i)
-        assert [p.mid for p in seen] == [f"m{k}" for k in range(i)]
-        assert [p.sequence for p in seen] == list(range(1, i + 1))
-        await cursor.close()
-        # The sequences served from memory are the file's.
-        with sqlite3.connect(tmp_path / "igbutton.db") as db:
-            rows = db.execute("SELECT seq, mid FROM postbacks ORDER BY seq").fetchall()
-        db.close()
-        assert rows == [(p.sequence, p.mid) for p in seen]
-    finally:
-        await store.close()
+    statements, file, store = log.statements, log.file, log.store
+    cursor = await store.subscribe(Filter(), Start.earliest())
+    statements.clear()
+    # Deliveries of one and of three postbacks, side by side.
+    sizes = [1, 3] * (WRITES // 2)
+    batches, i = [], 0
+    for size in sizes:
+        batches.append([new(i + k) for k in range(size)])
+        i += size
+    appends = [functools.partial(store.append, batch) for batch in batches]
+    results = await one_batch(file, appends)
+    assert count(statements, "INSERT INTO postbacks") == 1
+    assert [(r.stored, r.duplicates) for r in results] == [(n, 0) for n in sizes]
+    seen = await take(cursor, i)
+    assert [p.mid for p in seen] == [f"m{k}" for k in range(i)]
+    assert [p.sequence for p in seen] == list(range(1, i + 1))
+    await cursor.close()
+    # The sequences served from memory are the file's.
+    with sqlite3.connect(tmp_path / "igbutton.db") as db:
+        rows = db.execute("SELECT seq, mid FROM postbacks ORDER BY seq").fetchall()
+    db.close()
+    assert rows == [(p.sequence, p.mid) for p in seen]
 
 
-async def test_appends_repeating_a_postback_are_told_apart_one_by_one(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    statements = traced(monkeypatch)
-    file = SqliteFile(tmp_path / "igbutton.db", (create_schema,))
-    store = await SqlitePostbackStore.open(file)
-    try:
-        await store.append([new(0)])
-        statements.clear()
-        # m0 is in the log; m1 comes in two deliveries of the same batch; m2 is new.
-        appends = [
-            functools.partial(store.append, batch)
-            for batch in ([new(0), new(2)], [new(1)], [new(1)], [new(3)])
-        ]
-        results = await one_batch(file, appends)
-        assert [(r.stored, r.duplicates) for r in results] == [(1, 1), (1, 0), (0, 1), (1, 0)]
-        cursor = await store.subscribe(Filter(), Start.earliest())
-        assert sorted(p.mid for p in await take(cursor, 4)) == ["m0", "m1", "m2", "m3"]
-        await cursor.close()
-        # A delivery of several with one repeat, alone: all but the repeat are stored.
-        result = await store.append([new(3), new(4), new(5)])
-        assert (result.stored, result.duplicates) == (2, 1)
-    finally:
-        await store.close()
+async def test_appends_repeating_a_postback_are_told_apart_one_by_one(log: Log) -> None:
+    file, store = log.file, log.store
+    await store.append([new(0)])
+    # m0 is in the log; m1 comes in two deliveries of the same batch; m2 is new.
+    appends = [
+        functools.partial(store.append, batch)
+        for batch in ([new(0), new(2)], [new(1)], [new(1)], [new(3)])
+    ]
+    results = await one_batch(file, appends)
+    assert [(r.stored, r.duplicates) for r in results] == [(1, 1), (1, 0), (0, 1), (1, 0)]
+    cursor = await store.subscribe(Filter(), Start.earliest())
+    assert sorted(p.mid for p in await take(cursor, 4)) == ["m0", "m1", "m2", "m3"]
+    await cursor.close()
+    # A delivery of several with one repeat, alone: all but the repeat are stored.
+    result = await store.append([new(3), new(4), new(5)])
+    assert (result.stored, result.duplicates) == (2, 1)
