@@ -450,22 +450,17 @@ class SqliteWriter:
             if results is not None:
                 for job, result in zip(jobs, results, strict=True):
                     merged[id(job)] = (job, result, None)
-        if not merged:
-            return [self._job(conn, job) for job in batch]
         return [merged.get(id(job)) or self._job(conn, job) for job in batch]
 
     @staticmethod
     def _merged(conn: sqlite3.Connection, kind: Merge, jobs: list[_Job[Any]]) -> list[Any] | None:
         """``kind.run_all`` for ``jobs``; None: each runs by itself instead."""
         try:
-            results = kind.run_all(conn, [job.item for job in jobs])
+            return kind.run_all(conn, [job.item for job in jobs])
         except sqlite3.Error as exc:
             if not conn.in_transaction or is_fault(exc):
                 raise  # the batch fails, as in _job
             return None  # the statement was undone; each job finds out for itself
-        if results is not None and len(results) != len(jobs):
-            raise RuntimeError(f"{kind!r} returned {len(results)} results for {len(jobs)} jobs")
-        return results
 
     @staticmethod
     def _job(conn: sqlite3.Connection, job: _Job[Any]) -> _Outcome:

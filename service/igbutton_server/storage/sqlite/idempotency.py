@@ -69,8 +69,6 @@ _OUTCOME = (
     "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
     "outcome = excluded.outcome, expires_at = excluded.expires_at, written = 1"
 )
-_CLAIM_VALUES = 6
-_OUTCOME_VALUES = 6
 
 
 @functools.cache
@@ -267,7 +265,7 @@ class _Claims:
         self._store = store
 
     def run_all(self, conn: sqlite3.Connection, items: Sequence[_ClaimItem]) -> list[None] | None:
-        if not fits(conn, len(items) * _CLAIM_VALUES):
+        if not fits(conn, len(items) * len(items[0])):
             return None
         self._store.prune_if_due(conn, time.time())
         conn.execute(_new_claims_sql(len(items)), [value for item in items for value in item])
@@ -278,7 +276,7 @@ class _Outcomes:
     """A batch's outcomes as one upsert."""
 
     def run_all(self, conn: sqlite3.Connection, items: Sequence[_OutcomeItem]) -> list[None] | None:
-        if not fits(conn, len(items) * _OUTCOME_VALUES):
+        if not fits(conn, len(items) * len(items[0])):
             return None
         conn.execute(_outcomes_sql(len(items)), [value for item in items for value in item])
         return [None] * len(items)
