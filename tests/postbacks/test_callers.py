@@ -251,7 +251,13 @@ async def test_an_idle_group_is_removed_after_the_idle_retention(start_app: AppF
         await member.cancel()
 
     async def gone() -> bool:
-        return await store.group_info("short-lived") is None
+        # Its series too. On NATS the server shows the group gone a moment before the store
+        # that deletes it hears so and drops the series: seen apart, the two race.
+        if await store.group_info("short-lived") is not None:
+            return False
+        return (
+            REGISTRY.get_sample_value("igbutton_postbacks_unacked", {"group": "short-lived"})
+            is None
+        )
 
     await eventually(gone)
-    assert REGISTRY.get_sample_value("igbutton_postbacks_unacked", {"group": "short-lived"}) is None

@@ -15,6 +15,7 @@ import pytest
 from igbutton.v1 import button_template_pb2, send_service_pb2, send_service_pb2_grpc
 from igbutton_server.app import App
 from igbutton_server.storage.sqlite.idempotency import SqliteIdempotencyStore
+from igbutton_server.storage.sqlite.windows import SqliteWindowLedger
 from tests.conftest import SettingsFactory, starting_apps
 from tests.postbacks.conftest import (
     ACCOUNT,
@@ -204,11 +205,22 @@ async def test_a_caller_reads_windows_only_of_its_accounts(start_app: AppFactory
         assert details(invalid.value).violations[0][0] == "recipient_id"
 
 
+@pytest.mark.parametrize("loop_late", [False, True], ids=["prompt", "late-loop"])
 async def test_a_delivery_and_the_windows_it_opens_share_one_sqlite_commit(
-    make_settings: SettingsFactory, http: Any
+    make_settings: SettingsFactory, http: Any, monkeypatch: pytest.MonkeyPatch, loop_late: bool
 ) -> None:
     # The postbacks and the windows they open are both stored before the 200: in one
-    # commit (one fsync), not one after the other.
+    # commit (one fsync), not one after the other. Even when the event loop is held up
+    # between queueing the two (any call that lets another thread have the GIL does that):
+    # the writer, awake for the first, must not commit it alone.
+    if loop_late:
+        note = SqliteWindowLedger.note
+
+        async def late_note(self: SqliteWindowLedger, seen: Any) -> None:
+            time.sleep(0.005)  # noqa: ASYNC251 - holding up the loop is the point
+            await note(self, seen)
+
+        monkeypatch.setattr(SqliteWindowLedger, "note", late_note)
     async with starting_apps(lambda **o: make_settings(**postback_overrides(), **o)) as start:
         app = await start()
         assert app.send is not None

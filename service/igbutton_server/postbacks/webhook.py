@@ -32,6 +32,7 @@ from igbutton_server.storage.postbacks import (
     PostbackStore,
     StorageUnavailable,
 )
+from igbutton_server.storage.together import writes_together
 from igbutton_server.storage.windows import WindowLedger
 
 log = logging.getLogger(__name__)
@@ -195,16 +196,20 @@ class Webhook:
         self._report_tests(delivery.self_tests, [p for p in delivery.postbacks if p.test])
         self._accounts.report(delivery.unknown_accounts)
         try:
-            appended = self._append(delivery.postbacks)
-            if self._windows is not None and delivery.last_messages:
-                # Before the 200 too: a window not recorded is retried with the delivery.
+            # The windows the delivery opens are stored before the 200 too: a window not
+            # recorded is retried with the delivery.
+            windows = self._windows if delivery.last_messages else None
+            if windows is not None and delivery.postbacks:
                 # Side by side, not one after the other: on SQLite the two writes share one
                 # commit (one fsync), on NATS their round trips overlap.
-                result, _ = await asyncio.gather(
-                    appended, self._windows.note(delivery.last_messages)
-                )
+                with writes_together(2):
+                    result, _ = await asyncio.gather(
+                        self._append(delivery.postbacks), windows.note(delivery.last_messages)
+                    )
             else:
-                result = await appended
+                if windows is not None:
+                    await windows.note(delivery.last_messages)
+                result = await self._append(delivery.postbacks)
         except (StorageUnavailable, OSError) as exc:
             # The store cannot take it now (SQLite's fault, NATS unreachable: OSError): the
             # store logged the fault and readiness shows it, so each delivery refused

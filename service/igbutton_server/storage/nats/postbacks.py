@@ -554,6 +554,10 @@ class NatsPostbackStore:
             existed = True
         except NotFoundError:
             existed = False
+        # Its series go the moment the group does, before the purges' round trips: a reader
+        # that already finds no group must find no series either.
+        self._deletions += 1
+        metrics.forget_group(group)
         # Then what the consumer leaves behind, so a group made again under the same name
         # starts clean (and an old ack id cannot match a new delivery).
         await self.conn.js.purge_stream(
@@ -567,8 +571,6 @@ class NatsPostbackStore:
         for member in list(self._members.pop(group, ())):
             await member.close()
         metrics.GROUPS.set(len(self._members))
-        self._deletions += 1
-        metrics.forget_group(group)
         return existed
 
     async def delete_idle_groups(self, idle_since_ms: int) -> list[str]:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from igbutton_server.storage import together
 from igbutton_server.storage.postbacks import StorageCorrupt, StorageUnavailable, StoreClosed
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ concurrency one commit then covers several times more claims: a commit's fsync c
 170 µs of CPU on a small VM whatever the batch's size, the largest part of a claim's cost
 (docs/performance.md). A caller alone (one job a batch) never waits; appends (a webhook
 answer Meta waits for) never do."""
+_TOGETHER_SECONDS = 0.02
+"""How long a batch holding some of the writes made together (storage.together) waits for
+the rest: they are queued microseconds apart unless the event loop is held up."""
 _CHECK_SECONDS = 0.5
 """How often an idle writer checks its file (and, while it has a problem, probes it)."""
 _PROBE = (
@@ -115,6 +119,18 @@ class _Job(Generic[T]):
     patient: bool = False
     merge: Merge | None = None
     item: Any = None
+    together: together.Together | None = None
+
+
+def _tally(job: _Job[Any], owed: list[together.Together]) -> list[together.Together]:
+    """``owed`` (the groups of writes made together that the batch has some of and awaits
+    the rest of) once ``job`` is in the batch."""
+    group = job.together
+    if group is not None:
+        group.seen += 1
+        if group.seen < group.count and group not in owed:
+            owed = [*owed, group]
+    return [g for g in owed if g.seen < g.count]
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -234,7 +250,9 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         kind, item = merge if merge is not None else (None, None)
-        self._queue.put(_Job(work, future, loop, on_commit, savepoint, lazy, patient, kind, item))
+        job = _Job(work, future, loop, on_commit, savepoint, lazy, patient, kind, item)
+        job.together = together.current()
+        self._queue.put(job)
         return future
 
     async def close(self) -> None:
@@ -303,20 +321,28 @@ class SqliteWriter:
             conn.close()
 
     def _gather(self, first: _Job[Any]) -> tuple[list[_Job[Any]], bool]:
-        """The batch that starts with ``first``: every job queued now; and if all of them
-        are lazy, what comes within ``_LAZY_SECONDS`` until a job that is not. Whether the
-        writer was told to stop meanwhile."""
+        """The batch that starts with ``first``: every job queued now; the rest of the
+        writes made together with any of them, within ``_TOGETHER_SECONDS``; and if all of
+        them are lazy, what comes within ``_LAZY_SECONDS`` until a job that is not. Whether
+        the writer was told to stop meanwhile."""
         batch: list[_Job[Any]] = [first]
         lazy = first.lazy
         until = time.monotonic() + _LAZY_SECONDS
         delayed = not self._company
+        owed = _tally(first, [])
+        owed_until = time.monotonic() + _TOGETHER_SECONDS
         while len(batch) < _MAX_BATCH:
             try:
-                if lazy:
+                if owed:
+                    job = self._queue.get(timeout=max(0.0, owed_until - time.monotonic()))
+                elif lazy:
                     job = self._queue.get(timeout=max(0.0, until - time.monotonic()))
                 else:
                     job = self._queue.get_nowait()
             except queue.Empty:
+                if owed:  # the rest did not come in time: commit what is here
+                    owed = []
+                    continue
                 if delayed or lazy or not all(j.patient or j.lazy for j in batch):
                     break
                 # One sleep, then whatever came: one wake-up of this thread (and one
@@ -328,6 +354,10 @@ class SqliteWriter:
                 return batch, True
             batch.append(job)
             lazy = lazy and job.lazy
+            if job.together is not None or owed:
+                if not owed:
+                    owed_until = time.monotonic() + _TOGETHER_SECONDS
+                owed = _tally(job, owed)
         self._company = sum(1 for job in batch if not job.lazy) >= 2
         return batch, False
 

@@ -285,11 +285,13 @@ class SqlitePostbackStore:
         """See PostbackStore.delete_group."""
         self._check_open()
         existed = await self._writer.run(lambda conn: groups.delete_group(conn, group))
+        # Its series go the moment the group does: a reader that already finds no group
+        # must find no series either (the members' closing below takes its time).
+        self._deletions += 1
+        metrics.forget_group(group)
         for member in list(self._members.pop(group, ())):
             await member.close()
         metrics.GROUPS.set(len(self._members))
-        self._deletions += 1
-        metrics.forget_group(group)
         return existed
 
     async def delete_idle_groups(self, idle_since_ms: int) -> list[str]:
