@@ -1,6 +1,7 @@
 """Writes of one kind in one batch of the SQLite writer run as one statement: idempotency
-claims, their outcomes, window notes. Each test queues its writes while the writer is busy,
-so they make one batch, and reads the SQL the writer ran."""
+claims and their outcomes, appends, window notes; a batch of nothing else runs it without a
+transaction. Each test queues its writes while the writer is busy, so they make one batch,
+and reads the SQL the writer ran."""
 
 from __future__ import annotations
 
@@ -65,6 +66,21 @@ def count(statements: list[str], prefix: str) -> int:
     return sum(1 for s in statements if s.startswith(prefix))
 
 
+def after_hold(statements: list[str]) -> list[str]:
+    """The statements of the batch after :func:`one_batch`'s holding job (its own
+    transaction ends with the first COMMIT)."""
+    return statements[statements.index("COMMIT") + 1 :]
+
+
+def on_disk(path: Path) -> dict[str, tuple[str, str | None]]:
+    """Every record of the file, read by a connection of its own: request_id to
+    (fingerprint, outcome)."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT request_id, fingerprint, outcome FROM idempotency").fetchall()
+    db.close()
+    return {key: (fp, outcome) for key, fp, outcome in rows}
+
+
 def claim(store: SqliteIdempotencyStore, key: str) -> Callable[[], Awaitable[Any]]:
     return functools.partial(store.claim, key, "fp", lease_seconds=30, ttl_seconds=60)
 
@@ -94,11 +110,22 @@ def claims(idem: Idempotency) -> list[Callable[[], Awaitable[Any]]]:
     return [claim(idem.store, f"k{i}") for i in range(WRITES)]
 
 
-async def test_a_batch_of_new_claims_is_one_insert(idem: Idempotency) -> None:
+async def test_a_batch_of_new_claims_is_one_statement_outside_a_transaction(
+    idem: Idempotency, tmp_path: Path
+) -> None:
+    # The store's first claim removes expired records (then once a minute), in a transaction.
+    assert await idem.store.claim("first", "fp", lease_seconds=30, ttl_seconds=60) is None
     idem.statements.clear()
+    commits = idem.file.commits
     results = await one_batch(idem.file, claims(idem))
     assert results == [None] * WRITES  # every one claimed
-    assert count(idem.statements, "INSERT INTO idempotency") == 1
+    # No BEGIN, no COMMIT: SQLite commits the one INSERT by itself, durably.
+    batch = after_hold(idem.statements)
+    assert len(batch) == 1
+    assert batch[0].startswith("INSERT INTO idempotency")
+    assert idem.file.commits - commits == 2  # the holding job's and the claims'
+    claimed = {f"k{i}": ("fp", None) for i in range(WRITES)}
+    assert on_disk(tmp_path / "igbutton.db") == {"first": ("fp", None), **claimed}
     for i in range(WRITES):
         record = await idem.store.get(f"k{i}")
         assert record is not None
@@ -112,8 +139,11 @@ async def test_a_taken_request_id_in_the_batch_sends_every_claim_its_own_way(
     await idem.store.complete("k0", "fp", SendResult("r", "m0"), ttl_seconds=60)
     idem.statements.clear()
     results = await one_batch(idem.file, claims(idem))
-    # The one INSERT failed on k0 and was undone; then each claim by itself.
-    assert count(idem.statements, "INSERT INTO idempotency") == 1 + WRITES
+    # The one INSERT failed on k0 and was undone; then each claim by itself, in a
+    # transaction of the batch.
+    batch = after_hold(idem.statements)
+    assert count(batch, "INSERT INTO idempotency") == 1 + WRITES
+    assert (count(batch, "BEGIN"), count(batch, "COMMIT")) == (1, 1)
     assert results[0] is not None
     assert results[0].outcome == SendResult("r", "m0")  # the first send's, replayed
     assert results[1:] == [None] * (WRITES - 1)
@@ -137,6 +167,52 @@ async def test_a_batch_of_outcomes_is_one_upsert_and_each_is_kept(idem: Idempote
         record = await idem.store.get(f"k{i}")
         assert record is not None
         assert record.outcome == SendResult("r", f"m{i}")
+
+
+async def test_claims_and_outcomes_of_one_batch_are_one_statement(
+    idem: Idempotency, tmp_path: Path
+) -> None:
+    half = WRITES // 2
+    await one_batch(idem.file, [claim(idem.store, f"k{i}") for i in range(half)])
+    idem.statements.clear()
+
+    def complete(i: int) -> Callable[[], Awaitable[None]]:
+        result = SendResult("r", f"m{i}")
+        return functools.partial(idem.store.complete, f"k{i}", "fp", result, 60)
+
+    # The send path under load: the outcomes of sends done, the claims of sends starting.
+    writes = [complete(i) for i in range(half)]
+    writes += [claim(idem.store, f"k{i}") for i in range(half, WRITES)]
+    assert await one_batch(idem.file, writes) == [None] * WRITES
+    batch = after_hold(idem.statements)
+    assert len(batch) == 1
+    assert batch[0].startswith("INSERT INTO idempotency")
+    records = on_disk(tmp_path / "igbutton.db")
+    assert {k: v for k, v in records.items() if v[1] is None} == {
+        f"k{i}": ("fp", None) for i in range(half, WRITES)
+    }
+    for i in range(half):
+        record = await idem.store.get(f"k{i}")
+        assert record is not None
+        assert record.outcome == SendResult("r", f"m{i}")
+
+
+async def test_a_claim_and_the_outcome_of_its_request_id_in_one_batch_replay_it(
+    idem: Idempotency,
+) -> None:
+    # A client retrying at once: its request_id's outcome and its new claim share a batch.
+    # The claim meets a record, the one statement fails and each job runs by itself in turn.
+    assert await idem.store.claim("k0", "fp", lease_seconds=30, ttl_seconds=60) is None
+    result = SendResult("r", "m0")
+    writes = [
+        functools.partial(idem.store.complete, "k0", "fp", result, 60),
+        claim(idem.store, "k0"),
+        claim(idem.store, "k1"),
+    ]
+    done, replayed, claimed = await one_batch(idem.file, writes)
+    assert (done, claimed) == (None, None)
+    assert replayed is not None
+    assert replayed.outcome == result
 
 
 async def test_notes_of_one_batch_are_one_upsert_and_the_latest_time_wins(
@@ -174,6 +250,8 @@ async def test_a_batch_too_big_for_one_statement_runs_each_write_by_itself(
 
 class _Broken:
     """A Merge with a bug."""
+
+    atomic = False  # its batch runs in a transaction
 
     def run_all(self, conn: sqlite3.Connection, items: Sequence[Any]) -> list[Any] | None:  # noqa: ARG002
         conn.execute("INSERT INTO t VALUES ('merged')")

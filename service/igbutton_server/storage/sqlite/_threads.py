@@ -7,12 +7,14 @@ everything queued, runs each job in its own savepoint inside one transaction, co
 only its savepoint; a failed commit fails the whole batch. Readers use separate connections
 (WAL lets them read while the writer writes) in a small thread pool.
 
-Jobs of one kind that a single statement can do together (idempotency claims, outcomes,
-window notes: :class:`Merge`) run as one statement per batch when the batch holds several.
-Every statement hands the GIL to the event loop and back (Python's sqlite3 releases it
-around each step), and under load the event loop keeps it for up to the switch interval
-before the writer gets it again: a batch of 30 jobs run one by one took milliseconds at the
-tail while the callers of all 30 waited for its commit.
+Jobs of one kind that a single statement can do together (idempotency claims and outcomes,
+appends, window notes: :class:`Merge`) run as one statement per batch when the batch holds
+several, and a batch of nothing else runs that statement without BEGIN and COMMIT (SQLite
+commits a statement outside a transaction by itself). Every statement hands the GIL to the
+event loop and back (Python's sqlite3 releases it around each step), and under load the
+event loop keeps it for up to the switch interval before the writer gets it again: a batch
+of 30 jobs run one by one took milliseconds at the tail while the callers of all 30 waited
+for its commit.
 
 The writer keeps the file's health for readiness (:attr:`SqliteWriter.problem`): a failed
 transaction (locked, full, read-only, corrupt) sets it and fails its jobs with
@@ -99,6 +101,11 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
 class Merge(Protocol):
     """A kind of job that one statement can run for several at once (see
     :meth:`SqliteWriter.submit`)."""
+
+    atomic: bool
+    """Whether ``run_all`` runs one statement, whatever it writes (or, outside a
+    transaction, returns None first): a batch of nothing but this kind's jobs then runs it
+    outside a transaction, SQLite committing the statement by itself."""
 
     def run_all(self, conn: sqlite3.Connection, items: Sequence[Any]) -> list[Any] | None:
         """Run the jobs given by their ``items``, in the open transaction; each one's
@@ -430,20 +437,59 @@ class SqliteWriter:
         self._finish([(job, None, error) for job in batch])
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
-        outcomes: list[_Outcome] = []
+        outcomes, merge = self._alone(conn, batch)
+        if outcomes is None:
+            outcomes = self._transaction(conn, batch, merge=merge)
+        self._finish(outcomes)
+
+    def _alone(
+        self, conn: sqlite3.Connection, batch: list[_Job[Any]]
+    ) -> tuple[list[_Outcome] | None, bool]:
+        """A batch of nothing but one atomic :class:`Merge` kind's jobs (say, only
+        idempotency claims and outcomes, the send path's) as its one statement, without
+        BEGIN and COMMIT: SQLite commits it by itself, as durably. Each statement is a
+        hand-over of the GIL to the event loop and back, a wait of up to the switch interval
+        under load: three for the batch became one.
+
+        The outcomes, or None, and whether the batch's transaction may still merge: None
+        and True for any other batch, None and False when the statement met a constraint
+        (SQLite undid it; each job then finds out for itself)."""
+        kind = batch[0].merge
+        if kind is None or not kind.atomic or any(job.merge is not kind for job in batch):
+            return None, True
+        try:
+            results = kind.run_all(conn, [job.item for job in batch])
+        except Exception as exc:  # noqa: BLE001 - SQLite's, or a bug in a Merge: the batch fails
+            if isinstance(exc, sqlite3.Error) and not is_fault(exc) and not conn.in_transaction:
+                return None, False
+            failure = self._failed(conn, exc, len(batch))
+            return [(job, None, failure) for job in batch], False
+        if results is None:
+            return None, True
+        self._committed(len(batch))
+        return [(job, result, None) for job, result in zip(batch, results, strict=True)], False
+
+    def _transaction(
+        self, conn: sqlite3.Connection, batch: list[_Job[Any]], *, merge: bool
+    ) -> list[_Outcome]:
+        """Run the batch in one transaction (its jobs of a kind as one statement if
+        ``merge``): each job's outcome, or the batch's failure."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-            outcomes = self._jobs(conn, batch)
+            outcomes = self._jobs(conn, batch) if merge else [self._job(conn, j) for j in batch]
             conn.execute("COMMIT")
-            self.commits += 1
-            self.jobs += len(batch)
-            if self.problem is not None:
-                log.warning("the SQLite file %s takes writes again", self._path)
-                self.problem = None
         except Exception as exc:  # noqa: BLE001 - SQLite's, or a bug in a Merge: the batch fails
             failure = self._failed(conn, exc, len(batch))
-            outcomes = [(job, None, failure) for job in batch]
-        self._finish(outcomes)
+            return [(job, None, failure) for job in batch]
+        self._committed(len(batch))
+        return outcomes
+
+    def _committed(self, jobs: int) -> None:
+        self.commits += 1
+        self.jobs += jobs
+        if self.problem is not None:
+            log.warning("the SQLite file %s takes writes again", self._path)
+            self.problem = None
 
     def _failed(self, conn: sqlite3.Connection, exc: Exception, jobs: int) -> BaseException:
         """Roll a failed transaction back; the error for its jobs."""

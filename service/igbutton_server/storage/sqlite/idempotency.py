@@ -5,8 +5,8 @@ Claims, outcomes and releases are jobs of the file's one writer thread, so concu
 share a transaction and its fsync with each other and with postback appends. The writer
 answers a job only after its transaction committed with ``synchronous=FULL``: a claim is on
 disk before the send path calls Meta, so a crash cannot send twice. Reads use the reader
-pool. The claims of one batch are one INSERT, and its lazy outcomes one upsert
-(``_Claims``, ``_Outcomes``: see :class:`Merge`), not one statement each.
+pool. The claims and the lazy outcomes of one batch are one INSERT (an upsert for the
+outcomes; ``_Records``: see :class:`Merge`), not one statement each.
 
 The owner of a claim is the store that made it: a fresh id per process (the file belongs to
 one process at a time). A pending claim of another owner was left by an earlier process that
@@ -61,35 +61,27 @@ _CLAIM = (
 """A new claim, or one taking over a record that counts as absent (expired) or abandoned
 before it was written; changes no row when the record stands."""
 
-_CLAIM_ROW = "(?, ?, NULL, ?, ?, ?, ?)"
-_OUTCOME_ROW = "(?, ?, ?, ?, ?, ?, 1)"
-_OUTCOME = (
-    "INSERT INTO idempotency (request_id, fingerprint, outcome, lease_expires_at, "
-    "expires_at, owner, written) VALUES {rows} "
-    "ON CONFLICT (request_id) DO UPDATE SET fingerprint = excluded.fingerprint, "
-    "outcome = excluded.outcome, expires_at = excluded.expires_at, written = 1"
-)
-
 
 @functools.cache
-def _new_claims_sql(rows: int) -> str:
-    # A plain INSERT: a request_id that has a record fails it (UNIQUE), SQLite undoes it,
-    # and every claim of the batch then runs _CLAIM on its own.
+def _records_sql(rows: int) -> str:
+    # The outcomes' upsert, with the claims' rows in it. A claim has no outcome, and its
+    # request_id meeting a record sets the fingerprint to NULL, which the column refuses:
+    # the statement fails, SQLite undoes it, and every job of the batch then runs by itself
+    # (a claim its _CLAIM, which tells an expired or abandoned record from a standing one).
+    # Claims and outcomes have rows of one shape, so the statement's text (and SQLite's
+    # prepared statement, cached by text) depends on the number of rows alone.
     return (
         "INSERT INTO idempotency (request_id, fingerprint, outcome, lease_expires_at, "  # noqa: S608 - placeholders only
-        "expires_at, owner, written) VALUES " + ", ".join([_CLAIM_ROW] * rows)
+        "expires_at, owner, written) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows) + " "
+        "ON CONFLICT (request_id) DO UPDATE SET "
+        "fingerprint = iif(excluded.outcome IS NULL, NULL, excluded.fingerprint), "
+        "outcome = excluded.outcome, expires_at = excluded.expires_at, written = 1"
     )
 
 
-@functools.cache
-def _outcomes_sql(rows: int) -> str:
-    return _OUTCOME.format(rows=", ".join([_OUTCOME_ROW] * rows))
-
-
-_ClaimItem = tuple[str, str, float, float, str, bool]
-"""request_id, fingerprint, lease_expires_at, expires_at, owner, written: _CLAIM's values."""
-_OutcomeItem = tuple[str, str, str, float, float, str]
-"""request_id, fingerprint, outcome, lease_expires_at, expires_at, owner: _OUTCOME's."""
+_Row = tuple[str, str, str | None, float, float, str, bool]
+"""request_id, fingerprint, outcome, lease_expires_at, expires_at, owner, written: a claim's
+row (its outcome None) or an outcome's, for ``_records_sql``."""
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -119,8 +111,7 @@ class SqliteIdempotencyStore:
         """When the writer last removed every expired record (only the writer touches it)."""
         self._owner = uuid.uuid4().hex
         """This process's claims; any other owner's pending claim was left by a crash."""
-        self._claims = _Claims(self)
-        self._outcomes = _Outcomes()
+        self._records = _Records(self)
 
     def open(self) -> None:
         """Start the file's threads and create the table if not done yet. Blocks; call at
@@ -178,12 +169,19 @@ class SqliteIdempotencyStore:
         # Without a savepoint: the prune may stand if the claim fails; each statement is
         # atomic by itself.
         return await self._file.writer.run(
-            write, savepoint=False, patient=True, merge=(self._claims, claim)
+            write,
+            savepoint=False,
+            patient=True,
+            merge=(self._records, (key, fingerprint, None, *claim[2:])),
         )
+
+    def prune_due(self, now: float) -> bool:
+        """Whether the expired records are due for removal (once a ``_PRUNE_EVERY_SECONDS``)."""
+        return now - self._last_prune > _PRUNE_EVERY_SECONDS
 
     def prune_if_due(self, db: sqlite3.Connection, now: float) -> None:
         """Remove every expired record, at most once a ``_PRUNE_EVERY_SECONDS`` (writer)."""
-        if now - self._last_prune > _PRUNE_EVERY_SECONDS:
+        if self.prune_due(now):
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
             self._last_prune = now
 
@@ -219,13 +217,13 @@ class SqliteIdempotencyStore:
         """See IdempotencyStore.complete_soon: a lazy job of the writer, which shares the
         next claim's (or append's) commit."""
         now = time.time()
-        values = (key, fingerprint, dump_outcome(outcome), now, now + ttl_seconds, self._owner)
+        row = (key, fingerprint, dump_outcome(outcome), now, now + ttl_seconds, self._owner, True)
 
         def write(db: sqlite3.Connection) -> None:
-            db.execute(_outcomes_sql(1), values)
+            db.execute(_records_sql(1), row)
 
         return self._file.writer.submit(
-            write, savepoint=False, lazy=lazy, merge=(self._outcomes, values)
+            write, savepoint=False, lazy=lazy, merge=(self._records, row)
         )
 
     async def release(self, key: str) -> None:
@@ -257,26 +255,22 @@ class SqliteIdempotencyStore:
         return Record(fp, None, lease, written=bool(written), abandoned=not mine, own=mine)
 
 
-class _Claims:
-    """A batch's claims as one INSERT when none of their request_ids has a record (the
-    usual case); else None, and each claim runs ``_CLAIM`` by itself."""
+class _Records:
+    """A batch's claims and outcomes as one statement when none of the claims' request_ids
+    has a record (the usual case); else None, and each job runs by itself."""
+
+    atomic = True
 
     def __init__(self, store: SqliteIdempotencyStore) -> None:
         self._store = store
 
-    def run_all(self, conn: sqlite3.Connection, items: Sequence[_ClaimItem]) -> list[None] | None:
+    def run_all(self, conn: sqlite3.Connection, items: Sequence[_Row]) -> list[None] | None:
         if not fits(conn, len(items) * len(items[0])):
             return None
-        self._store.prune_if_due(conn, time.time())
-        conn.execute(_new_claims_sql(len(items)), [value for item in items for value in item])
-        return [None] * len(items)  # None: claimed (no record stood in the way)
-
-
-class _Outcomes:
-    """A batch's outcomes as one upsert."""
-
-    def run_all(self, conn: sqlite3.Connection, items: Sequence[_OutcomeItem]) -> list[None] | None:
-        if not fits(conn, len(items) * len(items[0])):
-            return None
-        conn.execute(_outcomes_sql(len(items)), [value for item in items for value in item])
-        return [None] * len(items)
+        now = time.time()
+        if self._store.prune_due(now) and any(row[2] is None for row in items):
+            if not conn.in_transaction:
+                return None  # the prune shares the claims' commit, in a transaction
+            self._store.prune_if_due(conn, now)
+        conn.execute(_records_sql(len(items)), [value for row in items for value in row])
+        return [None] * len(items)  # None: claimed (no record stood in the way), or kept

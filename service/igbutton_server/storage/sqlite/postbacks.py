@@ -81,6 +81,8 @@ def _append(postbacks: list[NewPostback], conn: sqlite3.Connection) -> sql.Appen
 class _Appends:
     """A batch's appends as one INSERT when none of their postbacks is in the log yet."""
 
+    atomic = True
+
     def run_all(
         self, conn: sqlite3.Connection, items: Sequence[list[NewPostback]]
     ) -> list[sql.Appended] | None:

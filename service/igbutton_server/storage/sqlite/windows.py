@@ -31,6 +31,8 @@ def _note_sql(rows: int) -> str:
 class _Notes:
     """A batch's window notes as one upsert."""
 
+    atomic = True
+
     def run_all(self, conn: sqlite3.Connection, items: Sequence[list[_Row]]) -> list[None] | None:
         rows = [row for item in items for row in item]
         if not fits(conn, 3 * len(rows)):
