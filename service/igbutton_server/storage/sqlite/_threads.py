@@ -108,8 +108,8 @@ class Merge(Protocol):
     outside a transaction, SQLite committing the statement by itself."""
 
     def run_all(self, conn: sqlite3.Connection, items: Sequence[Any]) -> list[Any] | None:
-        """Run the jobs given by their ``items``, in the open transaction; each one's
-        result, in order. None, or an exception from a statement that SQLite undid by
+        """Run the jobs given by their ``items``, in the open transaction (or, for an
+        ``atomic`` kind's batch of nothing else, outside one); each one's result, in order. None, or an exception from a statement that SQLite undid by
         itself (a constraint): nothing was written, and each job runs its own ``work``
         instead. What this writes before the statement that failed must stand on its own."""
         ...
@@ -449,7 +449,7 @@ class SqliteWriter:
         idempotency claims and outcomes, the send path's) as its one statement, without
         BEGIN and COMMIT: SQLite commits it by itself, as durably. Each statement is a
         hand-over of the GIL to the event loop and back, a wait of up to the switch interval
-        under load: three for the batch became one.
+        under load: BEGIN, the statement and COMMIT are three, the statement alone one.
 
         The outcomes, or None, and whether the batch's transaction may still merge: None
         and True for any other batch, None and False when the statement met a constraint
