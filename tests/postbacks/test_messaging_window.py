@@ -217,7 +217,7 @@ async def test_a_delivery_and_the_windows_it_opens_share_one_sqlite_commit(
         note = SqliteWindowLedger.note
 
         async def late_note(self: SqliteWindowLedger, seen: Any) -> None:
-            time.sleep(0.005)  # noqa: ASYNC251 - holding up the loop is the point
+            time.sleep(0.002)  # noqa: ASYNC251 - holding up the loop is the point
             await note(self, seen)
 
         monkeypatch.setattr(SqliteWindowLedger, "note", late_note)

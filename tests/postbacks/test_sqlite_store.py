@@ -87,7 +87,7 @@ async def test_writes_together_commit_as_one_and_a_missing_one_is_not_waited_for
 
         async def insert(x: int, late: bool = False) -> None:
             if late:  # the loop held up between the writes: the writer wakes for the first
-                time.sleep(0.005)  # noqa: ASYNC251 - holding up the loop is the point
+                time.sleep(0.002)  # noqa: ASYNC251 - holding up the loop is the point
             await writer.run(lambda c: c.execute("INSERT INTO t VALUES (?)", (x,)))
 
         before = writer.commits
