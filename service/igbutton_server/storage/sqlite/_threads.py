@@ -109,9 +109,10 @@ class Merge(Protocol):
 
     def run_all(self, conn: sqlite3.Connection, items: Sequence[Any]) -> list[Any] | None:
         """Run the jobs given by their ``items``, in the open transaction (or, for an
-        ``atomic`` kind's batch of nothing else, outside one); each one's result, in order. None, or an exception from a statement that SQLite undid by
-        itself (a constraint): nothing was written, and each job runs its own ``work``
-        instead. What this writes before the statement that failed must stand on its own."""
+        ``atomic`` kind's batch of nothing else, outside one); each one's result, in order.
+        None, or an exception from a statement that SQLite undid by itself (a constraint):
+        nothing was written, and each job runs its own ``work`` instead. What this writes
+        before the statement that failed must stand on its own."""
         ...
 
 
