@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -85,13 +85,20 @@ def claim(store: SqliteIdempotencyStore, key: str) -> Callable[[], Awaitable[Any
     return functools.partial(store.claim, key, "fp", lease_seconds=30, ttl_seconds=60)
 
 
+S = TypeVar("S")
+
+
 @dataclass
-class Idempotency:
-    """An idempotency store on a file of its own, and the SQL its writer runs."""
+class OnFile(Generic[S]):
+    """A store on a file of its own, and the SQL its writer runs."""
 
     file: SqliteFile
-    store: SqliteIdempotencyStore
+    store: S
     statements: list[str]
+
+
+Idempotency = OnFile[SqliteIdempotencyStore]
+Log = OnFile[SqlitePostbackStore]
 
 
 @pytest.fixture
@@ -101,7 +108,7 @@ async def idem(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator
     store = SqliteIdempotencyStore(file)
     store.open()
     try:
-        yield Idempotency(file, store, statements)
+        yield OnFile(file, store, statements)
     finally:
         await store.close()
 
@@ -204,7 +211,7 @@ async def test_a_claim_and_the_outcome_of_its_request_id_in_one_batch_replay_it(
     # The claim meets a record, the one statement fails and each job runs by itself in turn.
     assert await idem.store.claim("k0", "fp", lease_seconds=30, ttl_seconds=60) is None
     result = SendResult("r", "m0")
-    writes = [
+    writes: list[Callable[[], Awaitable[Any]]] = [
         functools.partial(idem.store.complete, "k0", "fp", result, 60),
         claim(idem.store, "k0"),
         claim(idem.store, "k1"),
@@ -285,22 +292,13 @@ async def test_a_bug_in_a_merge_fails_its_batch_and_writes_nothing(tmp_path: Pat
     db.close()
 
 
-@dataclass
-class Log:
-    """A postback store on a file of its own, and the SQL its writer runs."""
-
-    file: SqliteFile
-    store: SqlitePostbackStore
-    statements: list[str]
-
-
 @pytest.fixture
 async def log(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[Log]:
     statements = traced(monkeypatch)
     file = SqliteFile(tmp_path / "igbutton.db", (create_schema,))
     store = await SqlitePostbackStore.open(file)
     try:
-        yield Log(file, store, statements)
+        yield OnFile(file, store, statements)
     finally:
         await store.close()
 

@@ -335,10 +335,10 @@ class SqliteWriter:
         the writer was told to stop meanwhile."""
         batch: list[_Job[Any]] = [first]
         lazy = first.lazy
-        until = time.monotonic() + _LAZY_SECONDS
+        now = time.monotonic()
+        until, owed_until = now + _LAZY_SECONDS, now + _TOGETHER_SECONDS
         delayed = not self._company
         owed = _tally(first, [])
-        owed_until = time.monotonic() + _TOGETHER_SECONDS
         while len(batch) < _MAX_BATCH:
             try:
                 if owed:
@@ -362,7 +362,7 @@ class SqliteWriter:
                 return batch, True
             batch.append(job)
             lazy = lazy and job.lazy
-            if job.together is not None or owed:
+            if job.together is not None:  # only such a job changes what is owed
                 if not owed:
                     owed_until = time.monotonic() + _TOGETHER_SECONDS
                 owed = _tally(job, owed)

@@ -152,7 +152,9 @@ class SqliteIdempotencyStore:
     ) -> Record | None:
         """See IdempotencyStore.claim."""
         now = time.time()
-        claim = (key, fingerprint, now + lease_seconds, now + ttl_seconds, self._owner, written)
+        lease, expires = now + lease_seconds, now + ttl_seconds
+        claim = (key, fingerprint, lease, expires, self._owner, written)
+        row = (key, fingerprint, None, lease, expires, self._owner, written)  # _records_sql's
 
         def write(db: sqlite3.Connection) -> Record | None:
             self.prune_if_due(db, now)
@@ -172,7 +174,7 @@ class SqliteIdempotencyStore:
             write,
             savepoint=False,
             patient=True,
-            merge=(self._records, (key, fingerprint, None, *claim[2:])),
+            merge=(self._records, row),
         )
 
     def prune_due(self, now: float) -> bool:
