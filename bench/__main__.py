@@ -166,6 +166,8 @@ def main() -> int:
     sections = {s for s in args.only.split(",") if s}
     results: dict[str, Any] = {"meta": _meta(plan, knobs, label, backends)}
     started = time.monotonic()
+    machine = procs.MachineMeter()
+    machine.begin()
     print(f"bench '{label}': plan {plan.name}, knobs {results['meta']['knobs']}", flush=True)
     # Logs and databases stay on the repository's disk (not a tmpfs that makes fsync free),
     # and are kept after the run for a look at what each process said.
@@ -184,6 +186,7 @@ def main() -> int:
         }
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     results["meta"]["loadavg_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    results["meta"]["steal_percent"] = machine.end()["steal_percent_of_all_cores"]
     results["targets"] = check(results)
     report.print_targets(results["targets"])
     out = args.results_dir / f"{label}.json"

@@ -224,30 +224,46 @@ class Meter:
 
 
 class MachineMeter:
-    """How busy all cores were over a window (ours and everyone else's work)."""
+    """How busy all cores were over a window (ours and everyone else's work), and how much
+    of their time the hypervisor took from this VM (steal)."""
 
     def __init__(self) -> None:
         self._busy = 0.0
+        self._steal = 0.0
         self._t = 0.0
 
     def begin(self) -> None:
         """Start the window."""
-        self._busy, self._t = _machine_busy(), time.monotonic()
+        (self._busy, self._steal), self._t = _machine_cpu(), time.monotonic()
 
     def end(self) -> dict[str, Any]:
-        """Busy CPU seconds and the share of all cores used, in percent."""
-        busy = _machine_busy() - self._busy
+        """Busy CPU seconds, and the shares of all cores' time used and stolen, in percent
+        (stolen: None where the kernel does not report it)."""
+        busy, steal = _machine_cpu()
+        busy, steal = busy - self._busy, steal - self._steal
         wall = time.monotonic() - self._t
         cores = psutil.cpu_count() or 1
         return {
             "cpu_seconds": round(busy, 3),
             "busy_percent_of_all_cores": round(100 * busy / (wall * cores), 1) if wall else None,
+            "steal_percent_of_all_cores": (
+                round(100 * steal / (wall * cores), 1) if wall and _HAS_STEAL else None
+            ),
         }
 
 
-def _machine_busy() -> float:
+_HAS_STEAL = hasattr(psutil.cpu_times(), "steal")
+"""Linux reports steal time: the time the hypervisor ran something else on this VM's cores."""
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """All cores' busy and stolen CPU seconds since boot."""
     times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    steal = float(getattr(times, "steal", 0.0))
+    # A core the hypervisor took ran nobody's work here; guest time is in user time already.
+    idle = times.idle + getattr(times, "iowait", 0.0) + steal
+    guest = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return float(sum(times) - idle - guest), steal
 
 
 def rss_mb(pid: int) -> float:

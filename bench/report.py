@@ -399,18 +399,40 @@ def _knob_table(all_results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+STEAL_WARNING_PERCENT = 5.0
+"""Steal time over a run above which its tables say the VM was short of CPU."""
+
+
+def _steal_text(meta: dict[str, Any]) -> str:
+    steal = meta.get("steal_percent")
+    return "" if steal is None else f", steal time {steal:.1f} % over the run"
+
+
 def _busy_warning(meta: dict[str, Any]) -> list[str]:
-    # Other work on the machine takes cores from the servers and the load generator alike.
+    # Other work on the machine, or the hypervisor running other VMs on this one's cores
+    # (steal), takes CPU from the servers and the load generator alike.
+    lines = []
     load = float(str(meta.get("loadavg_start", "0")).split(",")[0])
-    if load <= 0.5 * (meta.get("cpu_count") or 1):
-        return []
-    return [
-        (
-            f"**The machine was busy when this run started (1-minute load average {load:.2f} on "
-            f"{meta.get('cpu_count')} cores): treat these numbers as preliminary and noisy.**"
-        ),
-        "",
-    ]
+    if load > 0.5 * (meta.get("cpu_count") or 1):
+        lines += [
+            (
+                f"**The machine was busy when this run started (1-minute load average {load:.2f}"
+                f" on {meta.get('cpu_count')} cores): treat these numbers as preliminary and"
+                " noisy.**"
+            ),
+            "",
+        ]
+    steal = meta.get("steal_percent")
+    if steal is not None and steal > STEAL_WARNING_PERCENT:
+        lines += [
+            (
+                f"**The hypervisor took {steal:.1f} % of this VM's CPU time during the run (steal"
+                " time): its windows ran on less CPU than the machine has, and not on the same"
+                " amount each; treat these numbers as noisy.**"
+            ),
+            "",
+        ]
+    return lines
 
 
 def summary_markdown(main: dict[str, Any], all_results: list[dict[str, Any]]) -> str:
@@ -422,7 +444,8 @@ def summary_markdown(main: dict[str, Any], all_results: list[dict[str, Any]]) ->
         (
             f"Run `{meta['label']}` ({meta['plan']} plan), {meta['started_at']}, commit "
             f"`{meta['commit']}`, {meta['cpu_count']} cores ({meta['cpu_model']}), load average "
-            f"{meta['loadavg_start']} at the start. Results: `bench/results/{meta['label']}.json`, "
+            f"{meta['loadavg_start']} at the start{_steal_text(meta)}. Results: "
+            f"`bench/results/{meta['label']}.json`, "
             f"chart: `bench/results/{meta['label']}.png`."
         ),
         "",

@@ -65,6 +65,9 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     assert all(row["commits_per_send"] > 0 for row in store_rows)
     assert {"meta", "send", "postbacks", "targets"} <= set(data)
     assert data["meta"]["plan"] == "tiny"
+    # Steal time: what the hypervisor took from this VM over the run (None off Linux).
+    steal = data["meta"]["steal_percent"]
+    assert steal is None or 0 <= steal <= 100
     assert {t["name"] for t in data["targets"]} == TARGETS
     assert all(t["pass"] in (True, False, None) for t in data["targets"])
     assert "PASS" in proc.stdout or "MISS" in proc.stdout or "N/A" in proc.stdout
@@ -77,6 +80,8 @@ def test_tiny_bench_writes_results_and_chart(tmp_path: Path) -> None:
     assert {"p50_ms", "p90_ms", "p99_ms"} <= set(run["latency"])
     assert {"cpu_seconds", "peak_rss_mb"} <= set(run["usage"]["server"])
     assert run["usage"]["server"]["peak_rss_mb"] > 0
+    window_steal = run["usage"]["machine"]["steal_percent_of_all_cores"]
+    assert window_steal is None or window_steal >= 0
     for target in ("http_ceiling", "igbutton", "igbutton_client"):
         ran = [r for r in data["send"]["runs"] if r["target"] == target]
         assert ran or target in data["send"]["skipped"]
@@ -123,6 +128,28 @@ def test_a_run_without_calls_or_with_errors_fails_the_bench() -> None:
         "postbacks nats max-b1": "exited",
     }
     assert failures({"send": {"failures": {}}}) == {}
+
+
+def test_a_run_with_steal_time_says_so_above_its_tables() -> None:
+    from bench.report import STEAL_WARNING_PERCENT, summary_markdown
+
+    meta = {
+        "label": "x",
+        "plan": "full",
+        "started_at": "2026-12-03 06:01 UTC",
+        "commit": "abc1234",
+        "cpu_count": 2,
+        "cpu_model": "a VM",
+        "loadavg_start": "0.10, 0.10, 0.10",
+    }
+    stolen = summary_markdown({"meta": {**meta, "steal_percent": 12.3}}, [])
+    assert "steal time 12.3 % over the run" in stolen
+    assert "The hypervisor took 12.3 % of this VM's CPU time" in stolen
+    quiet = summary_markdown({"meta": {**meta, "steal_percent": STEAL_WARNING_PERCENT}}, [])
+    assert "The hypervisor took" not in quiet
+    unknown = summary_markdown({"meta": meta}, [])  # results written before steal was measured
+    assert "steal time" not in unknown
+    assert "The hypervisor took" not in unknown
 
 
 @pytest.mark.slow
