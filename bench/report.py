@@ -163,6 +163,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _busy_cell(run: dict[str, Any]) -> str:
+    """How busy all cores were, and how much of their time the hypervisor took, if known."""
+    machine = run["usage"].get("machine", {})
+    busy = _fmt(machine.get("busy_percent_of_all_cores"), 0)
+    steal = machine.get("steal_percent_of_all_cores")
+    return busy if steal is None else f"{busy} ({_fmt(steal, 0)})"
+
+
 def _rate(run: dict[str, Any]) -> str:
     if run.get("repetitions", 1) < 2:
         return _fmt(run["calls_per_s"], 0)
@@ -223,7 +231,7 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
         (
             "| path | callers | calls/s (spread) | p50 ms | p90 ms | p99 ms | server CPU % "
             "| CPU µs per call: server (+sandbox) / caller / whole machine | server peak RSS MB "
-            "| all cores busy % |"
+            "| all cores busy % (stolen %) |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -241,7 +249,7 @@ def _send_tables(results: dict[str, Any]) -> list[str]:
                 f"| {_label(target)} | {run['concurrency']} | {_rate(run)} "
                 f"| {_fmt(lat['p50_ms'])} | {_fmt(lat['p90_ms'])} | {_fmt(lat['p99_ms'])} "
                 f"| {_fmt(cpu, 0)} | {_per_call_cell(run)} | {_fmt(server['peak_rss_mb'], 1)} "
-                f"| {_fmt(run['usage'].get('machine', {}).get('busy_percent_of_all_cores'), 0)} |"
+                f"| {_busy_cell(run)} |"
             )
     for target, reason in send.get("skipped", {}).items():
         lines.append(f"| {_label(target)} | – | not run: {reason} | | | | | | | |")

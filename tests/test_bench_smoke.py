@@ -147,6 +147,21 @@ def test_a_run_with_steal_time_says_so_above_its_tables() -> None:
     assert "The hypervisor took 12.3 % of this VM's CPU time" in stolen
     quiet = summary_markdown({"meta": {**meta, "steal_percent": STEAL_WARNING_PERCENT}}, [])
     assert "The hypervisor took" not in quiet
+    window = {
+        "target": "grpc_ceiling",
+        "concurrency": 1,
+        "calls_per_s": 900.0,
+        "latency": {"p50_ms": 1.0, "p90_ms": 1.2, "p99_ms": 2.0},
+        "usage": {
+            "server": {"cpu_percent": 50.0, "cpu_seconds": 2.0, "peak_rss_mb": 40.0},
+            "caller": {"cpu_seconds": 1.0},
+            "machine": {"cpu_seconds": 4.0, "busy_percent_of_all_cores": 55.4,
+                        "steal_percent_of_all_cores": 24.3},
+        },
+        "calls": 3600,
+    }  # fmt: skip
+    table = summary_markdown({"meta": meta, "send": {"runs": [window]}}, [])
+    assert "| 55 (24) |" in table  # the window's busy share, and the share stolen from it
     unknown = summary_markdown({"meta": meta}, [])  # results written before steal was measured
     assert "steal time" not in unknown
     assert "The hypervisor took" not in unknown
