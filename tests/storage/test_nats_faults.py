@@ -1,26 +1,37 @@
 """The NATS stores under real faults, on a nats-server of the test's own that it stops and
 starts: a send with a request_id fails fast with UNAVAILABLE / STORAGE_UNAVAILABLE naming the
 store (never INTERNAL), /readyz says not ready, and both recover when NATS is back. The same
-for the shared rate-limit bucket, which every send without a request_id passes too."""
+for the shared rate-limit bucket, which every send without a request_id passes too, and for
+every other call that reads or writes NATS: acks, streams, groups, messaging windows."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
-from igbutton.v1 import send_service_pb2, send_service_pb2_grpc
+from igbutton.v1 import group_service_pb2 as gpb
+from igbutton.v1 import (
+    group_service_pb2_grpc,
+    postback_service_pb2_grpc,
+    send_service_pb2,
+    send_service_pb2_grpc,
+)
+from igbutton.v1 import postback_service_pb2 as pb
 from igbutton_server.app import App
 from igbutton_server.sandbox import Fault
 from igbutton_server.storage.nats.postbacks import NatsPostbackStore
 from tests.conftest import SettingsFactory, unique_nats_storage
 from tests.nats_servers import NatsCluster, NatsServer
 from tests.postbacks.conftest import (
+    ACCOUNT,
     WAIT,
+    Stream,
     WebhookClient,
     delivery,
     eventually,
@@ -130,6 +141,96 @@ async def test_nats_stopped_fails_sends_fast_and_recovers(
     assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
 
 
+async def test_nats_stopped_fails_every_other_call_fast_and_loses_no_ack(
+    app: App, restartable_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Acks, streams, groups and windows while NATS is down: UNAVAILABLE /
+    STORAGE_UNAVAILABLE naming the postback store, at once, as sends are (they were
+    INTERNAL, each after nats-py's 5 s timeout); the ack taken again once NATS is back."""
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.ports.grpc}") as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        postbacks_stub = postback_service_pb2_grpc.PostbackServiceStub(channel)
+        groups = group_service_pb2_grpc.GroupServiceStub(channel)
+        sends = send_service_pb2_grpc.SendServiceStub(channel)
+        member = await Stream.open(postbacks_stub, group="orders", max_unacked=10)
+        await WebhookClient(http, webhook_url(app)).deliver(*postbacks("held", 1))
+        held = await member.next()
+        await member.cancel()
+        restartable_server.stop()
+
+        async def unready() -> bool:
+            return (await _readyz(app))[0] == 503
+
+        await eventually(unready)
+        name = "groups/orders"
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "AckPostbacks": lambda: postbacks_stub.AckPostbacks(
+                pb.AckPostbacksRequest(group="orders", ack_ids=[held.ack_id]), timeout=10
+            ),
+            "ModifyAckDeadline": lambda: groups.ModifyAckDeadline(
+                gpb.ModifyAckDeadlineRequest(
+                    name=name, ack_ids=[held.ack_id], ack_deadline=Duration(seconds=60)
+                ),
+                timeout=10,
+            ),
+            "ListGroups": lambda: groups.ListGroups(gpb.ListGroupsRequest(), timeout=10),
+            "GetGroup": lambda: groups.GetGroup(gpb.GetGroupRequest(name=name), timeout=10),
+            "SeekGroup": lambda: groups.SeekGroup(
+                gpb.SeekGroupRequest(name=name, after_sequence=0), timeout=10
+            ),
+            "DeleteGroup": lambda: groups.DeleteGroup(
+                gpb.DeleteGroupRequest(name=name), timeout=10
+            ),
+            "ListDeadLetters": lambda: groups.ListDeadLetters(
+                gpb.ListDeadLettersRequest(parent=name), timeout=10
+            ),
+            "RedriveDeadLetters": lambda: groups.RedriveDeadLetters(
+                gpb.RedriveDeadLettersRequest(name=name), timeout=10
+            ),
+            "PurgeDeadLetters": lambda: groups.PurgeDeadLetters(
+                gpb.PurgeDeadLettersRequest(name=name), timeout=10
+            ),
+            "GetMessagingWindow": lambda: sends.GetMessagingWindow(
+                send_service_pb2.GetMessagingWindowRequest(
+                    account_id=ACCOUNT, recipient_id="someone"
+                ),
+                timeout=10,
+            ),
+            "SubscribePostbacks (group)": lambda: Stream.open(
+                postbacks_stub, group="orders", max_unacked=10
+            ),
+            "SubscribePostbacks": lambda: Stream.open(postbacks_stub),
+        }
+        for call, make in calls.items():
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await make()
+            elapsed = time.monotonic() - started
+            got = details(caught.value)
+            assert (got.code, got.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE"), (
+                call,
+                got,
+            )
+            assert "NATS" in got.message, (call, got)
+            assert elapsed < FAST_SECONDS, (call, elapsed)
+
+        restartable_server.start_healthy()
+
+        async def ready() -> bool:
+            return (await _readyz(app))[0] == 200
+
+        await eventually(ready, within=WAIT + 10)
+        acked = await postbacks_stub.AckPostbacks(
+            pb.AckPostbacksRequest(group="orders", ack_ids=[held.ack_id]), timeout=10
+        )
+        assert (acked.applied_count, list(acked.unknown_ack_ids)) == (1, [])
+        group = (await groups.GetGroup(gpb.GetGroupRequest(name=name), timeout=10)).group
+        assert group.unacked_count == 0
+    assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
+
+
 async def test_an_app_stops_cleanly_while_nats_is_down(
     make_settings: SettingsFactory, restartable_server: NatsServer
 ) -> None:
@@ -203,6 +304,62 @@ async def test_jetstream_without_quorum_fails_sends_fast_and_recovers(
                 answer = await _send_when_leader_is_back(stub)
             assert answer.message_id
             assert len(instance.sandbox.received) == 1
+        finally:
+            await instance.stop()
+            for node in others:
+                if node.process is None:
+                    node.start_healthy()  # so the streams can be removed
+
+
+async def test_an_ack_without_quorum_is_unavailable_and_applies_once_nats_is_back(
+    make_settings: SettingsFactory, nats_cluster: NatsCluster
+) -> None:
+    """The replicas' outage seen from a group: the client is connected, the delivery
+    ledger has no leader, so the ack's read goes unanswered for nats-py's timeout. It is
+    UNAVAILABLE naming the postback store (it was INTERNAL), and the same ack, retried as
+    clients do once JetStream answers again, applies."""
+    settings = make_settings(storage=unique_nats_storage(nats_cluster.urls, replicas=3))
+    others = nats_cluster.nodes[1:]
+    async with removing_layout(settings):
+        instance = App(settings)
+        await instance.start()
+        try:
+            async with (
+                grpc.aio.insecure_channel(f"127.0.0.1:{instance.ports.grpc}") as channel,
+                aiohttp.ClientSession() as http,
+            ):
+                stub = postback_service_pb2_grpc.PostbackServiceStub(channel)
+                member = await Stream.open(stub, group="orders", max_unacked=10)
+                await WebhookClient(http, webhook_url(instance)).deliver(*postbacks("held", 1))
+                held = await member.next()
+                for node in others:
+                    node.stop()
+                ack = pb.AckPostbacksRequest(group="orders", ack_ids=[held.ack_id])
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.AckPostbacks(ack, timeout=10)
+                # nats-py's 5 s request timeout, then the answer: not the call's deadline.
+                assert time.monotonic() - started < 9.0
+                got = details(caught.value)
+                assert (got.code, got.reason) == (
+                    grpc.StatusCode.UNAVAILABLE,
+                    "STORAGE_UNAVAILABLE",
+                ), got
+                assert "NATS postback store" in got.message, got
+                for node in others:
+                    node.start_healthy()
+                deadline = time.monotonic() + WAIT + 30
+                while True:
+                    try:
+                        reply = await stub.AckPostbacks(ack, timeout=10)
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        retried = details(exc)
+                        assert retried.reason == "STORAGE_UNAVAILABLE", retried
+                        assert time.monotonic() < deadline, retried
+                    await asyncio.sleep(0.2)  # a client's retry backoff
+                assert (reply.applied_count, list(reply.unknown_ack_ids)) == (1, [])
+                await member.cancel()
         finally:
             await instance.stop()
             for node in others:

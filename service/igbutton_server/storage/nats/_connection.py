@@ -29,18 +29,19 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import nats
 from nats.aio.client import DEFAULT_FLUSH_TIMEOUT
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError, ServerError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, ServerError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 from igbutton_server.config import Settings
 from igbutton_server.logs import RateLimitedLog
+from igbutton_server.storage.postbacks import StorageUnavailable
 
 log = logging.getLogger(__name__)
 _errors_log = RateLimitedLog(log)
@@ -304,6 +305,27 @@ class NatsConnection:
     def connected(self) -> bool:
         """Whether the client is connected right now (it reconnects on its own)."""
         return bool(self.client.is_connected) and self._lost_at is None
+
+    @contextlib.contextmanager
+    def answering(self, store: str) -> Iterator[None]:
+        """Raise NATS not answering as StorageUnavailable naming ``store`` (a gRPC call
+        answers UNAVAILABLE / STORAGE_UNAVAILABLE, which clients retry, not INTERNAL): at
+        once while disconnected, since a request would wait in the client's buffer for
+        nats-py's 5 s timeout; and a request that timed out, found no responders (a leader
+        being elected after a node went away) or lost its connection. JetStream refusing a
+        request as wrong (a 4xx) is a bug, and stays as it is."""
+        if not self.connected:
+            raise StorageUnavailable(f"{store} unavailable: not connected to NATS")
+        try:
+            yield
+        except APIError as exc:
+            if (exc.code or 0) < 500:
+                raise
+            raise StorageUnavailable(
+                f"{store} unavailable: JetStream answered {exc.description!r}"
+            ) from exc
+        except (nats.errors.Error, ConnectionError) as exc:
+            raise StorageUnavailable(f"{store} unavailable: NATS did not answer ({exc!r})") from exc
 
     async def close(self) -> None:
         """Flush what is buffered and close the connection."""

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -80,7 +82,6 @@ from igbutton_server.storage.postbacks import (
     GroupOptions,
     NewPostback,
     Start,
-    StorageUnavailable,
     StoreClosed,
     TooManyGroups,
     split_group_key,
@@ -234,6 +235,26 @@ def _needs_retry(
     else:
         outcome.stored += 1
     return False
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _answered(
+    operation: Callable[Concatenate[NatsPostbackStore, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[NatsPostbackStore, _P], Coroutine[Any, Any, _T]]:
+    """The store's operation, with NATS not answering raised as StorageUnavailable (see
+    ``NatsConnection.answering``): an ack or a group call while a node is lost is
+    UNAVAILABLE, which clients retry, not INTERNAL."""
+
+    @functools.wraps(operation)
+    async def answered(self: NatsPostbackStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        self._check_open()
+        with self.conn.answering(f"NATS postback store (stream {self.conn.layout.stream})"):
+            return await operation(self, *args, **kwargs)
+
+    return answered
 
 
 class NatsPostbackStore:
@@ -415,9 +436,9 @@ class NatsPostbackStore:
                 return None
         return futures
 
+    @_answered
     async def subscribe(self, flt: Filter, start: Start) -> BroadcastCursor:
         """See PostbackStore.subscribe."""
-        self._check_open()
         cursor = await BroadcastCursor.open(self.conn, self.tail, flt, start, self.forget)
         self._cursors.add(cursor)
         return cursor
@@ -430,6 +451,7 @@ class NatsPostbackStore:
 
     # --- consumer groups ---
 
+    @_answered
     async def join_group(
         self,
         group: str,
@@ -439,7 +461,6 @@ class NatsPostbackStore:
         max_groups: int | None = None,
     ) -> NatsGroupMember:
         """See PostbackStore.join_group."""
-        self._check_open()
         layout = self.conn.layout
         consumer = consumer_name(group)
         joined = {JOINED_METADATA_KEY: str(int(time.time() * 1000))}
@@ -512,17 +533,17 @@ class NatsPostbackStore:
         existing: api.ConsumerInfo = await self.conn.js.consumer_info(stream, name)
         return existing
 
+    @_answered
     async def ack(self, group: str, ack_ids: Sequence[str], nack_ids: Sequence[str]) -> AckResult:
         """See PostbackStore.ack."""
-        self._check_open()
         outcome = await ack_group(self.conn, self.ledger, group, ack_ids, nack_ids)
         for member in self._members.get(group, ()):
             member.settle(outcome.settled)
         return outcome.result
 
+    @_answered
     async def group_info(self, group: str) -> GroupInfo | None:
         """See PostbackStore.group_info."""
-        self._check_open()
         layout = self.conn.layout
         deletions = self._deletions
         try:
@@ -544,9 +565,9 @@ class NatsPostbackStore:
             dead_lettered=sum((dead.state.subjects or {}).values()),
         )
 
+    @_answered
     async def delete_group(self, group: str) -> bool:
         """See PostbackStore.delete_group."""
-        self._check_open()
         layout = self.conn.layout
         consumer = consumer_name(group)
         try:
@@ -573,21 +594,11 @@ class NatsPostbackStore:
         metrics.GROUPS.set(len(self._members))
         return existed
 
+    @_answered
     async def delete_idle_groups(self, idle_since_ms: int) -> list[str]:
         """See PostbackStore.delete_idle_groups. A member connected on any replica keeps a
         pull request waiting while it has room for more; activity is the latest of the
         group's creation, last join (consumer metadata), last delivery and last ack."""
-        self._check_open()
-        if not self.conn.connected:  # a request now would wait in the client's buffer
-            raise StorageUnavailable("NATS postback store unavailable: not connected to NATS")
-        try:
-            return await self._delete_idle_groups(idle_since_ms)
-        except (nats.errors.Error, ConnectionError) as exc:  # the pruner tries again later
-            raise StorageUnavailable(
-                f"NATS postback store (stream {self.conn.layout.stream}) unavailable: {exc!r}"
-            ) from exc
-
-    async def _delete_idle_groups(self, idle_since_ms: int) -> list[str]:
         deleted: list[str] = []
         for consumer in await group_consumers(self.conn):
             group = group_of(consumer)
@@ -638,9 +649,9 @@ class NatsPostbackStore:
             metrics.observe_group(found)
         return found
 
+    @_answered
     async def list_groups(self) -> list[GroupDetails]:
         """See GroupOperations.list_groups."""
-        self._check_open()
         found: list[GroupDetails] = []
         for consumer in sorted(await group_consumers(self.conn)):
             group = group_of(consumer)
@@ -650,9 +661,9 @@ class NatsPostbackStore:
                 found.append(await self._details(group, consumer, info, deletions))
         return sorted(found, key=lambda d: d.key)
 
+    @_answered
     async def get_group(self, group: str) -> GroupDetails:
         """See GroupOperations.get_group."""
-        self._check_open()
         deletions = self._deletions
         consumer, info = await self._group_consumer(group)
         return await self._details(group, consumer, info, deletions)
@@ -664,9 +675,9 @@ class NatsPostbackStore:
             raise GroupHasMembers(group, found.members)
         await self.delete_group(group)
 
+    @_answered
     async def seek_group(self, group: str, to: Start) -> None:
         """See GroupOperations.seek_group."""
-        self._check_open()
         layout = self.conn.layout
         consumer, info = await self._group_consumer(group)
         config = info.config
@@ -692,11 +703,11 @@ class NatsPostbackStore:
         await self.conn.client.publish(layout.group_notice_subject(consumer), notice)
         metrics.UNACKED.labels(group=group).set(0)
 
+    @_answered
     async def list_dead_letters(
         self, group: str, after: int = 0, limit: int = 100
     ) -> DeadLetterPage:
         """See GroupOperations.list_dead_letters."""
-        self._check_open()
         consumer, _ = await self._group_consumer(group)
         size = max(1, min(limit, DEAD_LETTER_PAGE_MAX))
         records = [
@@ -708,9 +719,9 @@ class NatsPostbackStore:
         more = len(records) > size
         return DeadLetterPage(letters, letters[-1].postback.sequence if more else None)
 
+    @_answered
     async def redrive_dead_letters(self, group: str, sequences: Sequence[int] | None) -> int:
         """See GroupOperations.redrive_dead_letters."""
-        self._check_open()
         consumer, info = await self._group_consumer(group)
         subject = self.conn.layout.redrive_subject(consumer)
         if subject not in (info.config.filter_subjects or ()):
@@ -729,9 +740,9 @@ class NatsPostbackStore:
             metrics.DEAD_LETTERS_REDRIVEN.labels(group=group).inc(redriven)
         return redriven
 
+    @_answered
     async def purge_dead_letters(self, group: str) -> int:
         """See GroupOperations.purge_dead_letters."""
-        self._check_open()
         consumer, _ = await self._group_consumer(group)
         layout = self.conn.layout
         count = len(await admin.dead_letter_records(self.conn, consumer))
@@ -740,12 +751,12 @@ class NatsPostbackStore:
         )
         return count
 
+    @_answered
     async def modify_ack_deadline(
         self, group: str, ack_ids: Sequence[str], seconds: float
     ) -> AckResult:
         """See GroupOperations.modify_ack_deadline: checked against the ledger (the
         delivery is current), then the member holding it, on any replica, is told."""
-        self._check_open()
         consumer, info = await self._group_consumer(group)
         if seconds <= 0:
             return await self.ack(group, [], ack_ids)

@@ -151,7 +151,8 @@ class NatsWindowLedger:
         another replica must not read as closed."""
         subject = f"$KV.{self._name}.{_key(account_id, person_id)}"
         try:
-            msg = await self._conn.js.get_last_msg(f"KV_{self._name}", subject)
+            with self._conn.answering(f"NATS messaging-window bucket {self._name}"):
+                msg = await self._conn.js.get_last_msg(f"KV_{self._name}", subject)
         except NotFoundError:
             return None
         data = msg.data or b""
