@@ -66,6 +66,26 @@ async def app(make_settings: SettingsFactory, restartable_server: NatsServer) ->
                     restartable_server.start_healthy()  # so the streams can be removed
 
 
+@pytest.fixture
+async def three_nodes(
+    make_settings: SettingsFactory, nats_cluster: NatsCluster
+) -> AsyncIterator[tuple[App, list[NatsServer]]]:
+    """An App on the 3-node cluster with streams of 3 replicas, and the two nodes a test
+    stops to take JetStream's quorum away (they run again once it ends)."""
+    settings = make_settings(storage=unique_nats_storage(nats_cluster.urls, replicas=3))
+    others = nats_cluster.nodes[1:]
+    async with removing_layout(settings):
+        instance = App(settings)
+        await instance.start()
+        try:
+            yield instance, others
+        finally:
+            await instance.stop()
+            for node in others:
+                if node.process is None:
+                    node.start_healthy()  # so the streams can be removed
+
+
 async def _readyz(app: App) -> tuple[int, str]:
     async with (
         aiohttp.ClientSession() as http,
@@ -259,112 +279,92 @@ async def test_an_app_stops_cleanly_while_nats_is_down(
 
 
 async def test_jetstream_without_quorum_fails_sends_fast_and_recovers(
-    make_settings: SettingsFactory, nats_cluster: NatsCluster
+    three_nodes: tuple[App, list[NatsServer]],
 ) -> None:
     """NATS answers but JetStream cannot: two of three nodes gone, so the R3 bucket has no
     leader. The client stays connected (to the survivor); the store's requests go
     unanswered (no responders, or nats-py's request timeout)."""
-    settings = make_settings(storage=unique_nats_storage(nats_cluster.urls, replicas=3))
-    others = nats_cluster.nodes[1:]
-    async with removing_layout(settings):
-        instance = App(settings)
-        await instance.start()
-        try:
-            for node in others:
-                node.stop()
+    instance, others = three_nodes
+    for node in others:
+        node.stop()
 
-            async def unready() -> bool:
-                return (await _readyz(instance))[0] == 503
+    async def unready() -> bool:
+        return (await _readyz(instance))[0] == 503
 
-            await eventually(unready, within=WAIT + 10)
-            elapsed, message = await _unavailable_send(instance, RID)
-            assert elapsed < 6.0  # at most nats-py's 5 s request timeout, not the deadline
-            assert "NATS idempotency store" in message, message
-            # The next ones do not each wait for the timeout: only the heartbeat tries.
-            elapsed, message = await _unavailable_send(instance, RID)
-            assert elapsed < FAST_SECONDS
-            assert "NATS idempotency store" in message, message
-            # Without a request_id the shared rate-limit bucket is the store that fails.
-            elapsed, message = await _unavailable_send(instance, "")
-            assert elapsed < 6.0
-            assert "rate-limit bucket" in message, message
-            elapsed, message = await _unavailable_send(instance, "")
-            assert elapsed < FAST_SECONDS
-            assert "rate-limit bucket" in message, message
-            assert instance.sandbox is not None
-            assert instance.sandbox.received == []
-            for node in others:
-                node.start_healthy()
+    await eventually(unready, within=WAIT + 10)
+    elapsed, message = await _unavailable_send(instance, RID)
+    assert elapsed < 6.0  # at most nats-py's 5 s request timeout, not the deadline
+    assert "NATS idempotency store" in message, message
+    # The next ones do not each wait for the timeout: only the heartbeat tries.
+    elapsed, message = await _unavailable_send(instance, RID)
+    assert elapsed < FAST_SECONDS
+    assert "NATS idempotency store" in message, message
+    # Without a request_id the shared rate-limit bucket is the store that fails.
+    elapsed, message = await _unavailable_send(instance, "")
+    assert elapsed < 6.0
+    assert "rate-limit bucket" in message, message
+    elapsed, message = await _unavailable_send(instance, "")
+    assert elapsed < FAST_SECONDS
+    assert "rate-limit bucket" in message, message
+    assert instance.sandbox is not None
+    assert instance.sandbox.received == []
+    for node in others:
+        node.start_healthy()
 
-            async def ready() -> bool:
-                return (await _readyz(instance))[0] == 200
+    async def ready() -> bool:
+        return (await _readyz(instance))[0] == 200
 
-            await eventually(ready, within=WAIT + 30)
-            async with stub_for(instance) as stub:
-                answer = await _send_when_leader_is_back(stub)
-            assert answer.message_id
-            assert len(instance.sandbox.received) == 1
-        finally:
-            await instance.stop()
-            for node in others:
-                if node.process is None:
-                    node.start_healthy()  # so the streams can be removed
+    await eventually(ready, within=WAIT + 30)
+    async with stub_for(instance) as stub:
+        answer = await _send_when_leader_is_back(stub)
+    assert answer.message_id
+    assert len(instance.sandbox.received) == 1
 
 
 async def test_an_ack_without_quorum_is_unavailable_and_applies_once_nats_is_back(
-    make_settings: SettingsFactory, nats_cluster: NatsCluster
+    three_nodes: tuple[App, list[NatsServer]],
 ) -> None:
     """The replicas' outage seen from a group: the client is connected, the delivery
     ledger has no leader, so the ack's read goes unanswered for nats-py's timeout. It is
     UNAVAILABLE naming the postback store (it was INTERNAL), and the same ack, retried as
     clients do once JetStream answers again, applies."""
-    settings = make_settings(storage=unique_nats_storage(nats_cluster.urls, replicas=3))
-    others = nats_cluster.nodes[1:]
-    async with removing_layout(settings):
-        instance = App(settings)
-        await instance.start()
-        try:
-            async with (
-                grpc.aio.insecure_channel(f"127.0.0.1:{instance.ports.grpc}") as channel,
-                aiohttp.ClientSession() as http,
-            ):
-                stub = postback_service_pb2_grpc.PostbackServiceStub(channel)
-                member = await Stream.open(stub, group="orders", max_unacked=10)
-                await WebhookClient(http, webhook_url(instance)).deliver(*postbacks("held", 1))
-                held = await member.next()
-                for node in others:
-                    node.stop()
-                ack = pb.AckPostbacksRequest(group="orders", ack_ids=[held.ack_id])
-                started = time.monotonic()
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await stub.AckPostbacks(ack, timeout=10)
-                # nats-py's 5 s request timeout, then the answer: not the call's deadline.
-                assert time.monotonic() - started < 9.0
-                got = details(caught.value)
-                assert (got.code, got.reason) == (
-                    grpc.StatusCode.UNAVAILABLE,
-                    "STORAGE_UNAVAILABLE",
-                ), got
-                assert "NATS postback store" in got.message, got
-                for node in others:
-                    node.start_healthy()
-                deadline = time.monotonic() + WAIT + 30
-                while True:
-                    try:
-                        reply = await stub.AckPostbacks(ack, timeout=10)
-                        break
-                    except grpc.aio.AioRpcError as exc:
-                        retried = details(exc)
-                        assert retried.reason == "STORAGE_UNAVAILABLE", retried
-                        assert time.monotonic() < deadline, retried
-                    await asyncio.sleep(0.2)  # a client's retry backoff
-                assert (reply.applied_count, list(reply.unknown_ack_ids)) == (1, [])
-                await member.cancel()
-        finally:
-            await instance.stop()
-            for node in others:
-                if node.process is None:
-                    node.start_healthy()  # so the streams can be removed
+    instance, others = three_nodes
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{instance.ports.grpc}") as channel,
+        aiohttp.ClientSession() as http,
+    ):
+        stub = postback_service_pb2_grpc.PostbackServiceStub(channel)
+        member = await Stream.open(stub, group="orders", max_unacked=10)
+        await WebhookClient(http, webhook_url(instance)).deliver(*postbacks("held", 1))
+        held = await member.next()
+        for node in others:
+            node.stop()
+        ack = pb.AckPostbacksRequest(group="orders", ack_ids=[held.ack_id])
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.AckPostbacks(ack, timeout=10)
+        # nats-py's 5 s request timeout, then the answer: not the call's deadline.
+        assert time.monotonic() - started < 9.0
+        got = details(caught.value)
+        assert (got.code, got.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "STORAGE_UNAVAILABLE",
+        ), got
+        assert "NATS postback store" in got.message, got
+        for node in others:
+            node.start_healthy()
+        deadline = time.monotonic() + WAIT + 30
+        while True:
+            try:
+                reply = await stub.AckPostbacks(ack, timeout=10)
+                break
+            except grpc.aio.AioRpcError as exc:
+                retried = details(exc)
+                assert retried.reason == "STORAGE_UNAVAILABLE", retried
+                assert time.monotonic() < deadline, retried
+            await asyncio.sleep(0.2)  # a client's retry backoff
+        assert (reply.applied_count, list(reply.unknown_ack_ids)) == (1, [])
+        await member.cancel()
 
 
 async def test_a_release_nats_missed_does_not_block_the_retry(
