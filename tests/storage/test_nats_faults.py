@@ -161,6 +161,18 @@ async def test_nats_stopped_fails_sends_fast_and_recovers(
     assert all(r.exc_info is None for r in caplog.records), "a traceback was logged"
 
 
+async def _first_of(
+    stub: postback_service_pb2_grpc.PostbackServiceStub, **fields: object
+) -> pb.SubscribePostbacksResponse:
+    """Open a stream and read its first message: a stream refused at once raises its
+    error here (``Stream.open`` may return before its reader has seen it)."""
+    stream = await Stream.open(stub, **fields)
+    try:
+        return await stream.next(FAST_SECONDS)
+    finally:
+        await stream.cancel()
+
+
 async def test_nats_stopped_fails_every_other_call_fast_and_loses_no_ack(
     app: App, restartable_server: NatsServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -179,9 +191,11 @@ async def test_nats_stopped_fails_every_other_call_fast_and_loses_no_ack(
         held = await member.next()
         await member.cancel()
         restartable_server.stop()
+        store = app.postback_store
+        assert isinstance(store, NatsPostbackStore)
 
-        async def unready() -> bool:
-            return (await _readyz(app))[0] == 503
+        async def unready() -> bool:  # and the postback store's client knows it
+            return (await _readyz(app))[0] == 503 and not store.conn.connected
 
         await eventually(unready)
         name = "groups/orders"
@@ -218,17 +232,21 @@ async def test_nats_stopped_fails_every_other_call_fast_and_loses_no_ack(
                 ),
                 timeout=10,
             ),
-            "SubscribePostbacks (group)": lambda: Stream.open(
+            "SubscribePostbacks (group)": lambda: _first_of(
                 postbacks_stub, group="orders", max_unacked=10
             ),
-            "SubscribePostbacks": lambda: Stream.open(postbacks_stub),
+            "SubscribePostbacks": lambda: _first_of(postbacks_stub),
         }
         for call, make in calls.items():
             started = time.monotonic()
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
+            try:
                 await make()
+            except grpc.aio.AioRpcError as exc:
+                failure = exc
+            else:
+                pytest.fail(f"{call} answered while NATS is down")
             elapsed = time.monotonic() - started
-            got = details(caught.value)
+            got = details(failure)
             assert (got.code, got.reason) == (grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE"), (
                 call,
                 got,
